@@ -1,0 +1,40 @@
+"""Helpers for the tuning tests, and a tuning worker process:
+`python tests/tune_worker.py TABLE STORAGE STUDY N_TRIALS [START_AT]` tunes the feature table TABLE (Parquet) into
+the study STUDY in STORAGE, starting at the epoch time START_AT (so that workers start together), and prints the
+result as one JSON line."""
+import json, os, subprocess, sys, time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+
+def seed_table(home) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    "The example market's labelled seed feature table, its bars and its metadata, built by ingest and features in `home`."
+    from cryptoml.ingest import example_market, read_bars
+    from cryptoml.features import add_labels, compute_features
+    market = example_market(home)
+    bars = read_bars(home, market.exchange, market.symbol, market.timeframe)
+    table = add_labels(compute_features(bars, "seed", timeframe=market.timeframe), bars)
+    return table, bars, {**market._asdict(), "feature_set": "seed", "horizon": 1}
+
+def start_worker(table: Path, storage: str, study: str, n_trials: int, start_at: float = 0.0) -> subprocess.Popen:
+    "A worker process tuning the Parquet feature table `table` into `study`; its JSON result comes on stdout."
+    return subprocess.Popen([sys.executable, __file__, str(table), storage, study, str(n_trials), str(start_at)], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+def result_of(worker: subprocess.Popen, timeout: float = 300) -> dict:
+    "The JSON result a worker printed; its stderr in the error if it failed."
+    out, err = worker.communicate(timeout=timeout)
+    assert worker.returncode == 0, f"worker {worker.pid} exited {worker.returncode}:\n{err[-3000:]}"
+    return json.loads(out.strip().splitlines()[-1])
+
+def main(table, storage, study, n_trials, start_at="0"):
+    from cryptoml.tune import tune
+    rows = pd.read_parquet(table)
+    time.sleep(max(0.0, float(start_at) - time.time()))
+    result = tune(rows, storage=storage, study_name=study, n_trials=int(n_trials), val_days=7, progress=False, n_boot=100)
+    print(json.dumps({"pid": os.getpid(), "n_trials": result.n_trials, "best_trial": result.best_trial,
+                      "params": result.params, "metrics": {k: v for k, v in result.metrics.items() if k != "ci95"}}))
+
+if __name__ == "__main__": main(*sys.argv[1:])
