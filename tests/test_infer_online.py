@@ -1,0 +1,75 @@
+"""Online features equal the offline feature table, bar by bar, on the shared real BTC/USDT data.
+
+A live caller has only the last raw bars. For each bar, `online_features` is given the bars up to and including
+it (it keeps the last `lookback_bars` of them), and its answer is compared with that bar's row of the feature
+table that `build_features` wrote for the whole history. Each bar is its own online computation; the bars are
+shared out in chunks to a pool of worker processes, and each chunk is compared in one vectorised check.
+"""
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pytest
+
+from cryptoml.core import DataError
+from cryptoml.ingest import example_market, read_bars, read_funding
+from cryptoml.features import build_features, feature_names, lookback_bars, read_feature_table
+from cryptoml.infer import online_features
+
+CHUNK = 1500
+TOLERANCE = 1e-9  # of a feature's typical size: the feature store's EMA recursions restart at the window's first bar
+
+_market = {}  # each worker's bars and funding, read once
+
+
+def _read_market(home, market):
+    _market.update(bars=read_bars(home, market.exchange, market.symbol, market.timeframe),
+                   funding=read_funding(home, market.funding_exchange, market.symbol))
+
+
+def online_rows(feature_set: str, bars_at: list[int]) -> np.ndarray:
+    "The online feature row of each bar in `bars_at`, each computed from the bars up to and including it."
+    bars, funding = _market["bars"], _market["funding"]
+    return np.array([list(online_features(bars.iloc[: t + 1], feature_set, funding=funding).values()) for t in bars_at])
+
+
+@pytest.fixture(scope="module")
+def market(bars_csv, tmp_path_factory):
+    home = tmp_path_factory.mktemp("online")
+    key = example_market(home)
+    assert key.exchange != "synthetic"
+    _read_market(home, key)
+    return home, key
+
+
+@pytest.fixture(scope="module")
+def pool(market):
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=_read_market, initargs=market) as workers:
+        yield workers
+
+
+def offline_table(home, key, feature_set):
+    table, meta = read_feature_table(build_features(key, home=home, feature_set=feature_set, progress=False))
+    assert meta["feature_set"] == feature_set
+    return table
+
+
+@pytest.mark.parametrize("feature_set, stride", [("seed", 1), ("rich", 5)])  # the served set on every bar; the 24 richer features on every 5th
+def test_online_features_equal_the_offline_table_for_every_bar(market, pool, feature_set, stride):
+    home, key = market
+    bars, table, n = _market["bars"], offline_table(home, key, feature_set), lookback_bars(feature_set)
+    assert table["ts"].tolist() == bars["ts"].tolist()
+    offline = table[feature_names(feature_set)].to_numpy()
+    typical = np.median(np.abs(np.nan_to_num(offline)), axis=0)
+    bars_at = np.arange(n - 1, len(bars), stride)
+    chunks = [bars_at[i:i + CHUNK] for i in range(0, len(bars_at), CHUNK)]
+    assert np.isfinite(offline[bars_at]).mean() > 0.9, "the comparison would be mostly NaN against NaN"
+    for at, online in zip(chunks, pool.map(online_rows, [feature_set] * len(chunks), [c.tolist() for c in chunks])):
+        bad = ~np.isclose(online, offline[at], rtol=TOLERANCE, atol=TOLERANCE * typical, equal_nan=True)
+        assert not bad.any(), (f"{feature_set}: online != offline at {bars.ts.iloc[at[bad.any(axis=1)][0]]}, "
+                               f"features {[f for f, b in zip(feature_names(feature_set), bad.any(axis=0)) if b]}")
+
+
+def test_too_few_bars_for_the_lookback_are_refused(market):
+    bars, n = _market["bars"], lookback_bars("seed")
+    with pytest.raises(DataError, match=f"need the last {n} bars; got {n - 1}"): online_features(bars.iloc[: n - 1])
