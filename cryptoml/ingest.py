@@ -22,7 +22,7 @@ from .core import (ConfigError, DataError, ExchangeError, atomic_write_parquet, 
 
 # %% auto #0
 __all__ = ['OHLCV_COLUMNS', 'EXTRA_COLUMNS', 'FUNDING_COLUMNS', 'PRICES', 'BAR_CHECKS', 'FUNDING_CHECKS', 'REGIMES', 'SYNTHETIC',
-           'BINANCE_KLINE_COLUMNS', 'HEADERLESS', 'COLUMN_ALIASES', 'EXAMPLE', 'EXAMPLE_FILES', 'TRANSIENT',
+           'BOUNCE', 'BINANCE_KLINE_COLUMNS', 'HEADERLESS', 'COLUMN_ALIASES', 'EXAMPLE', 'EXAMPLE_FILES', 'TRANSIENT',
            'DEFAULT_HISTORY', 'MarketKey', 'as_utc_ms', 'refuse_bad_rows', 'as_bars', 'validate_bars',
            'read_parquet_file', 'store_rows', 'store_bars', 'write_bars', 'read_rows', 'read_bars', 'as_funding',
            'validate_funding', 'store_funding', 'write_funding', 'read_funding', 'gap_report', 'IngestReport',
@@ -226,6 +226,7 @@ def _report(home, market: MarketKey, added: int, paths: list[Path], funding_adde
 REGIMES = pd.DataFrame({"drift": [0.0, 1e-5, -1.5e-5], "vol": [0.7, 1.0, 2.2], "weight": [0.5, 0.3, 0.2]},
                        index=pd.Index(["calm", "trend", "stress"], name="regime"))  # drift and vol per 1m bar
 SYNTHETIC = MarketKey("synthetic", "SYNTH/USDT", "1m", "synthetic")
+BOUNCE = 0.08  # share of a bar's shock that the next bar gives back (bid-ask bounce)
 
 def _regime_path(n: int, mean_bars: int, rng: np.random.Generator) -> np.ndarray:
     "Row of REGIMES per bar: spells of geometric length (mean `mean_bars`), each regime drawn by its weight."
@@ -233,14 +234,15 @@ def _regime_path(n: int, mean_bars: int, rng: np.random.Generator) -> np.ndarray
     return np.repeat(rng.choice(len(REGIMES), size=len(lengths), p=REGIMES.weight.to_numpy()), lengths)[:n]
 
 def synthetic_market(days: float = 30, seed: int = 0, timeframe: str = "1m", start="2023-03-01") -> pd.DataFrame:
-    "Seeded synthetic bars (`attrs['source'] == 'synthetic'`): fat-tailed returns, volatility clustering, regimes."
+    "Seeded synthetic bars (`attrs['source'] == 'synthetic'`): fat tails, volatility clustering, regimes, bounce."
     rng, minutes = np.random.default_rng(seed), timeframe_seconds(timeframe) / 60
     n = round(days * 1440 / minutes)
     regime = REGIMES.iloc[_regime_path(n, max(1, round(2 * 1440 / minutes)), rng)]
     phi = 0.999 ** minutes
     log_vol = lfilter([0.5 * np.sqrt(1 - phi**2)], [1, -phi], rng.standard_normal(n))
     sigma = 8e-4 * np.sqrt(minutes) * np.exp(log_vol) * regime.vol.to_numpy()
-    close = 20_000 * np.exp(np.cumsum(regime.drift.to_numpy() * minutes + sigma * rng.standard_t(4, n) / np.sqrt(2)))
+    shock = sigma * rng.standard_t(4, n) / np.sqrt(2)
+    close = 20_000 * np.exp(np.cumsum(regime.drift.to_numpy() * minutes + shock - BOUNCE * np.r_[0, shock[:-1]]))
     open_ = np.r_[20_000, close[:-1]]
     wick = lambda: np.exp(np.abs(rng.standard_normal(n)) * sigma / 2)
     bars = pd.DataFrame({"ts": pd.date_range(to_utc(start), periods=n, freq=pd.Timedelta(minutes=minutes), unit="ms"),
