@@ -3,8 +3,11 @@
 The real 1-minute BTC/USDT bars and the perpetual's funding rates are imported into a fresh data root, the feature
 store's honest features are computed from them, and the time split of that table must pass every check of the
 guard. Then leaks of the kinds people actually write are planted one at a time, and each must be caught and named.
+Purged k-fold folds, which train on both sides of a validation window in the middle of the data, are held to their
+own rule: honest folds pass, and a fold without its embargo or purge is caught and named.
 """
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -13,7 +16,7 @@ import pytest
 from cryptoml.core import LeakageError
 from cryptoml.features import FEATURE_SETS, add_labels, compute_features, features_asof
 from cryptoml.ingest import example_market, read_bars, read_funding
-from cryptoml.split import LeakageGuard, Split, feature_columns, time_split, walk_forward
+from cryptoml.split import LeakageGuard, Split, feature_columns, kfold_embargo, purged_kfold, time_split, walk_forward
 
 GUARD_SECONDS = 10  # the guard runs before every tuning run; a few seconds at most, with room for a loaded CI machine
 
@@ -34,6 +37,14 @@ def rich(market):
     return table, features_asof(bars, "rich", funding=funding)
 
 
+@pytest.fixture(scope="module", params=sorted(FEATURE_SETS))
+def honest_set(request, market):
+    "Each honest feature set of the feature store on the real market: its name, its table with next-bar labels, its recompute."
+    bars, funding = market
+    table = add_labels(compute_features(bars, request.param, funding=funding), bars)
+    return request.param, table, features_asof(bars, request.param, funding=funding)
+
+
 def known_at(bars: pd.DataFrame, cut: pd.Timestamp) -> pd.DataFrame:
     "The bars that had closed by `cut`."
     return bars[bars.ts + pd.Timedelta("1min") <= cut]
@@ -45,12 +56,9 @@ def failure(split, table, feature_fn=None) -> LeakageError:
     return caught.value
 
 
-@pytest.mark.parametrize("feature_set", sorted(FEATURE_SETS))
-def test_time_split_no_leak(market, feature_set):
+def test_time_split_no_leak(honest_set):
     "Every honest feature set of the feature store passes every check, quickly, on the default split and on folds."
-    bars, funding = market
-    table = add_labels(compute_features(bars, feature_set, funding=funding), bars)
-    feature_fn = features_asof(bars, feature_set, funding=funding)
+    feature_set, table, feature_fn = honest_set
     split = time_split(table)
     started = time.perf_counter()
     report = LeakageGuard().check(split, table, feature_fn)
@@ -126,13 +134,79 @@ def test_guard_names_every_problem_at_once_without_feature_fn(market, rich):
 
 @pytest.mark.parametrize("horizon", [1, 15, 240])
 def test_honest_features_never_trip_the_auc_check(market, rich, horizon):
-    "The single-feature AUC check is calibrated: no honest rich feature trips it, for any label, split or fold."
+    "The single-feature AUC check is calibrated: no honest rich feature trips it, for any label, split, walk-forward or k-fold fold."
     bars, _ = market
     guard = LeakageGuard()
     for dead_zone in (None, 0.5):
         table = add_labels(rich[0].drop(columns=["y", "fwd_ret"]), bars, horizon=horizon, dead_zone=dead_zone)
-        for split in [time_split(table, horizon=horizon), *walk_forward(table, n_folds=4, horizon=horizon)]:
+        for split in [time_split(table, horizon=horizon), *walk_forward(table, n_folds=4, horizon=horizon),
+                      *purged_kfold(table, horizon=horizon)]:
             assert guard.auc_problems(split)[0] == [], (dead_zone, split)
     if horizon == 1:
         worst = (guard.auc_problems(time_split(rich[0]))[1].auc - 0.5).abs().max()
         assert worst < guard.max_auc_gap / 2, f"the next-bar label leaves room: honest features reach only ±{worst:.3f}"
+
+
+def test_purged_kfold_no_leak(honest_set):
+    "Every purged k-fold fold of the real data, with its default embargo, passes every check; the folds validate every labelled row once."
+    feature_set, table, feature_fn = honest_set
+    folds = purged_kfold(table, n_folds=5)
+    assert pd.concat([f.val for f in folds]).ts.tolist() == table.ts[table.y.notna()].tolist()
+    assert {f.embargo for f in folds} == {FEATURE_SETS[feature_set].lookback - 1}, "the embargo covers the longest look-back"
+    for fold in folds[1:-1]:
+        assert len(fold.train_before) and len(fold.train_after), "a middle fold trains on both sides"
+        assert fold.train_after.ts.iloc[0] == fold.val.ts.iloc[-1] + pd.Timedelta(minutes=fold.embargo + 1)
+    for fold in folds:
+        report = LeakageGuard().check(fold, table, feature_fn)
+        assert report.ok and set(report.checks.values()) == {"passed"}, fold
+
+
+def test_guard_catches_kfold_without_embargo(rich):
+    "A middle fold trained right after its window: the rows there look back into validation and price its last labels."
+    table, feature_fn = rich
+    message = str(failure(purged_kfold(table, n_folds=4, embargo=0)[1], table, feature_fn))
+    assert "240 training rows look back into validation" in message
+    assert "'macd_signal' (241 bars)" in message and "'ret1' (2 bars)" in message
+    assert "embargo is 0 bars, it needs at least 240" in message
+    assert "1 training rows lie inside validation label windows" in message
+
+
+def test_guard_names_only_the_features_a_short_embargo_leaves_exposed(rich):
+    "An embargo of 100 bars covers the 50-bar moving average but not the 180- and 241-bar indicators: those are named."
+    table, feature_fn = rich
+    problems = failure(purged_kfold(table, n_folds=4, embargo=100)[2], table, feature_fn).report.problems
+    assert len(problems) == 1 and problems[0].startswith("140 training rows look back into validation")
+    for name in ("macd_signal", "macd_hist", "rsi14", "ema_cross_gap", "macd"): assert repr(name) in problems[0]
+    for name in ("sma50_gap", "ret_vol60", "ret1"): assert repr(name) not in problems[0]
+
+
+def test_the_embargo_follows_an_unregistered_slow_feature(market, rich):
+    "A 500-bar moving average the feature store does not know: its warm-up gives its look-back, and the default embargo grows."
+    bars, _ = market
+    honest, honest_fn = rich
+    slow = lambda b: (b.close.rolling(500).mean() / b.close - 1).to_numpy()
+    table = honest.assign(slow_gap=slow(bars))
+    feature_fn = lambda cut: honest_fn(cut).assign(slow_gap=slow(known_at(bars, cut)))
+    assert kfold_embargo(table) == 499
+    assert LeakageGuard().check(purged_kfold(table)[2], table, feature_fn).ok
+    message = str(failure(purged_kfold(table, embargo=kfold_embargo(honest))[2], table, feature_fn))
+    assert "259 training rows look back into validation" in message and "'slow_gap' (500 bars)" in message
+
+
+def test_guard_catches_kfold_purge_zero_with_multi_bar_label(market, rich):
+    "A 15-bar label with no purge before a middle window: the 15 labels before it are made of validation prices."
+    bars, _ = market
+    table = add_labels(rich[0].drop(columns=["y", "fwd_ret"]), bars, horizon=15)
+    problems = failure(purged_kfold(table, purge=0, horizon=15)[2], table, rich[1]).report.problems
+    assert problems == [problems[0]] and problems[0].startswith("15 training labels cross into validation: their 15-bar label windows")
+    assert "purge is 0 bars" in problems[0]
+    assert all(LeakageGuard().check(fold, table, rich[1]).ok for fold in purged_kfold(table, horizon=15))
+
+
+def test_a_time_split_stays_under_the_strict_rule(rich):
+    "The k-fold rule is the fold's to claim: the same rows called a time split, or any hand-made split, must train strictly before."
+    table, _ = rich
+    fold = purged_kfold(table)[2]
+    message = str(failure(replace(fold, kind="time"), table))
+    assert f"training time is not strictly before validation time: {len(fold.train_after):,} training rows" in message
+    assert "not strictly before" in str(failure(Split(fold.train, fold.val), table))

@@ -1,17 +1,21 @@
-"""Property tests of the time split and walk-forward folds, on random tables.
+"""Property tests of the time split, walk-forward folds and purged k-fold folds, on random tables.
 
 Hypothesis draws a table (bar length, random gaps, random unknown labels), a label horizon, purge, embargo,
 validation length and fold count. Whatever it draws, a split either is refused with a ConfigError because a set
-would be empty, or it keeps training strictly before validation, drops exactly the purged and embargoed rows,
-and loses no other labelled row. The leakage guard's structural checks agree with a direct count.
+would be empty, or it keeps training strictly before validation (k-fold: on both sides of it), drops exactly the
+purged and embargoed rows, and loses no other labelled row. The leakage guard's structural checks agree with a
+direct count.
 """
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from cryptoml.core import ConfigError, LeakageError
-from cryptoml.split import LeakageGuard, Split, label_window_problems, time_split, walk_forward
+from cryptoml.split import (LeakageGuard, Split, label_window_problems, lookback_problems, purged_kfold, time_order_problems,
+                            time_split, walk_forward)
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BARS = {"1m": pd.Timedelta("1min"), "5m": pd.Timedelta("5min"), "1h": pd.Timedelta("1h")}
@@ -65,11 +69,22 @@ def refused(make, wants) -> bool:
     return False
 
 
-def label_windows_cross(split: Split, table) -> bool:
-    "Whether some training row's label window (the `horizon` rows after it) holds a validation row, counted directly."
+def windows_joining(split: Split, table, lookback: int = 1) -> tuple[bool, bool, bool]:
+    "Counted directly: training label window holds validation; validation label window holds training; training look-back holds validation."
     pos = {t: i for i, t in enumerate(table.ts)}
-    val = {pos[t] for t in split.val.ts}
-    return any(p + k in val for p in (pos[t] for t in split.train.ts) for k in range(1, split.horizon + 1))
+    train, val, h = {pos[t] for t in split.train.ts}, {pos[t] for t in split.val.ts}, split.horizon
+    return (any(p + k in val for p in train for k in range(1, h + 1)), any(q + k in train for q in val for k in range(1, h + 1)),
+            any(p - k in val for p in train for k in range(1, lookback)))
+
+
+def kfold_expected(table, n_folds: int, purge: int, embargo: int) -> list[dict]:
+    "Each fold's timestamps by part, row by row: `n_folds` equal blocks validate; `purge` rows before a block and `embargo` after it drop."
+    n, labelled = len(table), table.y.notna().to_numpy()
+    edges = [k * n // n_folds for k in range(n_folds + 1)]
+    def part(p, v0, v1):
+        return "val" if v0 <= p < v1 else "purged" if v0 - purge <= p < v0 else "embargoed" if v1 <= p < v1 + embargo else "train"
+    return [{k: [table.ts.iloc[p] for p in range(n) if labelled[p] and part(p, v0, v1) == k] for k in ("train", "val", "purged", "embargoed")}
+            for v0, v1 in zip(edges, edges[1:])]
 
 
 @SETTINGS
@@ -85,8 +100,9 @@ def test_time_split_keeps_order_and_drops_exactly_the_purged_rows(drawn, val_sha
     check_split(split, want, table, start, end)
     assert (split.horizon, split.purge, split.embargo) == (horizon, horizon if purge is None else purge, embargo or 0)
     # the guard's label check flags the split exactly when a label window crosses; a purge >= horizon never crosses
-    assert bool(label_window_problems(split, table)) == label_windows_cross(split, table)
-    if split.purge >= horizon: assert not label_windows_cross(split, table)
+    crossing, priced, _ = windows_joining(split, table)
+    assert bool(label_window_problems(split, table)) == crossing and not priced
+    if split.purge >= horizon: assert not crossing
 
 
 @SETTINGS
@@ -125,3 +141,34 @@ def test_a_shuffled_split_never_passes_the_guard(drawn, val_share):
         return
     with pytest.raises(LeakageError, match="not strictly before validation"):
         LeakageGuard().check(Split(train, val, horizon=horizon, purge=horizon), table)
+
+
+@SETTINGS
+@given(tables(), st.integers(2, 6), st.integers(0, 10), st.one_of(st.none(), st.integers(0, 8)), st.one_of(st.none(), st.integers(0, 12)))
+def test_purged_kfold_partitions_the_labels_and_drops_exactly_the_purged_and_embargoed_rows(drawn, n_folds, warm_up, purge, embargo):
+    "Validation blocks partition the labelled rows; each fold holds every labelled row once; the guard agrees with a direct count."
+    table, _, horizon = drawn
+    table = table.assign(slow=table.f.where(np.arange(len(table)) >= warm_up))  # a feature needing warm_up + 1 bars
+    purge_bars = horizon if purge is None else purge
+    embargo_bars = max(horizon, warm_up) if embargo is None else embargo
+    wants = kfold_expected(table, n_folds, purge_bars, embargo_bars)
+    make = lambda: purged_kfold(table, n_folds, purge=purge, embargo=embargo, horizon=horizon)
+    if refused(make, wants): return
+    folds = make()
+    labelled = list(table.ts[table.y.notna()])
+    assert [t for fold in folds for t in fold.val.ts] == labelled
+    for fold, want in zip(folds, wants):
+        got = {k: list(getattr(fold, k).ts) for k in want}
+        assert got == want
+        assert sorted(t for rows in got.values() for t in rows) == labelled, "each labelled row in exactly one set"
+        assert (fold.kind, fold.horizon, fold.purge, fold.embargo) == ("kfold", horizon, purge_bars, embargo_bars)
+        assert fold.summary()["rows"] == {k: len(v) for k, v in got.items()}
+        crossing, priced, looking = windows_joining(fold, table, lookback=warm_up + 1)
+        assert bool(label_window_problems(fold, table)) == (crossing or priced)
+        assert bool(lookback_problems(fold, table)) == looking
+        assert time_order_problems(fold, table) == []
+        if len(fold.train_after):  # training resumes `gap` bars after the window: an embargo one bar longer is broken
+            gap = table.ts.searchsorted(fold.train_after.ts.iloc[0]) - table.ts.searchsorted(fold.val.ts.iloc[-1]) - 1
+            assert gap >= fold.embargo and not time_order_problems(replace(fold, embargo=gap), table)
+            assert "inside the split's embargo" in time_order_problems(replace(fold, embargo=gap + 1), table)[0]
+        if purge_bars >= horizon and embargo_bars >= max(horizon, warm_up): assert not (crossing or priced or looking)
