@@ -3,7 +3,8 @@
 Tunes a small real model on the example market (the shared BTC/USDT bars, or the synthetic market on a fresh
 clone), promotes it, then measures single-row latency (p50/p95/p99 over --calls calls after a warm-up) for
 LGBMProd and for EnsemblePredictor (the booster and its run's logistic regression, linear blend), each from a
-ready feature dict and from raw bars through `online_features`, and batch scoring in rows per second.
+ready feature dict, from a frame of raw bars through `online_features`, and from one raw bar at a time pushed into
+a live `OnlineFeatures` feed (ccxt's [ms, open, high, low, close, volume] lists), and batch scoring in rows per second.
 
     python bench/bench_infer.py [--calls 20000] [--batch-rows 1000000] [--trials 3]
 
@@ -19,7 +20,7 @@ from cryptoml.ingest import example_market, read_bars, read_funding
 from cryptoml.features import build_features, read_feature_table
 from cryptoml.tune import tune
 from cryptoml.registry import promote, save_run
-from cryptoml.infer import LGBMProd, online_features
+from cryptoml.infer import LGBMProd, OnlineFeatures, online_features
 from cryptoml.ensemble import EnsemblePredictor, LogRegMember
 
 
@@ -85,12 +86,26 @@ def report(home: Path, args):
         "A call that takes the raw bars up to a bar (as a live caller holds them), computes its features and asks `model_call`."
         return lambda end: model_call(online_features(bars.iloc[:end], feature_set, funding=funding, timeframe=market.timeframe))
 
+    ohlcv = [[int(ts), *values] for ts, *values in  # the bars as ccxt gives them
+             bars[["ts", "open", "high", "low", "close", "volume"]].assign(ts=bars["ts"].array.as_unit("ms").asi8).to_numpy().tolist()]
+    first = ends[0] - 1
+
+    def pushed(model_call):
+        "A call that pushes bar `i` into a live feed (bars come in order; a new feed starts at the first) and asks `model_call`."
+        feed = []
+        def call(i):
+            if i == first: feed[:] = [OnlineFeatures(feature_set, funding=funding, timeframe=market.timeframe, bars=bars.iloc[:first])]
+            return model_call(feed[0].push(ohlcv[i]))
+        return call
+
     measured = {
         "LGBMProd, feature dict": latencies_us(lgbm.predict_proba, dicts, args.calls),
         "LGBMProd, 1-D array": latencies_us(lgbm.predict_proba, list(val), args.calls),
         "EnsemblePredictor, feature dict": latencies_us(ensemble.predict, dicts, args.calls),
         "LGBMProd + online features": latencies_us(online(lgbm.predict_proba), ends, args.calls, warmup=200),
         "EnsemblePredictor + online features": latencies_us(online(ensemble.predict), ends, args.calls, warmup=200),
+        "LGBMProd + OnlineFeatures.push": latencies_us(pushed(lgbm.predict_proba), [e - 1 for e in ends], args.calls, warmup=200),
+        "EnsemblePredictor + OnlineFeatures.push": latencies_us(pushed(ensemble.predict), [e - 1 for e in ends], args.calls, warmup=200),
     }
     rows = np.resize(val, (args.batch_rows, val.shape[1]))
     batch = {threads: batch_rows_per_s(lgbm, rows, threads) for threads in sorted({1, os.cpu_count() or 1})}

@@ -8,6 +8,7 @@ import json, math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import duckdb
@@ -24,31 +25,24 @@ from .ingest import MarketKey, read_bars, read_funding
 
 # %% auto #0
 __all__ = ['EMA_TAIL', 'FEATURES', 'OHLCV', 'W9', 'W12', 'W26', 'W14', 'DAY_MS', 'WEEK_MS', 'FUNDING_MAX_AGE', 'FEATURE_SETS',
-           'SEED', 'CHUNK_ROWS', 'TABLE_ROWS', 'window_reduce', 'rolling_sum', 'rolling_mean', 'rolling_mean_std',
-           'rolling_std', 'ema_alpha', 'ema_window', 'finite_ema', 'Feature', 'register_feature', 'BarArrays',
-           'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag', 'rolling_changes', 'cyclic', 'feature_docs',
-           'FeatureSet', 'define_feature_set', 'get_feature_set', 'feature_names', 'lookback_bars', 'feature_chunks',
-           'feature_matrix', 'compute_features', 'features_asof', 'label_arrays', 'add_labels', 'write_feature_table',
-           'build_features', 'read_feature_table', 'connect']
+           'SEED', 'CHUNK_ROWS', 'TABLE_ROWS', 'PARQUET_OPTIONS', 'window_reduce', 'rolling_sum', 'rolling_mean',
+           'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window', 'finite_ema', 'Feature', 'register_feature',
+           'BarArrays', 'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag',
+           'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet', 'define_feature_set', 'get_feature_set',
+           'feature_names', 'lookback_bars', 'feature_chunks', 'feature_matrix', 'compute_features', 'features_asof',
+           'label_arrays', 'add_labels', 'write_feature_table', 'build_features', 'read_feature_table', 'connect']
 
 # %% ../nbs/02_feature_store.ipynb #4ad825fd
-def _tail(arrays: tuple, m: int) -> tuple:
-    "The last `m` entries of each array."
-    return tuple(a[len(a) - m:] for a in arrays)
-
 def window_reduce(leaf: tuple, w: int, merge: Callable) -> tuple:
     "Merge per-row states `leaf` over each `w`-row window by doubling; arrays aligned to the last row (length n - w + 1)."
     piece, size, out, covered = leaf, 1, None, 0
     while size <= w:
         if w & size:
             if out is None: out, covered = piece, size
-            else:
-                older = tuple(a[:max(len(a) - covered, 0)] for a in piece)
-                m = min(len(older[0]), len(out[0]))
-                out, covered = merge(_tail(older, m), _tail(out, m), size, covered), covered + size
-        if 2 * size <= w:
-            m = max(len(piece[0]) - size, 0)
-            piece = merge(tuple(a[:m] for a in piece), _tail(piece, m), size, size)
+            else:  # the piece of windows ending `covered` rows earlier, then the windows covered so far
+                m = max(len(piece[0]) - covered, 0)
+                out, covered = merge([a[:m] for a in piece], [a[len(a) - m:] for a in out], size, covered), covered + size
+        if 2 * size <= w: piece = merge([a[:max(len(a) - size, 0)] for a in piece], [a[size:] for a in piece], size, size)
         size *= 2
     return out
 
@@ -164,12 +158,13 @@ def _feature(name: str) -> Feature:
 # %% ../nbs/02_feature_store.ipynb #019d88a2
 OHLCV = ("open", "high", "low", "close", "volume")
 
-def _ts_ms(df: pd.DataFrame, what: str) -> np.ndarray:
-    "The `ts` column of `df` as sorted, unique epoch milliseconds; DataError naming the first bad time."
+def _ts_ms(df: pd.DataFrame, what: str, last: int | None = None) -> np.ndarray:
+    "The `ts` column of `df` (its `last` rows, if given) as sorted, unique epoch milliseconds; DataError naming the first bad time."
     ts = df["ts"].array
     if not isinstance(ts, pd.arrays.DatetimeArray): raise DataError(f"{what}: column 'ts' must hold datetimes, not {ts.dtype}")
-    if ts.isna().any(): raise DataError(f"{what}: column 'ts' has a missing time at row {int(np.argmax(ts.isna()))}")
-    ms = ts.as_unit("ms").asi8  # naive times are read as UTC: their epoch numbers are the same
+    if last is not None: ts = ts[max(len(ts) - last, 0):]
+    if ts.isna().any(): raise DataError(f"{what}: column 'ts' has a missing time at row {len(df) - len(ts) + int(np.argmax(ts.isna()))}")
+    ms = ts.asi8 if ts.unit == "ms" else ts.as_unit("ms").asi8  # naive times are read as UTC: their epoch numbers are the same
     step = np.diff(ms)
     if len(step) and step.min() <= 0:
         i = int(np.argmax(step <= 0))
@@ -177,9 +172,13 @@ def _ts_ms(df: pd.DataFrame, what: str) -> np.ndarray:
         raise DataError(f"{what}: duplicate ts {when}" if step[i] == 0 else f"{what}: ts not sorted: {when} comes after {pd.Timestamp(ms[i], unit='ms', tz='UTC')}")
     return ms
 
+def _floats(df: pd.DataFrame, column: str, rows: int) -> np.ndarray:
+    "The last `rows` values of column `column` of `df` as float64, NaN where missing (a view of a float64 column)."
+    return df[column].to_numpy(dtype=np.float64, na_value=np.nan)[len(df) - rows:]
+
 def _finite(df: pd.DataFrame, column: str, ms: np.ndarray, what: str) -> np.ndarray:
-    "Column `column` of `df` as float64; DataError naming the first time it is missing or not finite."
-    values = df[column].to_numpy(dtype=np.float64, na_value=np.nan)
+    "The last `len(ms)` values of column `column` of `df` as float64; DataError naming the first time one is missing or not finite."
+    values = _floats(df, column, len(ms))
     bad = ~np.isfinite(values)
     if bad.any(): raise DataError(f"{what}: column {column!r} is not finite at ts {pd.Timestamp(ms[np.argmax(bad)], unit='ms', tz='UTC')}")
     return values
@@ -189,16 +188,21 @@ def _missing(df, columns, what: str):
     missing = [c for c in columns if c not in df.columns]
     if missing: raise DataError(f"{what}: missing column(s) {', '.join(missing)}")
 
-def bar_arrays(bars: pd.DataFrame, *, funding: pd.DataFrame | None = None, timeframe: str = "1m") -> BarArrays:
-    "Check `bars` (and `funding`) and return them as `BarArrays`; DataError naming a missing column or the first bad row."
-    _missing(bars, ("ts", *OHLCV), "bars")
-    ms = _ts_ms(bars, "bars")
-    columns = {c: _finite(bars, c, ms, "bars") for c in OHLCV}
-    if "taker_buy_base" in bars.columns: columns["taker_buy_base"] = bars["taker_buy_base"].to_numpy(dtype=np.float64, na_value=np.nan)
-    if funding is None or len(funding) == 0: return BarArrays(ms, columns, timeframe=timeframe)
+def funding_arrays(funding: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
+    "Check funding rates and return their times (epoch ms) and rates as arrays, empty for none; DataError naming the first bad row."
+    if funding is None or len(funding) == 0: return np.empty(0, np.int64), np.empty(0)
     _missing(funding, ("ts", "funding_rate"), "funding")
-    fms = _ts_ms(funding, "funding")
-    return BarArrays(ms, columns, funding_ts=fms, funding_rate=_finite(funding, "funding_rate", fms, "funding"), timeframe=timeframe)
+    ms = _ts_ms(funding, "funding")
+    return ms, _finite(funding, "funding_rate", ms, "funding")
+
+def bar_arrays(bars: pd.DataFrame, *, funding: pd.DataFrame | None = None, timeframe: str = "1m", last: int | None = None) -> BarArrays:
+    "Check `bars` (only its `last` rows, if given) and `funding`, and return them as `BarArrays`; DataError naming a missing column or the first bad row."
+    _missing(bars, ("ts", *OHLCV), "bars")
+    ms = _ts_ms(bars, "bars", last)
+    columns = {c: _finite(bars, c, ms, "bars") for c in OHLCV}
+    if "taker_buy_base" in bars.columns: columns["taker_buy_base"] = _floats(bars, "taker_buy_base", len(ms))
+    funding_ts, funding_rate = funding_arrays(funding)
+    return BarArrays(ms, columns, funding_ts=funding_ts, funding_rate=funding_rate, timeframe=timeframe)
 
 # %% ../nbs/02_feature_store.ipynb #bc7ed515
 @register_feature("close", lookback=1)
@@ -451,34 +455,48 @@ def add_labels(table: pd.DataFrame, bars: pd.DataFrame, *, horizon: int = 1, dea
     return table.assign(fwd_ret=fwd[rows], y=y[rows])
 
 # %% ../nbs/02_feature_store.ipynb #a212e1ae
-TABLE_ROWS = 1 << 18
+TABLE_ROWS = 1 << 16
+PARQUET_OPTIONS = dict(compression="zstd", compression_level=-1, use_dictionary=False, use_byte_stream_split=True)
 
-def _row_groups(b: BarArrays, fs: FeatureSet) -> Iterator[tuple[int, int, np.ndarray]]:
-    "`feature_chunks` gathered into runs of about `TABLE_ROWS` rows."
-    parts = []
-    for start, end, values in feature_chunks(b, fs):
-        parts.append((start, end, values))
-        if end - parts[0][0] >= TABLE_ROWS or end == len(b):
-            yield parts[0][0], end, np.concatenate([v for *_, v in parts], axis=1)
-            parts = []
+def _row_groups(b: BarArrays, fs: FeatureSet) -> Iterator[list[tuple[int, int, np.ndarray]]]:
+    "`feature_chunks` gathered into runs of at least `TABLE_ROWS` rows (the last run: what is left)."
+    run = []
+    for chunk in feature_chunks(b, fs):
+        run.append(chunk)
+        if chunk[1] - run[0][0] >= TABLE_ROWS or chunk[1] == len(b):
+            yield run
+            run = []
+
+def _arrow_batch(schema: pa.Schema, columns: list[np.ndarray]) -> pa.RecordBatch:
+    "`columns` (epoch ms `ts`, then float64 arrays) as a record batch of `schema`, sharing their memory; NaN becomes null."
+    return pa.RecordBatch.from_arrays([pa.array(c, field.type, from_pandas=True) for c, field in zip(columns, schema)], schema=schema)
+
+def _in_background(items: Iterator, consume: Callable):
+    "`consume(item)` for each of `items`, in a second thread, while the next item is being produced; one item waits at most."
+    with ThreadPoolExecutor(1) as thread:
+        pending = None
+        for item in items:
+            if pending is not None: pending.result()
+            pending = thread.submit(consume, item)
+        if pending is not None: pending.result()
 
 def write_feature_table(path, bars: pd.DataFrame, feature_set: str | FeatureSet = "seed", *, funding: pd.DataFrame | None = None,
                         timeframe: str = "1m", horizon: int = 1, dead_zone: float | None = None, metadata: dict | None = None,
                         progress: bool = False) -> Path:
     "Stream `bars`' features and labels to the Parquet file `path` atomically, `metadata` (JSON) under the key `cryptoml`."
     fs, b = get_feature_set(feature_set), bar_arrays(bars, funding=funding, timeframe=timeframe)
-    fwd, y = label_arrays(b.close, horizon, dead_zone)
-    names = list(fs.features)
-    def table(start: int, end: int, values: np.ndarray) -> pa.Table:
-        frame = _frame(b.ts[start:end], values, names).assign(fwd_ret=fwd[start:end], y=y[start:end])
-        return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-    schema = pa.Schema.from_pandas(_frame(b.ts[:0], np.empty((len(names), 0)), names).assign(fwd_ret=fwd[:0], y=y[:0]), preserve_index=False)
+    labels, names = label_arrays(b.close, horizon, dead_zone), list(fs.features)
+    schema = pa.Schema.from_pandas(_frame(b.ts[:0], np.empty((len(names), 0)), names).assign(fwd_ret=labels[0][:0], y=labels[1][:0]), preserve_index=False)
     schema = schema.with_metadata({**schema.metadata, b"cryptoml": json.dumps(metadata or {}, default=str).encode()})
+    def row_groups() -> Iterator[pa.Table]:
+        for run in _row_groups(b, fs):
+            yield pa.Table.from_batches([_arrow_batch(schema, [b.ts[start:end], *values, *(l[start:end] for l in labels)]) for start, end, values in run])
     def write(tmp: Path):
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer, tqdm(total=len(b), unit="bar", disable=not progress) as bar:
-            for start, end, values in _row_groups(b, fs):
-                writer.write_table(table(start, end, values), row_group_size=end - start)
-                bar.update(end - start)
+        with pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS) as writer, tqdm(total=len(b), unit="bar", disable=not progress) as bar:
+            def put(table: pa.Table):
+                writer.write_table(table, row_group_size=len(table))
+                bar.update(len(table))
+            _in_background(row_groups(), put)
     return atomic_write(path, write)
 
 # %% ../nbs/02_feature_store.ipynb #fcb80eba

@@ -4,15 +4,15 @@
 
 # %% ../nbs/06_infer.ipynb #3f858473
 from __future__ import annotations
-import ctypes, functools, logging, os, threading
+import ctypes, functools, logging, math, os, threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from .core import ArtifactError, DataError, best_link
-from .features import compute_features, lookback_bars
+from .core import ArtifactError, DataError, best_link, to_ms
+from .features import OHLCV, BarArrays, FeatureSet, bar_arrays, funding_arrays, get_feature_set
 from .registry import load_booster, read_card
 import lightgbm as lgb
 from lightgbm.basic import _LIB, _safe_call
@@ -21,7 +21,7 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['feature_mismatch', 'check_features', 'FastBooster', 'path_stamp', 'LoadedRun', 'ServedModel', 'LGBMProd',
-           'online_features']
+           'online_features', 'OnlineFeatures']
 
 # %% ../nbs/06_infer.ipynb #f3b90cdf
 def feature_mismatch(given, expected) -> str:
@@ -199,10 +199,61 @@ class LGBMProd(ServedModel):
         return FastBooster(booster)
 
 # %% ../nbs/06_infer.ipynb #cdd0776d
-def online_features(bars: pd.DataFrame, feature_set: str = "seed", *, funding: pd.DataFrame | None = None,
+def _newest_row(b: BarArrays, fs: FeatureSet) -> dict[str, float]:
+    "The features of the newest bar of `b` as {name: value}, in the set's order."
+    return {name: float(b[name][-1]) for name in fs.features}
+
+def online_features(bars: pd.DataFrame, feature_set: str | FeatureSet = "seed", *, funding: pd.DataFrame | None = None,
                     timeframe: str = "1m") -> dict[str, float]:
     "The newest bar's features as {name: value}, in order, computed from only the last `lookback_bars(feature_set)` bars."
-    n = lookback_bars(feature_set)
-    if len(bars) < n: raise DataError(f"online features of feature set {feature_set!r} need the last {n} bars; got {len(bars)}")
-    table = compute_features(bars.iloc[-n:], feature_set, funding=funding, timeframe=timeframe)
-    return dict(zip(table.columns[1:].tolist(), table.iloc[-1].tolist()[1:]))  # columns: ts, then the features in order
+    fs = get_feature_set(feature_set)
+    if len(bars) < fs.lookback: raise DataError(f"online features of feature set {fs.name!r} need the last {fs.lookback} bars; got {len(bars)}")
+    return _newest_row(bar_arrays(bars, funding=funding, timeframe=timeframe, last=fs.lookback), fs)
+
+# %% ../nbs/06_infer.ipynb #3773a03f
+class OnlineFeatures:
+    "A live feed: `push` each closed bar, get its feature row; keeps only the last `lookback_bars` bars, in arrays."
+    def __init__(self, feature_set: str | FeatureSet = "seed", *, funding: pd.DataFrame | None = None, timeframe: str = "1m",
+                 bars: pd.DataFrame | None = None):
+        self.feature_set, self.timeframe = get_feature_set(feature_set), timeframe
+        self.lookback, self.count, self.taker = self.feature_set.lookback, 0, None  # taker: whether bars carry taker_buy_base
+        self._ts, self._values = np.zeros(2 * self.lookback, np.int64), np.zeros((len(OHLCV) + 1, 2 * self.lookback))
+        self.set_funding(funding)
+        if bars is not None:
+            b = bar_arrays(bars, timeframe=timeframe, last=self.lookback)
+            for bar in zip(b.ts.tolist(), *(a.tolist() for a in b.columns.values())): self._store(bar)
+
+    def set_funding(self, funding: pd.DataFrame | None):
+        "Use these funding rates (`ts`, `funding_rate`) from now on: pass the new list when a rate is published."
+        self.funding_ts, self.funding_rate = funding_arrays(funding)
+
+    def push(self, bar) -> dict[str, float]:
+        "Append the newest closed bar `(ts, open, high, low, close, volume[, taker_buy_base])` (ts: epoch ms or a time); its features."
+        self._store(bar)
+        n, i = self.lookback, (self.count - 1) % self.lookback
+        start, end = (i + 1 if self.count >= n else n), i + n + 1
+        columns = dict(zip((*OHLCV, "taker_buy_base"), self._values[:len(OHLCV) + self.taker, start:end]))
+        return _newest_row(BarArrays(self._ts[start:end], columns, funding_ts=self.funding_ts, funding_rate=self.funding_rate,
+                                     timeframe=self.timeframe), self.feature_set)
+
+    def _store(self, bar):
+        "Write `bar` into both halves of the buffers; DataError naming what is wrong with it."
+        ts, *values = bar
+        ts = int(ts) if isinstance(ts, (int, np.integer)) else to_ms(ts)
+        if self.taker is None: self.taker = len(values) == len(OHLCV) + 1
+        problem = self._problem(ts, values)
+        if problem: raise DataError(f"bar at {_utc(ts)}: {problem}")
+        n, i = self.lookback, self.count % self.lookback
+        self._ts[i] = self._ts[i + n] = ts
+        self._values[:len(values), i] = self._values[:len(values), i + n] = values
+        self.count += 1
+
+    def _problem(self, ts: int, values: list) -> str | None:
+        "What is wrong with a bar opening at `ts` with `values`, in words; None if nothing."
+        fields = (*OHLCV, "taker_buy_base")[:len(OHLCV) + self.taker]
+        if len(values) != len(fields): return f"{len(values) + 1} values; this feed's bars are (ts, {', '.join(fields)})"
+        last = int(self._ts[(self.count - 1) % self.lookback])
+        if self.count and ts <= last: return f"not after the previous bar, at {_utc(last)}"
+        if not all(map(math.isfinite, values[:len(OHLCV)])): return f"{', '.join(OHLCV)} must be finite, not {values[:len(OHLCV)]}"
+
+def _utc(ms: int) -> pd.Timestamp: return pd.Timestamp(ms, unit="ms", tz="UTC")
