@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import hashlib, json, re, tempfile
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +25,7 @@ __all__ = ['CryptomlError', 'ConfigError', 'DataError', 'ExchangeError', 'Artifa
            'data_home', 'symbol_id', 'timeframe_seconds', 'timeframe_ms', 'to_utc', 'to_ms', 'bar_close', 'raw_dir',
            'funding_dir', 'month_file', 'feature_path', 'models_dir', 'best_link', 'optuna_storage', 'fsync_dir',
            'atomic_write', 'atomic_write_bytes', 'atomic_write_json', 'atomic_write_parquet', 'parquet_metadata',
-           'atomic_symlink', 'sha256_file', 'repo_root', 'shared_data']
+           'read_parquet_file', 'atomic_symlink', 'sha256_file', 'repo_root', 'shared_data']
 
 # %% ../nbs/00_core.ipynb #2e9f61dd
 class CryptomlError(Exception):
@@ -170,9 +171,15 @@ def atomic_write_parquet(path, df: pd.DataFrame, metadata: dict | None = None) -
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 def parquet_metadata(path) -> dict:
-    "The `cryptoml` metadata a Parquet file was written with (empty if none)."
+    "The `cryptoml` metadata a Parquet file (a path or an open binary file) was written with (empty if none)."
     raw = (pq.read_schema(path).metadata or {}).get(b"cryptoml")
     return json.loads(raw) if raw else {}
+
+# %% ../nbs/00_core.ipynb #ccd07472
+def read_parquet_file(source, columns: list[str] | None = None, **kwargs) -> pd.DataFrame:
+    "A Parquet file's rows (`source`: a path, or a binary file already open) read through one open handle."
+    with nullcontext(source) if hasattr(source, "read") else open(source, "rb") as f:
+        return pd.read_parquet(f, columns=columns, **kwargs)
 
 # %% ../nbs/00_core.ipynb #e491e7f3
 def atomic_symlink(target: str | os.PathLike, link: str | os.PathLike) -> Path:

@@ -20,7 +20,7 @@ from scipy.signal import lfilter
 from tqdm.auto import tqdm
 
 from .core import (ConfigError, DataError, atomic_write, data_home, feature_path, parquet_metadata,
-                           raw_dir, timeframe_ms, to_ms)
+                           raw_dir, read_parquet_file, timeframe_ms, to_ms)
 from .ingest import MarketKey, read_bars, read_funding
 
 # %% auto #0
@@ -522,9 +522,9 @@ def build_features(market: MarketKey | None = None, *, home=None, exchange: str 
                                horizon=horizon, dead_zone=dead_zone, metadata=meta, progress=progress)
 
 def read_feature_table(path) -> tuple[pd.DataFrame, dict]:
-    "A feature table and its metadata."
+    "A feature table and its metadata, both from the one version of the file that was open."
     if not Path(path).is_file(): raise DataError(f"no feature table at {path}: run build_features first")
-    return pd.read_parquet(path), parquet_metadata(path)
+    with open(path, "rb") as f: return read_parquet_file(f), parquet_metadata(f)
 
 # %% ../nbs/02_feature_store.ipynb #9ba2eb65
 def _parquet_view(con, name: str, globs: list[Path], columns: dict[str, int]):

@@ -18,17 +18,17 @@ from scipy.signal import lfilter
 from tqdm.auto import tqdm
 
 from .core import (ConfigError, DataError, ExchangeError, atomic_write_parquet, funding_dir, month_file, raw_dir,
-                           shared_data, timeframe_ms, timeframe_seconds, to_ms, to_utc)
+                           read_parquet_file, shared_data, timeframe_ms, timeframe_seconds, to_ms, to_utc)
 
 # %% auto #0
 __all__ = ['OHLCV_COLUMNS', 'EXTRA_COLUMNS', 'FUNDING_COLUMNS', 'PRICES', 'BAR_CHECKS', 'FUNDING_CHECKS', 'REGIMES', 'SYNTHETIC',
            'BOUNCE', 'BINANCE_KLINE_COLUMNS', 'HEADERLESS', 'COLUMN_ALIASES', 'EXAMPLE', 'EXAMPLE_FILES', 'TRANSIENT',
-           'DEFAULT_HISTORY', 'MarketKey', 'as_utc_ms', 'refuse_bad_rows', 'as_bars', 'validate_bars',
-           'read_parquet_file', 'store_rows', 'store_bars', 'write_bars', 'read_rows', 'read_bars', 'as_funding',
-           'validate_funding', 'store_funding', 'write_funding', 'read_funding', 'gap_report', 'IngestReport',
-           'synthetic_market', 'synthetic_funding', 'write_demo_market', 'read_csv_rows', 'import_csv',
-           'import_funding_csv', 'example_market', 'StalePage', 'Retry', 'make_exchange', 'ohlcv_pages', 'fetch_ohlcv',
-           'funding_pages', 'fetch_funding', 'stored_span', 'ingest']
+           'DEFAULT_HISTORY', 'MarketKey', 'as_utc_ms', 'refuse_bad_rows', 'as_bars', 'validate_bars', 'store_rows',
+           'store_bars', 'write_bars', 'read_rows', 'read_bars', 'as_funding', 'validate_funding', 'store_funding',
+           'write_funding', 'read_funding', 'gap_report', 'IngestReport', 'synthetic_market', 'synthetic_funding',
+           'write_demo_market', 'read_csv_rows', 'import_csv', 'import_funding_csv', 'example_market', 'StalePage',
+           'Retry', 'make_exchange', 'ohlcv_pages', 'fetch_ohlcv', 'funding_pages', 'fetch_funding', 'stored_span',
+           'ingest']
 
 # %% ../nbs/01_ingest.ipynb #2ed38302
 class MarketKey(NamedTuple):
@@ -115,10 +115,6 @@ def _folder_lock(folder: Path):
         fcntl.flock(f, fcntl.LOCK_EX)
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
-
-def read_parquet_file(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    "One Parquet file read through a single open handle, so a writer replacing it meanwhile cannot mix two versions."
-    with open(path, "rb") as f: return pd.read_parquet(f, columns=columns)
 
 def _merge_month(path: Path, new: pd.DataFrame, columns: list[str]) -> int | None:
     "Merge `new` into the month file `path` (new values win); rows added, or None if the file already held it all."

@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator
 from . import __version__
 from .core import (
     ArtifactError, ConfigError, DataError, PromotionRefused, atomic_symlink, atomic_write, atomic_write_bytes,
-    atomic_write_json, best_link, data_home, feature_path, models_dir, parquet_metadata, sha256_file, to_utc)
+    atomic_write_json, best_link, data_home, feature_path, models_dir, parquet_metadata, read_parquet_file, sha256_file, to_utc)
 from .tune import evaluate
 import lightgbm as lgb
 
@@ -231,7 +231,7 @@ def validation_window(run: str | os.PathLike, *, home=None) -> pd.DataFrame:
     table, sha = table_path(card, folder), card["data"]["feature_table_sha256"]
     if sha256_file(table) != sha: raise ArtifactError(f"feature table {table} changed since run {folder.name} was trained (sha256 no longer {sha[:12]}...)")
     start, end = (to_utc(t) for t in card["data"]["validation"])
-    rows = pd.read_parquet(table, filters=[("ts", ">=", start), ("ts", "<=", end)])
+    rows = read_parquet_file(table, filters=[("ts", ">=", start), ("ts", "<=", end)])
     if (labelled := rows[rows["y"].notna()]).empty: raise DataError(f"feature table {table} has no labelled rows in {start} .. {end}")
     return labelled.reset_index(drop=True)
 
