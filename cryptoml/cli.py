@@ -12,7 +12,7 @@ import pandas as pd
 
 from .core import (CryptomlError, ConfigError, DataError, data_home, feature_path, optuna_storage,
                            parquet_metadata, repo_root, to_utc, atomic_write_bytes)
-from .ingest import MarketKey, ingest, import_csv, import_funding_csv, write_demo_market, read_bars, read_funding
+from .ingest import IngestReport, MarketKey, ingest, import_csv, import_funding_csv, write_demo_market, read_bars, read_funding
 from .features import FEATURE_SETS, build_features, read_feature_table, features_asof, lookback_bars
 from .tune import tune
 from .registry import save_run, promote, rollback, list_runs, read_card
@@ -21,12 +21,12 @@ from .monitor import monitor, promoted_run, report_table, metrics_table
 
 # %% auto #0
 __all__ = ['PROMOTED', 'PANDOC_LINK_ATTRIBUTES', 'COMMANDS', 'run_command', 'add_exchange', 'add_symbol', 'add_tuning',
-           'add_features', 'utc_time', 'add_time_range', 'existing_file', 'print_ingest', 'cmd_ingest', 'cmd_import',
-           'cmd_demo', 'market_of', 'stored_funding', 'guard_features', 'cmd_features', 'tune_and_save', 'cmd_tune',
-           'print_decision', 'cmd_promote', 'cmd_rollback', 'cmd_runs', 'funding_exchange_of', 'market_args',
-           'latest_bars', 'cmd_predict', 'cmd_monitor', 'check_source', 'acquire', 'step', 'card_summary',
-           'cmd_pipeline', 'docs_notebooks', 'front_matter', 'plain_cell', 'untested_cells', 'render_notebook',
-           'cmd_docs', 'parser', 'main']
+           'add_features', 'utc_time', 'add_time_range', 'existing_file', 'print_ingest', 'fetch', 'import_dumps',
+           'cmd_ingest', 'cmd_import', 'cmd_demo', 'market_of', 'stored_funding', 'guard_features', 'cmd_features',
+           'tune_and_save', 'cmd_tune', 'print_decision', 'cmd_promote', 'cmd_rollback', 'cmd_runs',
+           'funding_exchange_of', 'market_args', 'latest_bars', 'cmd_predict', 'cmd_monitor', 'check_source', 'acquire',
+           'step', 'card_summary', 'cmd_pipeline', 'docs_notebooks', 'front_matter', 'plain_cell', 'untested_cells',
+           'render_notebook', 'cmd_docs', 'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #fc6f9e4c
 def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -91,16 +91,24 @@ def print_ingest(report) -> int:
           f"{report.missing} missing" + (f"; {report.funding_added} funding rates" if report.funding_added else ""))
     return 0
 
+def fetch(args) -> IngestReport:
+    "Fetch the bars (and funding) of the command's market from its exchange into the store."
+    return ingest(args.exchange, args.symbol, args.timeframe, args.since, args.until, home=args.home,
+                  funding=args.funding, progress=not args.quiet)
+
+def import_dumps(args, files: list[Path]) -> IngestReport:
+    "Import the CSV dumps `files` (and `--funding-csv`, if given) of the command's market into the store."
+    report = import_csv(files, args.exchange, args.symbol, args.timeframe, home=args.home)
+    if args.funding_csv: import_funding_csv(args.funding_csv, args.exchange, args.symbol, home=args.home)
+    return report
+
 def cmd_ingest(args) -> int:
     "Fetch bars (and funding) from an exchange into the store."
-    return print_ingest(ingest(args.exchange, args.symbol, args.timeframe, args.since, args.until, home=args.home,
-                               funding=args.funding, progress=not args.quiet))
+    return print_ingest(fetch(args))
 
 def cmd_import(args) -> int:
     "Import CSV or zipped CSV dumps into the store."
-    report = import_csv(args.files, args.exchange, args.symbol, args.timeframe, home=args.home)
-    if args.funding_csv: import_funding_csv(args.funding_csv, args.exchange, args.symbol, home=args.home)
-    return print_ingest(report)
+    return print_ingest(import_dumps(args, args.files))
 
 def cmd_demo(args) -> int:
     "Write the embedded synthetic market into the store."
@@ -185,13 +193,13 @@ def latest_bars(home, market: MarketKey, feature_set: str, at=None) -> pd.DataFr
 
 def cmd_predict(args) -> int:
     "Print P(up) for the bar after --at (default: the newest stored bar) from the promoted model."
-    card = read_card(promoted_run(args.home), home=args.home)
-    market, feature_set = market_args(args, card), card["data"]["feature_set"]
+    promoted_run(args.home)  # with nothing promoted, say how to promote a model
+    run = LGBMProd(home=args.home).current()  # one loaded run: its card and its model agree even if a promotion lands meanwhile
+    market, feature_set = market_args(args, run.card), run.card["data"]["feature_set"]
     bars = latest_bars(args.home, market, feature_set, args.at)
     row = online_features(bars, feature_set, funding=stored_funding(args.home, market), timeframe=market.timeframe)
-    model = LGBMProd(home=args.home)
-    print(json.dumps({"run_id": model.run_id, "exchange": market.exchange, "symbol": market.symbol, "timeframe": market.timeframe,
-                      "bar": str(bars.ts.iloc[-1]), "p_up": float(model.predict_proba(row))}))
+    print(json.dumps({"run_id": run.run_id, "exchange": market.exchange, "symbol": market.symbol, "timeframe": market.timeframe,
+                      "bar": str(bars.ts.iloc[-1]), "p_up": float(run.predict(row))}))
     return 0
 
 def cmd_monitor(args) -> int:
@@ -211,10 +219,8 @@ def check_source(args):
 def acquire(args) -> MarketKey:
     "Fill the store from the pipeline's source: --demo, --import FILE..., or an exchange."
     if args.demo: return write_demo_market(args.home, days=args.days, seed=args.seed)
-    if args.import_files:
-        import_csv(args.import_files, args.exchange, args.symbol, args.timeframe, home=args.home)
-        if args.funding_csv: import_funding_csv(args.funding_csv, args.exchange, args.symbol, home=args.home)
-    else: ingest(args.exchange, args.symbol, args.timeframe, args.since, args.until, home=args.home, funding=args.funding, progress=not args.quiet)
+    if args.import_files: import_dumps(args, args.import_files)
+    else: fetch(args)
     return MarketKey(args.exchange, args.symbol, args.timeframe)  # funding, if any, is stored under the same exchange
 
 def step(n: int, what: str):

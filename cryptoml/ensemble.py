@@ -114,6 +114,11 @@ class EnsemblePrediction(NamedTuple):
     weights: dict        # blended member -> the weight used
 
 # %% ../nbs/07_ensemble.ipynb #e3f203b5
+def _sum_to_one(weights: dict) -> dict:
+    "`weights` scaled by one common factor to sum to 1."
+    total = sum(weights.values())
+    return {m: w / total for m, w in weights.items()}
+
 @dataclass(frozen=True)
 class DynamicWeights:
     "Weights from recent performance: log losses of the last `window` outcomes, recency-weighted by `halflife` (outcomes), Hedge with rate `eta`."
@@ -130,8 +135,7 @@ class DynamicWeights:
         if not any(len(losses[m]) for m in base): return base
         total = {m: float(self.decay(len(losses[m])) @ np.asarray(losses[m])) for m in base}
         best = min(total.values())
-        raw = {m: base[m] * math.exp(-self.eta * (total[m] - best)) for m in base}
-        return {m: w / sum(raw.values()) for m, w in raw.items()}
+        return _sum_to_one({m: base[m] * math.exp(-self.eta * (total[m] - best)) for m in base})
 
 def log_losses(y, p) -> np.ndarray:
     "Log loss of each prediction `p` of the outcomes `y` (1.0 up, 0.0 not), with p kept away from 0 and 1."
@@ -159,7 +163,8 @@ class EnsemblePredictor:
         blended = [m for m in self.members if m not in self.shadow]
         if sorted(weights) != sorted(blended): raise ConfigError(f"weights name {sorted(weights)}; the blended members are {sorted(blended)}")
         if min(weights.values()) < 0 or not sum(weights.values()) > 0: raise ConfigError(f"weights must be >= 0 with a positive sum: {weights}")
-        return {m: weights[m] / sum(weights.values()) for m in blended}
+        scaled = _sum_to_one(weights)
+        return {m: scaled[m] for m in blended}
 
     def predict(self, X) -> EnsemblePrediction:
         "The blend of the members' P(up) for `X` (a dict, array or DataFrame, as each member takes it), with each contribution."

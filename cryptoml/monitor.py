@@ -139,16 +139,17 @@ def monitor(run_id: str | None = None, *, home=None, symbol: str | None = None, 
             window_days: float = 7) -> dict:
     "Drift report of run `run_id` (default: the promoted run) over the last `window_days`, written under the run."
     run_id = run_id or promoted_run(home)
-    card = read_card(run_id, home=home)
+    folder = run_dir(run_id, home)
+    card = read_card(folder)
     symbol, timeframe = symbol or card["data"]["symbol"], timeframe or card["data"]["timeframe"]
     table, _ = read_feature_table(feature_path(home, symbol, timeframe))
-    booster = load_booster(run_dir(run_id, home))
+    booster = load_booster(folder)
     report = drift_report(training_window(table, card), recent_window(table, window_days), card["features"],
                           lambda X: booster.predict(X.to_numpy(dtype=float), num_threads=1))
     stamp = datetime.now(timezone.utc)
     report = {"run_id": run_id, "symbol": symbol, "timeframe": timeframe, "window_days": window_days,
               "created_at": stamp.isoformat(timespec="seconds"), **report}
-    path = atomic_write_json(run_dir(run_id, home)/"monitor"/f"{stamp:%Y-%m-%dT%H%M%S.%f}-{os.urandom(3).hex()}.json", report)
+    path = atomic_write_json(folder/"monitor"/f"{stamp:%Y-%m-%dT%H%M%S.%f}-{os.urandom(3).hex()}.json", report)
     return {**report, "path": str(path)}
 
 def latest_report(run_id: str | None = None, *, home=None) -> dict | None:
