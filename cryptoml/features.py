@@ -20,7 +20,7 @@ from scipy.signal import lfilter
 from tqdm.auto import tqdm
 
 from .core import (ConfigError, DataError, atomic_write, data_home, feature_path, parquet_metadata,
-                           raw_dir, read_parquet_file, timeframe_ms, to_ms)
+                           raw_dir, read_parquet_file, timeframe_ms, to_ms, to_utc)
 from .ingest import MarketKey, read_bars, read_funding
 
 # %% auto #0
@@ -168,8 +168,8 @@ def _ts_ms(df: pd.DataFrame, what: str, last: int | None = None) -> np.ndarray:
     step = np.diff(ms)
     if len(step) and step.min() <= 0:
         i = int(np.argmax(step <= 0))
-        when = pd.Timestamp(ms[i + 1], unit="ms", tz="UTC")
-        raise DataError(f"{what}: duplicate ts {when}" if step[i] == 0 else f"{what}: ts not sorted: {when} comes after {pd.Timestamp(ms[i], unit='ms', tz='UTC')}")
+        when = to_utc(int(ms[i + 1]))
+        raise DataError(f"{what}: duplicate ts {when}" if step[i] == 0 else f"{what}: ts not sorted: {when} comes after {to_utc(int(ms[i]))}")
     return ms
 
 def _floats(df: pd.DataFrame, column: str, rows: int) -> np.ndarray:
@@ -180,7 +180,7 @@ def _finite(df: pd.DataFrame, column: str, ms: np.ndarray, what: str) -> np.ndar
     "The last `len(ms)` values of column `column` of `df` as float64; DataError naming the first time one is missing or not finite."
     values = _floats(df, column, len(ms))
     bad = ~np.isfinite(values)
-    if bad.any(): raise DataError(f"{what}: column {column!r} is not finite at ts {pd.Timestamp(ms[np.argmax(bad)], unit='ms', tz='UTC')}")
+    if bad.any(): raise DataError(f"{what}: column {column!r} is not finite at ts {to_utc(int(ms[np.argmax(bad)]))}")
     return values
 
 def _missing(df, columns, what: str):
@@ -210,12 +210,16 @@ def _close(b):
     "The bar's close price."
     return b.close
 
+def _one_bar_returns(close: np.ndarray) -> np.ndarray:
+    "Each close over the previous close, minus 1; NaN at the first bar."
+    out = np.full(len(close), np.nan)
+    out[1:] = close[1:] / close[:-1] - 1
+    return out
+
 @register_feature("ret1", lookback=2)
 def _ret1(b):
     "One-bar return: close over the previous close, minus 1."
-    out = np.full(len(b), np.nan)
-    out[1:] = b.close[1:] / b.close[:-1] - 1
-    return out
+    return _one_bar_returns(b.close)
 
 def sma_gap(w: int) -> Callable:
     "The feature function 'close over its `w`-bar simple moving average, minus 1'."
@@ -439,7 +443,7 @@ def label_arrays(close: np.ndarray, horizon: int = 1, dead_zone: float | None = 
     fwd[:-horizon] = close[horizon:] / close[:-horizon] - 1
     y[:-horizon] = close[horizon:] > close[:-horizon]
     if dead_zone is not None:
-        vol = rolling_std(np.concatenate([[np.nan], close[1:] / close[:-1] - 1]), 20) * math.sqrt(horizon)
+        vol = rolling_std(_one_bar_returns(close), 20) * math.sqrt(horizon)
         y[~(np.abs(fwd) >= dead_zone * vol)] = np.nan
     return fwd, y
 

@@ -92,10 +92,14 @@ def _on_grid(timeframe: str | None) -> dict:
     step = timeframe_ms(timeframe)
     return {f"ts not on the {timeframe} grid": lambda b: b.ts.astype("int64") % step != 0}
 
+def _require_columns(df: pd.DataFrame, columns: list[str], source: str):
+    "A `DataError` naming the `columns` that `df` lacks, and those it has."
+    missing = [c for c in columns if c not in df.columns]
+    if missing: raise DataError(f"{source}: missing column(s) {missing}; have {list(df.columns)}")
+
 def as_bars(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
     "`df` in the store's schema: OHLCV_COLUMNS as float64 with `ts` in UTC ms, plus the optional columns it has."
-    missing = [c for c in OHLCV_COLUMNS if c not in df.columns]
-    if missing: raise DataError(f"{source or 'bars'}: missing column(s) {missing}; have {list(df.columns)}")
+    _require_columns(df, OHLCV_COLUMNS, source or "bars")
     bars = pd.DataFrame({"ts": as_utc_ms(df["ts"], source)})
     for c in OHLCV_COLUMNS[1:]: bars[c] = pd.to_numeric(df[c], errors="coerce").astype("float64").to_numpy()
     for c, dtype in EXTRA_COLUMNS.items():
@@ -164,8 +168,7 @@ def read_bars(home, exchange: str, symbol: str, timeframe: str, start=None, end=
 # %% ../nbs/01_ingest.ipynb #970dafba
 def as_funding(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
     "`df` as the store's funding schema: ts (UTC ms), funding_rate (float64)."
-    missing = [c for c in FUNDING_COLUMNS if c not in df.columns]
-    if missing: raise DataError(f"{source or 'funding'}: missing column(s) {missing}; have {list(df.columns)}")
+    _require_columns(df, FUNDING_COLUMNS, source or "funding")
     return pd.DataFrame({"ts": as_utc_ms(df["ts"], source),
                          "funding_rate": pd.to_numeric(df["funding_rate"], errors="coerce").astype("float64").to_numpy()})
 

@@ -255,12 +255,13 @@ def inner_split(split: Split, inner_days: float | None = None) -> Split:
 def trial_objective(inner: Split, features: list[str], objective: str, base: dict) -> Callable[[optuna.Trial], tuple]:
     "The study's objective: fit on `inner.train`, stop early and score on `inner.val`."
     spec, X_val, y_val = OBJECTIVES[objective], inner.val[features], inner.val.y.to_numpy()
-    base_rate = inner.train.y.mean()
+    X_train, y_train = inner.train[features], inner.train.y
+    base_rate = y_train.mean()
 
     def run(trial: optuna.Trial) -> tuple:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {**base, "metric": spec.metric, **suggest_params(trial, base_rate)}
-        train = lgb.Dataset(inner.train[features], inner.train.y)
+        train = lgb.Dataset(X_train, y_train)
         callbacks = [lgb.early_stopping(EARLY_STOPPING, verbose=False)]
         if len(spec.directions) == 1:
             callbacks.append(LightGBMPruningCallback(trial, spec.metric, valid_name="inner", report_interval=REPORT_EVERY))
