@@ -12,7 +12,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import hashlib, json, re, tempfile
 from contextlib import nullcontext
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import json, os
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
