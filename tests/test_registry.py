@@ -19,7 +19,8 @@ from cryptoml.core import (ArtifactError, ConfigError, PromotionRefused, atomic_
                            models_dir, sha256_file)
 from cryptoml.registry import (CARD_SCHEMA, best_history, best_run_id, list_runs, load_booster, load_logreg, new_run_dir,
                                promote, read_card, read_promotions, rollback, run_dir, save_run, verify_artifacts)
-from cryptoml.tune import TuneResult, evaluate, tune
+from cryptoml.metrics import evaluate
+from cryptoml.tune import TuneResult, tune
 
 META = {"feature_set": "test", "version": 1, "horizon": 1, "dead_zone": None, "exchange": "testex", "symbol": "BTC/USDT",
         "timeframe": "1m", "funding_exchange": None}

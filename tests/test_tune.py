@@ -9,7 +9,8 @@ from optuna.trial import TrialState
 
 from cryptoml.core import ConfigError, LeakageError
 from cryptoml.features import features_asof
-from cryptoml.tune import FINISHED, METRICS, finished_trials, pick_trial, tune
+from cryptoml.metrics import METRICS
+from cryptoml.tune import FINISHED, finished_trials, pick_trial, tune
 from tune_worker import result_of, seed_table, start_worker
 
 @pytest.fixture(scope="module")
