@@ -61,6 +61,13 @@ def test_the_model_card_page_shows_the_metrics_table_and_drawn_plots(page, tmp_p
     assert drift is not None and any(word in drift.parent.get_text() for word in ("ok", "warn", "alert"))
     assert "Traceback" not in dom.get_text()
 
+    nav = {a.get_text(): a["href"] for a in dom.select("nav.cryptoml-nav a")}
+    assert nav["cryptoml"] == "index.html" and nav["Model card"] == "model_card.html", nav
+    assert dom.select_one("nav.cryptoml-nav a.here").get_text() == "Model card"
+    assets = [tag.get("src") or tag.get("href") for tag in dom.select("script[src], link[rel=stylesheet]")]
+    assert all((page.parent/a).is_file() for a in assets if not a.startswith("http")), assets  # shared, beside the page
+    assert page.stat().st_size < 1_000_000  # plotly.js and the stylesheet are shared, not inlined
+
 def test_a_notebook_that_fails_is_named_and_the_others_still_render(tmp_path):
     good, bad = nbformat.v4.new_notebook(), nbformat.v4.new_notebook()
     good.cells = [nbformat.v4.new_markdown_cell("# Fine\n> Renders."), nbformat.v4.new_code_cell("1 + 1")]
@@ -69,7 +76,7 @@ def test_a_notebook_that_fails_is_named_and_the_others_still_render(tmp_path):
     done = docs(tmp_path/"broken.ipynb", tmp_path/"fine.ipynb", "--out", tmp_path/"site")
     assert done.returncode == 1
     assert "broken.ipynb failed" in done.stderr and "ZeroDivisionError" in done.stderr
-    assert sorted(p.name for p in (tmp_path/"site").iterdir()) == ["fine.html"]
+    assert sorted(p.name for p in (tmp_path/"site").glob("*.html")) == ["fine.html"]
 
 def test_docs_outside_a_checkout_is_bad_input(tmp_path):
     done = docs("model_card.ipynb", cwd=tmp_path)
