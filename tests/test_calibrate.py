@@ -44,7 +44,8 @@ def test_a_stored_calibrator_gives_sklearns_own_predictions(case):
     p, y = labelled_forecasts(seed, rows, slope, shift, spread)
     if y.min() == y.max(): return
     isotonic = IsotonicRegression(y_min=EPS, y_max=1 - EPS, out_of_bounds="clip").fit(p, y)
-    logistic = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-10, max_iter=1000).fit(log_odds(p)[:, None], y)
+    logistic = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-10, max_iter=1000)
+    logistic.fit(log_odds(p)[:, None], y)
     platt = through_json(fit_platt(p, y))
     expected = {"isotonic": isotonic.predict(QUERY),
                 "platt": np.clip(logistic.predict_proba(log_odds(QUERY)[:, None])[:, 1], EPS, 1 - EPS)}
