@@ -522,13 +522,17 @@ def content_digest(rows: pd.DataFrame | None) -> dict | None:
             "sha256": digest.hexdigest()}
 
 # %% ../nbs/02_features.ipynb #ce02c6a9
+def _stable_repr(obj) -> str:
+    "`repr(obj)` without memory addresses, which differ from process to process."
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
+
 def _code_text(obj, seen: set) -> list[str]:
-    "Source of the function `obj`, its closure's values, and (once each) the functions of its module or cryptoml and the features it uses."
-    if not callable(obj) or id(obj) in seen: return [] if callable(obj) else [repr(obj)]
+    "Source of function `obj`, its closure's values, and (once each) the functions of its module or cryptoml and features it uses."
+    if not callable(obj) or id(obj) in seen: return [] if callable(obj) else [_stable_repr(obj)]
     seen.add(id(obj))
     code = getattr(obj, "__code__", None)
     try: parts = [inspect.getsource(obj)]
-    except (OSError, TypeError): parts = [repr(obj) if code is None else code.co_code.hex() + repr(code.co_consts)]
+    except (OSError, TypeError): parts = [_stable_repr(obj) if code is None else code.co_code.hex() + _stable_repr(code.co_consts)]
     if code is None: return parts
     parts += [text for cell in obj.__closure__ or () for text in _code_text(cell.cell_contents, seen)]
     codes = [code]
@@ -589,16 +593,17 @@ def read_feature_table(path) -> tuple[pd.DataFrame, dict]:
 def _unchanged(rows: pd.DataFrame, built: dict | None, what: str):
     "DataError unless the stored `rows` over the span a table was built from are what it was built from (`content_digest`)."
     if not built: return
-    now = content_digest(rows[(rows.ts >= to_utc(built["first"])) & (rows.ts <= to_utc(built["last"]))])
-    if (now or {}).get("sha256") != built["sha256"]:
-        raise DataError(f"the stored {what} changed since the feature table was built from them: {built['first']} .. {built['last']} "
-                        f"held {built['rows']:,} rows (sha256 {built['sha256'][:12]}...), now {(now or {}).get('rows', 0):,} "
-                        f"(sha256 {(now or {}).get('sha256', '-')[:12]}...); rebuild the table")
+    now = content_digest(rows[(rows.ts >= to_utc(built["first"])) & (rows.ts <= to_utc(built["last"]))]) or {"rows": 0, "sha256": "-"}
+    if now["sha256"] != built["sha256"]:
+        raise DataError(f"the stored {what} changed since the feature table was built from them: {built['first']} .. "
+                        f"{built['last']} held {built['rows']:,} rows (sha256 {built['sha256'][:12]}...), now {now['rows']:,} "
+                        f"(sha256 {now['sha256'][:12]}...); rebuild the table")
 
 def table_asof(meta: dict, home=None) -> Callable[[pd.Timestamp], pd.DataFrame]:
-    "The guard's function `cut -> features` for a stored table: its registered features from the stored bars and funding known at `cut`."
+    "The guard's `cut -> features` for a stored table: its registered features from the stored bars and funding known at `cut`."
     if missing := [k for k in ("exchange", "symbol", "timeframe", "features") if not meta.get(k)]:
-        raise ConfigError(f"the feature table's metadata names no {', '.join(missing)}: its features cannot be recomputed from stored bars")
+        raise ConfigError(f"the feature table's metadata names no {', '.join(missing)}: "
+                          "its features cannot be recomputed from stored bars")
     market = f"{meta['exchange']} {meta['symbol']} {meta['timeframe']}"
     bars = read_bars(home, meta["exchange"], meta["symbol"], meta["timeframe"])
     if bars.empty:
@@ -607,7 +612,8 @@ def table_asof(meta: dict, home=None) -> Callable[[pd.Timestamp], pd.DataFrame]:
     funding = read_funding(home, meta.get("funding_exchange") or meta["exchange"], meta["symbol"])
     _unchanged(bars, meta.get("bars"), f"bars of {market}")
     _unchanged(funding, meta.get("funding"), f"funding rates of {meta['symbol']}")
-    known = FeatureSet(meta.get("feature_set") or "table", meta.get("version") or 0, tuple(f for f in meta["features"] if f in FEATURES))
+    registered = tuple(f for f in meta["features"] if f in FEATURES)
+    known = FeatureSet(meta.get("feature_set") or "table", meta.get("version") or 0, registered)
     return features_asof(bars, known, funding=funding, timeframe=meta["timeframe"])
 
 # %% ../nbs/02_features.ipynb #8b7cf582
@@ -627,7 +633,7 @@ def _link_or_copy(source: Path, target: Path):
             os.fsync(dst.fileno())
 
 def snapshot_table(path, home=None) -> Path:
-    "An immutable, content-addressed copy of the feature table `path`, `feature_store/snapshots/{sha256}.parquet`; the existing one if any."
+    "An immutable content-addressed copy of the table `path`: `feature_store/snapshots/{sha256}.parquet` (the existing one if any)."
     if not Path(path).is_file(): raise DataError(f"no feature table at {path} to snapshot")
     folder = snapshot_dir(home)
     folder.mkdir(parents=True, exist_ok=True)

@@ -169,7 +169,8 @@ def verdict(gains: pd.DataFrame, model: str = "lgbm") -> str:
 
 # %% ../nbs/05_metrics.ipynb #95797667
 # Best honest out-of-sample (accuracy over majority, ROC AUC edge) per label horizon in bars: bench/honest_ceiling.py
-PLAUSIBLE_EDGES = {1: (0.047, 0.065), 4: (0.052, 0.068), 5: (0.031, 0.052), 15: (0.029, 0.061), 24: (0.033, 0.076), 60: (0.043, 0.084)}
+PLAUSIBLE_EDGES = {1: (0.047, 0.065), 4: (0.052, 0.068), 5: (0.031, 0.052), 15: (0.029, 0.061), 24: (0.033, 0.076),
+                   60: (0.043, 0.084)}
 LOPSIDED_SLOPE = 0.33  # honest AUC gained per unit of |base rate - 0.5| (flat bars are "not up", and predictable)
 MARGIN, STANDARD_ERRORS, MIN_ROWS = 0.02, 3, 1000
 
@@ -200,9 +201,9 @@ def implausible(metrics: dict, rows: int, horizon: int) -> list[str]:
     if bounds is None: return []
     acc_edge, auc_edge = honest_edges(horizon)
     n = rows / horizon
+    lopsided = f" + {LOPSIDED_SLOPE * abs(base - 0.5):.3f} for a base rate of {base:.3f}" if abs(base - 0.5) >= 0.0005 else ""
     parts = {"accuracy": f"majority rate {max(base, 1 - base):.4f} + best honest edge {acc_edge:.3f}",
-             "roc_auc": f"0.5 + best honest edge {auc_edge:.3f}" + (f" + {LOPSIDED_SLOPE * abs(base - 0.5):.3f} for a base rate of {base:.3f}"
-                                                                   if abs(base - 0.5) >= 0.0005 else "")}
+             "roc_auc": f"0.5 + best honest edge {auc_edge:.3f}{lopsided}"}
     return [f"validation {name.replace('roc_auc', 'ROC AUC')} {metrics[name]:.4f} on {rows:,} rows is beyond what an honest "
             f"{horizon}-bar model reaches: the bound is {bounds[name]:.4f} ({parts[name]} + margin {MARGIN} + {STANDARD_ERRORS} "
             f"standard errors on {n:,.0f} independent labels); a suspected leak"

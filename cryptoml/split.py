@@ -332,9 +332,10 @@ def _differ(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> np.ndarra
 def _unchecked(names: list[str], auc: pd.DataFrame | None) -> str:
     "The problem of feature columns that `feature_fn` does not compute, with their single-feature AUCs when known."
     known = [f"{n!r} {auc.auc[n]:.3f}" for n in names if auc is not None and n in auc.index]
-    return (f"feature_fn does not compute {', '.join(map(repr, names))}" + (f" (ROC AUC alone: {', '.join(known)})" if known else "")
-            + ": their point-in-time safety cannot be checked, so they are refused; compute them in feature_fn, register "
-            "them as features (cryptoml.features.register_feature), or drop them")
+    alone = f" (ROC AUC alone: {', '.join(known)})" if known else ""
+    return (f"feature_fn does not compute {', '.join(map(repr, names))}{alone}: their point-in-time safety cannot be checked, "
+            "so they are refused; compute them in feature_fn, register them as features (cryptoml.features.register_feature), "
+            "or drop them")
 
 @dataclass
 class LeakageGuard:

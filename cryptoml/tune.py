@@ -222,7 +222,8 @@ class TuneResult:
         m = self.metrics
         return (f"TuneResult({self.objective}: log loss {m['log_loss']:.4f}, accuracy {m['accuracy']:.4f}, ROC AUC {m['roc_auc']:.4f}; "
                 f"best trial {self.best_trial} of {self.n_trials}, best iteration {self.best_iteration}, {self.wall_seconds:.1f} s"
-                + ("; SUSPECTED LEAK" if self.implausible else "") + ("" if self.guard_ran else "; point-in-time check skipped") + ")")
+                + ("; SUSPECTED LEAK" if self.implausible else "") + ("" if self.guard_ran else "; point-in-time check skipped")
+                + ")")
 
 # %% ../nbs/06_tune.ipynb #f7dbaba1
 def run_manifest(table: pd.DataFrame, table_meta: dict, features: list[str], split: Split, inner: Split, *, seed: int,
@@ -231,7 +232,8 @@ def run_manifest(table: pd.DataFrame, table_meta: dict, features: list[str], spl
     registered, built = [f for f in features if f in FEATURES], table_meta.get("code_sha256")
     code = feature_code_sha256(registered) if registered else None
     if built and set(table_meta.get("features", [])) <= FEATURES.keys() and feature_code_sha256(table_meta["features"]) != built:
-        warnings.warn("the feature code changed since the table was built: its rows may not be what the code computes now", stacklevel=3)
+        warnings.warn("the feature code changed since the table was built: its rows may not be what the code computes now",
+                      stacklevel=3)
     return {"table": content_digest(table), "bars": table_meta.get("bars"), "funding": table_meta.get("funding"),
             "market": {k: table_meta.get(k) for k in ("exchange", "symbol", "timeframe", "funding_exchange")},
             "feature_code": {"feature_set": table_meta.get("feature_set"), "version": table_meta.get("version"),
