@@ -53,7 +53,7 @@ def serve_example_model(home: Path, trials: int):
     market = example_market(home)
     table_path = build_features(market, home=home, progress=False)
     table, _ = read_feature_table(table_path)
-    result = tune(table, n_trials=trials, n_boot=20, seed=0, progress=False)
+    result = tune(table, home=home, n_trials=trials, n_boot=20, seed=0, progress=False)
     promote(save_run(result, home=home, table_path=table_path), home=home, force=True)
     bars = read_bars(home, market.exchange, market.symbol, market.timeframe)
     funding = read_funding(home, market.funding_exchange or market.exchange, market.symbol)

@@ -13,7 +13,7 @@ import pandas as pd
 from .core import (CryptomlError, ConfigError, DataError, data_home, feature_path, optuna_storage,
                            parquet_metadata, to_utc)
 from .ingest import IngestReport, MarketKey, ingest, import_csv, import_funding_csv, write_demo_market, read_bars, read_funding
-from .features import FEATURE_SETS, build_features, read_feature_table, features_asof, lookback_bars
+from .features import FEATURE_SETS, build_features, read_feature_table, lookback_bars
 from .tune import tune
 from .registry import save_run, promote, rollback, list_runs, read_card
 from .infer import LGBMProd, online_features
@@ -23,10 +23,10 @@ from .docs import render_site
 # %% auto #0
 __all__ = ['PROMOTED', 'COMMANDS', 'run_command', 'add_exchange', 'add_symbol', 'add_tuning', 'add_features', 'utc_time',
            'add_time_range', 'existing_file', 'print_ingest', 'fetch', 'import_dumps', 'cmd_ingest', 'cmd_import',
-           'cmd_demo', 'market_of', 'stored_funding', 'guard_features', 'cmd_features', 'tune_and_save', 'cmd_tune',
-           'print_decision', 'cmd_promote', 'cmd_rollback', 'cmd_runs', 'funding_exchange_of', 'market_args',
-           'latest_bars', 'cmd_predict', 'cmd_monitor', 'check_source', 'acquire', 'step', 'card_summary',
-           'cmd_pipeline', 'cmd_docs', 'parser', 'main']
+           'cmd_demo', 'stored_funding', 'cmd_features', 'tune_and_save', 'cmd_tune', 'print_decision', 'cmd_promote',
+           'cmd_rollback', 'cmd_runs', 'funding_exchange_of', 'market_args', 'latest_bars', 'cmd_predict',
+           'cmd_monitor', 'check_source', 'acquire', 'step', 'card_summary', 'cmd_pipeline', 'cmd_docs', 'parser',
+           'main']
 
 # %% ../nbs/15_cli.ipynb #fc6f9e4c
 def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -117,21 +117,11 @@ def cmd_demo(args) -> int:
     return 0
 
 # %% ../nbs/15_cli.ipynb #36a677d1
-def market_of(meta: dict) -> MarketKey:
-    "The market a feature table was built from, read from its metadata (funding: where `build_features` read it)."
-    return MarketKey(meta["exchange"], meta["symbol"], meta["timeframe"], meta.get("funding_exchange") or meta["exchange"])
-
 def stored_funding(home, market: MarketKey) -> pd.DataFrame | None:
     "The funding rates stored for `market`, or None when it has none."
     if not market.funding_exchange: return None
     rates = read_funding(home, market.funding_exchange, market.symbol)
     return rates if len(rates) else None
-
-def guard_features(home, meta: dict):
-    "The leakage guard's feature function for a table: features recomputed from only the raw data known at a cut."
-    market = market_of(meta)
-    return features_asof(read_bars(home, *market[:3]), meta["feature_set"], funding=stored_funding(home, market),
-                         timeframe=market.timeframe)
 
 def cmd_features(args) -> int:
     "Build the feature table of a market."
@@ -143,7 +133,7 @@ def cmd_features(args) -> int:
 def tune_and_save(args, path: Path) -> str:
     "Tune on the feature table at `path` with the command's options, save the run and return its id."
     table, meta = read_feature_table(path)
-    result = tune(table, feature_fn=guard_features(args.home, meta), n_trials=args.trials, timeout=args.timeout,
+    result = tune(table, home=args.home, n_trials=args.trials, timeout=args.timeout,
                   val_days=args.val_days, seed=args.seed, storage=args.storage or optuna_storage(args.home),
                   study_name=args.study, progress=not args.quiet, table_meta=meta)
     return save_run(result, home=args.home, table_path=path)

@@ -20,11 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 # %% auto #0
-__all__ = ['CryptomlError', 'ConfigError', 'DataError', 'ExchangeError', 'ArtifactError', 'LeakageError', 'PromotionRefused',
-           'data_home', 'symbol_id', 'timeframe_seconds', 'timeframe_ms', 'to_utc', 'to_ms', 'bar_close', 'raw_dir',
-           'funding_dir', 'month_file', 'feature_path', 'models_dir', 'best_link', 'optuna_storage', 'fsync_dir',
-           'atomic_write', 'atomic_write_bytes', 'atomic_write_json', 'atomic_write_parquet', 'parquet_metadata',
-           'read_parquet_file', 'atomic_symlink', 'sha256_file', 'repo_root', 'shared_data']
+__all__ = ['LIBRARIES', 'CryptomlError', 'ConfigError', 'DataError', 'ExchangeError', 'ArtifactError', 'LeakageError',
+           'PromotionRefused', 'data_home', 'symbol_id', 'timeframe_seconds', 'timeframe_ms', 'to_utc', 'to_ms',
+           'bar_close', 'raw_dir', 'funding_dir', 'month_file', 'feature_path', 'models_dir', 'best_link',
+           'optuna_storage', 'fsync_dir', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json',
+           'atomic_write_parquet', 'parquet_metadata', 'read_parquet_file', 'atomic_symlink', 'sha256_file',
+           'library_versions', 'repo_root', 'shared_data']
 
 # %% ../nbs/00_core.ipynb #2e9f61dd
 class CryptomlError(Exception):
@@ -203,6 +204,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
             while block := f.read(chunk): h.update(block)
     except FileNotFoundError as e: raise ArtifactError(f"missing file {path}") from e
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #5eb88189
+LIBRARIES = ("lightgbm", "scikit-learn", "optuna", "numpy", "pandas", "pyarrow", "scipy", "joblib")
+
+def library_versions() -> dict:
+    "Versions of Python, cryptoml and the libraries a run's models and numbers depend on."
+    from importlib.metadata import version
+    import platform
+    from cryptoml import __version__
+    return {"python": platform.python_version(), "cryptoml": __version__, **{lib: version(lib) for lib in LIBRARIES}}
 
 # %% ../nbs/00_core.ipynb #4d56ec48
 def repo_root(start: str | os.PathLike | None = None) -> Path | None:

@@ -4,9 +4,8 @@
 
 # %% ../nbs/02_features.ipynb #f0226fa9
 from __future__ import annotations
-import json, math
+import hashlib, inspect, json, math, os, re, shutil, time, uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
@@ -19,18 +18,20 @@ import pyarrow.parquet as pq
 from scipy.signal import lfilter
 from tqdm.auto import tqdm
 
-from .core import (ConfigError, DataError, atomic_write, data_home, feature_path, parquet_metadata,
-                           raw_dir, read_parquet_file, timeframe_ms, to_ms, to_utc)
+from .core import (ConfigError, DataError, atomic_write, data_home, feature_path, fsync_dir, parquet_metadata,
+                           raw_dir, read_parquet_file, sha256_file, timeframe_ms, to_ms, to_utc)
 from .ingest import MarketKey, read_bars, read_funding
 
 # %% auto #0
 __all__ = ['EMA_TAIL', 'FEATURES', 'OHLCV', 'W9', 'W12', 'W26', 'W14', 'DAY_MS', 'WEEK_MS', 'FUNDING_MAX_AGE', 'FEATURE_SETS',
-           'SEED', 'CHUNK_ROWS', 'TABLE_ROWS', 'PARQUET_OPTIONS', 'window_reduce', 'rolling_sum', 'rolling_mean',
-           'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window', 'finite_ema', 'Feature', 'register_feature',
-           'BarArrays', 'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag',
-           'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet', 'define_feature_set', 'get_feature_set',
-           'feature_names', 'lookback_bars', 'feature_chunks', 'feature_matrix', 'compute_features', 'features_asof',
-           'label_arrays', 'add_labels', 'write_feature_table', 'build_features', 'read_feature_table', 'connect']
+           'SEED', 'CHUNK_ROWS', 'TABLE_ROWS', 'PARQUET_OPTIONS', 'SNAPSHOT_NAME', 'window_reduce', 'rolling_sum',
+           'rolling_mean', 'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window', 'finite_ema', 'Feature',
+           'register_feature', 'BarArrays', 'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol',
+           'ret_lag', 'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet', 'define_feature_set',
+           'get_feature_set', 'feature_names', 'lookback_bars', 'feature_chunks', 'feature_matrix', 'compute_features',
+           'features_asof', 'label_arrays', 'add_labels', 'write_feature_table', 'content_digest',
+           'feature_code_sha256', 'table_provenance', 'build_features', 'read_feature_table', 'table_asof',
+           'snapshot_dir', 'snapshot_table', 'prune_snapshots', 'connect']
 
 # %% ../nbs/02_features.ipynb #4ad825fd
 def window_reduce(leaf: tuple, w: int, merge: Callable) -> tuple:
@@ -362,8 +363,8 @@ class FeatureSet:
 
     @property
     def lookback(self) -> int:
-        "Raw bars needed for the newest row: the longest lookback of its features."
-        return max(_feature(f).lookback for f in self.features)
+        "Raw bars needed for the newest row: the longest lookback of its features (1 for none)."
+        return max((_feature(f).lookback for f in self.features), default=1)
 
 FEATURE_SETS: dict[str, FeatureSet] = {}
 
@@ -503,6 +504,62 @@ def write_feature_table(path, bars: pd.DataFrame, feature_set: str | FeatureSet 
             _in_background(row_groups(), put)
     return atomic_write(path, write)
 
+# %% ../nbs/02_features.ipynb #2808ea55
+def _column_bytes(values: pd.Series) -> bytes:
+    "One column's values as canonical bytes: times as int64 epoch nanoseconds, numbers as float64 with one NaN."
+    if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return pd.DatetimeIndex(values).as_unit("ns").asi8.tobytes()
+    floats = values.to_numpy(dtype=np.float64, na_value=np.nan).copy()
+    floats[np.isnan(floats)] = np.nan
+    return floats.tobytes()
+
+def content_digest(rows: pd.DataFrame | None) -> dict | None:
+    "First and last `ts`, row count and sha256 of the values of `rows` (bars or funding rates); None for no rows."
+    if rows is None or len(rows) == 0: return None
+    digest = hashlib.sha256()
+    for name in rows.columns: digest.update(f"{name}\0".encode() + _column_bytes(rows[name]))
+    return {"first": to_utc(rows.ts.iloc[0]).isoformat(), "last": to_utc(rows.ts.iloc[-1]).isoformat(), "rows": len(rows),
+            "sha256": digest.hexdigest()}
+
+# %% ../nbs/02_features.ipynb #ce02c6a9
+def _stable_repr(obj) -> str:
+    "`repr(obj)` without memory addresses, which differ from process to process."
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
+
+def _code_text(obj, seen: set) -> list[str]:
+    "Source of function `obj`, its closure's values, and (once each) the functions of its module or cryptoml and features it uses."
+    if not callable(obj) or id(obj) in seen: return [] if callable(obj) else [_stable_repr(obj)]
+    seen.add(id(obj))
+    code = getattr(obj, "__code__", None)
+    try: parts = [inspect.getsource(obj)]
+    except (OSError, TypeError): parts = [_stable_repr(obj) if code is None else code.co_code.hex() + _stable_repr(code.co_consts)]
+    if code is None: return parts
+    parts += [text for cell in obj.__closure__ or () for text in _code_text(cell.cell_contents, seen)]
+    codes = [code]
+    for c in codes: codes += [k for k in c.co_consts if inspect.iscode(k)]  # the functions defined inside it
+    for c in codes:
+        for name in c.co_names:
+            used = obj.__globals__.get(name)
+            if inspect.isfunction(used) and (used.__module__ == obj.__module__ or used.__module__.startswith("cryptoml")):
+                parts += _code_text(used, seen)
+        for const in c.co_consts:
+            if isinstance(const, str) and const in FEATURES: parts += _feature_text(FEATURES[const], seen)
+    return parts
+
+def _feature_text(feature: Feature, seen: set) -> list[str]:
+    return [f"{feature.name} lookback {feature.lookback}", *_code_text(feature.fn, seen)]
+
+def feature_code_sha256(features) -> str:
+    "sha256 of the code behind registered `features` and the labels: their functions, what those call, their lookbacks."
+    seen, parts = set(), []
+    for name in features: parts += _feature_text(_feature(name), seen)
+    parts += _code_text(label_arrays, seen)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+def table_provenance(bars: pd.DataFrame, funding: pd.DataFrame | None, features) -> dict:
+    "What a feature table is made of, for its metadata: the bars' and funding rates' `content_digest`s and the code's hash."
+    return {"bars": content_digest(bars), "funding": content_digest(funding), "code_sha256": feature_code_sha256(features)}
+
 # %% ../nbs/02_features.ipynb #fcb80eba
 def _market(market: MarketKey | None, exchange, symbol, timeframe) -> MarketKey:
     "`market` with any of `exchange`, `symbol`, `timeframe` given replacing its fields; ConfigError if one is unknown."
@@ -521,14 +578,95 @@ def build_features(market: MarketKey | None = None, *, home=None, exchange: str 
     funding = read_funding(home, key.funding_exchange or key.exchange, key.symbol)
     meta = dict(feature_set=fs.name, version=fs.version, features=list(fs.features), lookback=fs.lookback,
                 horizon=horizon, dead_zone=dead_zone, exchange=key.exchange, symbol=key.symbol, timeframe=key.timeframe,
-                funding_exchange=key.funding_exchange, rows=len(bars), built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                funding_exchange=key.funding_exchange, rows=len(bars), **table_provenance(bars, funding, fs.features))
     return write_feature_table(feature_path(home, key.symbol, key.timeframe), bars, fs, funding=funding, timeframe=key.timeframe,
                                horizon=horizon, dead_zone=dead_zone, metadata=meta, progress=progress)
 
 def read_feature_table(path) -> tuple[pd.DataFrame, dict]:
-    "A feature table and its metadata, both from the one version of the file that was open."
+    "A feature table and its metadata, both from the one version of the file that was open; the rows carry it in `attrs['cryptoml']`."
     if not Path(path).is_file(): raise DataError(f"no feature table at {path}: run build_features first")
-    with open(path, "rb") as f: return read_parquet_file(f), parquet_metadata(f)
+    with open(path, "rb") as f: table, meta = read_parquet_file(f), parquet_metadata(f)
+    table.attrs["cryptoml"] = meta
+    return table, meta
+
+# %% ../nbs/02_features.ipynb #910bfd4e
+def _unchanged(rows: pd.DataFrame, built: dict | None, what: str):
+    "DataError unless the stored `rows` over the span a table was built from are what it was built from (`content_digest`)."
+    if not built: return
+    now = content_digest(rows[(rows.ts >= to_utc(built["first"])) & (rows.ts <= to_utc(built["last"]))]) or {"rows": 0, "sha256": "-"}
+    if now["sha256"] != built["sha256"]:
+        raise DataError(f"the stored {what} changed since the feature table was built from them: {built['first']} .. "
+                        f"{built['last']} held {built['rows']:,} rows (sha256 {built['sha256'][:12]}...), now {now['rows']:,} "
+                        f"(sha256 {now['sha256'][:12]}...); rebuild the table")
+
+def table_asof(meta: dict, home=None) -> Callable[[pd.Timestamp], pd.DataFrame]:
+    "The guard's `cut -> features` for a stored table: its registered features from the stored bars and funding known at `cut`."
+    if missing := [k for k in ("exchange", "symbol", "timeframe", "features") if not meta.get(k)]:
+        raise ConfigError(f"the feature table's metadata names no {', '.join(missing)}: "
+                          "its features cannot be recomputed from stored bars")
+    market = f"{meta['exchange']} {meta['symbol']} {meta['timeframe']}"
+    bars = read_bars(home, meta["exchange"], meta["symbol"], meta["timeframe"])
+    if bars.empty:
+        raise DataError(f"no bars in {raw_dir(home, meta['exchange'], meta['symbol'], meta['timeframe'])}: the point-in-time "
+                        f"check recomputes the table's features from the {market} bars it was built from")
+    funding = read_funding(home, meta.get("funding_exchange") or meta["exchange"], meta["symbol"])
+    _unchanged(bars, meta.get("bars"), f"bars of {market}")
+    _unchanged(funding, meta.get("funding"), f"funding rates of {meta['symbol']}")
+    registered = tuple(f for f in meta["features"] if f in FEATURES)
+    known = FeatureSet(meta.get("feature_set") or "table", meta.get("version") or 0, registered)
+    return features_asof(bars, known, funding=funding, timeframe=meta["timeframe"])
+
+# %% ../nbs/02_features.ipynb #8b7cf582
+SNAPSHOT_NAME = re.compile(r"[0-9a-f]{64}\.parquet")
+
+def snapshot_dir(home=None) -> Path:
+    "The folder of immutable feature-table snapshots, `feature_store/snapshots/`."
+    return data_home(home)/"feature_store"/"snapshots"
+
+def _link_or_copy(source: Path, target: Path):
+    "`target`: the bytes of `source` as they are now, by hard link when the file system allows, else by copy (fsynced)."
+    try: os.link(source, target)
+    except OSError:
+        with open(source, "rb") as src, open(target, "xb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+
+def snapshot_table(path, home=None) -> Path:
+    "An immutable content-addressed copy of the table `path`: `feature_store/snapshots/{sha256}.parquet` (the existing one if any)."
+    if not Path(path).is_file(): raise DataError(f"no feature table at {path} to snapshot")
+    folder = snapshot_dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder/f".{uuid.uuid4().hex}.tmp"
+    try:
+        _link_or_copy(Path(path), tmp)
+        snapshot = folder/f"{sha256_file(tmp)}.parquet"
+        if not snapshot.exists():
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, snapshot)  # a racing process may have made it meanwhile: the same bytes either way
+        try: os.utime(snapshot)  # its age, for prune_snapshots, counts from now
+        except PermissionError: pass
+    finally: tmp.unlink(missing_ok=True)
+    fsync_dir(folder)
+    return snapshot
+
+def prune_snapshots(home=None, keep: set[str] = frozenset(), *, max_age_days: float = 30, now: float | None = None,
+                    dry_run: bool = False) -> list[Path]:
+    "Remove every snapshot not in `keep` (sha256s) and older than `max_age_days`, and stale temporary files; the paths removed."
+    if bad := sorted(k for k in keep if not SNAPSHOT_NAME.fullmatch(f"{k}.parquet")):
+        raise ConfigError(f"keep must hold sha256s (64 hex digits), not {bad[0]!r}")
+    folder, now = snapshot_dir(home), time.time() if now is None else now
+    if not folder.is_dir(): return []
+    def goes(p: Path) -> bool:
+        st = p.stat()
+        if SNAPSHOT_NAME.fullmatch(p.name): return p.stem not in keep and now - st.st_mtime > max_age_days * 86400
+        # a temporary hard link carries its table's old mtime; its ctime is when it was made
+        return p.name.startswith(".") and p.name.endswith(".tmp") and now - max(st.st_mtime, st.st_ctime) > 3600
+    doomed = [p for p in sorted(folder.iterdir()) if goes(p)]
+    if not dry_run:
+        for p in doomed: p.unlink(missing_ok=True)
+        fsync_dir(folder)
+    return doomed
 
 # %% ../nbs/02_features.ipynb #9ba2eb65
 def _parquet_view(con, name: str, globs: list[Path], columns: dict[str, int]):

@@ -5,7 +5,9 @@
 # %% ../nbs/05_metrics.ipynb #a1e70003
 from __future__ import annotations
 
-from .core import DataError  # first: core sets OMP_WAIT_POLICY before any threaded library loads
+import math
+
+from .core import ConfigError, DataError  # first: core sets OMP_WAIT_POLICY before any threaded library loads
 
 import numpy as np
 import pandas as pd
@@ -16,9 +18,10 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 # %% auto #0
-__all__ = ['METRICS', 'PROBABILISTIC', 'GAIN_SIGN', 'expected_calibration_error', 'reliability_curve', 'roc_auc', 'evaluate',
-           'block_bootstrap_weights', 'bootstrap', 'with_ci', 'sign_forecasts', 'fit_logreg', 'baseline_forecasts',
-           'paired_gains', 'assess', 'shortfalls', 'verdict']
+__all__ = ['METRICS', 'PROBABILISTIC', 'GAIN_SIGN', 'PLAUSIBLE_EDGES', 'LOPSIDED_SLOPE', 'MARGIN', 'STANDARD_ERRORS', 'MIN_ROWS',
+           'expected_calibration_error', 'reliability_curve', 'roc_auc', 'evaluate', 'block_bootstrap_weights',
+           'bootstrap', 'with_ci', 'sign_forecasts', 'fit_logreg', 'baseline_forecasts', 'paired_gains', 'assess',
+           'shortfalls', 'verdict', 'honest_edges', 'plausible_bounds', 'implausible']
 
 # %% ../nbs/05_metrics.ipynb #8c610829
 METRICS = ("accuracy", "roc_auc", "log_loss", "brier", "ece", "base_rate")
@@ -163,3 +166,45 @@ def verdict(gains: pd.DataFrame, model: str = "lgbm") -> str:
         winner, loser = ("reversal", "momentum") if signs.reversal > signs.momentum else ("momentum", "reversal")
         lines.append(f"{winner.capitalize()} beats {loser} on these rows (accuracy {signs[winner]:.4f} vs {signs[loser]:.4f}).")
     return "\n".join(lines)
+
+# %% ../nbs/05_metrics.ipynb #95797667
+# Best honest out-of-sample (accuracy over majority, ROC AUC edge) per label horizon in bars: bench/honest_ceiling.py
+PLAUSIBLE_EDGES = {1: (0.047, 0.065), 4: (0.052, 0.068), 5: (0.031, 0.052), 15: (0.029, 0.061), 24: (0.033, 0.076),
+                   60: (0.043, 0.084)}
+LOPSIDED_SLOPE = 0.33  # honest AUC gained per unit of |base rate - 0.5| (flat bars are "not up", and predictable)
+MARGIN, STANDARD_ERRORS, MIN_ROWS = 0.02, 3, 1000
+
+def honest_edges(horizon: int) -> tuple[float, float]:
+    "The best honest (accuracy over majority, AUC edge) measured at horizons within a factor of 4 of `horizon` (else the nearest)."
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise ConfigError(f"horizon must be a positive number of bars, not {horizon!r}")
+    near = [h for h in PLAUSIBLE_EDGES if horizon / 4 <= h <= horizon * 4]
+    near = near or [min(PLAUSIBLE_EDGES, key=lambda h: abs(math.log(h / horizon)))]
+    return max(PLAUSIBLE_EDGES[h][0] for h in near), max(PLAUSIBLE_EDGES[h][1] for h in near)
+
+def plausible_bounds(rows: int, horizon: int, base_rate: float) -> dict | None:
+    "The highest accuracy and ROC AUC an honest `horizon`-bar model plausibly scores on `rows` rows; None below `MIN_ROWS` (not judged)."
+    acc_edge, auc_edge = honest_edges(horizon)
+    if rows < MIN_ROWS: return None
+    n, p = rows / horizon, min(max(base_rate, 0.01), 0.99)
+    return {"accuracy": max(base_rate, 1 - base_rate) + acc_edge + MARGIN + STANDARD_ERRORS * 0.5 / math.sqrt(n),
+            "roc_auc": 0.5 + auc_edge + LOPSIDED_SLOPE * abs(base_rate - 0.5) + MARGIN
+                       + STANDARD_ERRORS * math.sqrt(1 / (12 * n * p * (1 - p)))}
+
+# %% ../nbs/05_metrics.ipynb #bbafa95d
+def implausible(metrics: dict, rows: int, horizon: int) -> list[str]:
+    "Each validation metric of `metrics` beyond what an honest `horizon`-bar model reaches on `rows` rows, with its bound; [] if none."
+    if missing := [k for k in ("accuracy", "roc_auc", "base_rate") if k not in metrics]:
+        raise ConfigError(f"implausible needs the metrics {', '.join(missing)} (as evaluate returns them)")
+    base = metrics["base_rate"]
+    bounds = plausible_bounds(rows, horizon, base)
+    if bounds is None: return []
+    acc_edge, auc_edge = honest_edges(horizon)
+    n = rows / horizon
+    lopsided = f" + {LOPSIDED_SLOPE * abs(base - 0.5):.3f} for a base rate of {base:.3f}" if abs(base - 0.5) >= 0.0005 else ""
+    parts = {"accuracy": f"majority rate {max(base, 1 - base):.4f} + best honest edge {acc_edge:.3f}",
+             "roc_auc": f"0.5 + best honest edge {auc_edge:.3f}{lopsided}"}
+    return [f"validation {name.replace('roc_auc', 'ROC AUC')} {metrics[name]:.4f} on {rows:,} rows is beyond what an honest "
+            f"{horizon}-bar model reaches: the bound is {bounds[name]:.4f} ({parts[name]} + margin {MARGIN} + {STANDARD_ERRORS} "
+            f"standard errors on {n:,.0f} independent labels); a suspected leak"
+            for name in ("accuracy", "roc_auc") if metrics[name] > bounds[name]]

@@ -4,11 +4,10 @@
 
 # %% ../nbs/09_registry.ipynb #72e21cdb
 from __future__ import annotations
-import fcntl, hashlib, io, itertools, json, os, platform, re
+import fcntl, hashlib, io, itertools, json, os, re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,20 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from sklearn.base import BaseEstimator
 
-from . import __version__
 from .core import (
     ArtifactError, ConfigError, DataError, PromotionRefused, atomic_symlink, atomic_write, atomic_write_bytes,
-    atomic_write_json, best_link, data_home, feature_path, models_dir, parquet_metadata, read_parquet_file, sha256_file, to_utc)
+    atomic_write_json, best_link, data_home, feature_path, library_versions, models_dir, parquet_metadata, read_parquet_file,
+    sha256_file, to_utc)
 from .metrics import evaluate
 import lightgbm as lgb
 
 # %% auto #0
-__all__ = ['RUN_ID', 'CARD', 'SCHEMA_VERSION', 'ARTIFACTS', 'LIBRARIES', 'CARD_SCHEMA', 'RUN_COLUMNS', 'new_run_dir', 'run_dir',
-           'library_versions', 'redact_url', 'jsonable', 'table_ref', 'label_definition', 'model_card',
-           'schema_problems', 'card_problems', 'save_run', 'read_card', 'verified_bytes', 'verify_artifacts',
-           'load_artifact', 'load_booster', 'load_logreg', 'table_path', 'validation_window', 'score_run', 'gate',
-           'judge', 'Decision', 'promotion_log', 'read_promotions', 'best_run_id', 'sweep', 'promotion_lock', 'commit',
-           'promote', 'best_history', 'rollback', 'run_order', 'run_summary', 'list_runs', 'plot_runs']
+__all__ = ['RUN_ID', 'CARD', 'SCHEMA_VERSION', 'ARTIFACTS', 'CARD_SCHEMA', 'RUN_COLUMNS', 'new_run_dir', 'run_dir', 'redact_url',
+           'jsonable', 'table_ref', 'label_definition', 'model_card', 'schema_problems', 'card_problems', 'save_run',
+           'read_card', 'verified_bytes', 'verify_artifacts', 'load_artifact', 'load_booster', 'load_logreg',
+           'table_path', 'validation_window', 'score_run', 'gate', 'judge', 'Decision', 'promotion_log',
+           'read_promotions', 'best_run_id', 'sweep', 'promotion_lock', 'commit', 'promote', 'best_history', 'rollback',
+           'run_order', 'run_summary', 'list_runs', 'plot_runs']
 
 # %% ../nbs/09_registry.ipynb #553345b2
 RUN_ID = re.compile(r"\d{4}-\d{2}-\d{2}T\d{6}(?:-\d+)?")
@@ -59,12 +58,6 @@ def run_dir(run: str | os.PathLike, home=None) -> Path:
 CARD = "model_card.json"
 SCHEMA_VERSION = 1
 ARTIFACTS = ("lgbm.pkl", "lgbm.txt", "logreg.pkl")
-LIBRARIES = ("lightgbm", "scikit-learn", "optuna", "numpy", "pandas", "pyarrow", "joblib")
-
-def library_versions() -> dict:
-    "Versions of Python, cryptoml and the libraries a saved model depends on."
-    return {"python": platform.python_version(), "cryptoml": __version__, **{lib: version(lib) for lib in LIBRARIES}}
-
 def redact_url(url: str | None) -> str | None:
     "`url` with any password replaced by `***`, fit to be written into a card."
     return url and re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)

@@ -329,6 +329,14 @@ def _differ(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> np.ndarra
     "Where two float arrays differ beyond tolerance (NaN equals NaN)."
     return ~(np.isclose(a, b, rtol=rtol, atol=atol) | (np.isnan(a) & np.isnan(b)))
 
+def _unchecked(names: list[str], auc: pd.DataFrame | None) -> str:
+    "The problem of feature columns that `feature_fn` does not compute, with their single-feature AUCs when known."
+    known = [f"{n!r} {auc.auc[n]:.3f}" for n in names if auc is not None and n in auc.index]
+    alone = f" (ROC AUC alone: {', '.join(known)})" if known else ""
+    return (f"feature_fn does not compute {', '.join(map(repr, names))}{alone}: their point-in-time safety cannot be checked, "
+            "so they are refused; compute them in feature_fn, register them as features (cryptoml.features.register_feature), "
+            "or drop them")
+
 @dataclass
 class LeakageGuard:
     "Checks a split and its features for information from the future; `check` raises `LeakageError` naming every leak."
@@ -339,10 +347,10 @@ class LeakageGuard:
     atol: float = 1e-10
 
     def cuts(self, split: Split, table: pd.DataFrame) -> list[pd.Timestamp]:
-        "Bar closes to recompute features at: `n_cuts` spread over the table, and the close of the last training bar before validation."
+        "Bar closes to recompute features at: `n_cuts` spread over the table, the last training bar's before validation, the last bar's."
         bar = bar_length(table)
         spread = table.ts.iloc[np.linspace(0, len(table) - 1, self.n_cuts + 2)[1:-1].astype(int)]
-        return sorted({t + bar for t in [*spread, *split.train_before.ts.tail(1)]})
+        return sorted({t + bar for t in [*spread, *split.train_before.ts.tail(1), table.ts.iloc[-1]]})
 
     def auc_problems(self, split: Split) -> tuple[list[str], pd.DataFrame]:
         "Features whose ROC AUC alone is beyond 0.5 ± `max_auc_gap` and `chance_factor` times what shifted labels give."
@@ -354,17 +362,21 @@ class LeakageGuard:
                 f"it likely contains the label" for k, r in leaks.iterrows()], auc
 
     def point_in_time_problems(self, table: pd.DataFrame, feature_fn: Callable[[pd.Timestamp], pd.DataFrame],
-                               cuts: list[pd.Timestamp]) -> list[str]:
-        "Features whose stored values differ from `feature_fn(cut)`'s, recomputed from the data known at each cut."
+                               cuts: list[pd.Timestamp], auc: pd.DataFrame | None = None) -> list[str]:
+        "Features whose stored values differ from `feature_fn(cut)`'s (the data known at each cut), and what it cannot check."
         names, bar = feature_columns(table), bar_length(table)
-        leaks, problems = {}, []
+        leaks, problems, unseen = {}, [], []
         for cut in cuts:
             fresh = feature_fn(cut)
             if missing := [n for n in names if n not in fresh.columns]:
-                problems.append(f"feature_fn does not compute {missing}: their point-in-time safety is unchecked")
+                problems.append(_unchecked(missing, auc))
                 names = [n for n in names if n in fresh.columns]
             late = fresh.ts[fresh.ts + bar > cut]
             if len(late): problems.append(f"feature_fn({cut}) returned {len(late)} rows not closed by {cut} ({_first(late)})")
+            closed = table.ts[table.ts + bar <= cut]
+            if len(lacking := closed[~closed.isin(fresh.ts)]) and not unseen:
+                unseen.append(f"feature_fn({cut}) lacks {len(lacking):,} of the {len(closed):,} stored rows closed by then "
+                              f"({_first(lacking)}): their features cannot be checked against the data")
             both = table[["ts", *names]].merge(fresh[["ts", *names]], on="ts", suffixes=("", " fresh"))
             for n in names:
                 bad = _differ(both[n].to_numpy(float), both[f"{n} fresh"].to_numpy(float), self.rtol, self.atol)
@@ -373,7 +385,7 @@ class LeakageGuard:
                     leaks[n] = (f"feature {n!r} is not point-in-time: recomputed from the data known at {cut} it differs "
                                 f"on {bad.sum():,} of {len(both):,} rows (first {both.ts.iloc[i]}: stored {both[n].iloc[i]:.6g}, "
                                 f"recomputed {both[f'{n} fresh'].iloc[i]:.6g})")
-        return problems + list(leaks.values())
+        return problems + unseen + list(leaks.values())
 
     def check(self, split: Split, table: pd.DataFrame, feature_fn: Callable[[pd.Timestamp], pd.DataFrame] | None = None) -> GuardReport:
         "Run every check on `split` of `table` (and `feature_fn`, if given); `LeakageError` listing every problem found."
@@ -384,7 +396,7 @@ class LeakageGuard:
                   ("look-back", lookback_problems))}
         found["single-feature AUC"], auc = self.auc_problems(split)
         cuts = self.cuts(split, table) if feature_fn else []
-        found["point in time"] = self.point_in_time_problems(table, feature_fn, cuts) if feature_fn else None
+        found["point in time"] = self.point_in_time_problems(table, feature_fn, cuts, auc) if feature_fn else None
         checks = {k: "skipped" if v is None else "failed" if v else "passed" for k, v in found.items()}
         report = GuardReport([p for v in found.values() if v for p in v], checks, auc, cuts, time.perf_counter() - started)
         if report.problems:

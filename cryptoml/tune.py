@@ -4,13 +4,14 @@
 
 # %% ../nbs/06_tune.ipynb #485036f5
 from __future__ import annotations
-import hashlib, json, os, socket, time
-from dataclasses import dataclass
+import hashlib, json, os, socket, time, warnings
+from dataclasses import dataclass, field
 from typing import Callable
 
-from .core import ConfigError, symbol_id  # first: core sets OMP_WAIT_POLICY before lightgbm loads
+from .core import ConfigError, library_versions, symbol_id  # first: core sets OMP_WAIT_POLICY before lightgbm loads
+from .features import FEATURES, content_digest, feature_code_sha256, table_asof
 from .split import GuardReport, LeakageGuard, Split, feature_columns, time_split
-from .metrics import METRICS, assess, baseline_forecasts, evaluate, fit_logreg, verdict
+from .metrics import METRICS, assess, baseline_forecasts, evaluate, fit_logreg, implausible, verdict
 
 import lightgbm as lgb
 import numpy as np
@@ -29,8 +30,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # %% auto #0
 __all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES', 'FINISHED', 'base_params', 'suggest_params',
            'Objective', 'pick_trial', 'TrialSeededTPE', 'inner_split', 'trial_objective', 'make_pruner', 'fingerprint',
-           'default_study_name', 'study_storage', 'open_study', 'finished_trials', 'run_trials', 'TuneResult', 'judge',
-           'tune']
+           'default_study_name', 'study_storage', 'open_study', 'finished_trials', 'run_trials', 'TuneResult',
+           'run_manifest', 'judge', 'point_in_time_fn', 'tune']
 
 # %% ../nbs/06_tune.ipynb #8cf5eb92
 SKEWED = 0.1  # class weighting is searched when the base rate is further than this from 0.5
@@ -209,6 +210,9 @@ class TuneResult:
     inner_split: Split | None = None
     guard: GuardReport | None = None
     gains: pd.DataFrame | None = None
+    manifest: dict = field(default_factory=dict)
+    guard_ran: bool = False  # the point-in-time check ran (the structural checks always do)
+    implausible: list[str] = field(default_factory=list)  # the plausibility alarm's findings: empty when plausible
 
     def scores(self) -> pd.DataFrame:
         "Validation metrics of the model and each baseline, one row each."
@@ -217,7 +221,28 @@ class TuneResult:
     def __repr__(self):
         m = self.metrics
         return (f"TuneResult({self.objective}: log loss {m['log_loss']:.4f}, accuracy {m['accuracy']:.4f}, ROC AUC {m['roc_auc']:.4f}; "
-                f"best trial {self.best_trial} of {self.n_trials}, best iteration {self.best_iteration}, {self.wall_seconds:.1f} s)")
+                f"best trial {self.best_trial} of {self.n_trials}, best iteration {self.best_iteration}, {self.wall_seconds:.1f} s"
+                + ("; SUSPECTED LEAK" if self.implausible else "") + ("" if self.guard_ran else "; point-in-time check skipped")
+                + ")")
+
+# %% ../nbs/06_tune.ipynb #f7dbaba1
+def run_manifest(table: pd.DataFrame, table_meta: dict, features: list[str], split: Split, inner: Split, *, seed: int,
+                 val_days: float, inner_days: float | None, objective: str, guard: str) -> dict:
+    "What a tuning run's numbers are a function of: data, feature code, split, seeds, objective, guard and library versions."
+    registered, built = [f for f in features if f in FEATURES], table_meta.get("code_sha256")
+    code = feature_code_sha256(registered) if registered else None
+    if built and set(table_meta.get("features", [])) <= FEATURES.keys() and feature_code_sha256(table_meta["features"]) != built:
+        warnings.warn("the feature code changed since the table was built: its rows may not be what the code computes now",
+                      stacklevel=3)
+    return {"table": content_digest(table), "bars": table_meta.get("bars"), "funding": table_meta.get("funding"),
+            "market": {k: table_meta.get(k) for k in ("exchange", "symbol", "timeframe", "funding_exchange")},
+            "feature_code": {"feature_set": table_meta.get("feature_set"), "version": table_meta.get("version"),
+                             "features": features, "code_sha256": code, "table_code_sha256": table_meta.get("code_sha256"),
+                             "unregistered": [f for f in features if f not in FEATURES]},
+            "label": {"horizon": split.horizon, "dead_zone": table_meta.get("dead_zone")},
+            "split": {"val_days": val_days, "inner_days": inner_days, "outer": split.summary(), "inner": inner.summary()},
+            "seeds": {"sampler": seed, "lightgbm": seed, "bootstrap": seed}, "objective": objective, "guard": guard,
+            "versions": library_versions()}
 
 # %% ../nbs/06_tune.ipynb #d0e1023f
 def judge(booster: lgb.Booster, logreg: Pipeline, split: Split, features: list[str], n_boot: int = 1000,
@@ -226,17 +251,30 @@ def judge(booster: lgb.Booster, logreg: Pipeline, split: Split, features: list[s
     forecasts = {"lgbm": booster.predict(split.val[features]), **baseline_forecasts(split.val, split.train, logreg, features)}
     return assess(split.val.y, forecasts, n_boot, seed)
 
-def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: Callable | None = None, n_trials: int = 50,
-         timeout: float | None = None, val_days: float = 14, objective: str = "logloss", seed: int = 0,
-         storage: str | None = None, study_name: str | None = None, num_threads: int = 1, progress: bool = True,
+def point_in_time_fn(table: pd.DataFrame, table_meta: dict, feature_fn: Callable | None, guard: bool, home=None) -> Callable | None:
+    "The guard's feature function: `feature_fn`, else `table_asof` from the table's metadata and `home`; None only when `guard=False`."
+    if not guard:
+        if feature_fn is not None: raise ConfigError("feature_fn is given but guard=False: pass one or the other")
+        return None
+    if feature_fn is not None: return feature_fn
+    if missing := [k for k in ("exchange", "symbol", "timeframe") if not table_meta.get(k)]:
+        raise ConfigError(f"tune checks that every feature is point-in-time by recomputing it from the stored bars, but the table's "
+                          f"metadata names no {', '.join(missing)}: read the table with read_feature_table (or pass table_meta and "
+                          "home), pass feature_fn, or opt out of the check with guard=False")
+    return table_asof({**table_meta, "features": feature_columns(table)}, home)
+
+def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: Callable | None = None, guard: bool = True,
+         home=None, n_trials: int = 50, timeout: float | None = None, val_days: float = 14, objective: str = "logloss",
+         seed: int = 0, storage: str | None = None, study_name: str | None = None, num_threads: int = 1, progress: bool = True,
          table_meta: dict | None = None, inner_days: float | None = None, n_boot: int = 1000) -> TuneResult:
-    "Guard, tune on an inner slice, refit on the training period and judge once on the last `val_days` against the baselines."
+    "Guard, tune on an inner slice, refit on the training period, judge once on the last `val_days` and check the scores are plausible."
     started = time.perf_counter()
     if objective not in OBJECTIVES: raise ConfigError(f"unknown objective {objective!r}: expected one of {list(OBJECTIVES)}")
     table_meta = {**table.attrs.get("cryptoml", {}), **(table_meta or {})}
     features = list(features or feature_columns(table))
     split = time_split(table, val_days, horizon=table_meta.get("horizon"))
-    guard = LeakageGuard().check(split, table, feature_fn)
+    check_fn = point_in_time_fn(table, table_meta, feature_fn, guard, home)
+    guard_report = LeakageGuard().check(split, table, check_fn)
     inner = inner_split(split, inner_days)
     LeakageGuard().check(inner, split.train)
     digest = fingerprint(table, features, objective=objective, seed=seed, val_days=val_days, inner_days=inner_days)
@@ -250,6 +288,13 @@ def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: 
     booster = lgb.train(params, lgb.Dataset(split.train[features], split.train.y), rounds)
     logreg = fit_logreg(split.train, features)
     scores, gains = judge(booster, logreg, split, features, n_boot, seed)
-    return TuneResult(booster, logreg, features, params, rounds, scores.pop("lgbm"), scores, split, study_name, storage,
+    metrics = scores.pop("lgbm")
+    if suspect := implausible(metrics, len(split.val), split.horizon):
+        warnings.warn("suspected leak: " + "; ".join(suspect), stacklevel=2)
+    manifest = run_manifest(table, table_meta, features, split, inner, seed=seed, val_days=val_days, inner_days=inner_days,
+                            objective=objective, guard="off (guard=False)" if check_fn is None else
+                            "the caller's feature_fn" if feature_fn is not None else "recomputed from the stored bars")
+    return TuneResult(booster, logreg, features, params, rounds, metrics, scores, split, study_name, storage,
                       finished_trials(study), best.number, repr(study.sampler), seed, objective, time.perf_counter() - started,
-                      table_meta, verdict(gains), study, inner, guard, gains)
+                      table_meta, "\n".join([*(f"SUSPECTED LEAK: {s}" for s in suspect), verdict(gains)]), study, inner,
+                      guard_report, gains, manifest, check_fn is not None, suspect)

@@ -15,8 +15,8 @@ import pytest
 import cryptoml.features as features
 from cryptoml.core import ConfigError, DataError, feature_path, parquet_metadata
 from cryptoml.features import (FEATURES, FeatureSet, add_labels, bar_arrays, build_features, compute_features, connect,
-                               feature_matrix, feature_names, features_asof, lookback_bars, read_feature_table, register_feature,
-                               rolling_mean_std, rolling_sum, write_feature_table)
+                               content_digest, feature_code_sha256, feature_matrix, feature_names, features_asof, lookback_bars,
+                               read_feature_table, register_feature, rolling_mean_std, rolling_sum, write_feature_table)
 from cryptoml.ingest import example_market, read_bars, read_funding, write_bars
 
 EVERY_FEATURE = FeatureSet("every", 0, tuple(FEATURES))
@@ -244,10 +244,11 @@ def test_the_feature_table_is_written_with_its_metadata_and_queried_in_sql(marke
     assert path == feature_path(home, key.symbol, key.timeframe) and [p.name for p in path.parent.iterdir()] == [path.name]
     table, meta = read_feature_table(path)
     assert meta == parquet_metadata(path)
-    assert {k: v for k, v in meta.items() if k != "built_at"} == dict(
+    assert meta == dict(
         feature_set="rich", version=1, features=feature_names("rich"), lookback=lookback_bars("rich"), horizon=2,
         dead_zone=0.25, exchange=key.exchange, symbol=key.symbol, timeframe=key.timeframe,
-        funding_exchange=key.funding_exchange, rows=len(bars))
+        funding_exchange=key.funding_exchange, rows=len(bars), bars=content_digest(bars), funding=content_digest(funding),
+        code_sha256=feature_code_sha256(feature_names("rich")))  # what it was built from, and no time of building
     expected = add_labels(compute_features(bars, "rich", funding=funding), bars, horizon=2, dead_zone=0.25)
     pd.testing.assert_frame_equal(table, expected, check_exact=True)
     con = connect(home)

@@ -35,7 +35,7 @@ def make_world(home: Path) -> World:
     market = example_market(home)
     table_path = build_features(market, home=home, progress=False)
     table, _ = read_feature_table(table_path)
-    results = [tune(table, n_trials=3, n_boot=20, val_days=days, seed=seed, progress=False) for seed, days in ((0, 1), (1, 2))]
+    results = [tune(table, home=home, n_trials=3, n_boot=20, val_days=days, seed=seed, progress=False) for seed, days in ((0, 1), (1, 2))]
     runs = [save_run(r, home=home, table_path=table_path) for r in results]
     promote(runs[0], home=home, force=True)
     rows = results[0].split.val[results[0].features].to_numpy()

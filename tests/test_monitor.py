@@ -30,7 +30,8 @@ def trained(tmp_path_factory):
     write_demo_market(home, days=DAYS, seed=1)
     path = build_features(SYNTHETIC, home=home, progress=False)
     table, meta = read_feature_table(path)
-    run_id = save_run(tune(table, n_trials=3, val_days=VAL_DAYS, progress=False, table_meta=meta, n_boot=50), home=home, table_path=path)
+    run_id = save_run(tune(table, home=home, n_trials=3, val_days=VAL_DAYS, progress=False, table_meta=meta, n_boot=50), home=home,
+                      table_path=path)
     assert promote(run_id, home=home).promoted
     return home, run_id
 
