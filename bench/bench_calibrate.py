@@ -48,7 +48,7 @@ def example_model(home: Path, trials: int):
     market = example_market(home)
     bars = read_bars(home, market.exchange, market.symbol, market.timeframe)
     table = add_labels(compute_features(bars, "seed", timeframe=market.timeframe), bars)
-    result = tune(table, n_trials=trials, val_days=10, n_boot=20, progress=False,
+    result = tune(table, n_trials=trials, val_days=10, n_boot=20, progress=False, home=home,
                   table_meta={**market._asdict(), "feature_set": "seed", "horizon": 1})
     later = time_split(result.split.val, 5, horizon=1).train
     p = result.booster.predict(later[result.features], num_threads=1)
