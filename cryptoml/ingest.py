@@ -70,7 +70,8 @@ def as_utc_ms(values, source: str = "") -> pd.Series:
         unread = (out.isna() & s.notna()) | too_far
     if unread.any():
         value = s[unread].iloc[0]
-        raise DataError(f"{source or 'data'}: cannot read ts {getattr(value, 'item', lambda: value)()!r} (row {unread.idxmax()}) as a time")
+        value = value.item() if isinstance(value, np.generic) else value   # 1e+300, not np.float64(1e+300)
+        raise DataError(f"{source or 'data'}: cannot read ts {value!r} (row {unread.idxmax()}) as a time")
     return out.astype("datetime64[ms, UTC]")
 
 # %% ../nbs/01_ingest.ipynb #15037f10
@@ -111,7 +112,7 @@ class Check:
         return dataclasses.replace(self, stored=stored)
 
 class Rule(NamedTuple):
-    "A named rule: `bad(rows, check)` marks the rows it refuses; `why` is a message (formatted with `check.terms`) or `why(rows, check, i)`."
+    "A rule: `bad(rows, check)` marks the rows it refuses; `why` says why (a message formatted with `check.terms`, or a function)."
     bad: Callable[[pd.DataFrame, Check], pd.Series | np.ndarray]
     why: str | Callable[[pd.DataFrame, Check, int], str]
 
@@ -169,7 +170,9 @@ def _plausible(prices: pd.DataFrame, bounds: Bounds) -> pd.DataFrame:
 def _neighbour_median(bars: pd.DataFrame, check: Check) -> np.ndarray:
     "Per bar, log10 of the median close of the `neighbours` bars centred on it, stored bars among them."
     near = bars[["ts", "close"]].assign(row=np.arange(len(bars)))
-    if check.stored is not None: near = pd.concat([near, check.stored.loc[~check.stored.ts.isin(bars.ts), ["ts", "close"]].assign(row=-1)])
+    if check.stored is not None:
+        stored = check.stored.loc[~check.stored.ts.isin(bars.ts), ["ts", "close"]]
+        near = pd.concat([near, stored.assign(row=-1)])
     near = near.sort_values("ts", kind="stable")
     closes = _plausible(near[["close"]], check.bounds).close
     median = np.log10(closes).rolling(check.bounds.neighbours, center=True, min_periods=1).median()
@@ -241,12 +244,14 @@ BAR_RULES: dict[str, Rule] = COMMON_RULES | {
     "negative_volume": Rule(lambda b, c: b.volume < 0, "negative volume"),
     "price_range": Rule(lambda b, c: (_plausible(b[PRICES], c.bounds).isna() & np.isfinite(b[PRICES]) & (b[PRICES] > 0)).any(axis=1),
                         "implausible price: outside [{min_price:g}, {max_price:g}]"),
-    "volume_range": Rule(lambda b, c: np.isfinite(b.volume) & (b.volume > c.bounds.max_volume), "implausible volume: above {max_volume:g}"),
+    "volume_range": Rule(lambda b, c: np.isfinite(b.volume) & (b.volume > c.bounds.max_volume),
+                         "implausible volume: above {max_volume:g}"),
     "extra_range": Rule(lambda b, c: _bad_extras(b, c).any(axis=1), _why_extra),
     "spike": Rule(lambda b, c: _orders_off(b, c).max(axis=1) > c.bounds.max_orders, _why_spike),
     "off_grid": Rule(_off_grid, "ts not on the {timeframe} grid"),
     "spacing": Rule(_off_spacing, _why_spacing),
-    "still_open": Rule(_still_open, "still open at {now:%Y-%m-%d %H:%M:%S} UTC (a {timeframe} bar closes {timeframe} after it opens)"),
+    "still_open": Rule(_still_open,
+                       "still open at {now:%Y-%m-%d %H:%M:%S} UTC (a {timeframe} bar closes {timeframe} after it opens)"),
 }
 
 # %% ../nbs/01_ingest.ipynb #20a1e4da
@@ -255,10 +260,13 @@ def refuse_bad_rows(rows: pd.DataFrame, rules: dict[str, Rule], check: Check, sh
     hits = {name: np.flatnonzero(np.asarray(rule.bad(rows, check), dtype=bool)) for name, rule in rules.items()}
     hits = {name: marked for name, marked in hits.items() if len(marked)}
     if not hits: return rows
-    where = lambda i: f"row {i}" if pd.isna(rows.ts.iloc[i]) else str(rows.ts.iloc[i])
-    said = [f"{where(hits[n][0])}: {rules[n].reason(rows, check, hits[n][0])} [{n}]" + (f" (and {len(hits[n]) - 1} more)" if len(hits[n]) > 1 else "")
-            for n in sorted(hits, key=lambda n: hits[n][0])[:shown]]   # a stable sort: rules marking one row keep the table's order
-    raise DataError(f"{check.source}: refused {len(np.unique(np.concatenate(list(hits.values()))))} bad row(s): {'; '.join(said)}")
+    def said(name: str) -> str:
+        i, more = hits[name][0], len(hits[name]) - 1
+        where = f"row {i}" if pd.isna(rows.ts.iloc[i]) else str(rows.ts.iloc[i])
+        return f"{where}: {rules[name].reason(rows, check, i)} [{name}]" + (f" (and {more} more)" if more else "")
+    first = sorted(hits, key=lambda name: hits[name][0])[:shown]   # a stable sort: rules marking one row keep the table's order
+    bad = len(np.unique(np.concatenate(list(hits.values()))))
+    raise DataError(f"{check.source}: refused {bad} bad row(s): {'; '.join(map(said, first))}")
 
 def _drop_repeats(rows: pd.DataFrame, rtol: float) -> tuple[pd.DataFrame, int]:
     "`rows` without the repeats of a time that agree with its first row (a missing value agrees with any); (rows, dropped)."
@@ -304,7 +312,7 @@ class SeriesKind:
 BARS = SeriesKind("bars", [*OHLCV_COLUMNS, *EXTRA_COLUMNS], as_bars, BAR_RULES, raw_dir)
 
 def check_rows(df: pd.DataFrame, kind: SeriesKind, check: Check | None = None, sort: bool = False) -> tuple[pd.DataFrame, int]:
-    "The one validation pass: `df` in `kind`'s schema (sorted if `sort`), agreeing repeats dropped, `kind`'s rules applied; (rows, dropped)."
+    "The validation pass: `df` in `kind`'s schema (sorted if `sort`), agreeing repeats dropped, the rules applied; (rows, dropped)."
     check = check or Check(kind.name)
     rows = kind.schema(df, check.source)
     if sort: rows = rows.sort_values("ts", kind="stable", ignore_index=True)
@@ -354,7 +362,7 @@ def _near(folder: Path, kind: SeriesKind, rows: pd.DataFrame, check: Check) -> p
     return read_rows(folder, kind.columns, rows.ts.min() - margin, rows.ts.max() + margin)
 
 def _log_replaced(home, folder: Path, replaced: pd.Series, source: str):
-    "Record, on stderr and in `raw/replacements.jsonl`, that a write from `source` replaced stored rows of `folder` at times `replaced`."
+    "Log (a warning: a line on the command's stderr) and record in `raw/replacements.jsonl` that `source` replaced stored rows."
     root = data_home(home)
     entry = {"at": str(pd.Timestamp.now(tz="UTC")), "folder": str(folder.relative_to(root)), "rows": len(replaced),
              "first": str(replaced.min()), "last": str(replaced.max()), "source": source}
@@ -415,7 +423,8 @@ def read_bars(home, exchange: str, symbol: str, timeframe: str, start=None, end=
 def as_funding(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
     "`df` as the store's funding schema: ts (UTC ms), funding_rate (float64)."
     _require_columns(df, FUNDING_COLUMNS, source or "funding")
-    return pd.DataFrame({"ts": as_utc_ms(df["ts"], source), "funding_rate": _numbers(df["funding_rate"], "float64", "funding_rate", source)})
+    return pd.DataFrame({"ts": as_utc_ms(df["ts"], source),
+                         "funding_rate": _numbers(df["funding_rate"], "float64", "funding_rate", source)})
 
 FUNDING_RULES: dict[str, Rule] = COMMON_RULES | {
     "nan_rate": Rule(lambda f, c: ~np.isfinite(f.funding_rate), "NaN or infinite funding rate"),
@@ -541,7 +550,8 @@ def _text(data: bytes, source: str) -> str:
     if not data: raise DataError(f"{source}: empty file")
     if b"\0" in data: raise DataError(f"{source}: not CSV text (a NUL byte at offset {data.index(0)}: a binary file?)")
     try: return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e: raise DataError(f"{source}: not CSV text (byte {data[e.start]:#04x} at offset {e.start} is not UTF-8)") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source}: not CSV text (byte {data[e.start]:#04x} at offset {e.start} is not UTF-8)") from None
 
 def _csv_texts(file: Path) -> Iterator[tuple[str, str]]:
     "(source, CSV text) of `file`, or of each CSV inside it when it is a zip archive."
@@ -560,14 +570,17 @@ def _read_csv_text(text: str, source: str) -> pd.DataFrame:
     "A CSV text as a frame with the store's column names; headerless files recognised by their column count."
     first = text.split("\n", 1)[0].strip().split(",")
     headerless = pd.to_numeric(pd.Series(first[-1:]), errors="coerce").notna().all()   # a header ends in a name, a row in a number
-    if headerless and len(first) not in HEADERLESS: raise DataError(f"{source}: a headerless CSV with {len(first)} columns; expected one of {sorted(HEADERLESS)}")
+    if headerless and len(first) not in HEADERLESS:
+        raise DataError(f"{source}: a headerless CSV with {len(first)} columns; expected one of {sorted(HEADERLESS)}")
     names = {"header": None, "names": HEADERLESS[len(first)]} if headerless else {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)   # a row longer than the header: pandas would drop or shift fields
             df = pd.read_csv(io.StringIO(text), index_col=False, **names)
-    except pd.errors.ParserWarning: raise DataError(f"{source}: not a readable CSV (a row has more fields than the header)") from None
-    except (ValueError, OverflowError) as e: raise DataError(f"{source}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
+    except pd.errors.ParserWarning: reason = "a row has more fields than the header"
+    except (ValueError, OverflowError) as e: reason = str(e).strip().split("\n")[0] or type(e).__name__
+    else: reason = None
+    if reason: raise DataError(f"{source}: not a readable CSV ({reason})")
     return df if headerless else df.rename(columns=lambda c: COLUMN_ALIASES.get(str(c).strip().lower(), str(c).strip().lower()))
 
 def read_csv_rows(file: str | os.PathLike) -> pd.DataFrame:
@@ -631,7 +644,8 @@ def _http_status(e: Exception) -> int | None:
 def _brief(e: Exception, chars: int = 300) -> str:
     "`e` as 'Type: message', the message cut to `chars` characters, with the HTTP status behind it when the message lacks it."
     msg, status = str(e), _http_status(e)
-    return f"{type(e).__name__}: {msg[:chars]}{'...' if len(msg) > chars else ''}" + (f" (HTTP {status})" if status and f" {status} " not in f" {msg} " else "")
+    said = f"{type(e).__name__}: {msg[:chars]}{'...' if len(msg) > chars else ''}"
+    return said + (f" (HTTP {status})" if status and f" {status} " not in f" {msg} " else "")
 
 def _transient(e: Exception) -> bool:
     "Whether a ccxt error may pass if asked again: ccxt says so, or a server answered a 5xx status ccxt has no name for."
@@ -664,7 +678,8 @@ def _ask(client: ccxt.Exchange, method: str, *args, **kwargs):
     try: return getattr(client, method)(*args, **kwargs)
     except ccxt.BaseError: raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
-        raise MalformedAnswer(f"{client.id} answered what ccxt cannot read ({_brief(e, 80)}): {str(client.last_http_response)[:80]!r}") from e
+        answer = str(client.last_http_response)[:80]
+        raise MalformedAnswer(f"{client.id} answered what ccxt cannot read ({_brief(e, 80)}): {answer!r}") from e
 
 # %% ../nbs/01_ingest.ipynb #a5fe7271
 def _did_you_mean(word, choices) -> str:
@@ -713,20 +728,21 @@ def _window(client: ccxt.Exchange, since, until) -> tuple[int, int]:
     return (to_ms(since) if since is not None else end - DEFAULT_HISTORY.value // 1_000_000), end
 
 def _screen(page: pd.DataFrame, source: str, kind: SeriesKind, timeframe: str | None, bounds: Bounds) -> pd.DataFrame:
-    "A page as an exchange served it, through the validation pass; the bar still forming, which exchanges serve last, dropped, not refused."
+    "A page as an exchange served it, through the validation pass; the bar still forming (served last) dropped, not refused."
     check = Check(source, timeframe, bounds)
     rows = kind.schema(page, source)
     if "still_open" in kind.rules: rows = rows[~np.asarray(kind.rules["still_open"].bad(rows, check), dtype=bool)]
     return check_rows(rows, kind, check)[0]
 
-def _pages(client: ccxt.Exchange, fetch: Callable[[int], pd.DataFrame], start: int, end: int, step: int, what: str,
-           retry: Retry, progress: bool, unit: tuple[str, int], screen: Callable[[pd.DataFrame, str], pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    "Pages `fetch(cursor)` through the validation pass (`screen`), cut to `start <= ts < end` (ms), in order, the cursor moving `step` past each."
+def _pages(client: ccxt.Exchange, fetch: Callable[[int], pd.DataFrame], start: int, end: int, step: int, what: str, retry: Retry,
+           progress: bool, unit: tuple[str, int], screen: Callable[[pd.DataFrame, str], pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    "Pages `fetch(cursor)` through `screen` (the validation pass), cut to `start <= ts < end` (ms), in order, the cursor moving on."
     def fresh(cursor: int) -> pd.DataFrame:
         page = fetch(cursor)
         new = page[~(page.ts < cursor)]   # a row without a time stays, for the validation pass to name
         if new.empty and (answered := len(page) or _answer_rows(client)):
-            raise StalePage(f"{client.id} answered {answered} row(s), none of them from {to_utc(cursor)} on (a stale, repeated or unreadable page)")
+            raise StalePage(f"{client.id} answered {answered} row(s), none of them from {to_utc(cursor)} on "
+                            "(a stale, repeated or unreadable page)")
         return new
     name, unit_ms = unit
     with tqdm(total=max(end - start, 0) // unit_ms, desc=what, unit=name, disable=not progress) as bar:
@@ -758,7 +774,8 @@ def ohlcv_pages(client: ccxt.Exchange, symbol: str, timeframe: str, since=None, 
     market, step = _market(client, symbol, retry), timeframe_ms(timeframe)
     fetch = partial(_ohlcv_page, client, symbol, timeframe, _page_limit(client, market, "fetchOHLCV", limit))
     screen = partial(_screen, kind=BARS, timeframe=timeframe, bounds=bounds)
-    yield from _pages(client, fetch, *_window(client, since, until), step, f"{client.id} {symbol} {timeframe}", retry, progress, ("bar", step), screen)
+    what = f"{client.id} {symbol} {timeframe}"
+    yield from _pages(client, fetch, *_window(client, since, until), step, what, retry, progress, ("bar", step), screen)
 
 def _gathered(pages: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     "Pages joined (each starts past the last one, so they are in order and disjoint)."
@@ -769,7 +786,8 @@ def fetch_ohlcv(exchange: str | ccxt.Exchange, symbol: str, timeframe: str, sinc
                 max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True, bounds: Bounds = BOUNDS) -> pd.DataFrame:
     "Closed bars of `symbol` at `timeframe` with `since <= ts < until` (default: the last 30 days), validated."
     client = make_exchange(exchange)
-    pages = ohlcv_pages(client, symbol, timeframe, since, until, limit=limit, retry=Retry(max_tries, retry_delay), progress=progress, bounds=bounds)
+    pages = ohlcv_pages(client, symbol, timeframe, since, until, limit=limit, retry=Retry(max_tries, retry_delay),
+                        progress=progress, bounds=bounds)
     return validate_bars(_gathered(pages, OHLCV_COLUMNS), f"{client.id} {symbol} {timeframe}", timeframe, bounds=bounds)
 
 # %% ../nbs/01_ingest.ipynb #aa188d56
@@ -793,13 +811,15 @@ def funding_pages(client: ccxt.Exchange, symbol: str, since=None, until=None, *,
     perp = _perpetual(client, symbol, retry)
     fetch = partial(_funding_page, client, perp, _page_limit(client, client.markets[perp], "fetchFundingRateHistory", limit))
     screen = partial(_screen, kind=FUNDING, timeframe=None, bounds=bounds)
-    yield from _pages(client, fetch, *_window(client, since, until), 1, f"{client.id} {perp} funding", retry, progress, ("hour", 3_600_000), screen)
+    what = f"{client.id} {perp} funding"
+    yield from _pages(client, fetch, *_window(client, since, until), 1, what, retry, progress, ("hour", 3_600_000), screen)
 
 def fetch_funding(exchange: str | ccxt.Exchange, symbol: str, since=None, until=None, *, limit: int | None = None,
                   max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True, bounds: Bounds = BOUNDS) -> pd.DataFrame:
     "Funding rates (ts, funding_rate) of `symbol`'s perpetual with `since <= ts < until` (default: the last 30 days)."
     client = make_exchange(exchange)
-    pages = funding_pages(client, symbol, since, until, limit=limit, retry=Retry(max_tries, retry_delay), progress=progress, bounds=bounds)
+    pages = funding_pages(client, symbol, since, until, limit=limit, retry=Retry(max_tries, retry_delay),
+                          progress=progress, bounds=bounds)
     return validate_funding(_gathered(pages, FUNDING_COLUMNS), f"{client.id} {symbol} funding", bounds=bounds)
 
 # %% ../nbs/01_ingest.ipynb #ab06ccef
