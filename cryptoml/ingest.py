@@ -52,7 +52,7 @@ _EPOCH_MS = (pd.Timestamp.min.value // 1_000_000 + 1, pd.Timestamp.max.value // 
 def _epoch_ms(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     "Epoch s/ms/us numbers as UTC times, told apart by size; (times, which values no timestamp can hold)."
     v = values.astype("float64").to_numpy()
-    ms = np.where(v > 1e14, v / 1000, np.where(v > 1e11, v, v * 1000))
+    with np.errstate(over="ignore"): ms = np.where(v > 1e14, v / 1000, np.where(v > 1e11, v, v * 1000))   # too far: refused below
     held = np.isnan(ms) | ((ms >= _EPOCH_MS[0]) & (ms <= _EPOCH_MS[1]))
     return pd.Series(pd.to_datetime(np.where(held, ms, np.nan), unit="ms", utc=True)), pd.Series(~held)
 
@@ -115,6 +115,7 @@ class Rule(NamedTuple):
     "A rule: `bad(rows, check)` marks the rows it refuses; `why` says why (a message formatted with `check.terms`, or a function)."
     bad: Callable[[pd.DataFrame, Check], pd.Series | np.ndarray]
     why: str | Callable[[pd.DataFrame, Check, int], str]
+    reads_store: bool = False   # judges rows by `check.stored` too, so the writer runs it again against the store
 
     def reason(self, rows: pd.DataFrame, check: Check, i: int) -> str:
         "Why row `i` of `rows` is refused."
@@ -159,13 +160,19 @@ COMMON_RULES: dict[str, Rule] = {
     "future": Rule(lambda r, c: r.ts > c.now + c.bounds.clock_skew, "after now ({now:%Y-%m-%d %H:%M:%S} UTC)"),
     "out_of_order": Rule(lambda r, c: r.ts.diff() < pd.Timedelta(0), "before the previous row (out of order)"),
     "duplicate": Rule(lambda r, c: r.ts.duplicated() & r.ts.notna(), _why_duplicate),
-    "conflict": Rule(lambda r, c: np.zeros(len(r), bool) if c.replace else _conflicts(r, c), _why_conflict),
+    "conflict": Rule(lambda r, c: np.zeros(len(r), bool) if c.replace else _conflicts(r, c), _why_conflict, reads_store=True),
 }
 
 # %% ../nbs/01_ingest.ipynb #b3b39cb4
-def _plausible(prices: pd.DataFrame, bounds: Bounds) -> pd.DataFrame:
-    "`prices` with what no market quotes (outside [min_price, max_price], or not a number) missing."
-    return prices.where(np.isfinite(prices) & (prices >= bounds.min_price) & (prices <= bounds.max_price))
+def _plausible(prices: pd.DataFrame | pd.Series, bounds: Bounds) -> np.ndarray:
+    "`prices` as an array, with what no market quotes (outside [min_price, max_price], or not a number) missing."
+    p = prices.to_numpy(dtype="float64")
+    with np.errstate(invalid="ignore"): return np.where((p >= bounds.min_price) & (p <= bounds.max_price), p, np.nan)
+
+def _out_of_range(bars: pd.DataFrame, check: Check) -> np.ndarray:
+    "Bars with a price that is a positive number, but outside [min_price, max_price]."
+    p = bars[PRICES].to_numpy(dtype="float64")
+    return (np.isnan(_plausible(bars[PRICES], check.bounds)) & np.isfinite(p) & (p > 0)).any(axis=1)
 
 def _neighbour_median(bars: pd.DataFrame, check: Check) -> np.ndarray:
     "Per bar, log10 of the median close of the `neighbours` bars centred on it, stored bars among them."
@@ -174,19 +181,23 @@ def _neighbour_median(bars: pd.DataFrame, check: Check) -> np.ndarray:
         stored = check.stored.loc[~check.stored.ts.isin(bars.ts), ["ts", "close"]]
         near = pd.concat([near, stored.assign(row=-1)])
     near = near.sort_values("ts", kind="stable")
-    closes = _plausible(near[["close"]], check.bounds).close
-    median = np.log10(closes).rolling(check.bounds.neighbours, center=True, min_periods=1).median()
-    median = pd.Series(median.to_numpy(), index=near.row.to_numpy())
-    return median[median.index >= 0].sort_index().to_numpy()
+    closes = pd.Series(np.log10(_plausible(near.close, check.bounds)))
+    median = closes.rolling(check.bounds.neighbours, center=True, min_periods=1).median().to_numpy()
+    rows = near.row.to_numpy()
+    return median[rows >= 0][np.argsort(rows[rows >= 0])]
 
-def _orders_off(bars: pd.DataFrame, check: Check) -> pd.DataFrame:
-    "Per bar and price: how many orders of magnitude it lies from its neighbours' median close."
-    return np.log10(_plausible(bars[PRICES], check.bounds)).sub(_neighbour_median(bars, check), axis=0).abs()
+def _orders_off(bars: pd.DataFrame, check: Check) -> np.ndarray:
+    "Per bar and price (open, high, low, close): how many orders of magnitude it lies from its neighbours' median close."
+    return np.abs(np.log10(_plausible(bars[PRICES], check.bounds)) - _neighbour_median(bars, check)[:, None])
+
+def _spikes(bars: pd.DataFrame, check: Check) -> np.ndarray:
+    "Bars with a price more than `max_orders` orders of magnitude from their neighbours' median close."
+    with np.errstate(invalid="ignore"): return (_orders_off(bars, check) > check.bounds.max_orders).any(axis=1)
 
 def _why_spike(bars: pd.DataFrame, check: Check, i: int) -> str:
-    off = _orders_off(bars, check).iloc[i]
-    c = off.idxmax()
-    return (f"implausible price: {c} {bars[c].iloc[i]:g} lies {off[c]:.1f} orders of magnitude from its neighbours' "
+    off = np.nan_to_num(_orders_off(bars, check)[i], nan=-1)
+    c = PRICES[int(np.argmax(off))]
+    return (f"implausible price: {c} {bars[c].iloc[i]:g} lies {off.max():.1f} orders of magnitude from its neighbours' "
             f"median close {10 ** _neighbour_median(bars, check)[i]:.6g} (the bound is {check.bounds.max_orders:g})")
 
 # %% ../nbs/01_ingest.ipynb #fce80789
@@ -242,12 +253,11 @@ BAR_RULES: dict[str, Rule] = COMMON_RULES | {
     "low_above_body": Rule(lambda b, c: b.low > b[["open", "close"]].min(axis=1), "low above open or close"),
     "nan_volume": Rule(lambda b, c: ~np.isfinite(b.volume), "NaN or infinite volume"),
     "negative_volume": Rule(lambda b, c: b.volume < 0, "negative volume"),
-    "price_range": Rule(lambda b, c: (_plausible(b[PRICES], c.bounds).isna() & np.isfinite(b[PRICES]) & (b[PRICES] > 0)).any(axis=1),
-                        "implausible price: outside [{min_price:g}, {max_price:g}]"),
+    "price_range": Rule(_out_of_range, "implausible price: outside [{min_price:g}, {max_price:g}]"),
     "volume_range": Rule(lambda b, c: np.isfinite(b.volume) & (b.volume > c.bounds.max_volume),
                          "implausible volume: above {max_volume:g}"),
     "extra_range": Rule(lambda b, c: _bad_extras(b, c).any(axis=1), _why_extra),
-    "spike": Rule(lambda b, c: _orders_off(b, c).max(axis=1) > c.bounds.max_orders, _why_spike),
+    "spike": Rule(_spikes, _why_spike, reads_store=True),
     "off_grid": Rule(_off_grid, "ts not on the {timeframe} grid"),
     "spacing": Rule(_off_spacing, _why_spacing),
     "still_open": Rule(_still_open,
@@ -374,20 +384,20 @@ def _log_replaced(home, folder: Path, replaced: pd.Series, source: str):
 
 def store_rows(df: pd.DataFrame, kind: SeriesKind, home, exchange: str, symbol: str, timeframe: str | None = None,
                check: Check | None = None) -> Written:
-    "The one way into the store: `df` through the validation pass, again under the lock against the stored rows it meets, then merged."
+    "The one way into the store: `df` through the validation pass (the rules that read the store again, under the lock), then merged."
     check = check or Check(f"{exchange} {symbol} {timeframe or kind.name}", timeframe)
     rows, dropped = check_rows(df, kind, check)
     if rows.empty: return Written(dropped=dropped)
     folder = kind.folder(home, exchange, symbol, timeframe)
     with _folder_lock(folder):
         against = check.meeting(_near(folder, kind, rows, check))
-        rows, more = check_rows(rows, kind, against)
+        refuse_bad_rows(rows, {name: rule for name, rule in kind.rules.items() if rule.reads_store}, against)
         replaced = rows.ts[_conflicts(rows, against)]   # none unless check.replace: the conflict rule refuses them
         months = [(month_file(folder, part.ts.iloc[0]), part) for _, part in rows.groupby(rows.ts.dt.strftime("%Y-%m"), sort=True)]
         added = {path: _merge_month(path, part, kind.columns) for path, part in months}
         if len(replaced): _log_replaced(home, folder, replaced, check.source)
     written = {path: n for path, n in added.items() if n is not None}
-    return Written(sum(written.values()), list(written), len(replaced), dropped + more)
+    return Written(sum(written.values()), list(written), len(replaced), dropped)
 
 def store_bars(df: pd.DataFrame, home, exchange: str, symbol: str, timeframe: str, *, replace: bool = False,
                bounds: Bounds = BOUNDS, source: str | None = None) -> Written:

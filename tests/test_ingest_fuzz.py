@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from hypothesis.errors import InvalidArgument
 
 from cryptoml.cli import main
-from cryptoml.ingest import BARS, OHLCV_COLUMNS, Check, check_rows, read_bars, synthetic_market
+from cryptoml.ingest import OHLCV_COLUMNS, read_bars, synthetic_market, validate_bars
 from raw_store import digest
 
 MARKET = ["--exchange", "binance", "--symbol", "BTC/USDT", "--timeframe", "1m"]
@@ -53,7 +53,7 @@ def imported(data: bytes, seeded: Path):
             assert digest(home) == before
             return
         stored = read_bars(home, "binance", "BTC/USDT", "1m")
-        check_rows(stored, BARS, Check("the store after a fuzzed import", "1m"))      # every stored bar is a valid bar
+        validate_bars(stored, "the store after a fuzzed import", "1m")      # every stored bar passes every rule
         kept = stored.set_index("ts").loc[STORED.ts, OHLCV_COLUMNS[1:]].reset_index()
         pd.testing.assert_frame_equal(kept, STORED[OHLCV_COLUMNS].reset_index(drop=True), check_dtype=False)
 
