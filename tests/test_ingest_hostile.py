@@ -6,7 +6,7 @@ with exit status 2 and one line on stderr naming the file and the problem, and t
 byte what it was (a checksum of every file under `raw/` before and after). A deliberate correction goes
 through with `--replace`, and is logged. The shared real data imports without a false alarm.
 """
-import json, random
+import json, random, re
 from pathlib import Path
 
 import pandas as pd
@@ -195,8 +195,8 @@ def test_bad_funding_rates_are_refused(home, tmp_path, capsys, change, words):
 def test_the_shared_real_data_imports_without_a_false_alarm(tmp_path, capsys, name):
     path = shared_data(name)
     if path is None: pytest.skip(f"real market data {name} is not on this machine (../shared/data); CI has it")
-    timeframe = "1m" if "_1m_" in name else "1h"
-    status, out, err = cryptoml(capsys, "import", path, "--symbol", "BTC/USDT", "--timeframe", timeframe, home=tmp_path)
+    symbol, timeframe = re.search(r"_([A-Z]+)USDT_", name)[1] + "/USDT", "1m" if "_1m_" in name else "1h"
+    status, out, err = cryptoml(capsys, "import", path, "--symbol", symbol, "--timeframe", timeframe, home=tmp_path)
     assert status == 0, err
     rows = len(pd.read_csv(path))
     assert f"{rows} new bars" in out and "0 missing" in out
