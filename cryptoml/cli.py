@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_cli.ipynb #cc356981
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, json, logging, sys, time, traceback
 from pathlib import Path
 from typing import Callable
 
@@ -21,23 +21,40 @@ from .monitor import monitor, promoted_run, report_table, metrics_table
 from .docs import render_site
 
 # %% auto #0
-__all__ = ['PROMOTED', 'COMMANDS', 'run_command', 'add_exchange', 'add_symbol', 'add_tuning', 'add_features', 'utc_time',
-           'add_time_range', 'existing_file', 'print_ingest', 'fetch', 'import_dumps', 'cmd_ingest', 'cmd_import',
-           'cmd_demo', 'stored_funding', 'cmd_features', 'tune_and_save', 'cmd_tune', 'print_decision', 'cmd_promote',
-           'cmd_rollback', 'cmd_runs', 'funding_exchange_of', 'market_args', 'latest_bars', 'cmd_predict',
-           'cmd_monitor', 'check_source', 'acquire', 'step', 'card_summary', 'cmd_pipeline', 'cmd_docs', 'parser',
-           'main']
+__all__ = ['REPORT_BUG', 'PROMOTED', 'COMMANDS', 'run_command', 'add_exchange', 'add_symbol', 'add_tuning', 'add_features',
+           'utc_time', 'add_time_range', 'add_replace', 'existing_file', 'print_ingest', 'fetch', 'import_dumps',
+           'cmd_ingest', 'cmd_import', 'cmd_demo', 'stored_funding', 'cmd_features', 'tune_and_save', 'cmd_tune',
+           'print_decision', 'cmd_promote', 'cmd_rollback', 'cmd_runs', 'funding_exchange_of', 'market_args',
+           'latest_bars', 'cmd_predict', 'cmd_monitor', 'check_source', 'acquire', 'step', 'card_summary',
+           'cmd_pipeline', 'cmd_docs', 'parser', 'main']
 
 # %% ../nbs/15_cli.ipynb #fc6f9e4c
+REPORT_BUG = "this is a bug in cryptoml, not in your input; please report it with the traceback above"
+
+def _say(args: argparse.Namespace, message: str, status: int) -> int:
+    "Print `message` on stderr as the subcommand's, and return `status`."
+    print(f"cryptoml {args.command}: {message}", file=sys.stderr)
+    return status
+
+class _Warnings(logging.Handler):
+    "The stages' logged warnings as the subcommand's lines on stderr (the stream looked up when written: tests redirect it)."
+    def __init__(self, args: argparse.Namespace):
+        super().__init__(logging.WARNING)
+        self.args = args
+    def emit(self, record: logging.LogRecord): _say(self.args, f"warning: {record.getMessage()}", 0)
+
 def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    "Run a subcommand; a `CryptomlError` prints its message on stderr and becomes its exit status."
+    "Run a subcommand: a user's error is one line on stderr and its exit status (2 for bad input); a bug is a traceback and 1."
+    warnings = _Warnings(args)
+    logging.getLogger("cryptoml").addHandler(warnings)
     try: return command(args)
-    except CryptomlError as e:
-        print(f"cryptoml {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"cryptoml {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except CryptomlError as e: return _say(args, f"error: {e}", e.exit_code)
+    except OSError as e: return _say(args, f"error: {e}", 2)
+    except KeyboardInterrupt: return _say(args, "interrupted", 130)
+    except Exception:
+        traceback.print_exc()
+        return _say(args, f"internal error: {REPORT_BUG}", 1)
+    finally: logging.getLogger("cryptoml").removeHandler(warnings)
 
 # %% ../nbs/15_cli.ipynb #d80d9cfa
 PROMOTED = "the promoted model's"
@@ -77,6 +94,11 @@ def add_time_range(p: argparse.ArgumentParser):
     p.add_argument("--until", type=utc_time, default=None, help="fetch up to this time (default: now)")
     p.add_argument("--funding", action="store_true", help="also fetch the perpetual's funding rates")
 
+def add_replace(p: argparse.ArgumentParser):
+    "Add `--replace`: rows that differ from stored ones correct them (and are logged), where a difference is otherwise refused."
+    p.add_argument("--replace", action="store_true",
+                   help="let rows that differ from stored ones replace them (logged in raw/replacements.jsonl); without it, refused")
+
 def existing_file(name: str) -> Path:
     "`name` as a Path, refused (exit 2) unless it is a readable file."
     path = Path(name)
@@ -88,18 +110,20 @@ def print_ingest(report) -> int:
     "Print what an ingest or import stored."
     m = report.market
     print(f"{m.exchange} {m.symbol} {m.timeframe}: {report.rows_added} new bars; store covers {report.first} .. {report.last}, "
-          f"{report.missing} missing" + (f"; {report.funding_added} funding rates" if report.funding_added else ""))
+          f"{report.missing} missing" + (f"; {report.funding_added} funding rates" if report.funding_added else "")
+          + (f"; {report.dropped} repeated rows dropped" if report.dropped else "")
+          + (f"; {report.replaced} stored bars replaced" if report.replaced else ""))
     return 0
 
 def fetch(args) -> IngestReport:
     "Fetch the bars (and funding) of the command's market from its exchange into the store."
     return ingest(args.exchange, args.symbol, args.timeframe, args.since, args.until, home=args.home,
-                  funding=args.funding, progress=not args.quiet)
+                  funding=args.funding, progress=not args.quiet, replace=args.replace)
 
 def import_dumps(args, files: list[Path]) -> IngestReport:
     "Import the CSV dumps `files` (and `--funding-csv`, if given) of the command's market into the store."
-    report = import_csv(files, args.exchange, args.symbol, args.timeframe, home=args.home)
-    if args.funding_csv: import_funding_csv(args.funding_csv, args.exchange, args.symbol, home=args.home)
+    report = import_csv(files, args.exchange, args.symbol, args.timeframe, home=args.home, replace=args.replace)
+    if args.funding_csv: import_funding_csv(args.funding_csv, args.exchange, args.symbol, home=args.home, replace=args.replace)
     return report
 
 def cmd_ingest(args) -> int:
@@ -252,11 +276,12 @@ def cmd_docs(args) -> int:
     return 1 if render_site(args.notebooks, args.out, args.timeout) else 0
 
 # %% ../nbs/15_cli.ipynb #c4679da6
-def _ingest_args(p): add_exchange(p); add_symbol(p); add_time_range(p)
+def _ingest_args(p): add_exchange(p); add_symbol(p); add_time_range(p); add_replace(p)
 def _import_args(p):
     p.add_argument("files", nargs="+", type=existing_file, metavar="FILE", help="CSV or zipped CSV dumps")
     add_exchange(p); add_symbol(p)
     p.add_argument("--funding-csv", type=existing_file, help="also import funding rates (timestamp,funding_rate) for this symbol")
+    add_replace(p)
 def _demo_args(p):
     p.add_argument("--days", type=float, default=30, help="days of 1m bars (default: 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -280,7 +305,7 @@ def _pipeline_args(p):
     source.add_argument("--demo", action="store_true", help="use the embedded synthetic market (offline; seeded by --seed)")
     source.add_argument("--import", dest="import_files", nargs="+", type=existing_file, metavar="FILE", help="import CSV dumps")
     add_exchange(p); add_symbol(p, required=False)
-    add_time_range(p)
+    add_time_range(p); add_replace(p)
     p.add_argument("--funding-csv", type=existing_file, help="with --import: funding rates to import too")
     p.add_argument("--days", type=float, default=30, help="with --demo: days of synthetic bars (default: 30)")
     add_features(p); add_tuning(p)

@@ -95,7 +95,8 @@ BAD_ROWS = {  # reason -> how to break row 5 of a good frame
     "low above open or close": lambda b: b.assign(low=b.low.where(b.index != 5, b.high + 1)),
     "negative volume": lambda b: b.assign(volume=b.volume.where(b.index != 5, -1.0)),
     "NaN or infinite price": lambda b: b.assign(close=b.close.where(b.index != 5, np.nan)),
-    "duplicate or out of order": lambda b: b.assign(ts=b.ts.where(b.index != 5, b.ts[4])),
+    "given twice with different values": lambda b: b.assign(ts=b.ts.where(b.index != 5, b.ts[4])),
+    "before the previous row (out of order)": lambda b: b.assign(ts=b.ts.where(b.index != 5, b.ts[3])),
     "not on the 1m grid": lambda b: b.assign(ts=b.ts.where(b.index != 5, b.ts[5] + pd.Timedelta("1s"))),
 }
 

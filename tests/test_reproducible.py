@@ -148,7 +148,7 @@ def test_the_point_in_time_check_refuses_bars_changed_since_the_build(btc, tmp_p
     write_bars(later, copy, *market[:3])
     assert len(table_asof(meta, copy)(later.ts.iloc[0] + pd.Timedelta("2min"))) == 30_241  # the new bar is simply known
     corrected = read_bars(copy, *market[:3]).iloc[[12_345]]
-    write_bars(corrected.assign(close=corrected.close * 1.0001, high=corrected.high * 1.0001), copy, *market[:3])
+    write_bars(corrected.assign(close=corrected.close * 1.0001, high=corrected.high * 1.0001), copy, *market[:3], replace=True)
     with pytest.raises(DataError, match="the stored bars of binanceus BTC/USDT 1m changed since the feature table was built"):
         table_asof(meta, copy)
     with pytest.raises(DataError, match="no bars in"): table_asof(meta, tmp_path/"empty")
