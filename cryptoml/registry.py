@@ -475,12 +475,15 @@ def promote(run_id: str, *, home=None, alias: str = "champion", force: bool = Fa
     alias_link(run.root, run.market, alias)
     run.verify()
     with promotion_lock(run.root, run.market):
-        previous = alias_run(run.root, run.market, alias)
+        try: previous, replaced = alias_run(run.root, run.market, alias), ""
+        except ArtifactError as e:  # a link that leads elsewhere: only a forced promotion replaces it, and says so
+            if not force: raise
+            previous, replaced = None, f" (the {alias} link was refused and is replaced: {e})"
         try: promoted, reason, scores = _decide(run, previous, alias, min_improvement=min_improvement, min_rows=min_rows, n_boot=n_boot)
         except (ArtifactError, DataError) as e:
             if not force: raise
             promoted, reason, scores = False, f"it cannot be judged: {e}", {}
-        if force: promoted, reason = True, f"forced by the caller; the gate alone {'would also promote it' if promoted else 'refuses it'}: {reason}"
+        if force: promoted, reason = True, f"forced by the caller; the gate alone {'would also promote it' if promoted else 'refuses it'}: {reason}{replaced}"
         decision = Decision(run.id, "promote", promoted, reason, previous, run.id if promoted else previous, force, scores,
                             alias, str(run.market))
         commit(decision, run.root, run.market)
