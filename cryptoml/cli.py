@@ -11,7 +11,7 @@ from typing import Callable
 import pandas as pd
 
 from .core import CryptomlError, ConfigError, Market, check_layout, data_home, feature_path, optuna_storage, to_utc
-from .ingest import IngestReport, ingest, import_csv, import_funding_csv, write_demo_market
+from .ingest import IngestReport, funding_exchange, ingest, import_csv, import_funding_csv, write_demo_market
 from .features import FEATURE_SETS, build_features, read_feature_table, table_asof
 from .tune import tune
 from .registry import (ALIASES, MIN_ROWS, Run, card_summary, compare, describe_run, format_runs, list_runs, migrate,
@@ -111,9 +111,9 @@ def fetch(args) -> IngestReport:
                   funding=args.funding, progress=not args.quiet)
 
 def import_dumps(args, files: list[Path]) -> IngestReport:
-    "Import the CSV dumps `files` (and `--funding-csv`, if given) of the command's market into the store."
+    "Import the CSV dumps `files` of the command's market (and `--funding-csv`, as its default funding exchange's) into the store."
     report = import_csv(files, args.exchange, args.symbol, args.timeframe, home=args.home)
-    if args.funding_csv: import_funding_csv(args.funding_csv, args.exchange, args.symbol, home=args.home)
+    if args.funding_csv: import_funding_csv(args.funding_csv, funding_exchange(report.market), args.symbol, home=args.home)
     return report
 
 def cmd_ingest(args) -> int:
@@ -249,7 +249,8 @@ def _ingest_args(p): add_market(p); add_time_range(p)
 def _import_args(p):
     p.add_argument("files", nargs="+", type=existing_file, metavar="FILE", help="CSV or zipped CSV dumps")
     add_market(p)
-    p.add_argument("--funding-csv", type=existing_file, help="also import funding rates (timestamp,funding_rate) for this symbol")
+    p.add_argument("--funding-csv", type=existing_file, help="also import funding rates (timestamp,funding_rate) for this symbol, "
+                                                             "as its funding exchange's (binance for binanceus)")
 def _demo_args(p):
     p.add_argument("--days", type=float, default=30, help="days of 1m bars (default: 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

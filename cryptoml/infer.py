@@ -119,6 +119,9 @@ class ServedModel:
     artifacts: tuple = ()  # the run's files this model is made from: each must match the card before the run is served
 
     def __new__(cls, market: Market | None = None, *, home=None, alias: str = "champion", path=None):
+        if market is not None and not isinstance(market, Market):
+            raise ConfigError(f"{cls.__name__}(market, ...) takes a cryptoml.core.Market, not {type(market).__name__} {market!r}; "
+                              "a link or run file is served with path=")
         root = data_home(home)
         if path is None:
             market = market or resolve_market(root)

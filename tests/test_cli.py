@@ -17,7 +17,7 @@ import pytest
 from cryptoml.core import Market, best_link, feature_path, legacy_layout, market_dir
 from cryptoml.features import read_feature_table
 import cryptoml.ingest as ingest_module
-from cryptoml.ingest import SYNTHETIC, make_exchange, synthetic_market
+from cryptoml.ingest import SYNTHETIC, make_exchange, read_funding, synthetic_market
 from cryptoml.registry import Run, best_run_id, list_runs, read_promotions, run_dir
 from cryptoml.cli import COMMANDS, main
 from exchange_emulator import BinanceEmulator, binance_client
@@ -149,6 +149,13 @@ def test_the_live_pipeline_fetches_from_the_exchange_and_trains(tmp_path, capsys
     assert (card["data"]["exchange"], card["data"]["symbol"]) == ("binance", "BTC/USDT")
     assert card["data"]["rows"] == len(bars)
     assert "run " in out and "binance BTC/USDT 1m" in out
+
+def test_a_funding_dump_is_stored_where_the_markets_features_read_it(bars_csv, funding_csv, tmp_path, capsys):
+    status, *_ = in_process("import", bars_csv, *MARKET, "--funding-csv", funding_csv, home=tmp_path, capsys=capsys)
+    assert status == 0 and len(read_funding(tmp_path, "binance", "BTC/USDT")) == 135  # Binance.US pairs take Binance's funding
+    status, out, _ = in_process("features", *MARKET, "--feature-set", "rich", home=tmp_path, capsys=capsys)
+    table, meta = read_feature_table(Path(out.strip()))
+    assert status == 0 and meta["funding_exchange"] == "binance" and table.funding_rate.notna().mean() > 0.99
 
 def legacy_root(home: Path, old: Path) -> str:
     "A copy of `home`'s raw bars and BTC champion, laid out as cryptoml 0.1 laid out a data root; the run's id."
