@@ -42,7 +42,8 @@ def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Nam
 # %% ../nbs/15_cli.ipynb #d80d9cfa
 def add_exchange(p: argparse.ArgumentParser, default: str | None = "binance"):
     "Add `--exchange` to `p`."
-    p.add_argument("--exchange", default=default, help=f"ccxt exchange id (default: {default or 'the one champion matching the others'})")
+    p.add_argument("--exchange", default=default,
+                   help=f"ccxt exchange id (default: {default or 'the one champion matching the other options'})")
 
 def add_symbol(p: argparse.ArgumentParser, required: bool = True):
     "Add `--symbol` and `--timeframe` to `p`."
@@ -111,7 +112,7 @@ def fetch(args) -> IngestReport:
                   funding=args.funding, progress=not args.quiet)
 
 def import_dumps(args, files: list[Path]) -> IngestReport:
-    "Import the CSV dumps `files` of the command's market (and `--funding-csv`, as its default funding exchange's) into the store."
+    "Import the CSV dumps `files` of the command's market (and `--funding-csv`, as its funding exchange's) into the store."
     report = import_csv(files, args.exchange, args.symbol, args.timeframe, home=args.home)
     if args.funding_csv: import_funding_csv(args.funding_csv, funding_exchange(report.market), args.symbol, home=args.home)
     return report

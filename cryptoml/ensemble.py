@@ -88,7 +88,8 @@ class LogRegMember(ServedModel):
         "The run's `logreg.pkl`, checked against the card before unpickling, folded into a `LinearLogit`."
         model = LinearLogit.from_pipeline(run.logreg())
         if len(model.weights) != len(run.features):
-            raise ArtifactError(f"{run.folder/'logreg.pkl'} has {len(model.weights)} features, its model card lists {len(run.features)}")
+            raise ArtifactError(f"{run.folder/'logreg.pkl'} has {len(model.weights)} features, "
+                                f"its model card lists {len(run.features)}")
         return model
 
 # %% ../nbs/11_ensemble.ipynb #f81a1976

@@ -178,7 +178,8 @@ class ServedModel:
     def _run_folder(self, stamp) -> Path:
         "The run folder `stamp` names, checked to lie inside `models/` (and in this market's `runs/`) before anything is read."
         if stamp is None:
-            raise ArtifactError(f"no model at {self.path}: " + (f"{self.market} has no {self.alias}; promote a run first" if self.market else "promote a run first"))
+            missing = f"{self.market} has no {self.alias}; " if self.market else ""
+            raise ArtifactError(f"no model at {self.path}: {missing}promote a run first")
         # the target `stamp` names, not whatever the link names a moment later: a run is never filed under another's stamp
         real = inside(self.path.parent/stamp if isinstance(stamp, str) else self.path, self.root/"models")
         folder = real if real.is_dir() else real.parent
@@ -209,13 +210,14 @@ class ServedModel:
 
 # %% ../nbs/10_infer.ipynb #155cb718
 class LGBMProd(ServedModel):
-    "A market's champion LightGBM model (`best_lgbm.pkl`), served lock-free, reloaded on promotion, the shadow's answers logged if asked."
+    "A market's champion LightGBM model (`best_lgbm.pkl`), served lock-free and reloaded on promotion; the shadow's answers logged."
     artifacts = ("lgbm.txt", "lgbm.pkl")  # the model, and the same model pickled: either one changed and the run is suspect
     def load_model(self, run: Run) -> FastBooster:
         "The run's booster, parsed from its checked `lgbm.txt`, on the fast path."
         booster = run.booster()
         if booster.num_feature() != len(run.features):
-            raise ArtifactError(f"{run.folder/'lgbm.txt'} has {booster.num_feature()} features, its model card lists {len(run.features)}: {run.features}")
+            raise ArtifactError(f"{run.folder/'lgbm.txt'} has {booster.num_feature()} features, its model card lists "
+                                f"{len(run.features)}: {run.features}")
         return FastBooster(booster)
 
     def predict_proba(self, X, *, num_threads: int = 1):
@@ -227,7 +229,8 @@ class LGBMProd(ServedModel):
 
     def log_shadow(self, on: bool = True) -> ShadowLog | None:
         "Log what the market's shadow answers for every row this model answers (off the hot path), or stop; the log."
-        if self.market is None: raise ConfigError(f"{self.path} names no market, so no shadow: make the model with LGBMProd(market, ...)")
+        if self.market is None:
+            raise ConfigError(f"{self.path} names no market, so no shadow: make the model with LGBMProd(market, ...)")
         if on and self.shadow_log is None:
             shadow = LGBMProd(self.market, home=self.root, alias="shadow")
             self.shadow_log = ShadowLog(shadow_log_path(self.root, self.market), functools.partial(shadow_lines, shadow))
@@ -256,7 +259,8 @@ class ShadowLog:
             batch = [self._queue.popleft() for _ in range(len(self._queue))]
             if not batch: return 0
             try: lines = self.lines(batch)
-            except Exception as e: lines = [{"at": log_time(batch[0][0]), "calls": len(batch), "problem": f"{type(e).__name__}: {e}"}]
+            except Exception as e:
+                lines = [{"at": log_time(batch[0][0]), "calls": len(batch), "problem": f"{type(e).__name__}: {e}"}]
             data = "".join(json.dumps(line) + "\n" for line in lines).encode()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

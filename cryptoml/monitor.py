@@ -133,7 +133,9 @@ def promoted_run(home=None, market: Market | None = None) -> Run:
     root = data_home(home)
     market = market or resolve_market(root)
     run_id = best_run_id(home=root, market=market)
-    if run_id is None: raise ArtifactError(f"no promoted model for {market} under {models_dir(root)}: run `cryptoml pipeline` or `cryptoml promote RUN_ID` first")
+    if run_id is None:
+        raise ArtifactError(f"no promoted model for {market} under {models_dir(root)}: "
+                            "run `cryptoml pipeline` or `cryptoml promote RUN_ID` first")
     return Run.open(run_id, root)
 
 def monitor(run: str | Run | None = None, *, home=None, market: Market | None = None, window_days: float = 7) -> dict:
@@ -145,7 +147,8 @@ def monitor(run: str | Run | None = None, *, home=None, market: Market | None = 
     report = drift_report(training_window(table, run.card), recent_window(table, window_days), run.features,
                           lambda X: run.predict(X, booster))
     stamp = datetime.now(timezone.utc)
-    report = {"run_id": run.id, **run.market._asdict(), "window_days": window_days, "created_at": stamp.isoformat(timespec="seconds"), **report}
+    report = {"run_id": run.id, **run.market._asdict(), "window_days": window_days,
+              "created_at": stamp.isoformat(timespec="seconds"), **report}
     path = atomic_write_json(run.folder/"monitor"/f"{stamp:%Y-%m-%dT%H%M%S.%f}-{os.urandom(3).hex()}.json", report)
     return {**report, "path": str(path)}
 

@@ -18,9 +18,9 @@ import pandas as pd
 
 from . import __version__
 from .core import (
-    RUN_ID, ArtifactError, ConfigError, DataError, Market, PromotionRefused, atomic_symlink, atomic_write, atomic_write_bytes, check_exchange,
-    atomic_write_json, check_layout, check_run_id, data_home, feature_path, inside, market_dir, models_dir, parquet_metadata,
-    read_parquet_file, sha256_file, symbol_id, timeframe_seconds, to_utc)
+    RUN_ID, ArtifactError, ConfigError, DataError, Market, PromotionRefused, atomic_symlink, atomic_write, atomic_write_bytes,
+    atomic_write_json, check_exchange, check_layout, check_run_id, data_home, feature_path, inside, market_dir, models_dir,
+    parquet_metadata, read_parquet_file, sha256_file, symbol_id, timeframe_seconds, to_utc)
 from .metrics import METRICS, assess, evaluate, reliability_curve
 import lightgbm as lgb
 
@@ -65,7 +65,8 @@ def runs_index(home=None) -> Path:
 
 def new_run_dir(market: Market, home=None, now: datetime | None = None) -> Path:
     "Reserve a run id unique in the data root for the UTC time `now` (`-1`, `-2`... if taken) and create its folder."
-    stem, index, runs = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H%M%S"), runs_index(home), market_dir(home, market)/"runs"
+    stem = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H%M%S")
+    index, runs = runs_index(home), market_dir(home, market)/"runs"
     index.mkdir(parents=True, exist_ok=True); runs.mkdir(parents=True, exist_ok=True)
     for n in itertools.count():
         run_id = f"{stem}-{n}" if n else stem
@@ -83,7 +84,8 @@ def run_dir(run_id: str, home=None) -> Path:
     folder = inside(entry, models)
     parts = folder.relative_to(models.resolve()).parts
     if len(parts) != 5 or parts[3:] != ("runs", run_id):
-        raise ArtifactError(f"run link {entry} leads to {folder}, which is not a run folder models/{{exchange}}/{{SYMBOL}}/{{timeframe}}/runs/{run_id}")
+        raise ArtifactError(f"run link {entry} leads to {folder}, which is not a run folder "
+                            f"models/{{exchange}}/{{SYMBOL}}/{{timeframe}}/runs/{run_id}")
     if not folder.is_dir(): raise ArtifactError(f"no run {run_id!r}: its folder {folder} is missing")
     return folder
 
@@ -129,7 +131,8 @@ def model_card(result, run_id: str, snapshot: Path, artifacts: dict, home=None, 
                   "versions": library_versions()},
         "data": {"exchange": meta.get("exchange"), "symbol": meta.get("symbol"), "timeframe": meta.get("timeframe"),
                  "feature_set": meta.get("feature_set"), "feature_set_version": meta.get("version"),
-                 "funding_exchange": meta.get("funding_exchange"), "rows": int(meta.get("rows") or len(split.train) + len(split.val)),
+                 "funding_exchange": meta.get("funding_exchange"),
+                 "rows": int(meta.get("rows") or len(split.train) + len(split.val)),
                  "train_rows": len(split.train), "validation_rows": len(split.val),
                  "train": list(split.train_range), "validation": list(split.val_range),
                  "feature_table": table_ref(snapshot, home), "feature_table_sha256": sha256_file(snapshot),
@@ -181,11 +184,12 @@ def card_problems(card, folder: Path) -> list[str]:
     "Schema problems of `card`, plus what a type cannot express: version, run id and market of the folder, features, ranges."
     if problems := schema_problems(card): return problems
     where = str(Path(*folder.parts[-5:-2]))
-    checks = {f"card.schema_version is {card['schema_version']}, this cryptoml reads {SCHEMA_VERSION}"
-              + (" (run `cryptoml migrate`)" if card["schema_version"] < SCHEMA_VERSION else ""): card["schema_version"] == SCHEMA_VERSION,
-              f"card.model.run_id {card['model']['run_id']!r} is not the folder's name {folder.name!r}": card["model"]["run_id"] == folder.name,
+    version, run_id, features = card["schema_version"], card["model"]["run_id"], card["features"]
+    checks = {f"card.schema_version is {version}, this cryptoml reads {SCHEMA_VERSION}"
+              + (" (run `cryptoml migrate`)" if version < SCHEMA_VERSION else ""): version == SCHEMA_VERSION,
+              f"card.model.run_id {run_id!r} is not the folder's name {folder.name!r}": run_id == folder.name,
               f"card.data names market {_market_of_card(card)}, the run sits in {where}": _market_of_card(card) == where,
-              "card.features must be a non-empty list of names": bool(card["features"]) and all(isinstance(f, str) for f in card["features"]),
+              "card.features must be a non-empty list of names": bool(features) and all(isinstance(f, str) for f in features),
               "card.data.validation must be [start, end]": len(card["data"]["validation"]) == 2}
     return [msg for msg, ok in checks.items() if not ok]
 
@@ -202,7 +206,8 @@ def save_run(result, *, home=None, table_path=None) -> str:
     try: market = Market.of(meta)
     except ConfigError as e: raise ConfigError(f"the tuned model names no market ({e}): pass the feature table as table_path") from e
     table = Path(table_path or feature_path(home, market, meta.get("feature_set", "seed"), meta.get("horizon", 1)))
-    if not table.is_file(): raise ArtifactError(f"feature table {table} does not exist: pass the table the model was tuned on as table_path")
+    if not table.is_file():
+        raise ArtifactError(f"feature table {table} does not exist: pass the table the model was tuned on as table_path")
     snapshot = snapshot_table(table, home)
     folder = new_run_dir(market, home)
     artifacts = {name: sha256_file(atomic_write(folder/name, write)) for name, write in _artifact_writers(result).items()}
@@ -278,13 +283,15 @@ class Run:
     def logreg(self):
         "The logistic-regression baseline, unpickled from `logreg.pkl` once its checksum matches."
         model = joblib.load(io.BytesIO(self.artifact("logreg.pkl")))
-        if not hasattr(model, "predict_proba"): raise ArtifactError(f"{self.folder/'logreg.pkl'} holds a {type(model).__name__}, not a classifier")
+        if not hasattr(model, "predict_proba"):
+            raise ArtifactError(f"{self.folder/'logreg.pkl'} holds a {type(model).__name__}, not a classifier")
         return model
 
     def table(self) -> pd.DataFrame:
         "The feature table the run was trained on, once its sha256 matches the card."
         path, sha = inside(self.root/self.card["data"]["feature_table"], self.root), self.card["data"]["feature_table_sha256"]
-        if sha256_file(path) != sha: raise ArtifactError(f"feature table {path} changed since run {self.id} was trained (sha256 no longer {sha[:12]}...)")
+        if sha256_file(path) != sha:
+            raise ArtifactError(f"feature table {path} changed since run {self.id} was trained (sha256 no longer {sha[:12]}...)")
         return read_parquet_file(path)
 
     def predict(self, rows: pd.DataFrame, booster: lgb.Booster | None = None) -> np.ndarray:
@@ -308,11 +315,12 @@ def alias_link(home, market: Market, alias: str = "champion") -> Path:
     return market_dir(home, market)/ALIASES[alias]
 
 def link_run(link: Path) -> str | None:
-    "The id of the run an alias `link` names (`runs/{run_id}/lgbm.pkl`), None when unset; `ArtifactError` for a link that leads elsewhere."
+    "The id of the run an alias `link` names (`runs/{run_id}/lgbm.pkl`), None when unset; `ArtifactError` if it leads elsewhere."
     try: target = Path(os.readlink(link))
     except FileNotFoundError: return None
     except OSError as e: raise ArtifactError(f"{link} is not a symlink into a run folder: {e.strerror}") from e
-    if target.is_absolute() or len(target.parts) != 3 or target.parts[::2] != ("runs", "lgbm.pkl") or not RUN_ID.fullmatch(target.parts[1]):
+    parts = target.parts
+    if target.is_absolute() or len(parts) != 3 or parts[::2] != ("runs", "lgbm.pkl") or not RUN_ID.fullmatch(parts[1]):
         raise ArtifactError(f"{link} points to {target}, not into its own market's runs (runs/RUN_ID/lgbm.pkl): refused")
     return target.parts[1]
 
@@ -344,7 +352,7 @@ def fresh_start(runs: list[Run]) -> pd.Timestamp:
     return max(r.train_end + (r.purge + 1) * bar for r in runs)
 
 def fresh_evidence(candidate: Run, champion: Run | None = None) -> Evidence:
-    "The candidate, the champion (if any) and the baselines on the labelled rows of the candidate's table that neither trained on."
+    "The candidate, the champion (if any) and the baselines on the labelled rows of the candidate's table neither trained on."
     table, runs = candidate.table(), [candidate, *([champion] if champion else [])]
     start = fresh_start(runs)
     trained = table.y[(table.ts >= to_utc(candidate.card["data"]["train"][0])) & (table.ts <= candidate.train_end)]
@@ -354,7 +362,8 @@ def fresh_evidence(candidate: Run, champion: Run | None = None) -> Evidence:
     source = f"{candidate.card['data']['feature_table']} from {start}"
     if rows.empty: return Evidence(rows.ts, rows.y.to_numpy(), {}, source)
     forecasts = {run_name: run.predict(rows) for run_name, run in zip(("candidate", "champion"), runs)}
-    forecasts |= {"majority": np.full(len(rows), trained.mean()), "logreg": candidate.logreg().predict_proba(rows[candidate.features])[:, 1]}
+    forecasts |= {"majority": np.full(len(rows), trained.mean()),
+                  "logreg": candidate.logreg().predict_proba(rows[candidate.features])[:, 1]}
     return Evidence(rows.ts, rows.y.to_numpy(), forecasts, source)
 
 # %% ../nbs/09_registry.ipynb #80bd4670
@@ -379,8 +388,8 @@ def gate(evidence: Evidence, *, horizon: int = 1, min_improvement: float = 0.0, 
     alarms = implausible(metrics["candidate"], n, horizon)
     scores |= {"metrics": metrics, "gains": gains.to_dict("records"), "implausible": alarms}
     if alarms: return False, f"implausible scores on {n} fresh rows, a suspected leak: {'; '.join(alarms)}", scores
-    if failed := [words for ok, words in checks.values() if not ok]:
-        return False, f"does not beat {', '.join(n for n, (ok, _) in checks.items() if not ok)} on {n} fresh rows: {'; '.join(failed)}", scores
+    if failed := [name for name, (ok, _) in checks.items() if not ok]:
+        return False, f"does not beat {', '.join(failed)} on {n} fresh rows: {'; '.join(checks[f][1] for f in failed)}", scores
     return True, f"beats {', '.join(checks)} on {n} fresh rows: {'; '.join(words for _, words in checks.values())}", scores
 
 # %% ../nbs/09_registry.ipynb #e2cf47e5
@@ -388,14 +397,15 @@ def _label(run: Run) -> tuple: return run.horizon, run.card["label"].get("dead_z
 
 def judge(candidate: Run, champion_id: str | None, *, min_improvement: float = 0.0, min_rows: int = MIN_ROWS,
           n_boot: int = 1000) -> tuple[bool, str, dict]:
-    "The gate's verdict on `candidate` against its market's champion `champion_id`, on rows neither trained on: (promote?, why, scores)."
+    "The gate's verdict on `candidate` against its market's champion `champion_id`, on rows neither trained on: (ok?, why, scores)."
     if champion_id == candidate.id: return False, f"{candidate.id} is already the champion", {}
     try:
         champion = Run.open(champion_id, candidate.root) if champion_id else None
         if champion: champion.verify()
     except ArtifactError as e: return False, f"the current champion {champion_id} cannot be scored: {e}", {}
     if champion and _label(champion) != _label(candidate):
-        return False, f"not comparable: {champion.id} predicts {champion.card['label']['definition']}, {candidate.id} {candidate.card['label']['definition']}", {}
+        return False, (f"not comparable: {champion.id} predicts {champion.card['label']['definition']}, "
+                       f"{candidate.id} {candidate.card['label']['definition']}"), {}
     return gate(fresh_evidence(candidate, champion), horizon=candidate.horizon, min_improvement=min_improvement,
                 min_rows=min_rows, n_boot=n_boot)
 
@@ -447,9 +457,10 @@ def promotion_lock(home, market: Market):
 
 def commit(decision: Decision, root: Path, market: Market):
     "Carry out `decision`: move its alias if it changed, log it, and write it into the run's card (unless it changed nothing)."
-    if decision.best != decision.previous: atomic_symlink(f"runs/{decision.best}/lgbm.pkl", alias_link(root, market, decision.alias))
-    log = promotion_log(root, market)
-    atomic_write_bytes(log, (log.read_bytes() if log.exists() else b"") + (json.dumps(jsonable(asdict(decision))) + "\n").encode())
+    if decision.best != decision.previous:
+        atomic_symlink(f"runs/{decision.best}/lgbm.pkl", alias_link(root, market, decision.alias))
+    log, line = promotion_log(root, market), (json.dumps(jsonable(asdict(decision))) + "\n").encode()
+    atomic_write_bytes(log, (log.read_bytes() if log.exists() else b"") + line)
     if decision.previous == decision.run_id and not decision.promoted: return  # it holds the alias already: its card stands
     folder = run_dir(decision.run_id, root)
     card = read_json_card(folder)
@@ -479,11 +490,14 @@ def promote(run_id: str, *, home=None, alias: str = "champion", force: bool = Fa
         except ArtifactError as e:  # a link that leads elsewhere: only a forced promotion replaces it, and says so
             if not force: raise
             previous, replaced = None, f" (the {alias} link was refused and is replaced: {e})"
-        try: promoted, reason, scores = _decide(run, previous, alias, min_improvement=min_improvement, min_rows=min_rows, n_boot=n_boot)
+        try: promoted, reason, scores = _decide(run, previous, alias, min_improvement=min_improvement, min_rows=min_rows,
+                                                n_boot=n_boot)
         except (ArtifactError, DataError) as e:
             if not force: raise
             promoted, reason, scores = False, f"it cannot be judged: {e}", {}
-        if force: promoted, reason = True, f"forced by the caller; the gate alone {'would also promote it' if promoted else 'refuses it'}: {reason}{replaced}"
+        if force:
+            alone = "would also promote it" if promoted else "refuses it"
+            promoted, reason = True, f"forced by the caller; the gate alone {alone}: {reason}{replaced}"
         decision = Decision(run.id, "promote", promoted, reason, previous, run.id if promoted else previous, force, scores,
                             alias, str(run.market))
         commit(decision, run.root, run.market)
@@ -512,7 +526,8 @@ def rollback(*, home=None, market: Market) -> Decision:
     with promotion_lock(root, market):
         history = best_history(home=root, market=market)
         if len(history) < 2:
-            raise PromotionRefused(f"nothing to roll back to: {promotion_log(root, market)} records no champion before {history[-1] if history else 'none'}")
+            raise PromotionRefused(f"nothing to roll back to: {promotion_log(root, market)} records no champion before "
+                                   f"{history[-1] if history else 'none'}")
         target, current = history[-2:]
         Run.open(target, root).verify()
         decision = Decision(target, "rollback", True, f"rolled back from {current} to the champion before it, {target}", current, target,
@@ -527,8 +542,9 @@ def champion_markets(home=None) -> list[Market]:
     named = [(link, link_run(link)) for link in sorted(models_dir(root).glob(f"*/*/*/{ALIASES['champion']}"))]
     return [Run.at(link.parent/"runs"/run_id, root).market for link, run_id in named if run_id]
 
-def resolve_market(home=None, exchange: str | None = None, symbol: str | None = None, timeframe: str | None = None) -> Market:
-    "The market named by `exchange`, `symbol` and `timeframe`; where some are missing, the one champion's market matching the rest."
+def resolve_market(home=None, exchange: str | None = None, symbol: str | None = None,
+                   timeframe: str | None = None) -> Market:
+    "The market named by `exchange`, `symbol` and `timeframe`; where some are missing, the one champion's matching the rest."
     if exchange and symbol and timeframe: return Market(exchange, symbol, timeframe)
     given = {k: v for k, v in dict(exchange=exchange, symbol=symbol, timeframe=timeframe).items() if v}
     matches = [m for m in champion_markets(home) if all(getattr(m, k) == v for k, v in given.items())]
@@ -568,7 +584,8 @@ def compare(run_a: str | Run, run_b: str | Run, *, home=None, min_rows: int = MI
     newer, older = (b, a) if b.train_end >= a.train_end else (a, b)
     evidence = fresh_evidence(newer, older)
     if len(evidence.y) < min_rows:
-        raise DataError(f"only {len(evidence.y)} rows ({evidence.source}) come after both runs' training; compare needs {min_rows} (min_rows)")
+        raise DataError(f"only {len(evidence.y)} rows ({evidence.source}) come after both runs' training; "
+                        f"compare needs {min_rows} (min_rows)")
     p = dict(zip((newer.id, older.id), (evidence.forecasts.pop("candidate"), evidence.forecasts.pop("champion"))))
     forecasts = {a.id: p[a.id], b.id: p[b.id], **evidence.forecasts}
     metrics, gains = assess(evidence.y, forecasts, n_boot, model=b.id, probabilistic=[n for n in forecasts if n != b.id])
@@ -576,7 +593,8 @@ def compare(run_a: str | Run, run_b: str | Run, *, home=None, min_rows: int = MI
                                  "log_loss_lo": s["ci95"]["log_loss"][0], "log_loss_hi": s["ci95"]["log_loss"][1]}
                           for name, s in metrics.items()}).T
     scores = {"runs": [a.id, b.id], "rows": len(evidence.y), "window": evidence.window, "source": evidence.source,
-              "agreement": float(np.mean((p[a.id] > 0.5) == (p[b.id] > 0.5))), "correlation": float(np.corrcoef(p[a.id], p[b.id])[0, 1])}
+              "agreement": float(np.mean((p[a.id] > 0.5) == (p[b.id] > 0.5))),
+              "correlation": float(np.corrcoef(p[a.id], p[b.id])[0, 1])}
     curves = {name: reliability_curve(evidence.y, p[name]) for name in (a.id, b.id)}
     return Comparison(table, gains, scores, curves, forecasts, market_dir(a.root, a.market))
 
@@ -594,14 +612,16 @@ def comparison_figure(c: Comparison):
     lo = min(c.forecasts[a].min(), c.forecasts[b].min())
     hi = max(c.forecasts[a].max(), c.forecasts[b].max())
     fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", line_dash="dot", line_color="grey", showlegend=False, row=1, col=2)
-    fig.update_xaxes(title_text="mean predicted P(up)", row=1, col=1).update_yaxes(title_text="observed frequency of up", row=1, col=1)
+    fig.update_xaxes(title_text="mean predicted P(up)", row=1, col=1)
+    fig.update_yaxes(title_text="observed frequency of up", row=1, col=1)
     fig.update_xaxes(title_text=f"{a}", row=1, col=2).update_yaxes(title_text=f"{b}", row=1, col=2)
     return fig.update_layout(title=f"{b} against {a} on {c.scores['rows']} fresh rows", height=420)
 
 def write_comparison(c: Comparison) -> Path:
     "Write `c`'s figure as a self-contained HTML page in its market's `compare/` folder; the page's path."
     a, b = c.scores["runs"]
-    return atomic_write(c.folder/"compare"/f"{a}_vs_{b}.html", lambda tmp: comparison_figure(c).write_html(tmp, include_plotlyjs=True))
+    page = c.folder/"compare"/f"{a}_vs_{b}.html"
+    return atomic_write(page, lambda tmp: comparison_figure(c).write_html(tmp, include_plotlyjs=True))
 
 # %% ../nbs/09_registry.ipynb #23238377
 RUN_COLUMNS = ["run_id", "created_at", "market", "feature_set", "horizon", "n_features", "trials", "log_loss", "accuracy",
@@ -616,7 +636,8 @@ def run_summary(folder: Path, root: Path, aliases: list[str]) -> dict:
     "One row of `list_runs`: the key facts and validation metrics of the run in `folder`, and the aliases naming it."
     named = {"aliases": ",".join(aliases), "best": "champion" in aliases}
     try: card = Run.at(folder, root).card
-    except ArtifactError as e: return {"run_id": folder.name, "market": str(Path(*folder.parts[-5:-2])), **named, "problem": str(e)}
+    except ArtifactError as e:
+        return {"run_id": folder.name, "market": str(Path(*folder.parts[-5:-2])), **named, "problem": str(e)}
     val, majority = card["metrics"]["validation"], card["metrics"]["baselines"].get("majority", {})
     return {"run_id": folder.name, "created_at": card["model"]["created_at"], "market": str(Market.of(card["data"])),
             "feature_set": card["data"]["feature_set"], "horizon": card["label"]["horizon"], "n_features": len(card["features"]),
@@ -632,13 +653,15 @@ def _aliases_by_run(market_folder: Path) -> dict[str, list[str]]:
         if run_id: named.setdefault(run_id, []).append(alias)
     return named
 
-def list_runs(*, home=None, exchange: str | None = None, symbol: str | None = None, timeframe: str | None = None) -> pd.DataFrame:
+def list_runs(*, home=None, exchange: str | None = None, symbol: str | None = None,
+              timeframe: str | None = None) -> pd.DataFrame:
     "The runs of every market (or of those matching `exchange`, `symbol`, `timeframe`), oldest first, with metrics and aliases."
     root = data_home(home)
     check_layout(root)
     parts = (check_exchange(exchange) if exchange else "*", symbol_id(symbol) if symbol else "*",
              timeframe if timeframe and timeframe_seconds(timeframe) else "*")
-    folders = sorted((p for p in models_dir(root).glob(str(Path(*parts, "runs", "*"))) if p.is_dir() and RUN_ID.fullmatch(p.name)), key=run_order)
+    found = models_dir(root).glob(str(Path(*parts, "runs", "*")))
+    folders = sorted((p for p in found if p.is_dir() and RUN_ID.fullmatch(p.name)), key=run_order)
     named = {m: _aliases_by_run(m) for m in {f.parent.parent for f in folders}}
     return pd.DataFrame([run_summary(f, root, named[f.parent.parent].get(f.name, [])) for f in folders], columns=RUN_COLUMNS)
 
@@ -707,7 +730,8 @@ def _migrate_run(folder: Path, root: Path, tables: dict) -> Market:
     atomic_write_json(folder/CARD, {**card, "schema_version": SCHEMA_VERSION})
     dest = market_dir(root, market)/"runs"/folder.name
     dest.parent.mkdir(parents=True, exist_ok=True); runs_index(root).mkdir(parents=True, exist_ok=True)
-    if not (runs_index(root)/folder.name).is_symlink(): os.symlink(Path("..", market.path_parts, "runs", folder.name), runs_index(root)/folder.name)
+    entry = runs_index(root)/folder.name
+    if not entry.is_symlink(): os.symlink(Path("..", market.path_parts, "runs", folder.name), entry)
     os.rename(folder, dest)
     return market
 
@@ -723,7 +747,8 @@ def _migrate_log(old: Path, root: Path) -> str:
         decision.update(alias="champion", market=str(market)) if market else None
         atomic_write_bytes(log, (log.read_bytes() if log.exists() else b"") + (json.dumps(decision) + "\n").encode())
         placed += market is not None
-    return f"{placed} decisions into their markets' logs" + (f" (those of deleted runs in {unplaced.name})" if unplaced.exists() else "")
+    aside = f" (those of deleted runs in {unplaced.name})" if unplaced.exists() else ""
+    return f"{placed} decisions into their markets' logs{aside}"
 
 def migrate(home=None) -> list[str]:
     "Move a data root from cryptoml 0.1's layout into per-market folders; one line for each thing moved."
@@ -733,7 +758,8 @@ def migrate(home=None) -> list[str]:
     for old in sorted((root/"feature_store").glob("*.parquet")):
         name, tables[name] = _migrate_table(old, root)
         done.append(f"feature table {name} -> {tables[name].relative_to(root)}")
-    for folder in sorted((p for p in models.iterdir() if p.is_dir() and RUN_ID.fullmatch(p.name)), key=run_order) if models.is_dir() else []:
+    old_runs = [p for p in models.iterdir() if p.is_dir() and RUN_ID.fullmatch(p.name)] if models.is_dir() else []
+    for folder in sorted(old_runs, key=run_order):
         done.append(f"run {folder.name} -> models/{_migrate_run(folder, root, tables).path_parts}/runs/{folder.name}")
     if old_best.is_symlink():
         run_id = Path(os.readlink(old_best)).parent.name
