@@ -18,8 +18,8 @@ import pandas as pd
 from .core import (
     RUN_ID, ArtifactError, ConfigError, DataError, Market, PromotionRefused, atomic_symlink, atomic_write, atomic_write_bytes,
     atomic_write_json, check_exchange, check_layout, check_run_id, data_home, feature_path, inside, library_versions, market_dir,
-    models_dir, parquet_metadata, read_parquet_file, sha256_file, symbol_id, timeframe_seconds, to_utc)
-from .features import snapshot_table
+    models_dir, parquet_metadata, sha256_file, symbol_id, timeframe_seconds, to_utc)
+from .features import read_feature_table, snapshot_table
 from .metrics import METRICS, assess, implausible, reliability_curve
 import lightgbm as lgb
 
@@ -262,7 +262,7 @@ class Run:
         path, sha = inside(self.root/self.card["data"]["feature_table"], self.root), self.card["data"]["feature_table_sha256"]
         if sha256_file(path) != sha:
             raise ArtifactError(f"feature table {path} changed since run {self.id} was trained (sha256 no longer {sha[:12]}...)")
-        return read_parquet_file(path)
+        return read_feature_table(path)[0]
 
     def predict(self, rows: pd.DataFrame, booster: lgb.Booster | None = None) -> np.ndarray:
         "P(up) of each of `rows` (a frame with the card's feature columns)."
