@@ -23,7 +23,7 @@ __all__ = ['EPS', 'LOGIT_CLIP', 'SCHEMA', 'CALIBRATORS', 'MIN_ROWS', 'FITTERS', 
            'Calibrator', 'Identity', 'Platt', 'Isotonic', 'load_calibrator', 'equal_count_bins', 'fit_platt',
            'fit_isotonic', 'fit_calibrator', 'reliability_bins', 'calibration_report', 'report_frame',
            'calibration_figure', 'ece_noise', 'inner_predictions', 'platt_newton', 'RunningPlatt', 'RollingPlatt',
-           'OnlineCalibrator', 'replay', 'expected_accuracy']
+           'epoch_ms', 'OnlineCalibrator', 'replay', 'expected_accuracy']
 
 # %% ../nbs/08_calibrate.ipynb #277aad1d
 EPS = 1e-3            # a calibrated forecast stays within [EPS, 1 - EPS]
@@ -306,11 +306,12 @@ def calibration_figure(report: dict, title: str = "Reliability"):
 
 # %% ../nbs/08_calibrate.ipynb #3db3b79c
 def ece_noise(p, *, bins: int = 10, draws: int = 200, seed: int = 0) -> dict:
-    "Mean and 95th percentile of the ECE of forecasts `p` when labels are drawn from `p` itself (perfect calibration)."
+    "Mean, 95th and 99th percentile of the ECE of forecasts `p` when labels are drawn from `p` itself (perfect calibration)."
     from cryptoml.metrics import expected_calibration_error
     p, rng = np.asarray(p, dtype=float), np.random.default_rng(seed)
     eces = [expected_calibration_error(rng.uniform(size=len(p)) < p, p, bins) for _ in range(draws)]
-    return {"mean": float(np.mean(eces)), "p95": float(np.percentile(eces, 95)), "rows": len(p)}
+    return {"mean": float(np.mean(eces)), "p95": float(np.percentile(eces, 95)), "p99": float(np.percentile(eces, 99)),
+            "rows": len(p)}
 
 # %% ../nbs/08_calibrate.ipynb #a68539c4
 def inner_predictions(result) -> pd.DataFrame:
@@ -372,7 +373,7 @@ class RollingPlatt:
 LEARNERS = {"running": RunningPlatt, "rolling": RollingPlatt}
 
 # %% ../nbs/08_calibrate.ipynb #7c5aafb7
-def _ms(ts) -> int:
+def epoch_ms(ts) -> int:
     "A time as epoch milliseconds (integers are taken as epoch milliseconds already)."
     if type(ts) is int: return ts
     return int(ts) if isinstance(ts, np.integer) else to_ms(ts)
@@ -403,12 +404,12 @@ class OnlineCalibrator:
         "Move a replayed stream's time on to `now` (never back); a live calibrator reads its clock instead."
         if self.clock is not None:
             raise ConfigError("this online calibrator reads its clock: advance() is for replayed streams")
-        now = _ms(now)
+        now = epoch_ms(now)
         self.stream_now = now if self.stream_now is None else max(self.stream_now, now)
 
     def predict(self, ts, p: float) -> float:
         "Calibrated P(up) for the bar that opened at `ts`, asked at its close: the static map, then the learnt correction."
-        t = _ms(ts)
+        t = epoch_ms(ts)
         close = t + self.bar
         if self.learnt_until is not None and close < self.learnt_until:
             raise LeakageError(f"the bar at {_iso(t)} closed at {_iso(close)}, before {_iso(self.learnt_until)}, when "
@@ -423,9 +424,13 @@ class OnlineCalibrator:
             self.pending = dict(list(self.pending.items())[-PENDING:])
         return self.correction.one(q)
 
+    def apply(self, p):
+        "The static map, then the correction learnt so far, for a float or an array; records nothing (no label will teach it)."
+        return self.correction.apply(self.base.apply(p))
+
     def observe(self, ts, y) -> None:
         "Learn from `y`, the label of the bar that opened at `ts`: only once it is known, and only for a recorded forecast."
-        t, now = _ms(ts), self.now
+        t, now = epoch_ms(ts), self.now
         known = t + (self.horizon + 1) * self.bar
         if now is None or known > now:
             raise LeakageError(f"the label of the bar at {_iso(t)} is known at {_iso(known)} "

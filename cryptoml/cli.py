@@ -226,10 +226,14 @@ def cmd_predict(args) -> int:
     return 0
 
 def cmd_monitor(args) -> int:
-    "Write a drift report for the market's champion (or --run), print it, and exit 1 on an alert."
-    report = monitor(args.run, home=args.home, market=None if args.run else market_arg(args), window_days=args.window_days)
-    print(report_table(report).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"status: {report['status']}" + "".join(f"\n  {f}" for f in report["findings"]))
+    "Write the monitor's report for the market's champion (or --run), print it, demote on request, exit 1 on an alert."
+    report = monitor(args.run, home=args.home, market=None if args.run else market_arg(args), window_days=args.window_days,
+                     demote_on_alert=args.demote_on_alert)
+    table = report_table(report)
+    if len(table): print(table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", max_colwidth=48))
+    print(f"status: {report['status']}" + (f" ({report['reason']})" if "reason" in report else "")
+          + "".join(f"\n  {f}" for f in report["findings"]))
+    if "demotion" in report: print(f"demotion: {'done' if report['demotion']['demoted'] else 'none'}: {report['demotion']['reason']}")
     print(f"report: {report['path']}")
     return 1 if report["status"] == "alert" else 0
 
@@ -353,6 +357,8 @@ def _monitor_args(p):
     add_market(p, required=False)
     p.add_argument("--window-days", type=float, default=7, help="days of recent bars to compare (default: 7)")
     p.add_argument("--run", default=None, help="run id to monitor (default: the market's champion)")
+    p.add_argument("--demote-on-alert", action="store_true", help="roll the champion back to the previous one when its realised "
+                                                                   "log loss is worse than its card's (95%% interval)")
 def _pipeline_args(p):
     source = p.add_mutually_exclusive_group()
     source.add_argument("--demo", action="store_true", help="use the embedded synthetic market (offline; seeded by --seed)")
@@ -384,7 +390,7 @@ COMMANDS = {
     "show":     (cmd_show, _show_args, "print a run's model card"),
     "compare":  (cmd_compare, _compare_args, "two runs on the same fresh rows: gain with its interval, calibration, agreement"),
     "predict":  (cmd_predict, _predict_args, "P(up) of the next bar from a market's champion"),
-    "monitor":  (cmd_monitor, _monitor_args, "drift and calibration report; exit 1 on an alert"),
+    "monitor":  (cmd_monitor, _monitor_args, "drift, realised metrics and calibration report; exit 1 on an alert"),
     "pipeline": (cmd_pipeline, _pipeline_args, "data, features, split, tune, save, promote; print the model card"),
     "backtest": (cmd_backtest, _backtest_args, "walk-forward retraining and a backtest net of fees"),
     "migrate":  (cmd_migrate, lambda p: None, "move a data root from cryptoml 0.1's layout into per-market folders"),
