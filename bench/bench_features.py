@@ -6,8 +6,9 @@
 Bars are synthetic 1-minute bars (a 20 000-priced random walk with volume, taker-buy volume and 8-hourly funding),
 already in memory as a pandas DataFrame. Each size runs in a fresh process, which times these steps in rounds,
 interleaved (the order rotates each round), so a busy machine slows both sides alike; figures are medians:
-  reference      polars lazy: the seed set (close, ret1, sma20_gap, sma50_gap, vol_z) with polars' rolling_mean and
-                 rolling_std, the labels (fwd_ret, y), streamed to Parquet by sink_parquet with polars' defaults;
+  polars-seed    the reference technique, polars lazy: the seed set (close, ret1, sma20_gap, sma50_gap, vol_z) with
+                 polars' rolling_mean and rolling_std, the labels (fwd_ret, y), streamed to Parquet by sink_parquet
+                 with polars' defaults, then fsynced, as every file cryptoml writes is (polars-nosync: not fsynced);
   rich, seed     cryptoml's write_feature_table: that feature set and the labels, streamed to a zstd Parquet file
                  and fsynced (what build_features does after reading the raw store);
   seed engine    the seed features in memory, no file: cryptoml's feature_matrix beside polars' collect(); this is
@@ -16,11 +17,11 @@ interleaved (the order rotates each round), so a busy machine slows both sides a
 reset before it) above the resident set just before it, plus the raw table, over the raw table: how many raw
 tables' worth of memory the step held. CPU seconds count every thread of the process.
 
-The profile then shows where the rich build's time goes, as CPU milliseconds per million rows, measured stage by
-stage in one thread: each feature (a piece several features share, such as the EMAs under MACD, counts for the
-first that needs it), the labels, the Arrow conversion, Parquet encoding (into /dev/null) and the file I/O (writing
-the finished file's bytes again and fsyncing them). The build runs the encoding and I/O in a second thread beside
-the rest, so its wall time is less than the sum.
+The profile then shows where the rich build's time goes, in CPU milliseconds per million rows: one more build runs
+with a timer on each stage, in the thread the stage runs in: each registered feature (less the features it asks for,
+such as the EMAs under MACD, which show under their own names), the labels, the Arrow conversion, and the Parquet
+encoding (the writer thread; into /dev/null for this run). The file I/O is the wall time of writing the finished
+file's bytes once more and fsyncing them: the disk's share, which the build overlaps with the rest.
 Targets (issue 16): rich build >= 0.5x the reference's rows/s, peak <= 1.5x the raw table.
 """
 import argparse, ctypes, gc, json, os, statistics, subprocess, sys, tempfile, time
@@ -80,8 +81,11 @@ def measured(step) -> dict:
 def steps(bars, funding, folder: Path) -> dict:
     "The timed steps, by name: (project, reference) pairs share a row of the table."
     from cryptoml.features import bar_arrays, feature_matrix, write_feature_table
-    out = folder/"project.parquet"
-    return {"reference": lambda: polars_seed(bars).sink_parquet(folder/"reference.parquet"),
+    out, reference = folder/"project.parquet", folder/"reference.parquet"
+    def synced(path: Path):
+        with open(path, "rb") as f: os.fsync(f.fileno())
+    return {"reference": lambda: (polars_seed(bars).sink_parquet(reference), synced(reference)),
+            "reference, no fsync": lambda: polars_seed(bars).sink_parquet(reference),
             "rich": lambda: write_feature_table(out, bars, "rich", funding=funding),
             "seed": lambda: write_feature_table(out, bars, "seed", funding=funding),
             "engine reference": lambda: polars_seed(bars).collect(),
@@ -153,8 +157,8 @@ def child(n: int, rounds: int) -> dict:
             "profile_ms_per_m": {k: v * 1e3 / n * 1e6 for k, v in stages.items()}}
 
 
-ROWS = (("rich", "reference", "rich-build", "polars-seed"), ("seed", "reference", "seed-build", "polars-seed"),
-        ("seed engine", "engine reference", "seed-compute", "polars-compute"))
+ROWS = (("rich", "reference", "rich-build", "polars-seed"), ("rich", "reference, no fsync", "rich-build", "polars-nosync"),
+        ("seed", "reference", "seed-build", "polars-seed"), ("seed engine", "engine reference", "seed-compute", "polars-compute"))
 
 
 def table_lines(r: dict) -> list[str]:

@@ -22,12 +22,13 @@ from .core import (ConfigError, DataError, atomic_write, data_home, feature_path
 
 # %% auto #0
 __all__ = ['EMA_TAIL', 'FEATURES', 'OHLCV', 'W9', 'W12', 'W26', 'W14', 'DAY_MS', 'WEEK_MS', 'FUNDING_MAX_AGE', 'FEATURE_SETS',
-           'SEED', 'CHUNK_ROWS', 'VOL_BARS', 'PARQUET_OPTIONS', 'window_reduce', 'rolling_sum', 'rolling_mean',
-           'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window', 'finite_ema', 'Feature', 'register_feature',
-           'BarArrays', 'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag',
-           'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet', 'define_feature_set', 'get_feature_set',
-           'feature_names', 'lookback_bars', 'feature_chunks', 'feature_matrix', 'compute_features', 'features_asof',
-           'label_arrays', 'add_labels', 'write_feature_table', 'build_features', 'read_feature_table', 'connect']
+           'SEED', 'CHUNK_ROWS', 'VOL_BARS', 'PARQUET_OPTIONS', 'SYNC_BYTES', 'window_reduce', 'rolling_sum',
+           'rolling_mean', 'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window', 'finite_ema', 'Feature',
+           'register_feature', 'BarArrays', 'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol',
+           'ret_lag', 'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet', 'define_feature_set',
+           'get_feature_set', 'feature_names', 'lookback_bars', 'feature_chunks', 'feature_matrix', 'compute_features',
+           'features_asof', 'label_arrays', 'add_labels', 'write_feature_table', 'build_features', 'read_feature_table',
+           'connect']
 
 # %% ../nbs/02_feature_store.ipynb #4ad825fd
 def window_reduce(leaf: tuple, w: int, merge: Callable) -> tuple:
@@ -514,14 +515,18 @@ def _in_background(items: Iterator, consume: Callable):
             pending = thread.submit(consume, item)
         if pending is not None: pending.result()
 
+SYNC_BYTES = 1 << 26
+
 @contextmanager
 def _synced_behind(path: Path) -> Iterator[Callable[[], None]]:
-    "A function that starts syncing `path`'s written bytes to disk in a thread, unless a sync is still running."
-    fd, pending = os.open(path, os.O_RDONLY), None
+    "A function that starts syncing `path` to disk in a thread once `SYNC_BYTES` more are written, unless a sync is running."
+    fd, pending, synced = os.open(path, os.O_RDONLY), None, 0
     with ThreadPoolExecutor(1) as thread:
         def sync():
-            nonlocal pending
-            if pending is None or pending.done(): pending = thread.submit(os.fsync, fd)
+            nonlocal pending, synced
+            size = os.fstat(fd).st_size
+            if size - synced >= SYNC_BYTES and (pending is None or pending.done()):
+                pending, synced = thread.submit(os.fsync, fd), size
         try: yield sync
         finally:
             if pending is not None: pending.result()
