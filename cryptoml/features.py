@@ -366,12 +366,14 @@ def _funding_rate(b):
     "The latest perpetual funding rate known at the bar's close (rate ts <= bar close); NaN if none within FUNDING_MAX_AGE."
     if len(b.funding_ts) == 0: return np.full(len(b), np.nan)
     closes = b.ts + b.bar_ms
-    # the latest rate at each close: count the rates stamped at or before it (each from the first bar closing at or after its stamp)
-    latest = np.bincount(np.searchsorted(closes, b.funding_ts), minlength=len(b) + 1)[:len(b)].cumsum() - 1
-    np.maximum(latest, 0, out=latest)
-    known = closes - b.funding_ts[latest] <= FUNDING_MAX_AGE // pd.Timedelta("1ms")
-    known &= closes >= b.funding_ts[0]
-    return np.where(known, b.funding_rate[latest], np.nan)
+    # rate j is the latest from the first bar closing at or after its stamp until the next rate's first bar, and
+    # known until it is older than FUNDING_MAX_AGE: runs of [rate j, NaN], laid out in one pass
+    first = np.searchsorted(closes, b.funding_ts)
+    superseded = np.append(first[1:], len(b))
+    stale = np.minimum(np.searchsorted(closes, b.funding_ts + FUNDING_MAX_AGE // pd.Timedelta("1ms"), side="right"), superseded)
+    values, counts = np.full(2 * len(first) + 1, np.nan), np.empty(2 * len(first) + 1, np.int64)
+    values[1::2], counts[0], counts[1::2], counts[2::2] = b.funding_rate, first[0], stale - first, superseded - stale
+    return np.repeat(values, counts)
 
 # %% ../nbs/02_feature_store.ipynb #430542af
 def feature_docs() -> pd.DataFrame:
