@@ -329,6 +329,14 @@ def _wave_table(wave: Callable, period_ms: int, offset_ms: int, bar_ms: int) -> 
     "`wave` of the phase of every bar open time `k * bar_ms` in one cycle, k = 0 .. period_ms / bar_ms - 1."
     return wave(_phase(np.arange(0, period_ms, bar_ms, dtype=np.int64), period_ms, offset_ms))
 
+def _cycle_slots(ts: np.ndarray, bar_ms: int, period_ms: int) -> np.ndarray | None:
+    "Each time's bar slot in its cycle (`ts // bar_ms` modulo the bars per cycle), or None unless every time opens a bar."
+    if period_ms % bar_ms or period_ms // bar_ms > 1 << 20: return None
+    slots = ts // bar_ms
+    if not np.array_equal(slots * bar_ms, ts): return None
+    slots %= period_ms // bar_ms
+    return slots
+
 def cyclic(period_ms: int, offset_ms: int, wave: Callable) -> Callable:
     "The feature function '`wave` (sin or cos) of the bar's open time as a phase of `period_ms`'."
     def phase(b):
@@ -336,14 +344,6 @@ def cyclic(period_ms: int, offset_ms: int, wave: Callable) -> Callable:
         if slots is None: return wave(b.cached(("phase", period_ms, offset_ms), lambda: _phase(b.ts, period_ms, offset_ms)))
         return _wave_table(wave, period_ms, offset_ms, b.bar_ms)[slots]
     return phase
-
-def _cycle_slots(ts: np.ndarray, bar_ms: int, period_ms: int) -> np.ndarray | None:
-    "Each time's bar slot in its cycle (`ts // bar_ms` modulo the bars per cycle), or None unless every time opens a bar."
-    if period_ms % bar_ms or period_ms // bar_ms > 1 << 20: return None
-    bars = ts // bar_ms
-    if not np.array_equal(bars * bar_ms, ts): return None
-    bars %= period_ms // bar_ms
-    return bars
 
 for _name, _period, _offset in (("hour", DAY_MS, 0), ("dow", WEEK_MS, 3 * DAY_MS)):
     for _wave in (np.sin, np.cos):
