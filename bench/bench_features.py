@@ -167,7 +167,7 @@ def table_lines(r: dict) -> list[str]:
     for project, reference, p_name, r_name in ROWS:
         p, ref = m[project], m[reference]
         mb = r["file_mb"].get(project)
-        lines.append(f"{n:>10,} {p_name:>12} {r_name:>14} {n / p['wall'] / 1e6:>9.2f} {n / ref['wall'] / 1e6:>9.2f} "
+        lines.append(f"{n:>10,} {p_name:>12} {r_name:>14} {n / p['wall'] / 1e6:>9.3g} {n / ref['wall'] / 1e6:>9.3g} "
                      f"{ref['wall'] / p['wall']:>6.2f} {(r['raw'] + p['peak']) / r['raw']:>8.2f} {(r['raw'] + ref['peak']) / r['raw']:>8.2f} "
                      f"{p['cpu']:>7.2f} {ref['cpu']:>7.2f} {'-' if mb is None else f'{mb:.1f}':>8}")
     return lines
