@@ -364,15 +364,18 @@ FUNDING_MAX_AGE = pd.Timedelta("1D")
 @register_feature("funding_rate", lookback=1)
 def _funding_rate(b):
     "The latest perpetual funding rate known at the bar's close (rate ts <= bar close); NaN if none within FUNDING_MAX_AGE."
-    if len(b.funding_ts) == 0: return np.full(len(b), np.nan)
-    closes = b.ts + b.bar_ms
+    closes, max_age = b.ts + b.bar_ms, FUNDING_MAX_AGE // pd.Timedelta("1ms")
+    # only the rates stamped from FUNDING_MAX_AGE before the first close to the last close can be known to these bars
+    lo, hi = (np.searchsorted(b.funding_ts, closes[0] - max_age), np.searchsorted(b.funding_ts, closes[-1], side="right")) if len(b) else (0, 0)
+    stamps, rates = b.funding_ts[lo:hi], b.funding_rate[lo:hi]
+    if len(stamps) == 0: return np.full(len(b), np.nan)
     # rate j is the latest from the first bar closing at or after its stamp until the next rate's first bar, and
     # known until it is older than FUNDING_MAX_AGE: runs of [rate j, NaN], laid out in one pass
-    first = np.searchsorted(closes, b.funding_ts)
+    first = np.searchsorted(closes, stamps)
     superseded = np.append(first[1:], len(b))
-    stale = np.minimum(np.searchsorted(closes, b.funding_ts + FUNDING_MAX_AGE // pd.Timedelta("1ms"), side="right"), superseded)
+    stale = np.minimum(np.searchsorted(closes, stamps + max_age, side="right"), superseded)
     values, counts = np.full(2 * len(first) + 1, np.nan), np.empty(2 * len(first) + 1, np.int64)
-    values[1::2], counts[0], counts[1::2], counts[2::2] = b.funding_rate, first[0], stale - first, superseded - stale
+    values[1::2], counts[0], counts[1::2], counts[2::2] = rates, first[0], stale - first, superseded - stale
     return np.repeat(values, counts)
 
 # %% ../nbs/02_feature_store.ipynb #430542af
