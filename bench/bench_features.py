@@ -94,12 +94,13 @@ def steps(bars, funding, folder: Path) -> dict:
 
 def profile(bars, funding, folder: Path) -> dict:
     "CPU seconds of each stage of one rich build: the build itself, with each stage timed in the thread it runs in."
-    import dataclasses, pyarrow.parquet as pq
+    import dataclasses, threading, pyarrow.parquet as pq
     from cryptoml import features as F
-    seconds, nested = {}, []
+    seconds, local = {}, threading.local()
     def timed(stage, fn):
         "`fn`, adding its thread's CPU time, less that of the timed calls inside it, to `stage`."
         def run(*args, **kwargs):
+            nested = local.__dict__.setdefault("nested", [])  # each thread's own stack of timed calls
             t = time.thread_time()
             nested.append(0.0)
             try: return fn(*args, **kwargs)
@@ -112,7 +113,7 @@ def profile(bars, funding, folder: Path) -> dict:
         "Encodes into /dev/null, so the stage is the CPU's work alone."
         def __init__(self, where, schema, **options): super().__init__("/dev/null", schema, **options)
     encode = timed("Parquet encode", Encoder.write_table)
-    Encoder.write_table = lambda self, *a, **k: encode(self, *a, **k)  # the writer thread: never nested in the others
+    Encoder.write_table = lambda self, *a, **k: encode(self, *a, **k)
     patched = {"FEATURES": {k: dataclasses.replace(f, fn=timed(k, f.fn)) for k, f in F.FEATURES.items()},
                "_labels_of": timed("labels", F._labels_of), "_arrow": timed("Arrow conversion", F._arrow)}
     saved = {k: getattr(F, k) for k in patched}
