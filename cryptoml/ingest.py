@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_ingest.ipynb #539c5cde
 from __future__ import annotations
-import difflib, fcntl, io, json, os, time, zipfile
+import dataclasses, difflib, fcntl, io, json, logging, os, time, warnings, zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -15,100 +15,318 @@ import ccxt
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
+from scipy.stats import norm
 from tqdm.auto import tqdm
 
-from .core import (ConfigError, DataError, ExchangeError, atomic_write_parquet, funding_dir, month_file, raw_dir,
-                           read_parquet_file, shared_data, timeframe_ms, timeframe_seconds, to_ms, to_utc)
+from .core import (ConfigError, DataError, ExchangeError, Market, atomic_write_parquet, data_home, funding_dir,
+                           month_file, raw_dir, read_parquet_file, shared_data, timeframe_ms, timeframe_seconds, to_ms, to_utc)
+
+_log = logging.getLogger(__name__)  # warnings (a replaced stored row, a file with no rows) reach stderr unless configured
 
 # %% auto #0
-__all__ = ['OHLCV_COLUMNS', 'EXTRA_COLUMNS', 'FUNDING_COLUMNS', 'PRICES', 'BAR_CHECKS', 'FUNDING_CHECKS', 'REGIMES', 'SYNTHETIC',
-           'BOUNCE', 'BINANCE_KLINE_COLUMNS', 'HEADERLESS', 'COLUMN_ALIASES', 'EXAMPLE', 'EXAMPLE_FILES', 'TRANSIENT',
-           'DEFAULT_HISTORY', 'MarketKey', 'as_utc_ms', 'refuse_bad_rows', 'as_bars', 'validate_bars', 'store_rows',
-           'store_bars', 'write_bars', 'read_rows', 'read_bars', 'as_funding', 'validate_funding', 'store_funding',
-           'write_funding', 'read_funding', 'gap_report', 'IngestReport', 'synthetic_market', 'synthetic_funding',
-           'write_demo_market', 'read_csv_rows', 'import_csv', 'import_funding_csv', 'example_market', 'StalePage',
+__all__ = ['OHLCV_COLUMNS', 'EXTRA_COLUMNS', 'FUNDING_COLUMNS', 'PRICES', 'BOUNDS', 'COMMON_RULES', 'BAR_RULES', 'BARS',
+           'REPLACEMENTS', 'FUNDING_RULES', 'FUNDING', 'REGIMES', 'SYNTHETIC', 'HEAVY', 'BOUNCE',
+           'BINANCE_KLINE_COLUMNS', 'HEADERLESS', 'COLUMN_ALIASES', 'EXAMPLE', 'FUNDING_EXCHANGES', 'EXAMPLE_FILES',
+           'TRANSIENT', 'DEFAULT_HISTORY', 'as_utc_ms', 'Bounds', 'Check', 'Rule', 'refuse_bad_rows', 'as_bars',
+           'SeriesKind', 'check_rows', 'validate_bars', 'Written', 'store_rows', 'store_bars', 'write_bars',
+           'read_rows', 'read_bars', 'as_funding', 'validate_funding', 'store_funding', 'write_funding', 'read_funding',
+           'gap_report', 'IngestReport', 'synthetic_market', 'synthetic_funding', 'write_demo_market', 'read_csv_rows',
+           'import_csv', 'import_funding_csv', 'funding_exchange', 'example_market', 'StalePage', 'MalformedAnswer',
            'Retry', 'make_exchange', 'ohlcv_pages', 'fetch_ohlcv', 'funding_pages', 'fetch_funding', 'stored_span',
            'ingest']
 
 # %% ../nbs/01_ingest.ipynb #2ed38302
-class MarketKey(NamedTuple):
-    "One market in the raw store: its bars' exchange, symbol and timeframe, and where its funding rates live."
-    exchange: str
-    symbol: str
-    timeframe: str
-    funding_exchange: str | None = None
-
 OHLCV_COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
 EXTRA_COLUMNS = {"quote_volume": "float64", "trades": "Int64", "taker_buy_base": "float64"}  # kept when a source has them
 FUNDING_COLUMNS = ["ts", "funding_rate"]
 PRICES = ["open", "high", "low", "close"]
 
 # %% ../nbs/01_ingest.ipynb #37bdbfc3
+_EPOCH_MS = (pd.Timestamp.min.value // 1_000_000 + 1, pd.Timestamp.max.value // 1_000_000 - 1)  # 1677 to 2262
+
+def _epoch_ms(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    "Epoch s/ms/us numbers as UTC times, told apart by size; (times, which values no timestamp can hold)."
+    v = values.astype("float64").to_numpy()
+    with np.errstate(over="ignore"): ms = np.where(v > 1e14, v / 1000, np.where(v > 1e11, v, v * 1000))   # too far: refused below
+    held = np.isnan(ms) | ((ms >= _EPOCH_MS[0]) & (ms <= _EPOCH_MS[1]))
+    return pd.Series(pd.to_datetime(np.where(held, ms, np.nan), unit="ms", utc=True)), pd.Series(~held)
+
 def as_utc_ms(values, source: str = "") -> pd.Series:
     "`values` (epoch s/ms/us numbers, datetimes or date strings) as a `datetime64[ms, UTC]` Series."
     s = pd.Series(values).reset_index(drop=True)
-    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-        v = s.astype("float64").to_numpy()
-        ms = np.where(v > 1e14, v / 1000, np.where(v > 1e11, v, v * 1000))
-        return pd.Series(pd.to_datetime(ms, unit="ms", utc=True)).astype("datetime64[ms, UTC]")
     if isinstance(s.dtype, pd.DatetimeTZDtype): return s.dt.tz_convert("UTC").astype("datetime64[ms, UTC]")
-    out = pd.to_datetime(s, utc=True, format="ISO8601", errors="coerce")
-    unread = out.isna() & s.notna()
-    if unread.any(): raise DataError(f"{source or 'data'}: cannot read ts {s[unread].iloc[0]!r} (row {unread.idxmax()}) as a time")
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s): out, unread = _epoch_ms(s)
+    else:   # text: a number in it is an epoch (a column mixing them with words is text), the rest ISO 8601
+        text = s.astype(object).where(s.isna(), s.astype(str))
+        numbers = pd.to_numeric(text, errors="coerce")
+        epoch, too_far = _epoch_ms(numbers)
+        iso = pd.to_datetime(text.where(numbers.isna()), utc=True, format="ISO8601", errors="coerce")
+        out = iso.astype("datetime64[ms, UTC]").where(numbers.isna(), epoch.astype("datetime64[ms, UTC]"))
+        unread = (out.isna() & s.notna()) | too_far
+    if unread.any():
+        value = s[unread].iloc[0]
+        value = value.item() if isinstance(value, np.generic) else value   # 1e+300, not np.float64(1e+300)
+        raise DataError(f"{source or 'data'}: cannot read ts {value!r} (row {unread.idxmax()}) as a time")
     return out.astype("datetime64[ms, UTC]")
 
 # %% ../nbs/01_ingest.ipynb #15037f10
-def _no_later_than_previous(ts: pd.Series) -> pd.Series: return ts.diff() <= pd.Timedelta(0)
+@dataclass(frozen=True)
+class Bounds:
+    "The limits of what the rules accept as plausible; every way into the store takes them as a parameter."
+    min_price: float = 1e-12           # below any quoted price (the smallest memecoins trade near 1e-9 USDT)
+    max_price: float = 1e12            # above any quote (a bitcoin is about 1.6e9 Indonesian rupiah)
+    max_volume: float = 1e20           # base units per bar, and quote volume (some tokens have 1e17 in supply)
+    max_orders: float = 1.0            # orders of magnitude a price may lie from its neighbours' median close (10x)
+    neighbours: int = 25               # bars in that centred median; stored bars count as neighbours too
+    max_funding_rate: float = 0.1      # |rate| per funding interval; exchanges cap it between 0.75% and 4%
+    clock_skew: pd.Timedelta = pd.Timedelta("5min")   # how far a source's clock may run ahead of ours
+    earliest: pd.Timestamp = pd.Timestamp("2009-01-03", tz="UTC")   # the first bitcoin block: no crypto bar is older
+    spacing_bars: int = 10             # bars a frame needs before its spacing is held against its timeframe
+    rtol: float = 1e-9                 # relative difference below which two values are the same one
 
-BAR_CHECKS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
-    "ts missing": lambda b: b.ts.isna(),
-    "NaN or infinite price": lambda b: ~np.isfinite(b[PRICES]).all(axis=1),
-    "price not positive": lambda b: (b[PRICES] <= 0).any(axis=1),
-    "high below open or close": lambda b: b.high < b[["open", "close"]].max(axis=1),
-    "low above open or close": lambda b: b.low > b[["open", "close"]].min(axis=1),
-    "NaN volume": lambda b: b.volume.isna(),
-    "negative volume": lambda b: b.volume < 0,
-    "ts not after the previous row (duplicate or out of order)": lambda b: _no_later_than_previous(b.ts),
+BOUNDS = Bounds()
+
+# %% ../nbs/01_ingest.ipynb #bf777951
+@dataclass(frozen=True, eq=False)
+class Check:
+    "What a validation pass knows besides the rows: their source, timeframe and bounds, now, and the stored rows they meet."
+    source: str = "data"
+    timeframe: str | None = None
+    bounds: Bounds = BOUNDS
+    now: pd.Timestamp = field(default_factory=lambda: pd.Timestamp.now(tz="UTC"))
+    stored: pd.DataFrame | None = field(default=None, repr=False)
+    replace: bool = False   # stored rows may be corrected: rows that differ from them replace them (and are logged)
+
+    @property
+    def terms(self) -> dict:
+        "What a rule's message may name: `now`, `timeframe` and every bound."
+        return {**vars(self.bounds), "now": self.now, "timeframe": self.timeframe}
+
+    def meeting(self, stored: pd.DataFrame) -> Check:
+        "This check, held against the `stored` rows that new ones meet."
+        return dataclasses.replace(self, stored=stored)
+
+class Rule(NamedTuple):
+    "A rule: `bad(rows, check)` marks the rows it refuses; `why` says why (a message formatted with `check.terms`, or a function)."
+    bad: Callable[[pd.DataFrame, Check], pd.Series | np.ndarray]
+    why: str | Callable[[pd.DataFrame, Check, int], str]
+    reads_store: bool = False   # judges rows by `check.stored` too, so the writer runs it again against the store
+
+    def reason(self, rows: pd.DataFrame, check: Check, i: int) -> str:
+        "Why row `i` of `rows` is refused."
+        return self.why(rows, check, i) if callable(self.why) else self.why.format(**check.terms)
+
+# %% ../nbs/01_ingest.ipynb #b1fd545e
+def _floats(values) -> np.ndarray: return pd.Series(values).to_numpy(dtype="float64", na_value=np.nan)
+
+def _differ(a: pd.DataFrame, b: pd.DataFrame, rtol: float) -> tuple[list[str], np.ndarray]:
+    "The value columns `a` and `b` share, and per row and column whether both hold a value and the two differ."
+    cols = [c for c in a.columns if c != "ts" and c in b.columns]
+    x, y = (np.column_stack([_floats(f[c]) for c in cols]) if cols else np.zeros((len(f), 0)) for f in (a, b))
+    return cols, ~np.isclose(x, y, rtol=rtol, atol=0) & ~np.isnan(x) & ~np.isnan(y)
+
+def _difference(a: pd.DataFrame, b: pd.DataFrame, rtol: float) -> tuple[str, float, float]:
+    "The first column where the one-row frames `a` and `b` differ, and its two values."
+    cols, differ = _differ(a, b, rtol)
+    c = cols[int(np.argmax(differ[0]))]
+    return c, _floats(a[c])[0], _floats(b[c])[0]
+
+def _stored_at(rows: pd.DataFrame, check: Check) -> pd.DataFrame:
+    "The stored row at each of `rows`' times, in their order (all missing where none is stored)."
+    stored = check.stored if check.stored is not None else rows.iloc[:0]
+    return stored.drop_duplicates("ts").set_index("ts").reindex(rows.ts).reset_index(drop=True)
+
+def _conflicts(rows: pd.DataFrame, check: Check) -> np.ndarray:
+    "Whether each row's time is stored with a different value in a column both hold."
+    return _differ(rows, _stored_at(rows, check), check.bounds.rtol)[1].any(axis=1)
+
+def _why_duplicate(rows: pd.DataFrame, check: Check, i: int) -> str:
+    c, first, then = _difference(rows[rows.ts == rows.ts.iloc[i]].iloc[[0]], rows.iloc[[i]], check.bounds.rtol)
+    return f"given twice with different values: {c} {first:g}, then {then:g}"
+
+def _why_conflict(rows: pd.DataFrame, check: Check, i: int) -> str:
+    c, given, stored = _difference(rows.iloc[[i]], _stored_at(rows.iloc[[i]], check), check.bounds.rtol)
+    return f"differs from the stored row: {c} {stored:g} stored, {given:g} given (--replace, or replace=True, corrects the store)"
+
+COMMON_RULES: dict[str, Rule] = {
+    "ts_missing": Rule(lambda r, c: r.ts.isna(), "ts missing"),
+    "too_early": Rule(lambda r, c: r.ts < c.bounds.earliest,
+                      "before {earliest:%Y-%m-%d}, older than any crypto market (a time in the wrong unit?)"),
+    "future": Rule(lambda r, c: r.ts > c.now + c.bounds.clock_skew, "after now ({now:%Y-%m-%d %H:%M:%S} UTC)"),
+    "out_of_order": Rule(lambda r, c: r.ts.diff() < pd.Timedelta(0), "before the previous row (out of order)"),
+    "duplicate": Rule(lambda r, c: r.ts.duplicated() & r.ts.notna(), _why_duplicate),
+    "conflict": Rule(lambda r, c: np.zeros(len(r), bool) if c.replace else _conflicts(r, c), _why_conflict, reads_store=True),
 }
 
-FUNDING_CHECKS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
-    "ts missing": lambda f: f.ts.isna(),
-    "NaN or infinite funding rate": lambda f: ~np.isfinite(f.funding_rate),
-    "ts not after the previous row (duplicate or out of order)": lambda f: _no_later_than_previous(f.ts),
-}
+# %% ../nbs/01_ingest.ipynb #b3b39cb4
+def _plausible(prices: pd.DataFrame | pd.Series, bounds: Bounds) -> np.ndarray:
+    "`prices` as an array, with what no market quotes (outside [min_price, max_price], or not a number) missing."
+    p = prices.to_numpy(dtype="float64")
+    with np.errstate(invalid="ignore"): return np.where((p >= bounds.min_price) & (p <= bounds.max_price), p, np.nan)
 
-def refuse_bad_rows(df: pd.DataFrame, checks: dict, source: str = "", shown: int = 5) -> pd.DataFrame:
-    "`df` unchanged if it passes every check, else a `DataError` naming the ts and reason of its first bad rows."
-    bad = sorted((i, reason) for reason, test in checks.items() for i in np.flatnonzero(np.asarray(test(df), dtype=bool)))
-    if not bad: return df
-    where = lambda i: f"row {i}" if pd.isna(df.ts.iloc[i]) else str(df.ts.iloc[i])
-    first = "; ".join(f"{where(i)}: {reason}" for i, reason in bad[:shown])
-    raise DataError(f"{source or 'data'}: refused {len({i for i, _ in bad})} bad row(s): {first}")
+def _out_of_range(bars: pd.DataFrame, check: Check) -> np.ndarray:
+    "Bars with a price that is a positive number, but outside [min_price, max_price]."
+    p = bars[PRICES].to_numpy(dtype="float64")
+    return (np.isnan(_plausible(bars[PRICES], check.bounds)) & np.isfinite(p) & (p > 0)).any(axis=1)
+
+def _neighbour_median(bars: pd.DataFrame, check: Check) -> np.ndarray:
+    "Per bar, log10 of the median close of the `neighbours` bars centred on it, stored bars among them."
+    near = bars[["ts", "close"]].assign(row=np.arange(len(bars)))
+    if check.stored is not None:
+        stored = check.stored.loc[~check.stored.ts.isin(bars.ts), ["ts", "close"]]
+        near = pd.concat([near, stored.assign(row=-1)])
+    near = near.sort_values("ts", kind="stable")
+    closes = pd.Series(np.log10(_plausible(near.close, check.bounds)))
+    median = closes.rolling(check.bounds.neighbours, center=True, min_periods=1).median().to_numpy()
+    rows = near.row.to_numpy()
+    return median[rows >= 0][np.argsort(rows[rows >= 0])]
+
+def _orders_off(bars: pd.DataFrame, check: Check) -> np.ndarray:
+    "Per bar and price (open, high, low, close): how many orders of magnitude it lies from its neighbours' median close."
+    return np.abs(np.log10(_plausible(bars[PRICES], check.bounds)) - _neighbour_median(bars, check)[:, None])
+
+def _spikes(bars: pd.DataFrame, check: Check) -> np.ndarray:
+    "Bars with a price more than `max_orders` orders of magnitude from their neighbours' median close."
+    with np.errstate(invalid="ignore"): return (_orders_off(bars, check) > check.bounds.max_orders).any(axis=1)
+
+def _why_spike(bars: pd.DataFrame, check: Check, i: int) -> str:
+    off = np.nan_to_num(_orders_off(bars, check)[i], nan=-1)
+    c = PRICES[int(np.argmax(off))]
+    return (f"implausible price: {c} {bars[c].iloc[i]:g} lies {off.max():.1f} orders of magnitude from its neighbours' "
+            f"median close {10 ** _neighbour_median(bars, check)[i]:.6g} (the bound is {check.bounds.max_orders:g})")
+
+# %% ../nbs/01_ingest.ipynb #fce80789
+def _ms(ts: pd.Series) -> np.ndarray: return ts.astype("datetime64[ms, UTC]").astype("int64").to_numpy()
+
+def _as_timeframe(ms: int) -> str:
+    "A span of `ms` milliseconds in timeframe notation: 3_600_000 -> '1h', 90_000 -> '90s'."
+    for unit, size in (("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0: return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+def _finest_grid(ts: pd.Series) -> tuple[int, int]:
+    "(distinct times in `ts`, the greatest common divisor of their gaps in ms: the finest grid they all sit on)."
+    times = np.unique(_ms(ts.dropna()))
+    return len(times), int(np.gcd.reduce(np.diff(times))) if len(times) > 1 else 0
+
+def _off_grid(bars: pd.DataFrame, check: Check) -> np.ndarray:
+    "Bars off the timeframe's grid: the epoch's when the timeframe divides a day, else the first bar's (weekly bars open on Mondays)."
+    if check.timeframe is None or bars.ts.isna().all(): return np.zeros(len(bars), bool)
+    step, ms = timeframe_ms(check.timeframe), _ms(bars.ts)
+    origin = 0 if 86_400_000 % step == 0 else ms[bars.ts.notna().to_numpy()][0]
+    return bars.ts.notna().to_numpy() & ((ms - origin) % step != 0)
+
+def _off_spacing(bars: pd.DataFrame, check: Check) -> np.ndarray:
+    "Every bar, when there are `spacing_bars` of them and the finest grid they sit on is coarser than the timeframe."
+    if check.timeframe is None: return np.zeros(len(bars), bool)
+    count, step = _finest_grid(bars.ts)
+    return bars.ts.notna().to_numpy() & (count >= check.bounds.spacing_bars) & (step > timeframe_ms(check.timeframe))
+
+def _why_spacing(bars: pd.DataFrame, check: Check, i: int) -> str:
+    found = _as_timeframe(_finest_grid(bars.ts)[1])
+    return f"bars {found} apart at the finest, not {check.timeframe}: a {found} series given as {check.timeframe}?"
+
+def _still_open(bars: pd.DataFrame, check: Check) -> np.ndarray:
+    "Bars that opened by now (give or take the clock skew) but close after it."
+    if check.timeframe is None: return np.zeros(len(bars), bool)
+    closes = bars.ts + pd.Timedelta(milliseconds=timeframe_ms(check.timeframe))
+    return ((closes > check.now) & (bars.ts <= check.now + check.bounds.clock_skew)).to_numpy()
+
+def _bad_extras(bars: pd.DataFrame, check: Check) -> pd.DataFrame:
+    "Per bar and optional column (quote volume, trades, taker buys): negative, infinite or above `max_volume`."
+    x = bars[[c for c in EXTRA_COLUMNS if c in bars.columns]].astype("float64")
+    return (x < 0) | np.isinf(x) | (x > check.bounds.max_volume)
+
+def _why_extra(bars: pd.DataFrame, check: Check, i: int) -> str:
+    c = _bad_extras(bars, check).iloc[i].idxmax()
+    return f"implausible {c}: {float(bars[c].iloc[i]):g} (negative, infinite or above {check.bounds.max_volume:g})"
+
+BAR_RULES: dict[str, Rule] = COMMON_RULES | {
+    "nan_price": Rule(lambda b, c: ~np.isfinite(b[PRICES]).all(axis=1), "NaN or infinite price"),
+    "price_not_positive": Rule(lambda b, c: (b[PRICES] <= 0).any(axis=1), "price not positive"),
+    "high_below_body": Rule(lambda b, c: b.high < b[["open", "close"]].max(axis=1), "high below open or close"),
+    "low_above_body": Rule(lambda b, c: b.low > b[["open", "close"]].min(axis=1), "low above open or close"),
+    "nan_volume": Rule(lambda b, c: ~np.isfinite(b.volume), "NaN or infinite volume"),
+    "negative_volume": Rule(lambda b, c: b.volume < 0, "negative volume"),
+    "price_range": Rule(_out_of_range, "implausible price: outside [{min_price:g}, {max_price:g}]"),
+    "volume_range": Rule(lambda b, c: np.isfinite(b.volume) & (b.volume > c.bounds.max_volume),
+                         "implausible volume: above {max_volume:g}"),
+    "extra_range": Rule(lambda b, c: _bad_extras(b, c).any(axis=1), _why_extra),
+    "spike": Rule(_spikes, _why_spike, reads_store=True),
+    "off_grid": Rule(_off_grid, "ts not on the {timeframe} grid"),
+    "spacing": Rule(_off_spacing, _why_spacing),
+    "still_open": Rule(_still_open,
+                       "still open at {now:%Y-%m-%d %H:%M:%S} UTC (a {timeframe} bar closes {timeframe} after it opens)"),
+}
 
 # %% ../nbs/01_ingest.ipynb #20a1e4da
-def _on_grid(timeframe: str | None) -> dict:
-    "The grid check for `timeframe`, when it divides a day (weekly bars open on Mondays, off the epoch grid)."
-    if timeframe is None or 86_400_000 % timeframe_ms(timeframe): return {}
-    step = timeframe_ms(timeframe)
-    return {f"ts not on the {timeframe} grid": lambda b: b.ts.astype("int64") % step != 0}
+def refuse_bad_rows(rows: pd.DataFrame, rules: dict[str, Rule], check: Check, shown: int = 5) -> pd.DataFrame:
+    "`rows` unchanged if no rule marks one, else a `DataError` naming, per rule, its first bad row (ts, reason, rule)."
+    hits = {name: np.flatnonzero(np.asarray(rule.bad(rows, check), dtype=bool)) for name, rule in rules.items()}
+    hits = {name: marked for name, marked in hits.items() if len(marked)}
+    if not hits: return rows
+    def said(name: str) -> str:
+        i, more = hits[name][0], len(hits[name]) - 1
+        where = f"row {i}" if pd.isna(rows.ts.iloc[i]) else str(rows.ts.iloc[i])
+        return f"{where}: {rules[name].reason(rows, check, i)} [{name}]" + (f" (and {more} more)" if more else "")
+    first = sorted(hits, key=lambda name: hits[name][0])[:shown]   # a stable sort: rules marking one row keep the table's order
+    bad = len(np.unique(np.concatenate(list(hits.values()))))
+    raise DataError(f"{check.source}: refused {bad} bad row(s): {'; '.join(map(said, first))}")
 
+def _drop_repeats(rows: pd.DataFrame, rtol: float) -> tuple[pd.DataFrame, int]:
+    "`rows` without the repeats of a time that agree with its first row (a missing value agrees with any); (rows, dropped)."
+    repeat = (rows.ts.duplicated() & rows.ts.notna()).to_numpy()
+    if not repeat.any(): return rows, 0
+    firsts = rows[~rows.ts.duplicated() & rows.ts.notna()].set_index("ts").reindex(rows.ts).reset_index(drop=True)
+    drop = repeat & ~_differ(rows.reset_index(drop=True), firsts, rtol)[1].any(axis=1)
+    return rows[~drop].reset_index(drop=True), int(drop.sum())
+
+# %% ../nbs/01_ingest.ipynb #0ba6e9fb
 def _require_columns(df: pd.DataFrame, columns: list[str], source: str):
-    "A `DataError` naming the `columns` that `df` lacks, and those it has."
+    "A `DataError` naming the `columns` that `df` lacks, and those it has, or that it has more than once."
     missing = [c for c in columns if c not in df.columns]
     if missing: raise DataError(f"{source}: missing column(s) {missing}; have {list(df.columns)}")
+    twice = sorted({c for c in df.columns[df.columns.duplicated()] if c in columns})
+    if twice: raise DataError(f"{source}: column(s) {twice} given more than once (some header names mean the same column)")
+
+def _numbers(values: pd.Series, dtype: str, name: str, source: str) -> pd.api.extensions.ExtensionArray | np.ndarray:
+    "A source column as `dtype`: what is not a number becomes missing, and a count that is not a whole number is refused."
+    v = pd.to_numeric(values, errors="coerce").astype("float64").reset_index(drop=True)
+    if dtype == "Int64" and (odd := v.notna() & ((v % 1 != 0) | (v.abs() > 2**53))).any():
+        raise DataError(f"{source}: {name} {v[odd].iloc[0]:g} (row {odd.idxmax()}) is not a whole count")
+    return v.astype(dtype).array if dtype == "Int64" else v.to_numpy()
 
 def as_bars(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
     "`df` in the store's schema: OHLCV_COLUMNS as float64 with `ts` in UTC ms, plus the optional columns it has."
     _require_columns(df, OHLCV_COLUMNS, source or "bars")
     bars = pd.DataFrame({"ts": as_utc_ms(df["ts"], source)})
-    for c in OHLCV_COLUMNS[1:]: bars[c] = pd.to_numeric(df[c], errors="coerce").astype("float64").to_numpy()
+    for c in OHLCV_COLUMNS[1:]: bars[c] = _numbers(df[c], "float64", c, source)
     for c, dtype in EXTRA_COLUMNS.items():
-        if c in df.columns: bars[c] = pd.to_numeric(df[c], errors="coerce").astype(dtype).array
+        if c in df.columns: bars[c] = _numbers(df[c], dtype, c, source)
     return bars
 
-def validate_bars(df: pd.DataFrame, source: str = "", timeframe: str | None = None) -> pd.DataFrame:
-    "`df` in the store's schema if every bar is sound, else a `DataError` naming the first bad bars' ts and reason."
-    return refuse_bad_rows(as_bars(df, source), BAR_CHECKS | _on_grid(timeframe), source or "bars")
+@dataclass(frozen=True)
+class SeriesKind:
+    "A kind of series the raw store keeps: its columns, how a frame is brought to them, its rules, and its folder."
+    name: str
+    columns: list[str]
+    schema: Callable[[pd.DataFrame, str], pd.DataFrame]
+    rules: dict[str, Rule]
+    folder: Callable[..., Path]   # (home, exchange, symbol, timeframe) -> the folder of its month files
+
+BARS = SeriesKind("bars", [*OHLCV_COLUMNS, *EXTRA_COLUMNS], as_bars, BAR_RULES, raw_dir)
+
+def check_rows(df: pd.DataFrame, kind: SeriesKind, check: Check | None = None, sort: bool = False) -> tuple[pd.DataFrame, int]:
+    "The validation pass: `df` in `kind`'s schema (sorted if `sort`), agreeing repeats dropped, the rules applied; (rows, dropped)."
+    check = check or Check(kind.name)
+    rows = kind.schema(df, check.source)
+    if sort: rows = rows.sort_values("ts", kind="stable", ignore_index=True)
+    rows, dropped = _drop_repeats(rows, check.bounds.rtol)
+    return refuse_bad_rows(rows, kind.rules, check), dropped
+
+def validate_bars(df: pd.DataFrame, source: str = "", timeframe: str | None = None, *, bounds: Bounds = BOUNDS) -> pd.DataFrame:
+    "`df` in the store's schema if every bar is sound, else a `DataError` naming the first bad bars' ts, reason and rule."
+    return check_rows(df, BARS, Check(source or "bars", timeframe, bounds))[0]
 
 # %% ../nbs/01_ingest.ipynb #a82da739
 @contextmanager
@@ -121,7 +339,7 @@ def _folder_lock(folder: Path):
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
 def _merge_month(path: Path, new: pd.DataFrame, columns: list[str]) -> int | None:
-    "Merge `new` into the month file `path` (new values win); rows added, or None if the file already held it all."
+    "Merge checked rows `new` into the month file `path` (a stored value they lack is kept); rows added, or None if nothing changed."
     old = read_parquet_file(path) if path.exists() else new.iloc[:0]
     merged = new.set_index("ts").combine_first(old.set_index("ts")).reset_index()
     merged = merged[[c for c in columns if c in merged.columns]]
@@ -129,22 +347,63 @@ def _merge_month(path: Path, new: pd.DataFrame, columns: list[str]) -> int | Non
     atomic_write_parquet(path, merged)
     return len(merged) - len(old)
 
-def store_rows(df: pd.DataFrame, folder: Path, columns: list[str]) -> tuple[int, list[Path]]:
-    "Merge validated rows `df` into `folder`'s monthly files; (rows added, files rewritten)."
-    if df.empty: return 0, []
-    months = [(month_file(folder, part.ts.iloc[0]), part) for _, part in df.groupby(df.ts.dt.strftime("%Y-%m"), sort=True)]
-    with _folder_lock(folder): added = {path: _merge_month(path, part, columns) for path, part in months}
+@dataclass
+class Written:
+    "What a write did to the store: rows added, month files rewritten, stored rows replaced, agreeing repeats dropped."
+    added: int = 0
+    paths: list[Path] = field(default_factory=list)
+    replaced: int = 0
+    dropped: int = 0
+
+    def __add__(self, other: Written) -> Written:
+        return Written(self.added + other.added, sorted({*self.paths, *other.paths}), self.replaced + other.replaced,
+                       self.dropped + other.dropped)
+
+REPLACEMENTS = "replacements.jsonl"   # in raw/: one line per write that replaced stored rows
+
+def _near(folder: Path, kind: SeriesKind, rows: pd.DataFrame, check: Check) -> pd.DataFrame:
+    "The stored rows at `rows`' times and, with a timeframe, `neighbours` bars' time on either side."
+    margin = pd.Timedelta(milliseconds=timeframe_ms(check.timeframe) * check.bounds.neighbours if check.timeframe else 1)
+    return read_rows(folder, kind.columns, rows.ts.min() - margin, rows.ts.max() + margin)
+
+def _log_replaced(home, folder: Path, replaced: pd.Series, source: str):
+    "Log (a warning: a line on the command's stderr) and record in `raw/replacements.jsonl` that `source` replaced stored rows."
+    root = data_home(home)
+    entry = {"at": str(pd.Timestamp.now(tz="UTC")), "folder": str(folder.relative_to(root)), "rows": len(replaced),
+             "first": str(replaced.min()), "last": str(replaced.max()), "source": source}
+    with open(root/"raw"/REPLACEMENTS, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+        f.flush(); os.fsync(f.fileno())
+    _log.warning(f"{source}: replaced {len(replaced)} stored row(s) of {entry['folder']} from {entry['first']} to {entry['last']}; "
+                 f"logged in {root/'raw'/REPLACEMENTS}")
+
+def store_rows(df: pd.DataFrame, kind: SeriesKind, home, exchange: str, symbol: str, timeframe: str | None = None,
+               check: Check | None = None) -> Written:
+    "The one way into the store: `df` through the validation pass (the rules that read the store again, under the lock), then merged."
+    check = check or Check(f"{exchange} {symbol} {timeframe or kind.name}", timeframe)
+    rows, dropped = check_rows(df, kind, check)
+    if rows.empty: return Written(dropped=dropped)
+    folder = kind.folder(home, exchange, symbol, timeframe)
+    with _folder_lock(folder):
+        against = check.meeting(_near(folder, kind, rows, check))
+        refuse_bad_rows(rows, {name: rule for name, rule in kind.rules.items() if rule.reads_store}, against)
+        replaced = rows.ts[_conflicts(rows, against)]   # none unless check.replace: the conflict rule refuses them
+        months = [(month_file(folder, part.ts.iloc[0]), part) for _, part in rows.groupby(rows.ts.dt.strftime("%Y-%m"), sort=True)]
+        added = {path: _merge_month(path, part, kind.columns) for path, part in months}
+        if len(replaced): _log_replaced(home, folder, replaced, check.source)
     written = {path: n for path, n in added.items() if n is not None}
-    return sum(written.values()), list(written)
+    return Written(sum(written.values()), list(written), len(replaced), dropped)
 
-def store_bars(df: pd.DataFrame, home, exchange: str, symbol: str, timeframe: str) -> tuple[int, list[Path]]:
-    "Validate `df` and merge it into the raw store's monthly files of `symbol` at `timeframe`; (rows added, files)."
-    bars = validate_bars(df, f"{exchange} {symbol} {timeframe}", timeframe)
-    return store_rows(bars, raw_dir(home, exchange, symbol, timeframe), [*OHLCV_COLUMNS, *EXTRA_COLUMNS])
+def store_bars(df: pd.DataFrame, home, exchange: str, symbol: str, timeframe: str, *, replace: bool = False,
+               bounds: Bounds = BOUNDS, source: str | None = None) -> Written:
+    "Bars `df` through the validation pass into the raw store of `symbol` at `timeframe`; what the write did."
+    check = Check(source or f"{exchange} {symbol} {timeframe}", timeframe, bounds, replace=replace)
+    return store_rows(df, BARS, home, exchange, symbol, timeframe, check)
 
-def write_bars(df: pd.DataFrame, home, exchange: str, symbol: str, timeframe: str) -> int:
-    "Validate `df` and merge it into the raw store's monthly files of `symbol` at `timeframe`; rows added."
-    return store_bars(df, home, exchange, symbol, timeframe)[0]
+def write_bars(df: pd.DataFrame, home, exchange: str, symbol: str, timeframe: str, *, replace: bool = False,
+               bounds: Bounds = BOUNDS) -> int:
+    "Bars `df` through the validation pass into the raw store of `symbol` at `timeframe`; rows added."
+    return store_bars(df, home, exchange, symbol, timeframe, replace=replace, bounds=bounds).added
 
 # %% ../nbs/01_ingest.ipynb #731be394
 def _empty(columns: list[str]) -> pd.DataFrame:
@@ -170,20 +429,31 @@ def as_funding(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
     "`df` as the store's funding schema: ts (UTC ms), funding_rate (float64)."
     _require_columns(df, FUNDING_COLUMNS, source or "funding")
     return pd.DataFrame({"ts": as_utc_ms(df["ts"], source),
-                         "funding_rate": pd.to_numeric(df["funding_rate"], errors="coerce").astype("float64").to_numpy()})
+                         "funding_rate": _numbers(df["funding_rate"], "float64", "funding_rate", source)})
 
-def validate_funding(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
-    "`df` as ts, funding_rate if every row is sound, else a `DataError` naming the first bad rows' ts and reason."
-    return refuse_bad_rows(as_funding(df, source), FUNDING_CHECKS, source or "funding")
+FUNDING_RULES: dict[str, Rule] = COMMON_RULES | {
+    "nan_rate": Rule(lambda f, c: ~np.isfinite(f.funding_rate), "NaN or infinite funding rate"),
+    "rate_range": Rule(lambda f, c: np.isfinite(f.funding_rate) & (f.funding_rate.abs() > c.bounds.max_funding_rate),
+                       "implausible funding rate: |rate| above {max_funding_rate:g} per interval"),
+}
 
-def store_funding(df: pd.DataFrame, home, exchange: str, symbol: str) -> tuple[int, list[Path]]:
-    "Validate funding rates `df` (ts, funding_rate) and merge them into the store; (rows added, files)."
-    rates = validate_funding(df, f"{exchange} {symbol} funding")
-    return store_rows(rates, funding_dir(home, exchange, symbol), FUNDING_COLUMNS)
+def _funding_folder(home, exchange: str, symbol: str, timeframe: str | None = None) -> Path: return funding_dir(home, exchange, symbol)
 
-def write_funding(df: pd.DataFrame, home, exchange: str, symbol: str) -> int:
-    "Validate funding rates `df` (ts, funding_rate) and merge them into the store; rows added."
-    return store_funding(df, home, exchange, symbol)[0]
+FUNDING = SeriesKind("funding", FUNDING_COLUMNS, as_funding, FUNDING_RULES, _funding_folder)
+
+def validate_funding(df: pd.DataFrame, source: str = "", *, bounds: Bounds = BOUNDS) -> pd.DataFrame:
+    "`df` as ts, funding_rate if every row is sound, else a `DataError` naming the first bad rows' ts, reason and rule."
+    return check_rows(df, FUNDING, Check(source or "funding", None, bounds))[0]
+
+def store_funding(df: pd.DataFrame, home, exchange: str, symbol: str, *, replace: bool = False, bounds: Bounds = BOUNDS,
+                  source: str | None = None) -> Written:
+    "Funding rates `df` (ts, funding_rate) through the validation pass into the store; what the write did."
+    check = Check(source or f"{exchange} {symbol} funding", None, bounds, replace=replace)
+    return store_rows(df, FUNDING, home, exchange, symbol, check=check)
+
+def write_funding(df: pd.DataFrame, home, exchange: str, symbol: str, *, replace: bool = False, bounds: Bounds = BOUNDS) -> int:
+    "Funding rates `df` (ts, funding_rate) through the validation pass into the store; rows added."
+    return store_funding(df, home, exchange, symbol, replace=replace, bounds=bounds).added
 
 def read_funding(home, exchange: str, symbol: str, start=None, end=None) -> pd.DataFrame:
     "Stored funding rates (ts, funding_rate) with `start <= ts < end`; an empty frame if there are none."
@@ -202,30 +472,33 @@ def gap_report(bars: pd.DataFrame, timeframe: str) -> pd.DataFrame:
 @dataclass
 class IngestReport:
     "What an import or ingest left in the store: rows added, the range stored, its gap report, the files rewritten."
-    market: MarketKey
+    market: Market
     rows_added: int
     first: pd.Timestamp | None
     last: pd.Timestamp | None
     gaps: pd.DataFrame = field(repr=False)
     paths: list[Path] = field(default_factory=list, repr=False)
     funding_added: int = 0
+    replaced: int = 0   # stored bars a `replace` write corrected
+    dropped: int = 0    # repeated rows that agreed with their first copy
 
     @property
     def missing(self) -> int:
         "Bars missing between the first and the last stored bar."
         return int(self.gaps.missing.sum())
 
-def _report(home, market: MarketKey, added: int, paths: list[Path], funding_added: int = 0) -> IngestReport:
-    "The IngestReport of `market`'s stored bars after a run that added `added` rows to the files `paths`."
-    bars = read_bars(home, *market[:3])
+def _report(home, market: Market, written: Written, funding_added: int = 0) -> IngestReport:
+    "The IngestReport of `market`'s stored bars after a run that did `written`."
+    bars = read_bars(home, *market)
     first, last = (bars.ts.iloc[0], bars.ts.iloc[-1]) if len(bars) else (None, None)
-    return IngestReport(market, added, first, last, gap_report(bars, market.timeframe), paths, funding_added)
+    return IngestReport(market, written.added, first, last, gap_report(bars, market.timeframe), written.paths, funding_added,
+                        written.replaced, written.dropped)
 
 # %% ../nbs/01_ingest.ipynb #f0ae2b2f
 REGIMES = pd.DataFrame({"drift": [0.0, 1e-5, -1.5e-5], "vol": [0.7, 1.0, 2.2], "weight": [0.5, 0.3, 0.2]},
                        index=pd.Index(["calm", "trend", "stress"], name="regime"))  # drift and vol per 1m bar
-SYNTHETIC = MarketKey("synthetic", "SYNTH/USDT", "1m", "synthetic")
-BOUNCE = 0.08  # share of a bar's shock that the next bar gives back (bid-ask bounce)
+SYNTHETIC = Market("synthetic", "SYNTH/USDT", "1m")
+HEAVY, BOUNCE = 0.25, 0.35  # heavy-volume share of bars; share of a heavy bar's shock the next bar gives back
 
 def _regime_path(n: int, mean_bars: int, rng: np.random.Generator) -> np.ndarray:
     "Row of REGIMES per bar: spells of geometric length (mean `mean_bars`), each regime drawn by its weight."
@@ -233,7 +506,7 @@ def _regime_path(n: int, mean_bars: int, rng: np.random.Generator) -> np.ndarray
     return np.repeat(rng.choice(len(REGIMES), size=len(lengths), p=REGIMES.weight.to_numpy()), lengths)[:n]
 
 def synthetic_market(days: float = 30, seed: int = 0, timeframe: str = "1m", start="2023-03-01") -> pd.DataFrame:
-    "Seeded synthetic bars (`attrs['source'] == 'synthetic'`): fat tails, volatility clustering, regimes, bounce."
+    "Seeded synthetic bars (`attrs['source'] == 'synthetic'`): fat tails, volatility clustering, regimes, a volume-bound edge."
     rng, minutes = np.random.default_rng(seed), timeframe_seconds(timeframe) / 60
     n = round(days * 1440 / minutes)
     regime = REGIMES.iloc[_regime_path(n, max(1, round(2 * 1440 / minutes)), rng)]
@@ -241,12 +514,14 @@ def synthetic_market(days: float = 30, seed: int = 0, timeframe: str = "1m", sta
     log_vol = lfilter([0.5 * np.sqrt(1 - phi**2)], [1, -phi], rng.standard_normal(n))
     sigma = 8e-4 * np.sqrt(minutes) * np.exp(log_vol) * regime.vol.to_numpy()
     shock = sigma * rng.standard_t(4, n) / np.sqrt(2)
-    close = 20_000 * np.exp(np.cumsum(regime.drift.to_numpy() * minutes + shock - BOUNCE * np.r_[0, shock[:-1]]))
+    activity = rng.standard_normal(n)  # volume's own noise: heavy in the top HEAVY share
+    giveback = np.where(activity > norm.ppf(1 - HEAVY), BOUNCE, -BOUNCE * HEAVY / (1 - HEAVY))
+    close = 20_000 * np.exp(np.cumsum(regime.drift.to_numpy() * minutes + shock - np.r_[0, giveback[:-1] * shock[:-1]]))
     open_ = np.r_[20_000, close[:-1]]
     wick = lambda: np.exp(np.abs(rng.standard_normal(n)) * sigma / 2)
     bars = pd.DataFrame({"ts": pd.date_range(to_utc(start), periods=n, freq=pd.Timedelta(minutes=minutes), unit="ms"),
                          "open": open_, "high": np.maximum(open_, close) * wick(), "low": np.minimum(open_, close) / wick(),
-                         "close": close, "volume": 5 * minutes * rng.lognormal(0, 0.5, n) * (sigma / sigma.mean()) ** 1.5})
+                         "close": close, "volume": 5 * minutes * np.exp(0.5 * activity) * (sigma / sigma.mean()) ** 1.5})
     bars[PRICES], bars["volume"] = bars[PRICES].round(2), bars.volume.round(6)   # cents and the base asset's lot size
     bars.attrs["source"] = "synthetic"
     return bars
@@ -261,11 +536,11 @@ def synthetic_funding(bars: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     rate = 1e-4 + 3e-4 * np.tanh(20 * trailing) + rng.normal(0, 2e-5, len(times))
     return pd.DataFrame({"ts": times, "funding_rate": rate.round(8)})   # exchanges quote rates to 8 decimals
 
-def write_demo_market(home=None, days: float = 30, seed: int = 0) -> MarketKey:
-    "Write the synthetic market's bars and funding rates into the store; its `MarketKey` (SYNTHETIC)."
+def write_demo_market(home=None, days: float = 30, seed: int = 0) -> Market:
+    "Write the synthetic market's bars and funding rates into the store, replacing another seed's; its `Market` (SYNTHETIC)."
     bars = synthetic_market(days, seed)
-    write_bars(bars, home, *SYNTHETIC[:3])
-    write_funding(synthetic_funding(bars, seed), home, SYNTHETIC.funding_exchange, SYNTHETIC.symbol)
+    write_bars(bars, home, *SYNTHETIC, replace=True)   # a market made up on request: another seed's is replaced (and logged)
+    write_funding(synthetic_funding(bars, seed), home, SYNTHETIC.exchange, SYNTHETIC.symbol, replace=True)
     return SYNTHETIC
 
 # %% ../nbs/01_ingest.ipynb #c8e17b41
@@ -277,73 +552,123 @@ COLUMN_ALIASES = {"open_time": "ts", "timestamp": "ts", "time": "ts", "date": "t
                   "taker_buy_volume": "taker_buy_base", "taker_buy_base_asset_volume": "taker_buy_base",
                   "fundingrate": "funding_rate", "last_funding_rate": "funding_rate"}
 
-def _csv_texts(file: Path) -> Iterator[str]:
-    "The CSV text of `file`, or of each CSV inside it when it is a zip archive."
+def _text(data: bytes, source: str) -> str:
+    "`data` as CSV text, else a `DataError` saying what `source` holds instead."
+    if not data: raise DataError(f"{source}: empty file")
+    if b"\0" in data: raise DataError(f"{source}: not CSV text (a NUL byte at offset {data.index(0)}: a binary file?)")
+    try: return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source}: not CSV text (byte {data[e.start]:#04x} at offset {e.start} is not UTF-8)") from None
+
+def _csv_texts(file: Path) -> Iterator[tuple[str, str]]:
+    "(source, CSV text) of `file`, or of each CSV inside it when it is a zip archive."
     if not zipfile.is_zipfile(file):
-        yield file.read_text()
+        yield str(file), _text(file.read_bytes(), str(file))
         return
-    with zipfile.ZipFile(file) as z:
-        names = [n for n in z.namelist() if n.lower().endswith(".csv")]
-        if not names: raise DataError(f"{file}: zip archive holds no .csv file")
-        for n in names: yield z.read(n).decode()
+    try:
+        with zipfile.ZipFile(file) as z:
+            names = [n for n in z.namelist() if n.lower().endswith(".csv")]
+            if not names: raise DataError(f"{file}: zip archive holds no .csv file")
+            for n in names: yield f"{file}:{n}", _text(z.read(n), f"{file}:{n}")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as e:
+        raise DataError(f"{file}: unreadable zip archive ({e})") from None
 
 def _read_csv_text(text: str, source: str) -> pd.DataFrame:
     "A CSV text as a frame with the store's column names; headerless files recognised by their column count."
     first = text.split("\n", 1)[0].strip().split(",")
-    if pd.to_numeric(pd.Series(first[-1:]), errors="coerce").notna().all():   # a header ends in a name, a row in a number
-        if len(first) not in HEADERLESS: raise DataError(f"{source}: a headerless CSV with {len(first)} columns; expected one of {sorted(HEADERLESS)}")
-        return pd.read_csv(io.StringIO(text), header=None, names=HEADERLESS[len(first)])
-    df = pd.read_csv(io.StringIO(text))
-    return df.rename(columns=lambda c: COLUMN_ALIASES.get(c.strip().lower(), c.strip().lower()))
+    headerless = pd.to_numeric(pd.Series(first[-1:]), errors="coerce").notna().all()   # a header ends in a name, a row in a number
+    if headerless and len(first) not in HEADERLESS:
+        raise DataError(f"{source}: a headerless CSV with {len(first)} columns; expected one of {sorted(HEADERLESS)}")
+    names = {"header": None, "names": HEADERLESS[len(first)]} if headerless else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)   # a row longer than the header: pandas would drop or shift fields
+            df = pd.read_csv(io.StringIO(text), index_col=False, **names)
+    except pd.errors.ParserWarning: reason = "a row has more fields than the header"
+    except (ValueError, OverflowError) as e: reason = str(e).strip().split("\n")[0] or type(e).__name__
+    else: reason = None
+    if reason: raise DataError(f"{source}: not a readable CSV ({reason})")
+    return df if headerless else df.rename(columns=lambda c: COLUMN_ALIASES.get(str(c).strip().lower(), str(c).strip().lower()))
 
 def read_csv_rows(file: str | os.PathLike) -> pd.DataFrame:
     "The rows of a CSV or zipped CSV dump, columns renamed to the store's, in file order (not yet validated)."
     file = Path(file)
     if not file.is_file(): raise DataError(f"no such file {file}")
-    return pd.concat([_read_csv_text(t, str(file)) for t in _csv_texts(file)], ignore_index=True)
+    try: return pd.concat([_read_csv_text(text, source) for source, text in _csv_texts(file)], ignore_index=True)
+    except OSError as e: raise DataError(f"{file}: cannot read it ({e.strerror})") from None
 
 # %% ../nbs/01_ingest.ipynb #82daffac
 def _files(files) -> list[Path]:
     "One path or many as a list of paths."
     return [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
 
-def _sorted_unique(df: pd.DataFrame) -> pd.DataFrame:
-    "`df` sorted by ts, keeping the last row of a repeated ts."
-    return df.sort_values("ts", kind="stable").drop_duplicates("ts", keep="last").reset_index(drop=True)
+def _checked_file(file: Path, kind: SeriesKind, timeframe: str | None, bounds: Bounds) -> tuple[pd.DataFrame, int]:
+    "A dump's rows through the validation pass, sorted, named by the file; (rows, repeats dropped). Warns when it holds no rows."
+    rows, dropped = check_rows(read_csv_rows(file), kind, Check(str(file), timeframe, bounds), sort=True)
+    if rows.empty: _log.warning(f"{file} holds no rows")
+    return rows, dropped
 
-def import_csv(files, exchange: str, symbol: str, timeframe: str, *, home=None) -> IngestReport:
+def import_csv(files, exchange: str, symbol: str, timeframe: str, *, home=None, replace: bool = False,
+               bounds: Bounds = BOUNDS) -> IngestReport:
     "Import CSV or zipped CSV kline dumps (Binance's 12 columns or plain OHLCV, header or not) into the store."
-    parts = [validate_bars(_sorted_unique(as_bars(read_csv_rows(f), str(f))), str(f), timeframe) for f in _files(files)]
-    bars = _sorted_unique(pd.concat(parts, ignore_index=True))
-    added, paths = store_bars(bars, home, exchange, symbol, timeframe)
-    return _report(home, MarketKey(exchange, symbol, timeframe), added, paths)
+    files = _files(files)
+    parts = [_checked_file(f, BARS, timeframe, bounds) for f in files]
+    bars = pd.concat([rows for rows, _ in parts], ignore_index=True).sort_values("ts", kind="stable", ignore_index=True)
+    written = store_bars(bars, home, exchange, symbol, timeframe, replace=replace, bounds=bounds, source=", ".join(map(str, files)))
+    written.dropped += sum(n for _, n in parts)
+    return _report(home, Market(exchange, symbol, timeframe), written)
 
-def import_funding_csv(file, exchange: str, symbol: str, *, home=None) -> int:
+def import_funding_csv(file, exchange: str, symbol: str, *, home=None, replace: bool = False, bounds: Bounds = BOUNDS) -> int:
     "Import a funding-rate CSV (timestamp,funding_rate, or Binance's funding dump) into the store; rows added."
-    return write_funding(_sorted_unique(as_funding(read_csv_rows(file), str(file))), home, exchange, symbol)
+    rates, _ = _checked_file(Path(file), FUNDING, None, bounds)
+    return store_funding(rates, home, exchange, symbol, replace=replace, bounds=bounds, source=str(file)).added
 
 # %% ../nbs/01_ingest.ipynb #a7d26a56
-EXAMPLE = MarketKey("binanceus", "BTC/USDT", "1m", "binance")
+EXAMPLE = Market("binanceus", "BTC/USDT", "1m")
+FUNDING_EXCHANGES = {"binanceus": "binance"}  # spot-only exchange -> where its pairs' perpetual funding is kept
+
+def funding_exchange(market: Market) -> str:
+    "The exchange whose funding rates go with `market` by default: its own, unless it is a spot-only exchange."
+    return FUNDING_EXCHANGES.get(market.exchange, market.exchange)
+
 EXAMPLE_FILES = ("binanceus_BTCUSDT_1m_2023-03-01_2023-03-21.csv", "binance_BTCUSDT_perp_funding_8h_2023-02-15_2023-03-31.csv")
 
-def example_market(home=None) -> MarketKey:
+def example_market(home=None) -> Market:
     "The shared real BTC/USDT market imported into `home` (EXAMPLE), or the synthetic market (SYNTHETIC) without it."
     bars, rates = (shared_data(name) for name in EXAMPLE_FILES)
     if bars is None or rates is None: return write_demo_market(home)
-    import_csv(bars, *EXAMPLE[:3], home=home)
-    import_funding_csv(rates, EXAMPLE.funding_exchange, EXAMPLE.symbol, home=home)
+    import_csv(bars, *EXAMPLE, home=home)
+    import_funding_csv(rates, funding_exchange(EXAMPLE), EXAMPLE.symbol, home=home)
     return EXAMPLE
 
 # %% ../nbs/01_ingest.ipynb #ba9faa93
-TRANSIENT = (ccxt.OperationFailed,)  # ccxt: may succeed later. NetworkError (timeouts, 429, 5xx, dropped links), BadResponse
+TRANSIENT = (ccxt.OperationFailed,)  # ccxt: may succeed later. NetworkError (timeouts, 429, 418, 5xx, dropped links), BadResponse
 
 class StalePage(ccxt.NetworkError):
-    "An exchange answered only rows before the requested start: a cached or repeated page, worth asking again."
+    "An exchange answered rows, none of them from the requested start on (cached, repeated or unreadable): worth asking again."
+
+class MalformedAnswer(ccxt.BadResponse):
+    "An exchange answered what is no answer (malformed JSON, a shape ccxt cannot parse): worth asking again."
+
+def _http_status(e: Exception) -> int | None:
+    "The HTTP status of the answer behind a ccxt error, when an answer caused it."
+    return getattr(getattr(e.__cause__ or e.__context__, "response", None), "status_code", None)
 
 def _brief(e: Exception, chars: int = 300) -> str:
-    "`e` as 'Type: message', the message cut to `chars` characters."
-    msg = str(e)
-    return f"{type(e).__name__}: {msg[:chars]}{'...' if len(msg) > chars else ''}"
+    "`e` as 'Type: message', the message cut to `chars` characters, with the HTTP status behind it when the message lacks it."
+    msg, status = str(e), _http_status(e)
+    said = f"{type(e).__name__}: {msg[:chars]}{'...' if len(msg) > chars else ''}"
+    return said + (f" (HTTP {status})" if status and f" {status} " not in f" {msg} " else "")
+
+def _transient(e: Exception) -> bool:
+    "Whether a ccxt error may pass if asked again: ccxt says so, or a server answered a 5xx status ccxt has no name for."
+    return isinstance(e, TRANSIENT) or 500 <= (_http_status(e) or 0) <= 599
+
+def _permanent(e: ccxt.BaseError, what: str) -> Exception:
+    "A ccxt error that will not pass, as the error the user can act on."
+    if isinstance(e, ccxt.BadSymbol): return ConfigError(f"{what}: {_brief(e)}")
+    if isinstance(e, ccxt.AuthenticationError): return ExchangeError(f"{what}: authentication failed: {_brief(e)}")
+    return ExchangeError(f"{what}: {_brief(e)}")
 
 @dataclass(frozen=True)
 class Retry:
@@ -356,12 +681,18 @@ class Retry:
         "`call()`, retried on transient errors; permanent failures raised as ConfigError / ExchangeError naming `what`."
         for attempt in range(1, self.max_tries + 1):
             try: return call()
-            except TRANSIENT as e:
+            except ccxt.BaseError as e:
+                if not _transient(e): raise _permanent(e, what) from e
                 if attempt == self.max_tries: raise ExchangeError(f"{what}: gave up after {self.max_tries} tries; last error {_brief(e)}") from e
                 time.sleep(min(self.delay * 2 ** (attempt - 1), self.max_delay))
-            except ccxt.BadSymbol as e: raise ConfigError(f"{what}: {_brief(e)}") from e
-            except ccxt.AuthenticationError as e: raise ExchangeError(f"{what}: authentication failed: {_brief(e)}") from e
-            except ccxt.BaseError as e: raise ExchangeError(f"{what}: {_brief(e)}") from e
+
+def _ask(client: ccxt.Exchange, method: str, *args, **kwargs):
+    "ccxt's `method` called; an answer ccxt fails to parse (an error inside ccxt that is not one of its own) is a `MalformedAnswer`."
+    try: return getattr(client, method)(*args, **kwargs)
+    except ccxt.BaseError: raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        answer = str(client.last_http_response)[:80]
+        raise MalformedAnswer(f"{client.id} answered what ccxt cannot read ({_brief(e, 80)}): {answer!r}") from e
 
 # %% ../nbs/01_ingest.ipynb #a5fe7271
 def _did_you_mean(word, choices) -> str:
@@ -397,35 +728,44 @@ def _check_timeframe(client: ccxt.Exchange, timeframe: str):
 # %% ../nbs/01_ingest.ipynb #2ded5dbe
 DEFAULT_HISTORY = pd.Timedelta(days=30)
 
-def _answered_rows(client: ccxt.Exchange) -> bool:
-    "Whether the exchange's last answer was a non-empty JSON list."
-    try: answer = json.loads(client.last_http_response or "null")
-    except (TypeError, ValueError): return False
-    return isinstance(answer, list) and len(answer) > 0
+def _answer_rows(client: ccxt.Exchange) -> int:
+    "Rows in the exchange's last answer (0 unless it was a JSON list); a `MalformedAnswer` when it was not JSON at all."
+    text = client.last_http_response
+    try: answer = json.loads(text) if text else None
+    except (TypeError, ValueError): raise MalformedAnswer(f"{client.id} answered malformed JSON: {text[:80]!r}") from None
+    return len(answer) if isinstance(answer, list) else 0
 
-def _window(client: ccxt.Exchange, since, until, step: int) -> tuple[int, int]:
-    "[start, end) in ms: `until` (default now) cut back to the open of the unfinished bar, `since` (default 30 days before)."
-    now = client.milliseconds()
-    end = min(to_ms(until) if until is not None else now, now - now % step)
+def _window(client: ccxt.Exchange, since, until) -> tuple[int, int]:
+    "[start, end) in ms: `until` (default now), `since` (default 30 days before it)."
+    end = to_ms(until) if until is not None else client.milliseconds()
     return (to_ms(since) if since is not None else end - DEFAULT_HISTORY.value // 1_000_000), end
 
-def _pages(client: ccxt.Exchange, fetch: Callable[[int], pd.DataFrame], start: int, end: int, step: int, what: str,
-           retry: Retry, progress: bool, unit: tuple[str, int]) -> Iterator[pd.DataFrame]:
-    "Pages `fetch(cursor)` cut to `start <= ts < end` (ms), in order, the cursor moving `step` past each page's last row."
+def _screen(page: pd.DataFrame, source: str, kind: SeriesKind, timeframe: str | None, bounds: Bounds) -> pd.DataFrame:
+    "A page as an exchange served it, through the validation pass; the bar still forming (served last) dropped, not refused."
+    check = Check(source, timeframe, bounds)
+    rows = kind.schema(page, source)
+    if "still_open" in kind.rules: rows = rows[~np.asarray(kind.rules["still_open"].bad(rows, check), dtype=bool)]
+    return check_rows(rows, kind, check)[0]
+
+def _pages(client: ccxt.Exchange, fetch: Callable[[int], pd.DataFrame], start: int, end: int, step: int, what: str, retry: Retry,
+           progress: bool, unit: tuple[str, int], screen: Callable[[pd.DataFrame, str], pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    "Pages `fetch(cursor)` through `screen` (the validation pass), cut to `start <= ts < end` (ms), in order, the cursor moving on."
     def fresh(cursor: int) -> pd.DataFrame:
         page = fetch(cursor)
-        new = page[page.ts >= cursor]
-        if new.empty and (len(page) or _answered_rows(client)): raise StalePage(f"{client.id} answered only rows before {to_utc(cursor)}")
+        new = page[~(page.ts < cursor)]   # a row without a time stays, for the validation pass to name
+        if new.empty and (answered := len(page) or _answer_rows(client)):
+            raise StalePage(f"{client.id} answered {answered} row(s), none of them from {to_utc(cursor)} on "
+                            "(a stale, repeated or unreadable page)")
         return new
     name, unit_ms = unit
     with tqdm(total=max(end - start, 0) // unit_ms, desc=what, unit=name, disable=not progress) as bar:
         cursor = start
         while cursor < end:
-            page = retry(partial(fresh, cursor), f"{what} from {to_utc(cursor)}")
-            page = page[page.ts < end]
+            page = screen(retry(partial(fresh, cursor), f"{what} from {to_utc(cursor)}"), f"{what} page from {to_utc(cursor)}")
+            page = page[page.ts < to_utc(end)]
             if page.empty: break
             yield page
-            cursor = int(page.ts.iloc[-1]) + step
+            cursor = to_ms(page.ts.iloc[-1]) + step
             bar.update(min(cursor - start, end - start) // unit_ms - bar.n)
         bar.update(bar.total - bar.n)
 
@@ -438,27 +778,30 @@ def _page_limit(client: ccxt.Exchange, market: dict, method: str, limit: int | N
 # %% ../nbs/01_ingest.ipynb #19a1429d
 def _ohlcv_page(client: ccxt.Exchange, symbol: str, timeframe: str, limit: int, cursor: int) -> pd.DataFrame:
     "One page of bars from `cursor` (ms): ts (ms), open, high, low, close, volume."
-    return pd.DataFrame(client.fetch_ohlcv(symbol, timeframe, since=cursor, limit=limit), columns=OHLCV_COLUMNS)
+    return pd.DataFrame(_ask(client, "fetch_ohlcv", symbol, timeframe, since=cursor, limit=limit), columns=OHLCV_COLUMNS)
 
 def ohlcv_pages(client: ccxt.Exchange, symbol: str, timeframe: str, since=None, until=None, *, limit: int | None = None,
-                retry: Retry = Retry(), progress: bool = True) -> Iterator[pd.DataFrame]:
-    "Pages of closed bars of `symbol` from a ccxt client, in order, with `since <= ts < until`."
+                retry: Retry = Retry(), progress: bool = True, bounds: Bounds = BOUNDS) -> Iterator[pd.DataFrame]:
+    "Pages of closed bars of `symbol` from a ccxt client, validated, in order, with `since <= ts < until`."
     _check_timeframe(client, timeframe)
     market, step = _market(client, symbol, retry), timeframe_ms(timeframe)
     fetch = partial(_ohlcv_page, client, symbol, timeframe, _page_limit(client, market, "fetchOHLCV", limit))
-    yield from _pages(client, fetch, *_window(client, since, until, step), step, f"{client.id} {symbol} {timeframe}", retry, progress, ("bar", step))
+    screen = partial(_screen, kind=BARS, timeframe=timeframe, bounds=bounds)
+    what = f"{client.id} {symbol} {timeframe}"
+    yield from _pages(client, fetch, *_window(client, since, until), step, what, retry, progress, ("bar", step), screen)
 
 def _gathered(pages: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
-    "Pages joined, sorted by ts, a repeated ts kept once."
+    "Pages joined (each starts past the last one, so they are in order and disjoint)."
     pages = list(pages)
-    return _sorted_unique(pd.concat(pages, ignore_index=True)) if pages else pd.DataFrame(columns=columns)
+    return pd.concat(pages, ignore_index=True) if pages else _empty(columns)
 
 def fetch_ohlcv(exchange: str | ccxt.Exchange, symbol: str, timeframe: str, since=None, until=None, *, limit: int | None = None,
-                max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True) -> pd.DataFrame:
+                max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True, bounds: Bounds = BOUNDS) -> pd.DataFrame:
     "Closed bars of `symbol` at `timeframe` with `since <= ts < until` (default: the last 30 days), validated."
     client = make_exchange(exchange)
-    pages = ohlcv_pages(client, symbol, timeframe, since, until, limit=limit, retry=Retry(max_tries, retry_delay), progress=progress)
-    return validate_bars(_gathered(pages, OHLCV_COLUMNS), f"{client.id} {symbol} {timeframe}", timeframe)
+    pages = ohlcv_pages(client, symbol, timeframe, since, until, limit=limit, retry=Retry(max_tries, retry_delay),
+                        progress=progress, bounds=bounds)
+    return validate_bars(_gathered(pages, OHLCV_COLUMNS), f"{client.id} {symbol} {timeframe}", timeframe, bounds=bounds)
 
 # %% ../nbs/01_ingest.ipynb #aa188d56
 def _perpetual(client: ccxt.Exchange, symbol: str, retry: Retry) -> str:
@@ -469,24 +812,28 @@ def _perpetual(client: ccxt.Exchange, symbol: str, retry: Retry) -> str:
     return perp
 
 def _funding_page(client: ccxt.Exchange, symbol: str, limit: int, cursor: int) -> pd.DataFrame:
-    "One page of funding rates from `cursor` (ms): ts (ms), funding_rate."
-    rows = client.fetch_funding_rate_history(symbol, since=cursor, limit=limit)
-    return pd.DataFrame({"ts": [r["timestamp"] for r in rows], "funding_rate": [r["fundingRate"] for r in rows]})
+    "One page of funding rates from `cursor` (ms): ts (ms, missing where the exchange gave none), funding_rate."
+    rows = _ask(client, "fetch_funding_rate_history", symbol, since=cursor, limit=limit)
+    return pd.DataFrame({"ts": pd.to_numeric(pd.Series([r["timestamp"] for r in rows], dtype=object), errors="coerce"),
+                         "funding_rate": [r["fundingRate"] for r in rows]})
 
 def funding_pages(client: ccxt.Exchange, symbol: str, since=None, until=None, *, limit: int | None = None,
-                  retry: Retry = Retry(), progress: bool = True) -> Iterator[pd.DataFrame]:
-    "Pages of funding rates of `symbol`'s perpetual from a ccxt client, in order, with `since <= ts < until`."
+                  retry: Retry = Retry(), progress: bool = True, bounds: Bounds = BOUNDS) -> Iterator[pd.DataFrame]:
+    "Pages of funding rates of `symbol`'s perpetual from a ccxt client, validated, in order, with `since <= ts < until`."
     _require(client, "fetchFundingRateHistory")
     perp = _perpetual(client, symbol, retry)
     fetch = partial(_funding_page, client, perp, _page_limit(client, client.markets[perp], "fetchFundingRateHistory", limit))
-    yield from _pages(client, fetch, *_window(client, since, until, 1), 1, f"{client.id} {perp} funding", retry, progress, ("hour", 3_600_000))
+    screen = partial(_screen, kind=FUNDING, timeframe=None, bounds=bounds)
+    what = f"{client.id} {perp} funding"
+    yield from _pages(client, fetch, *_window(client, since, until), 1, what, retry, progress, ("hour", 3_600_000), screen)
 
 def fetch_funding(exchange: str | ccxt.Exchange, symbol: str, since=None, until=None, *, limit: int | None = None,
-                  max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True) -> pd.DataFrame:
+                  max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True, bounds: Bounds = BOUNDS) -> pd.DataFrame:
     "Funding rates (ts, funding_rate) of `symbol`'s perpetual with `since <= ts < until` (default: the last 30 days)."
     client = make_exchange(exchange)
-    pages = funding_pages(client, symbol, since, until, limit=limit, retry=Retry(max_tries, retry_delay), progress=progress)
-    return validate_funding(_gathered(pages, FUNDING_COLUMNS), f"{client.id} {symbol} funding")
+    pages = funding_pages(client, symbol, since, until, limit=limit, retry=Retry(max_tries, retry_delay),
+                          progress=progress, bounds=bounds)
+    return validate_funding(_gathered(pages, FUNDING_COLUMNS), f"{client.id} {symbol} funding", bounds=bounds)
 
 # %% ../nbs/01_ingest.ipynb #ab06ccef
 def stored_span(folder: Path) -> tuple[pd.Timestamp, pd.Timestamp] | None:
@@ -502,35 +849,34 @@ def _resume_from(folder: Path, since, step: int):
     return since
 
 def _batches(pages: Iterable[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame]:
-    "Consecutive pages joined into frames of at least `rows` rows (the last one may be smaller), sorted and unique."
+    "Consecutive pages joined into frames of at least `rows` rows (the last one may be smaller)."
     buffer = []
     for page in pages:
         buffer.append(page)
         if sum(map(len, buffer)) >= rows: yield _gathered(buffer, []); buffer = []
     if buffer: yield _gathered(buffer, [])
 
-def _store_pages(pages: Iterable[pd.DataFrame], store: Callable[[pd.DataFrame], tuple[int, list[Path]]], rows: int) -> tuple[int, list[Path]]:
-    "Store `pages` a batch at a time; (rows added, files written)."
-    added, paths = 0, set()
-    for batch in _batches(pages, rows):
-        n, files = store(batch)
-        added, paths = added + n, paths | set(files)
-    return added, sorted(paths)
+def _store_pages(pages: Iterable[pd.DataFrame], store: Callable[[pd.DataFrame], Written], rows: int) -> Written:
+    "Store `pages` a batch at a time; what the writes did."
+    written = Written()
+    for batch in _batches(pages, rows): written += store(batch)
+    return written
 
 def ingest(exchange: str | ccxt.Exchange, symbol: str, timeframe: str, since=None, until=None, *, home=None, funding: bool = False,
-           progress: bool = True, limit: int | None = None, max_tries: int = 5, retry_delay: float = 1.0, flush_rows: int = 50_000) -> IngestReport:
+           progress: bool = True, limit: int | None = None, max_tries: int = 5, retry_delay: float = 1.0, flush_rows: int = 50_000,
+           replace: bool = False, bounds: Bounds = BOUNDS) -> IngestReport:
     "Fetch closed bars (and with `funding`, funding rates) from where the store ends into the raw store."
     client, retry = make_exchange(exchange), Retry(max_tries, retry_delay)
     bars_folder = raw_dir(home, client.id, symbol, timeframe)
     start = _resume_from(bars_folder, since, timeframe_ms(timeframe))
-    pages = ohlcv_pages(client, symbol, timeframe, start, until, limit=limit, retry=retry, progress=progress)
-    added, paths = _store_pages(pages, partial(store_bars, home=home, exchange=client.id, symbol=symbol, timeframe=timeframe), flush_rows)
-    funding_added = 0
+    pages = ohlcv_pages(client, symbol, timeframe, start, until, limit=limit, retry=retry, progress=progress, bounds=bounds)
+    store = partial(store_bars, home=home, exchange=client.id, symbol=symbol, timeframe=timeframe, replace=replace, bounds=bounds)
+    written, funding_added = _store_pages(pages, store, flush_rows), 0
     if funding:
         from_bars = since if since is not None else (stored_span(bars_folder) or (None,))[0]
         since_funding = _resume_from(funding_dir(home, client.id, symbol), from_bars, 1)
-        rates = funding_pages(client, symbol, since_funding, until, limit=limit, retry=retry, progress=progress)
-        funding_added, more = _store_pages(rates, partial(store_funding, home=home, exchange=client.id, symbol=symbol), flush_rows)
-        paths += more
-    market = MarketKey(client.id, symbol, timeframe, client.id if funding else None)
-    return _report(home, market, added, paths, funding_added)
+        rates = funding_pages(client, symbol, since_funding, until, limit=limit, retry=retry, progress=progress, bounds=bounds)
+        store = partial(store_funding, home=home, exchange=client.id, symbol=symbol, replace=replace, bounds=bounds)
+        more = _store_pages(rates, store, flush_rows)
+        written.paths, funding_added = written.paths + more.paths, more.added
+    return _report(home, Market(client.id, symbol, timeframe), written, funding_added)

@@ -16,6 +16,10 @@ Faults (`inject(endpoint, *faults)`, applied to that endpoint's next requests in
   half-way through the body; "repeat" the previous answer again (rows before `startTime`);
   "overlap" a page starting half a page early; "corrupt" a page whose middle row has its high below its low
   (klines) or a non-numeric rate (fundingRate): its ts is appended to `corrupted`.
+Hostile answers, each stamped into `hostile` (fault, ts of the row it bent, or None):
+  "418" the status Binance bans an IP with (I'm a teapot); "599" a status no table knows; "garbled" a 200 whose body
+  is malformed JSON; "nulls" a page whose rows are all null; "future" a page whose last row opens on 2100-01-01;
+  "open" (klines) a page whose last row is the bar still forming now; "shuffle" a page in reverse order (not monotonic).
 """
 from __future__ import annotations
 import json, socket, threading, time
@@ -27,11 +31,16 @@ import ccxt
 import numpy as np
 import pandas as pd
 
-FAULTS = {"ok", "429", "500", "502", "503", "401", "slow", "drop", "repeat", "overlap", "corrupt"}
+FAULTS = {"ok", "429", "500", "502", "503", "401", "slow", "drop", "repeat", "overlap", "corrupt",
+          "418", "599", "garbled", "nulls", "future", "open", "shuffle"}
 ERRORS = {"429": {"code": -1003, "msg": "Too many requests; current limit is 6000 request weight per 1 MINUTE."},
           "401": {"code": -2014, "msg": "API-key format invalid."},
           "500": {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."},
-          "502": "<html><body><h1>502 Bad Gateway</h1></body></html>", "503": "Service Unavailable"}
+          "502": "<html><body><h1>502 Bad Gateway</h1></body></html>", "503": "Service Unavailable",
+          "418": {"code": -1003, "msg": "Way too many requests; IP banned until 4102444800000."},
+          "599": "<html><body>Network connect timeout error</body></html>"}
+FUTURE_MS = 4_102_444_800_000  # 2100-01-01, the open of the "future" fault's bar
+HOSTILE = {"garbled", "nulls", "future", "open", "shuffle"}
 INTERVAL_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000, "4h": 14_400_000, "1d": 86_400_000}
 
 
@@ -101,6 +110,7 @@ class BinanceEmulator:
         self.requests: list[tuple[str, dict]] = []
         self.request_times: list[float] = []
         self.corrupted: list[int] = []
+        self.hostile: list[tuple[str, int | None]] = []
         self.served: dict[str, tuple[int, int]] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -162,7 +172,27 @@ class BinanceEmulator:
         self.served[endpoint] = start, stop
         page = rows[start:stop]
         if fault == "corrupt" and page: page = page.copy(); page[len(page) // 2] = self._corrupt(endpoint, page[len(page) // 2])
+        if fault in HOSTILE: page = self._hostile(endpoint, fault, page)
+        if fault == "garbled": return "[" + ",".join(page)[:-7] + ",,]"
         return "[" + ",".join(page) + "]"
+
+    def _hostile(self, endpoint: str, fault: str, page: list[str]) -> list[str]:
+        "`page` bent by a hostile `fault`; the fault and the ts of the row it bent (None for the whole page) go to `hostile`."
+        rows, bent = [json.loads(r) for r in page], None
+        if fault == "nulls": rows = [[None] * len(r) if isinstance(r, list) else dict.fromkeys(r) for r in rows]
+        elif fault == "shuffle": rows = rows[::-1]
+        elif fault == "future" and rows: bent = self._restamp(rows[-1], FUTURE_MS)
+        elif fault == "open" and rows and endpoint == "klines":
+            step = INTERVAL_MS[self.interval]
+            bent = self._restamp(rows[-1], int(time.time() * 1000) // step * step)
+        self.hostile.append((fault, bent))
+        return [json.dumps(r, separators=(",", ":")) for r in rows]
+
+    def _restamp(self, row: list | dict, ms: int) -> int:
+        "Move a kline or funding `row` to open (or be stamped) at `ms`; returns `ms`."
+        if isinstance(row, dict): row["fundingTime"] = ms
+        else: row[0], row[6] = ms, ms + INTERVAL_MS[self.interval] - 1
+        return ms
 
     def _corrupt(self, endpoint: str, row: str) -> str:
         "`row` made impossible: a kline's high below its low, or a funding rate that is not a number."

@@ -53,13 +53,21 @@ def test_the_model_card_page_shows_the_metrics_table_and_drawn_plots(page, tmp_p
 
     plots = dom.select("div.plotly-graph-div")
     titles = [p.select_one(".gtitle").get_text() for p in plots if p.select_one(".gtitle")]
-    assert len(plots) == 4 and all(p.select_one("svg.main-svg") for p in plots), titles
+    assert len(plots) == 6 and all(p.select_one("svg.main-svg") for p in plots), titles
     assert titles[0] == "Feature importance (total gain)" and titles[2] == "Calibration" and titles[3].startswith("PSI against")
+    assert titles[4].startswith("Equity net of") and titles[5].startswith("Out of sample per")  # the walk-forward section
     assert len(plots[0].select(".trace.bars .point")) == 5  # one bar per feature of the seed set
 
     drift = dom.find(string=lambda s: s and s.startswith("Report of "))
     assert drift is not None and any(word in drift.parent.get_text() for word in ("ok", "warn", "alert"))
     assert "Traceback" not in dom.get_text()
+
+    nav = {a.get_text(): a["href"] for a in dom.select("nav.cryptoml-nav a")}
+    assert nav["cryptoml"] == "index.html" and nav["Model card"] == "model_card.html", nav
+    assert dom.select_one("nav.cryptoml-nav a.here").get_text() == "Model card"
+    assets = [tag.get("src") or tag.get("href") for tag in dom.select("script[src], link[rel=stylesheet]")]
+    assert all((page.parent/a).is_file() for a in assets if not a.startswith("http")), assets  # shared, beside the page
+    assert page.stat().st_size < 1_000_000  # plotly.js and the stylesheet are shared, not inlined
 
 def test_a_notebook_that_fails_is_named_and_the_others_still_render(tmp_path):
     good, bad = nbformat.v4.new_notebook(), nbformat.v4.new_notebook()
@@ -69,7 +77,7 @@ def test_a_notebook_that_fails_is_named_and_the_others_still_render(tmp_path):
     done = docs(tmp_path/"broken.ipynb", tmp_path/"fine.ipynb", "--out", tmp_path/"site")
     assert done.returncode == 1
     assert "broken.ipynb failed" in done.stderr and "ZeroDivisionError" in done.stderr
-    assert sorted(p.name for p in (tmp_path/"site").iterdir()) == ["fine.html"]
+    assert sorted(p.name for p in (tmp_path/"site").glob("*.html")) == ["fine.html"]
 
 def test_docs_outside_a_checkout_is_bad_input(tmp_path):
     done = docs("model_card.ipynb", cwd=tmp_path)

@@ -1,15 +1,18 @@
 """Ingest over the real ccxt.binance client and real HTTP: a local Binance (tests/exchange_emulator.py) serves the
-bars and funding rates, and fails on demand."""
+bars and funding rates, fails on demand, and answers like a hostile server (malformed JSON, a teapot, null rows,
+bars from the future or still forming, pages out of order, history rewritten): each ends in a correct retry, a
+correct result, or a clear error with the store unchanged."""
 import os, signal, subprocess, sys, time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from cryptoml.core import ConfigError, DataError, ExchangeError, raw_dir
+from cryptoml.core import ConfigError, DataError, ExchangeError, Market, raw_dir
 from cryptoml.ingest import (OHLCV_COLUMNS, as_bars, fetch_funding, fetch_ohlcv, ingest, make_exchange, read_bars,
                              read_csv_rows, read_funding, synthetic_funding, synthetic_market, validate_bars)
 from exchange_emulator import BinanceEmulator, binance_client
+from raw_store import digest
 
 TESTS = Path(__file__).parent
 FAST = dict(progress=False, retry_delay=0.01, limit=500)   # small pages, quick retries
@@ -148,7 +151,7 @@ def test_funding_rates_arrive_through_faults_and_resume(exchange, client, rates,
     exchange.inject("fundingRate", "429", "drop")
     report = ingest(client, "BTC/USDT", "1m", since="2023-02-26", until="2023-03-01", home=tmp_path, funding=True, **FAST)
     head = rates[rates.ts < pd.Timestamp("2023-03-01", tz="UTC")]
-    assert (report.market.funding_exchange, report.funding_added) == ("binance", len(head))
+    assert (report.market, report.funding_added) == (Market("binance", "BTC/USDT", "1m"), len(head))
     report = ingest(client, "BTC/USDT", "1m", home=tmp_path, funding=True, **FAST)
     assert report.funding_added == len(rates) - len(head)
     pd.testing.assert_frame_equal(read_funding(tmp_path, "binance", "BTC/USDT"), rates)
@@ -168,6 +171,80 @@ def test_a_corrupt_funding_rate_is_refused(exchange, client):
     spot_only = binance_client(exchange.url, market_types=("spot",))
     with pytest.raises(ConfigError, match="lists no perpetual swap for 'BTC/USDT'"):
         fetch_funding(spot_only, "BTC/USDT", since="2023-02-26", **FAST)
+
+
+@pytest.mark.parametrize("fault", ["418", "599", "garbled", "nulls"])
+def test_hostile_answers_within_the_retry_budget_are_asked_again(exchange, client, source, tmp_path, fault):
+    exchange.inject("klines", "ok", fault, fault)        # the second page is a teapot, an unknown 5xx, malformed JSON, null rows
+    ingest(client, "BTC/USDT", "1m", since="2023-02-26", home=tmp_path, max_tries=3, **FAST)
+    pd.testing.assert_frame_equal(stored(tmp_path), expected(source))
+    assert exchange.count("klines") == len(source) // 500 + 2 + 2
+
+
+@pytest.mark.parametrize("fault, last_error", [
+    ("418", "DDoSProtection: binance 418 I'm a Teapot"),
+    ("599", "ExchangeError: binance GET"),
+    ("garbled", "MalformedAnswer: binance answered malformed JSON"),
+    ("nulls", "StalePage: binance answered 500 row(s), none of them from"),
+])
+def test_hostile_answers_beyond_the_budget_fail_clearly_and_the_store_keeps_what_it_had(exchange, client, tmp_path, fault, last_error):
+    ingest(client, "BTC/USDT", "1m", since="2023-02-26", until="2023-02-27", home=tmp_path, **FAST)
+    before = digest(tmp_path)
+    exchange.inject("klines", *[fault] * 3)
+    with pytest.raises(ExchangeError) as failed:
+        ingest(client, "BTC/USDT", "1m", home=tmp_path, max_tries=3, **FAST)
+    assert f"from 2023-02-27 00:00:00+00:00: gave up after 3 tries; last error {last_error}" in str(failed.value)
+    if fault == "599": assert str(failed.value).endswith("(HTTP 599)")
+    assert digest(tmp_path) == before
+
+
+def test_a_bar_from_the_future_is_refused_by_its_time_and_nothing_of_its_batch_is_stored(exchange, client, source, tmp_path):
+    ingest(client, "BTC/USDT", "1m", since="2023-02-26", until="2023-02-27", home=tmp_path, **FAST)
+    before = digest(tmp_path)
+    exchange.inject("klines", "ok", "future")            # the second page's last bar opens on 2100-01-01
+    with pytest.raises(DataError) as refused:
+        ingest(client, "BTC/USDT", "1m", home=tmp_path, **FAST)
+    assert "2100-01-01 00:00:00+00:00: after now" in str(refused.value) and "[future]" in str(refused.value)
+    assert digest(tmp_path) == before
+    ingest(client, "BTC/USDT", "1m", home=tmp_path, **FAST)   # the store still resumes where it ended
+    pd.testing.assert_frame_equal(stored(tmp_path), expected(source))
+
+
+def test_a_bar_still_forming_is_dropped_and_the_bar_it_displaced_comes_next(exchange, client, source, tmp_path):
+    exchange.inject("klines", "ok", "open", "ok", "open")    # two pages end in the bar forming right now
+    ingest(client, "BTC/USDT", "1m", since="2023-02-26", home=tmp_path, **FAST)
+    pd.testing.assert_frame_equal(stored(tmp_path), expected(source))
+    assert [fault for fault, _ in exchange.hostile] == ["open", "open"]
+
+
+def test_pages_out_of_order_arrive_in_order(exchange, client, source, tmp_path):
+    exchange.inject("klines", "shuffle", "ok", "shuffle")    # ccxt sorts a page by time; nothing is lost or repeated
+    ingest(client, "BTC/USDT", "1m", since="2023-02-26", home=tmp_path, **FAST)
+    pd.testing.assert_frame_equal(stored(tmp_path), expected(source))
+
+
+def test_hostile_funding_answers_are_asked_again_or_refused(exchange, client, rates):
+    exchange.inject("fundingRate", "garbled", "ok", "nulls", "shuffle", "599")
+    pd.testing.assert_frame_equal(fetch_funding(client, "BTC/USDT", since="2023-02-26", **FAST | {"limit": 4}), rates)
+    exchange.inject("fundingRate", "ok", "future")
+    with pytest.raises(DataError, match=r"2100-01-01 00:00:00\+00:00: after now .*\[future\]"):
+        fetch_funding(client, "BTC/USDT", since="2023-02-26", **FAST | {"limit": 4})
+
+
+def test_an_exchange_that_rewrites_stored_history_is_refused_unless_replace(source, tmp_path):
+    with BinanceEmulator(bars={"BTC/USDT": source}) as honest:
+        ingest(binance_client(honest.url), "BTC/USDT", "1m", since="2023-02-26 12:00", until="2023-02-27", home=tmp_path, **FAST)
+    before = digest(tmp_path)
+    rewritten = source.assign(**{c: source[c] * 2 for c in ["open", "high", "low", "close"]})
+    with BinanceEmulator(bars={"BTC/USDT": rewritten}) as rewriting:
+        client = binance_client(rewriting.url)
+        with pytest.raises(DataError, match=r"2023-02-26 12:00:00\+00:00: differs from the stored row: open \S+ stored, \S+ given"):
+            ingest(client, "BTC/USDT", "1m", since="2023-02-26", home=tmp_path, **FAST)
+        assert digest(tmp_path) == before
+        report = ingest(client, "BTC/USDT", "1m", since="2023-02-26", home=tmp_path, replace=True, **FAST)
+    assert report.replaced == 720
+    pd.testing.assert_frame_equal(stored(tmp_path), expected(rewritten))
+    assert '"rows": 720' in (tmp_path/"raw"/"replacements.jsonl").read_text()
 
 
 CHILD = """

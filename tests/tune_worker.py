@@ -10,13 +10,14 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 
 def seed_table(home) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    "The example market's labelled seed feature table, its bars and its metadata, built by ingest and features in `home`."
+    "The example market's labelled seed feature table (its metadata in `attrs`, as `read_feature_table` leaves it), its bars and metadata."
     from cryptoml.ingest import example_market, read_bars
     from cryptoml.features import add_labels, compute_features
     market = example_market(home)
     bars = read_bars(home, market.exchange, market.symbol, market.timeframe)
     table = add_labels(compute_features(bars, "seed", timeframe=market.timeframe), bars)
-    return table, bars, {**market._asdict(), "feature_set": "seed", "horizon": 1}
+    table.attrs["cryptoml"] = meta = {**market._asdict(), "feature_set": "seed", "horizon": 1}
+    return table, bars, meta
 
 def start_worker(table: Path, storage: str, study: str, n_trials: int, start_at: float = 0.0) -> subprocess.Popen:
     "A worker process tuning the Parquet feature table `table` into `study`; its JSON result comes on stdout."
@@ -33,7 +34,8 @@ def main(table, storage, study, n_trials, start_at="0"):
     from cryptoml.tune import tune
     rows = pd.read_parquet(table)
     time.sleep(max(0.0, float(start_at) - time.time()))
-    result = tune(rows, storage=storage, study_name=study, n_trials=int(n_trials), val_days=7, progress=False, n_boot=100)
+    # the study's storage is under test here, not the features: the point-in-time check is tests/test_tune.py's
+    result = tune(rows, storage=storage, study_name=study, n_trials=int(n_trials), val_days=7, progress=False, n_boot=100, guard=False)
     print(json.dumps({"pid": os.getpid(), "n_trials": result.n_trials, "best_trial": result.best_trial,
                       "params": result.params, "metrics": {k: v for k, v in result.metrics.items() if k != "ci95"}}))
 
