@@ -15,38 +15,33 @@ import ccxt
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
+from scipy.stats import norm
 from tqdm.auto import tqdm
 
-from .core import (ConfigError, CryptomlError, DataError, ExchangeError, atomic_write_parquet, data_home, funding_dir,
-                           month_file, raw_dir, read_parquet_file, shared_data, symbol_id, timeframe_ms, timeframe_seconds,
-                           to_ms, to_utc)
+from .core import (ConfigError, CryptomlError, DataError, ExchangeError, Market, atomic_write_parquet, data_home,
+                           funding_dir, month_file, pair_id, raw_dir, read_parquet_file, shared_data, symbol_id, timeframe_ms,
+                           timeframe_seconds, to_ms, to_utc)
 
 _log = logging.getLogger(__name__)  # warnings (a replaced stored row, a file with no rows) reach stderr unless configured
 
 # %% auto #0
 __all__ = ['OHLCV_COLUMNS', 'EXTRA_COLUMNS', 'FUNDING_COLUMNS', 'PRICES', 'BOUNDS', 'COMMON_RULES', 'BAR_RULES', 'BARS',
            'REPLACEMENTS', 'FUNDING_RULES', 'FUNDING', 'OPEN_INTEREST_COLUMNS', 'INTEREST_AMOUNTS',
-           'OPEN_INTEREST_RULES', 'OPEN_INTEREST', 'REGIMES', 'SYNTHETIC', 'BOUNCE', 'BINANCE_KLINE_COLUMNS',
-           'HEADERLESS', 'COLUMN_ALIASES', 'EXAMPLE', 'EXAMPLE_FILES', 'TRANSIENT', 'DEFAULT_HISTORY', 'RAW_KLINES',
-           'KLINE_FIELDS', 'OI_PERIODS', 'QUOTES', 'MarketKey', 'as_utc_ms', 'Bounds', 'Check', 'Rule',
-           'refuse_bad_rows', 'as_bars', 'SeriesKind', 'check_rows', 'validate_bars', 'Written', 'store_rows',
+           'OPEN_INTEREST_RULES', 'OPEN_INTEREST', 'REGIMES', 'SYNTHETIC', 'HEAVY', 'BOUNCE', 'BINANCE_KLINE_COLUMNS',
+           'HEADERLESS', 'COLUMN_ALIASES', 'EXAMPLE', 'FUNDING_EXCHANGES', 'EXAMPLE_FILES', 'TRANSIENT',
+           'DEFAULT_HISTORY', 'RAW_KLINES', 'KLINE_FIELDS', 'OI_PERIODS', 'QUOTES', 'as_utc_ms', 'Bounds', 'Check',
+           'Rule', 'refuse_bad_rows', 'as_bars', 'SeriesKind', 'check_rows', 'validate_bars', 'Written', 'store_rows',
            'store_bars', 'write_bars', 'read_rows', 'read_bars', 'as_funding', 'validate_funding', 'store_funding',
            'write_funding', 'read_funding', 'as_open_interest', 'open_interest_dir', 'store_series',
            'store_open_interest', 'read_open_interest', 'gap_report', 'IngestReport', 'synthetic_market',
            'synthetic_funding', 'write_demo_market', 'synthetic_interest', 'read_csv_rows', 'import_csv',
-           'import_funding_csv', 'example_market', 'StalePage', 'MalformedAnswer', 'Retry', 'make_exchange',
-           'raw_klines', 'ohlcv_pages', 'fetch_ohlcv', 'funding_pages', 'fetch_funding', 'interest_period',
-           'open_interest_pages', 'fetch_open_interest', 'stored_span', 'ingest', 'Universe', 'read_universe',
-           'ManyReport', 'check_symbols', 'ingest_many', 'market_of_file', 'import_many', 'import_open_interest_csv']
+           'import_funding_csv', 'funding_exchange', 'example_market', 'StalePage', 'MalformedAnswer', 'Retry',
+           'make_exchange', 'raw_klines', 'ohlcv_pages', 'fetch_ohlcv', 'funding_pages', 'fetch_funding',
+           'interest_period', 'open_interest_pages', 'fetch_open_interest', 'stored_span', 'ingest', 'Universe',
+           'read_universe', 'ManyReport', 'check_symbols', 'ingest_many', 'market_of_file', 'import_many',
+           'import_open_interest_csv']
 
 # %% ../nbs/01_ingest.ipynb #2ed38302
-class MarketKey(NamedTuple):
-    "One market in the raw store: its bars' exchange, symbol and timeframe, and where its funding rates live."
-    exchange: str
-    symbol: str
-    timeframe: str
-    funding_exchange: str | None = None
-
 OHLCV_COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
 EXTRA_COLUMNS = {"quote_volume": "float64", "trades": "Int64", "taker_buy_base": "float64"}  # kept when a source has them
 FUNDING_COLUMNS = ["ts", "funding_rate"]
@@ -470,7 +465,7 @@ def read_funding(home, exchange: str, symbol: str, start=None, end=None) -> pd.D
     "Stored funding rates (ts, funding_rate) with `start <= ts < end`; an empty frame if there are none."
     return read_rows(funding_dir(home, exchange, symbol), FUNDING_COLUMNS, start, end)
 
-# %% ../nbs/01_ingest.ipynb #46f7bb72
+# %% ../nbs/01_ingest.ipynb #90ac589a
 OPEN_INTEREST_COLUMNS = ["ts", "open_interest", "open_interest_value"]
 INTEREST_AMOUNTS = OPEN_INTEREST_COLUMNS[1:]
 
@@ -490,7 +485,7 @@ OPEN_INTEREST_RULES: dict[str, Rule] = COMMON_RULES | {
 
 def open_interest_dir(home, exchange: str, symbol: str, timeframe: str | None = None) -> Path:
     "Folder of a perpetual's open interest, one Parquet file per month, beside its funding rates."
-    return data_home(home)/"raw"/exchange/symbol_id(symbol)/"open_interest"
+    return data_home(home)/"raw"/exchange/pair_id(symbol)/"open_interest"
 
 OPEN_INTEREST = SeriesKind("open_interest", OPEN_INTEREST_COLUMNS, as_open_interest, OPEN_INTEREST_RULES, open_interest_dir)
 
@@ -522,7 +517,7 @@ def gap_report(bars: pd.DataFrame, timeframe: str) -> pd.DataFrame:
 @dataclass
 class IngestReport:
     "What an import or ingest left in the store: rows added, the range stored, its gap report, the files rewritten."
-    market: MarketKey
+    market: Market
     rows_added: int
     first: pd.Timestamp | None
     last: pd.Timestamp | None
@@ -538,9 +533,9 @@ class IngestReport:
         "Bars missing between the first and the last stored bar."
         return int(self.gaps.missing.sum())
 
-def _report(home, market: MarketKey, written: Written, funding_added: int = 0, open_interest_added: int = 0) -> IngestReport:
+def _report(home, market: Market, written: Written, funding_added: int = 0, open_interest_added: int = 0) -> IngestReport:
     "The IngestReport of `market`'s stored bars after a run that did `written`."
-    bars = read_bars(home, *market[:3])
+    bars = read_bars(home, *market)
     first, last = (bars.ts.iloc[0], bars.ts.iloc[-1]) if len(bars) else (None, None)
     return IngestReport(market, written.added, first, last, gap_report(bars, market.timeframe), written.paths, funding_added,
                         written.replaced, written.dropped, open_interest_added)
@@ -548,8 +543,8 @@ def _report(home, market: MarketKey, written: Written, funding_added: int = 0, o
 # %% ../nbs/01_ingest.ipynb #f0ae2b2f
 REGIMES = pd.DataFrame({"drift": [0.0, 1e-5, -1.5e-5], "vol": [0.7, 1.0, 2.2], "weight": [0.5, 0.3, 0.2]},
                        index=pd.Index(["calm", "trend", "stress"], name="regime"))  # drift and vol per 1m bar
-SYNTHETIC = MarketKey("synthetic", "SYNTH/USDT", "1m", "synthetic")
-BOUNCE = 0.08  # share of a bar's shock that the next bar gives back (bid-ask bounce)
+SYNTHETIC = Market("synthetic", "SYNTH/USDT", "1m")
+HEAVY, BOUNCE = 0.25, 0.35  # heavy-volume share of bars; share of a heavy bar's shock the next bar gives back
 
 def _regime_path(n: int, mean_bars: int, rng: np.random.Generator) -> np.ndarray:
     "Row of REGIMES per bar: spells of geometric length (mean `mean_bars`), each regime drawn by its weight."
@@ -557,7 +552,7 @@ def _regime_path(n: int, mean_bars: int, rng: np.random.Generator) -> np.ndarray
     return np.repeat(rng.choice(len(REGIMES), size=len(lengths), p=REGIMES.weight.to_numpy()), lengths)[:n]
 
 def synthetic_market(days: float = 30, seed: int = 0, timeframe: str = "1m", start="2023-03-01") -> pd.DataFrame:
-    "Seeded synthetic bars (`attrs['source'] == 'synthetic'`): fat tails, volatility clustering, regimes, bounce."
+    "Seeded synthetic bars (`attrs['source'] == 'synthetic'`): fat tails, volatility clustering, regimes, a volume-bound edge."
     rng, minutes = np.random.default_rng(seed), timeframe_seconds(timeframe) / 60
     n = round(days * 1440 / minutes)
     regime = REGIMES.iloc[_regime_path(n, max(1, round(2 * 1440 / minutes)), rng)]
@@ -565,12 +560,14 @@ def synthetic_market(days: float = 30, seed: int = 0, timeframe: str = "1m", sta
     log_vol = lfilter([0.5 * np.sqrt(1 - phi**2)], [1, -phi], rng.standard_normal(n))
     sigma = 8e-4 * np.sqrt(minutes) * np.exp(log_vol) * regime.vol.to_numpy()
     shock = sigma * rng.standard_t(4, n) / np.sqrt(2)
-    close = 20_000 * np.exp(np.cumsum(regime.drift.to_numpy() * minutes + shock - BOUNCE * np.r_[0, shock[:-1]]))
+    activity = rng.standard_normal(n)  # volume's own noise: heavy in the top HEAVY share
+    giveback = np.where(activity > norm.ppf(1 - HEAVY), BOUNCE, -BOUNCE * HEAVY / (1 - HEAVY))
+    close = 20_000 * np.exp(np.cumsum(regime.drift.to_numpy() * minutes + shock - np.r_[0, giveback[:-1] * shock[:-1]]))
     open_ = np.r_[20_000, close[:-1]]
     wick = lambda: np.exp(np.abs(rng.standard_normal(n)) * sigma / 2)
     bars = pd.DataFrame({"ts": pd.date_range(to_utc(start), periods=n, freq=pd.Timedelta(minutes=minutes), unit="ms"),
                          "open": open_, "high": np.maximum(open_, close) * wick(), "low": np.minimum(open_, close) / wick(),
-                         "close": close, "volume": 5 * minutes * rng.lognormal(0, 0.5, n) * (sigma / sigma.mean()) ** 1.5})
+                         "close": close, "volume": 5 * minutes * np.exp(0.5 * activity) * (sigma / sigma.mean()) ** 1.5})
     bars[PRICES], bars["volume"] = bars[PRICES].round(2), bars.volume.round(6)   # cents and the base asset's lot size
     bars.attrs["source"] = "synthetic"
     return bars
@@ -585,14 +582,14 @@ def synthetic_funding(bars: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     rate = 1e-4 + 3e-4 * np.tanh(20 * trailing) + rng.normal(0, 2e-5, len(times))
     return pd.DataFrame({"ts": times, "funding_rate": rate.round(8)})   # exchanges quote rates to 8 decimals
 
-def write_demo_market(home=None, days: float = 30, seed: int = 0) -> MarketKey:
-    "Write the synthetic market's bars and funding rates into the store, replacing another seed's; its `MarketKey` (SYNTHETIC)."
+def write_demo_market(home=None, days: float = 30, seed: int = 0) -> Market:
+    "Write the synthetic market's bars and funding rates into the store, replacing another seed's; its `Market` (SYNTHETIC)."
     bars = synthetic_market(days, seed)
-    write_bars(bars, home, *SYNTHETIC[:3], replace=True)   # a market made up on request: another seed's is replaced (and logged)
-    write_funding(synthetic_funding(bars, seed), home, SYNTHETIC.funding_exchange, SYNTHETIC.symbol, replace=True)
+    write_bars(bars, home, *SYNTHETIC, replace=True)   # a market made up on request: another seed's is replaced (and logged)
+    write_funding(synthetic_funding(bars, seed), home, SYNTHETIC.exchange, SYNTHETIC.symbol, replace=True)
     return SYNTHETIC
 
-# %% ../nbs/01_ingest.ipynb #86a6a3cf
+# %% ../nbs/01_ingest.ipynb #1318a02e
 def synthetic_interest(bars: pd.DataFrame, seed: int = 0, period: str = "1h") -> pd.DataFrame:
     "Synthetic open interest (ts, open_interest, open_interest_value) sampled every `period` over `bars`, known from its stamp on."
     rng, step = np.random.default_rng(seed + 2), pd.Timedelta(milliseconds=timeframe_ms(period))
@@ -678,7 +675,7 @@ def import_csv(files, exchange: str, symbol: str, timeframe: str, *, home=None, 
     bars = pd.concat([rows for rows, _ in parts], ignore_index=True).sort_values("ts", kind="stable", ignore_index=True)
     written = store_bars(bars, home, exchange, symbol, timeframe, replace=replace, bounds=bounds, source=", ".join(map(str, files)))
     written.dropped += sum(n for _, n in parts)
-    return _report(home, MarketKey(exchange, symbol, timeframe), written)
+    return _report(home, Market(exchange, symbol, timeframe), written)
 
 def import_funding_csv(file, exchange: str, symbol: str, *, home=None, replace: bool = False, bounds: Bounds = BOUNDS) -> int:
     "Import a funding-rate CSV (timestamp,funding_rate, or Binance's funding dump) into the store; rows added."
@@ -686,15 +683,21 @@ def import_funding_csv(file, exchange: str, symbol: str, *, home=None, replace: 
     return store_funding(rates, home, exchange, symbol, replace=replace, bounds=bounds, source=str(file)).added
 
 # %% ../nbs/01_ingest.ipynb #a7d26a56
-EXAMPLE = MarketKey("binanceus", "BTC/USDT", "1m", "binance")
+EXAMPLE = Market("binanceus", "BTC/USDT", "1m")
+FUNDING_EXCHANGES = {"binanceus": "binance"}  # spot-only exchange -> where its pairs' perpetual funding is kept
+
+def funding_exchange(market: Market) -> str:
+    "The exchange whose funding rates go with `market` by default: its own, unless it is a spot-only exchange."
+    return FUNDING_EXCHANGES.get(market.exchange, market.exchange)
+
 EXAMPLE_FILES = ("binanceus_BTCUSDT_1m_2023-03-01_2023-03-21.csv", "binance_BTCUSDT_perp_funding_8h_2023-02-15_2023-03-31.csv")
 
-def example_market(home=None) -> MarketKey:
+def example_market(home=None) -> Market:
     "The shared real BTC/USDT market imported into `home` (EXAMPLE), or the synthetic market (SYNTHETIC) without it."
     bars, rates = (shared_data(name) for name in EXAMPLE_FILES)
     if bars is None or rates is None: return write_demo_market(home)
-    import_csv(bars, *EXAMPLE[:3], home=home)
-    import_funding_csv(rates, EXAMPLE.funding_exchange, EXAMPLE.symbol, home=home)
+    import_csv(bars, *EXAMPLE, home=home)
+    import_funding_csv(rates, funding_exchange(EXAMPLE), EXAMPLE.symbol, home=home)
     return EXAMPLE
 
 # %% ../nbs/01_ingest.ipynb #ba9faa93
@@ -923,7 +926,7 @@ def fetch_funding(exchange: str | ccxt.Exchange, symbol: str, since=None, until=
                           progress=progress, bounds=bounds)
     return validate_funding(_gathered(pages, FUNDING_COLUMNS), f"{client.id} {symbol} funding", bounds=bounds)
 
-# %% ../nbs/01_ingest.ipynb #f921eba1
+# %% ../nbs/01_ingest.ipynb #a9177d60
 OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 
 def interest_period(timeframe: str) -> str:
@@ -1009,10 +1012,9 @@ def ingest(exchange: str | ccxt.Exchange, symbol: str, timeframe: str, since=Non
         store = partial(store_series, kind=kind, home=home, exchange=client.id, symbol=symbol, replace=replace, bounds=bounds)
         more = _store_pages(rows, store, flush_rows)
         written.paths, added[kind.name] = written.paths + more.paths, more.added
-    market = MarketKey(client.id, symbol, timeframe, client.id if funding else None)
-    return _report(home, market, written, added[FUNDING.name], added[OPEN_INTEREST.name])
+    return _report(home, Market(client.id, symbol, timeframe), written, added[FUNDING.name], added[OPEN_INTEREST.name])
 
-# %% ../nbs/01_ingest.ipynb #2345f405
+# %% ../nbs/01_ingest.ipynb #1297f2d6
 @dataclass(frozen=True)
 class Universe:
     "A named list of markets a desk trades together: ccxt symbols, and optionally the exchange and timeframe they are read at."
@@ -1047,12 +1049,12 @@ def read_universe(path) -> Universe:
     if "timeframe" in settings: timeframe_ms(settings["timeframe"])
     return Universe(path.stem, _unique_symbols(symbols, str(path)), **settings)
 
-# %% ../nbs/01_ingest.ipynb #ea47c6bb
+# %% ../nbs/01_ingest.ipynb #5478bea2
 @dataclass
 class ManyReport:
     "What an ingest or import of many markets left: each market's `IngestReport`, and why each failed market failed."
-    reports: dict[MarketKey, IngestReport] = field(default_factory=dict)
-    failures: dict[MarketKey, str] = field(default_factory=dict)
+    reports: dict[Market, IngestReport] = field(default_factory=dict)
+    failures: dict[Market, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool: return not self.failures
@@ -1064,7 +1066,7 @@ class ManyReport:
                 for k, r in self.reports.items()]
         return pd.DataFrame(rows + [{"market": f"{k.exchange} {k.symbol} {k.timeframe}", "failure": why} for k, why in self.failures.items()])
 
-def _each(markets: dict[MarketKey, Callable[[], IngestReport]], what: str, progress: bool) -> ManyReport:
+def _each(markets: dict[Market, Callable[[], IngestReport]], what: str, progress: bool) -> ManyReport:
     "Call each market's job in turn under one overall progress bar; a market's CryptomlError is its failure, and the others go on."
     report = ManyReport()
     for key, job in tqdm(markets.items(), desc=what, unit="market", disable=not progress):
@@ -1087,12 +1089,12 @@ def ingest_many(exchange: str | ccxt.Exchange, symbols, timeframe: str, since=No
     client, retry = make_exchange(exchange), Retry(max_tries, retry_delay)
     symbols = check_symbols(client, symbols, retry)
     for symbol in symbols: _series(client, symbol, timeframe, retry, funding, open_interest)
-    jobs = {MarketKey(client.id, s, timeframe): partial(ingest, client, s, timeframe, since, until, home=home, funding=funding,
+    jobs = {Market(client.id, s, timeframe): partial(ingest, client, s, timeframe, since, until, home=home, funding=funding,
                                                         open_interest=open_interest, progress=progress, max_tries=max_tries,
                                                         retry_delay=retry_delay, **options) for s in symbols}
     return _each(jobs, f"{client.id} {timeframe}: {len(symbols)} markets", progress)
 
-# %% ../nbs/01_ingest.ipynb #9fd56b7b
+# %% ../nbs/01_ingest.ipynb #fd1d2ebf
 QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USDP", "USD", "DAI", "EUR", "TRY", "BRL", "BTC", "ETH", "BNB")
 
 def market_of_file(path) -> tuple[str, str | None]:
@@ -1107,11 +1109,11 @@ def market_of_file(path) -> tuple[str, str | None]:
 def import_many(files, exchange: str, timeframe: str | None = None, *, symbol: str | None = None, home=None, replace: bool = False,
                 bounds: Bounds = BOUNDS, progress: bool = True) -> ManyReport:
     "Import dumps of many markets, each file's market from `symbol` or its name (`market_of_file`); one market's refusal is reported."
-    markets: dict[MarketKey, list[Path]] = {}
+    markets: dict[Market, list[Path]] = {}
     for file in _files(files):
         named, named_timeframe = (symbol, None) if symbol else market_of_file(file)
         if (frame := timeframe or named_timeframe) is None: raise ConfigError(f"{file}: its name names no timeframe (such as 1h): give --timeframe")
-        markets.setdefault(MarketKey(exchange, named, frame), []).append(file)
+        markets.setdefault(Market(exchange, named, frame), []).append(file)
     jobs = {key: partial(import_csv, paths, *key[:3], home=home, replace=replace, bounds=bounds) for key, paths in markets.items()}
     return _each(jobs, f"{len(markets)} markets", progress)
 

@@ -121,11 +121,11 @@ def baseline_forecasts(val: pd.DataFrame, train: pd.DataFrame, logreg: Pipeline,
 # %% ../nbs/05_metrics.ipynb #31e422ff
 GAIN_SIGN = {"accuracy": 1, "log_loss": -1}  # +1: higher is better
 
-def paired_gains(point: dict, replicates: dict, model: str = "lgbm") -> pd.DataFrame:
-    "The model's gain over each baseline in accuracy (and log loss, for probability baselines) with paired 95% intervals."
+def paired_gains(point: dict, replicates: dict, model: str = "lgbm", probabilistic=PROBABILISTIC) -> pd.DataFrame:
+    "The model's gain over each other forecast in accuracy (and log loss, for those in `probabilistic`) with paired 95% intervals."
     rows = []
     for name in [n for n in point if n != model]:
-        for metric in ("accuracy", "log_loss") if name in PROBABILISTIC else ("accuracy",):
+        for metric in ("accuracy", "log_loss") if name in probabilistic else ("accuracy",):
             sign = GAIN_SIGN[metric]
             lo, hi = np.nanpercentile(sign * (replicates[model][metric] - replicates[name][metric]), [2.5, 97.5])
             rows.append({"baseline": name, "metric": metric, "model": point[model][metric], "baseline_value": point[name][metric],
@@ -133,11 +133,13 @@ def paired_gains(point: dict, replicates: dict, model: str = "lgbm") -> pd.DataF
                          "outcome": "better" if lo > 0 else "worse" if hi < 0 else "no better"})
     return pd.DataFrame(rows)
 
-def assess(y, forecasts: dict, n_boot: int = 1000, seed: int = 0, model: str = "lgbm") -> tuple[dict, pd.DataFrame]:
+def assess(y, forecasts: dict, n_boot: int = 1000, seed: int = 0, model: str = "lgbm",
+           probabilistic=PROBABILISTIC) -> tuple[dict, pd.DataFrame]:
     "Each forecast's metrics with 95% intervals, and the model's paired gains over the others, on the same rows."
     y = np.asarray(y, float)
     point, replicates = {name: evaluate(y, p) for name, p in forecasts.items()}, bootstrap(y, forecasts, n_boot, seed=seed)
-    return {name: with_ci(point[name], replicates[name]) for name in forecasts}, paired_gains(point, replicates, model)
+    gains = paired_gains(point, replicates, model, probabilistic)
+    return {name: with_ci(point[name], replicates[name]) for name in forecasts}, gains
 
 # %% ../nbs/05_metrics.ipynb #a230f359
 def _gain_words(row) -> str:

@@ -13,16 +13,16 @@ import pandas as pd
 import plotly.graph_objects as go
 from scipy import stats
 
-from .core import DataError, ArtifactError, atomic_write_json, feature_path, models_dir, to_utc
+from .core import DataError, ArtifactError, Market, atomic_write_json, data_home, feature_path, models_dir, to_utc
 from .features import read_feature_table
-from .metrics import METRICS, evaluate, reliability_curve
-from .registry import read_card, load_booster, best_run_id, run_dir
+from .metrics import evaluate, reliability_curve
+from .registry import Run, best_run_id, champion_markets, resolve_market
 
 # %% auto #0
 __all__ = ['PSI_WARN', 'PSI_ALERT', 'LEVELS', 'ECE_WARN', 'ECE_ALERT', 'LEVEL_COLOURS', 'finite_values', 'quantile_edges',
            'bin_shares', 'psi', 'drift_level', 'worst_level', 'column_drift', 'feature_drift', 'calibration',
            'window_summary', 'findings', 'drift_report', 'training_window', 'recent_window', 'promoted_run', 'monitor',
-           'latest_report', 'drift_checks', 'report_table', 'metrics_table', 'psi_figure', 'reliability_figure']
+           'latest_report', 'drift_checks', 'report_table', 'psi_figure', 'reliability_figure']
 
 # %% ../nbs/12_monitor.ipynb #4b09fa42
 PSI_WARN, PSI_ALERT = 0.1, 0.25
@@ -128,33 +128,35 @@ def recent_window(table: pd.DataFrame, window_days: float) -> pd.DataFrame:
     "The last `window_days` of `table`."
     return table[table.ts > table.ts.max() - pd.Timedelta(days=window_days)]
 
-def promoted_run(home=None) -> str:
-    "The id of the promoted run; `ArtifactError` when nothing has been promoted under `home`."
-    run_id = best_run_id(home=home)
-    if run_id is None: raise ArtifactError(f"no promoted model under {models_dir(home)}: run `cryptoml pipeline` or `cryptoml promote RUN_ID` first")
-    return run_id
+def promoted_run(home=None, market: Market | None = None) -> Run:
+    "The champion of `market` (default: the data root's one market with a champion); `ArtifactError` when it has none."
+    root = data_home(home)
+    market = market or resolve_market(root)
+    run_id = best_run_id(home=root, market=market)
+    if run_id is None:
+        raise ArtifactError(f"no promoted model for {market} under {models_dir(root)}: "
+                            "run `cryptoml pipeline` or `cryptoml promote RUN_ID` first")
+    return Run.open(run_id, root)
 
-def monitor(run_id: str | None = None, *, home=None, symbol: str | None = None, timeframe: str | None = None,
-            window_days: float = 7) -> dict:
-    "Drift report of run `run_id` (default: the promoted run) over the last `window_days`, written under the run."
-    run_id = run_id or promoted_run(home)
-    folder = run_dir(run_id, home)
-    card = read_card(folder)
-    symbol, timeframe = symbol or card["data"]["symbol"], timeframe or card["data"]["timeframe"]
-    table, _ = read_feature_table(feature_path(home, symbol, timeframe))
-    booster = load_booster(folder)
-    report = drift_report(training_window(table, card), recent_window(table, window_days), card["features"],
-                          lambda X: booster.predict(X.to_numpy(dtype=float), num_threads=1))
+def monitor(run: str | Run | None = None, *, home=None, market: Market | None = None, window_days: float = 7) -> dict:
+    "Drift report of `run` (default: the champion of `market`) over the last `window_days`, written under the run."
+    run = Run.open(run, home) if run else promoted_run(home, market)
+    run.verify()
+    table, _ = read_feature_table(feature_path(run.root, run.market, run.card["data"]["feature_set"], run.horizon))
+    booster = run.booster()
+    report = drift_report(training_window(table, run.card), recent_window(table, window_days), run.features,
+                          lambda X: run.predict(X, booster))
     stamp = datetime.now(timezone.utc)
-    report = {"run_id": run_id, "symbol": symbol, "timeframe": timeframe, "window_days": window_days,
+    report = {"run_id": run.id, **run.market._asdict(), "window_days": window_days,
               "created_at": stamp.isoformat(timespec="seconds"), **report}
-    path = atomic_write_json(folder/"monitor"/f"{stamp:%Y-%m-%dT%H%M%S.%f}-{os.urandom(3).hex()}.json", report)
+    path = atomic_write_json(run.folder/"monitor"/f"{stamp:%Y-%m-%dT%H%M%S.%f}-{os.urandom(3).hex()}.json", report)
     return {**report, "path": str(path)}
 
-def latest_report(run_id: str | None = None, *, home=None) -> dict | None:
-    "The newest monitor report of run `run_id` (default: the promoted run), or `None` if it has none."
-    run_id = run_id or best_run_id(home=home)
-    reports = sorted((run_dir(run_id, home)/"monitor").glob("*.json")) if run_id else []
+def latest_report(run: str | Run | None = None, *, home=None, market: Market | None = None) -> dict | None:
+    "The newest monitor report of `run` (default: the champion of `market`), or `None` if there is none."
+    if run is None and market is None and not champion_markets(home): return None
+    run_id = run or best_run_id(home=home, market=market or resolve_market(home))
+    reports = sorted((Run.open(run_id, home).folder/"monitor").glob("*.json")) if run_id else []
     return json.loads(reports[-1].read_text()) if reports else None
 
 # %% ../nbs/12_monitor.ipynb #7276f856
@@ -169,12 +171,6 @@ def report_table(report: dict) -> pd.DataFrame:
     c = report["calibration"]
     rows.append({"check": "calibration", "measure": "ECE", "value": c["ece"], "level": c["level"]})
     return pd.DataFrame(rows, columns=["check", "measure", "value", "ks_stat", "ks_pvalue", "level"])
-
-# %% ../nbs/12_monitor.ipynb #c2153f99
-def metrics_table(card: dict) -> pd.DataFrame:
-    "Validation metrics (rows) of the model and of each baseline (columns) from a model card."
-    scores = {"lgbm": card["metrics"]["validation"], **card["metrics"]["baselines"]}
-    return pd.DataFrame({name: {m: s.get(m) for m in METRICS} for name, s in scores.items()}, dtype=float)
 
 # %% ../nbs/12_monitor.ipynb #75fcc3b2
 LEVEL_COLOURS = {"ok": "seagreen", "warn": "orange", "alert": "crimson"}

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryptoml.core import ArtifactError, DataError, best_link, models_dir
+from cryptoml.core import ArtifactError, DataError
 from cryptoml.ingest import example_market
 from cryptoml.features import build_features, read_feature_table
 from cryptoml.tune import tune
-from cryptoml.registry import promote, save_run
+from cryptoml.registry import promote, run_dir, save_run
 from cryptoml.infer import LGBMProd
 
 
@@ -61,7 +61,7 @@ from cryptoml.registry import promote
 home, runs = sys.argv[1], sys.argv[2:]
 print("ready", flush=True)
 sys.stdin.readline()
-for i in range(50): promote(runs[(i + 1) % 2], home=home, force=True)
+for i in range(50): promote(runs[(i + 1) % 2], home=home, force=True, n_boot=20)
 print("done", flush=True)
 """
 
@@ -144,7 +144,7 @@ def test_a_damaged_new_best_is_refused_and_the_old_model_keeps_serving(world, tm
     w = copy_world(world, tmp_path)
     model = LGBMProd(home=w.home)
     assert model.predict_proba(w.rows[0]) == w.expected[0][0]
-    pkl = models_dir(w.home)/w.runs[1]/"lgbm.pkl"
+    pkl = run_dir(w.runs[1], w.home)/"lgbm.pkl"
     good = pkl.read_bytes()
     promote(w.runs[1], home=w.home, force=True)
     DAMAGES[damage](pkl)
@@ -166,7 +166,7 @@ def test_a_damaged_model_card_is_refused_too(world, tmp_path):
     w = copy_world(world, tmp_path)
     model = LGBMProd(home=w.home)
     model.predict_proba(w.rows[0])
-    card = models_dir(w.home)/w.runs[1]/"model_card.json"
+    card = run_dir(w.runs[1], w.home)/"model_card.json"
     promote(w.runs[1], home=w.home, force=True)
     card.write_text(card.read_text()[:200])
     assert model.predict_proba(w.rows[1]) == w.expected[0][1]
@@ -175,7 +175,7 @@ def test_a_damaged_model_card_is_refused_too(world, tmp_path):
 
 def test_nothing_is_served_from_a_damaged_first_load(world, tmp_path):
     w = copy_world(world, tmp_path)
-    damage_truncate(models_dir(w.home)/w.runs[0]/"lgbm.pkl")
+    damage_truncate(run_dir(w.runs[0], w.home)/"lgbm.pkl")
     with pytest.raises(ArtifactError, match="lgbm.pkl"): LGBMProd(home=w.home).predict_proba(w.rows[0])
 
 

@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
     table, meta = read_feature_table(path)
     run_id = save_run(tune(table, home=home, n_trials=3, val_days=VAL_DAYS, progress=False, table_meta=meta, n_boot=50), home=home,
                       table_path=path)
-    assert promote(run_id, home=home).promoted
+    assert promote(run_id, home=home, force=True, n_boot=50).promoted  # a quick model: forced in, the gate is not under test here
     return home, run_id
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_report_on_the_recent_week_is_written_under_the_run(home, trained):
     assert on_disk == {k: v for k, v in report.items() if k != "path"}
     assert latest_report(home=home) == on_disk
     assert [f["feature"] for f in report["features"]] == ["close", "ret1", "sma20_gap", "sma50_gap", "vol_z"]
-    table, _ = read_feature_table(feature_path(home, SYNTHETIC.symbol, SYNTHETIC.timeframe))
+    table, _ = read_feature_table(feature_path(home, SYNTHETIC))
     assert report["current"]["end"] == str(table.ts.max())
     assert report["current"]["rows"] == VAL_DAYS * 1440
     assert 0 < report["calibration"]["rows"] <= VAL_DAYS * 1440
@@ -82,7 +82,7 @@ def test_a_market_that_jumps_to_a_new_price_range_raises_an_alert(home):
     assert report["current"]["start"] > str(last)
 
 def test_a_table_missing_a_model_feature_is_refused_by_name(home):
-    path = feature_path(home, SYNTHETIC.symbol, SYNTHETIC.timeframe)
+    path = feature_path(home, SYNTHETIC)
     table, meta = read_feature_table(path)
     atomic_write_parquet(path, table.drop(columns=["vol_z"]), parquet_metadata(path))
     with pytest.raises(DataError, match="vol_z"): monitor(home=home)
