@@ -18,10 +18,11 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 # %% auto #0
-__all__ = ['METRICS', 'PROBABILISTIC', 'GAIN_SIGN', 'PLAUSIBLE_EDGES', 'LOPSIDED_SLOPE', 'MARGIN', 'STANDARD_ERRORS', 'MIN_ROWS',
-           'expected_calibration_error', 'reliability_curve', 'roc_auc', 'evaluate', 'block_bootstrap_weights',
-           'bootstrap', 'with_ci', 'sign_forecasts', 'fit_logreg', 'baseline_forecasts', 'paired_gains', 'assess',
-           'shortfalls', 'verdict', 'honest_edges', 'plausible_bounds', 'implausible']
+__all__ = ['METRICS', 'PROBABILISTIC', 'GAIN_SIGN', 'CROSS_SECTION', 'PLAUSIBLE_EDGES', 'LOPSIDED_SLOPE', 'MARGIN',
+           'STANDARD_ERRORS', 'MIN_ROWS', 'expected_calibration_error', 'reliability_curve', 'roc_auc', 'evaluate',
+           'block_bootstrap_weights', 'bootstrap', 'with_ci', 'sign_forecasts', 'fit_logreg', 'baseline_forecasts',
+           'paired_gains', 'assess', 'shortfalls', 'verdict', 'cross_section', 'cross_section_summary',
+           'scores_by_market', 'honest_edges', 'plausible_bounds', 'implausible']
 
 # %% ../nbs/05_metrics.ipynb #8c610829
 METRICS = ("accuracy", "roc_auc", "log_loss", "brier", "ece", "base_rate")
@@ -168,6 +169,64 @@ def verdict(gains: pd.DataFrame, model: str = "lgbm") -> str:
         winner, loser = ("reversal", "momentum") if signs.reversal > signs.momentum else ("momentum", "reversal")
         lines.append(f"{winner.capitalize()} beats {loser} on these rows (accuracy {signs[winner]:.4f} vs {signs[loser]:.4f}).")
     return "\n".join(lines)
+
+# %% ../nbs/05_metrics.ipynb #5b748dc0
+CROSS_SECTION = ("ic", "rank_ic", "icir", "rank_icir", "spread", "hit_rate")
+
+def _group_corr(a: pd.Series, b: pd.Series, groups: pd.Series) -> pd.Series:
+    "Pearson correlation of `a` with `b` within each group (NaN where either is constant)."
+    da, db = a - a.groupby(groups).transform("mean"), b - b.groupby(groups).transform("mean")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (da * db).groupby(groups).sum() / np.sqrt((da * da).groupby(groups).sum() * (db * db).groupby(groups).sum())
+
+def cross_section(ts, market, score, outcome, *, top: float = 1 / 3, min_markets: int = 3) -> pd.DataFrame:
+    "Per timestamp with `min_markets`+ markets: their count, IC and rank IC of `score` with `outcome`, and the top-less-bottom spread of `outcome`."
+    rows = pd.DataFrame({"ts": ts, "market": market, "score": score, "outcome": outcome}).dropna()
+    rows = rows[rows.groupby("ts").ts.transform("size") >= min_markets]
+    by = rows.groupby("ts").score
+    size, order = by.transform("size"), by.rank(method="first")
+    k = np.maximum(1, np.floor(size * top))
+    outcome_of = lambda chosen: rows.outcome.where(chosen).groupby(rows.ts).mean()
+    ranked = rows.assign(score=order, outcome=rows.groupby("ts").outcome.rank())
+    return pd.DataFrame({"markets": rows.groupby("ts").size(), "ic": _group_corr(rows.score, rows.outcome, rows.ts),
+                         "rank_ic": _group_corr(ranked.score, ranked.outcome, rows.ts),
+                         "spread": outcome_of(order > size - k) - outcome_of(order <= k)})
+
+def _summary_stats(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    "CROSS_SECTION statistics of per-timestamp (ic, rank_ic, spread) rows, one column per weighting (bootstrap resample)."
+    total = weights.sum(0)
+    mean = values.T @ weights / total
+    sd = np.sqrt(np.maximum((values**2).T @ weights / total - mean**2, 0) * total / np.maximum(total - 1, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.vstack([mean[0], mean[1], mean[0] / sd[0], mean[1] / sd[1], mean[2], (values[:, 0] > 0) @ weights / total])
+
+def cross_section_summary(per_ts: pd.DataFrame, n_boot: int = 1000, block: int | None = None, seed: int = 0) -> pd.DataFrame:
+    "Mean IC and rank IC, ICIR and rank ICIR, mean spread and IC hit rate over `cross_section`'s timestamps, with block-bootstrap 95% intervals."
+    values = per_ts[["ic", "rank_ic", "spread"]].dropna().to_numpy()
+    n, rng = len(values), np.random.default_rng(seed)
+    if n < 2: raise DataError(f"cross-sectional scores need 2+ timestamps with enough markets; there are {n}")
+    block, chunk = block or max(1, round(n ** (1 / 3))), max(1, 2_000_000 // n)
+    point = _summary_stats(values, np.ones((n, 1)))[:, 0]
+    boots = np.hstack([_summary_stats(values, block_bootstrap_weights(n, size, block, rng))
+                       for size in np.diff([*range(0, n_boot, chunk), n_boot])])
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5], axis=1)
+    return pd.DataFrame({"value": point, "lo": lo, "hi": hi, "timestamps": n}, index=pd.Index(CROSS_SECTION, name="score"))
+
+# %% ../nbs/05_metrics.ipynb #a08bb63d
+def scores_by_market(y, market, forecasts: dict, *, model: str | None = None, names: dict | None = None, n_boot: int = 1000,
+                     seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Each forecast's metrics (with 95% intervals) on each market's rows, and `model`'s paired gains over the others there: (scores, gains)."
+    y, market, model = np.asarray(y, float), np.asarray(market), model or next(iter(forecasts))
+    scores, gains = [], []
+    for code in pd.unique(market):
+        rows, name = market == code, (names or {}).get(code, code)
+        metrics, paired = assess(y[rows], {k: np.asarray(p)[rows] for k, p in forecasts.items()}, n_boot, seed, model=model,
+                                 probabilistic=[k for k in forecasts if k != model])
+        for forecast, m in metrics.items():
+            scores.append({"market": name, "forecast": forecast, "rows": int(rows.sum()),
+                           **{k: m[k] for k in METRICS}, **{f"{k}_ci": tuple(m["ci95"][k]) for k in ("accuracy", "roc_auc", "log_loss")}})
+        gains.append(paired.assign(market=name))
+    return pd.DataFrame(scores), pd.concat(gains, ignore_index=True)[["market", *paired.columns]]
 
 # %% ../nbs/05_metrics.ipynb #95797667
 # Best honest out-of-sample (accuracy over majority, ROC AUC edge) per label horizon in bars: bench/honest_ceiling.py
