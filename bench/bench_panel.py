@@ -21,27 +21,12 @@ and open interest frames): `peak / raw` is how many raw panels' worth of memory 
 after a warm-up run on a tiny panel (so that libraries loading and their memory pools growing once per process are
 not counted as the panel's). Targets (issue 14): >= 1 M rows/s and peak <= 2x the raw panel.
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, json, os, subprocess, sys, tempfile
 from pathlib import Path
 
+from bench_features import measured   # the same clock and peak-memory reading as the feature store's benchmark
+
 TARGET = (1e6, 2.0)
-
-
-def resident_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"): return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def measured(step):
-    "Run `step()`; (wall seconds, CPU seconds, peak resident bytes above the resident set before it, its result)."
-    import gc
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")
-    before = resident_bytes("VmRSS")
-    t0, c0 = time.perf_counter(), time.process_time()
-    result = step()
-    return time.perf_counter() - t0, time.process_time() - c0, resident_bytes("VmHWM") - before, result
 
 
 def bench_set():
@@ -134,12 +119,12 @@ def child(step: str, markets: int, days: float) -> dict:
         rows = sum(len(f["bars"]) for f in frames.values())
         out = {"step": step, "rows": rows, "raw_mb": raw / 2**20, "features": len(fs.features)}
         runs = [measured(lambda: run(frames, panel)) for _ in range(2)]
-        wall, cpu, _, result = min(runs, key=lambda r: r[0])
+        wall, cpu, _ = min(runs)
         out |= {"s": wall, "cpu_s": cpu, "rows_s": rows / wall, "peak_x_raw": (raw + max(r[2] for r in runs)) / raw}
-        if step == "build": out["file_mb"] = Path(result).stat().st_size / 2**20
+        if step == "build": out["file_mb"] = (Path(folder)/"panel.parquet").stat().st_size / 2**20
         if step == "reference":   # the same values as ours?
             ours = compute_panel(panel, fs)
-            theirs = result[list(ours.columns)]
+            theirs = run(frames, panel)[list(ours.columns)]
             a, b = ours[list(fs.features)].to_numpy(), theirs[list(fs.features)].to_numpy()
             both = ~(np.isnan(a) | np.isnan(b))
             out["nan_mismatch"] = int((np.isnan(a) != np.isnan(b)).sum())
