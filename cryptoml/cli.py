@@ -15,11 +15,12 @@ from .ingest import (IngestReport, ManyReport, funding_exchange, import_csv, imp
                              ingest_many, read_universe, write_demo_market)
 from .features import FEATURE_SETS, build_features, read_feature_table
 from .panel import PANEL_SETS, build_panel, panel_market, panel_markets
-from .tune import tune
+from .tune import MIN_VAL_ROWS, tune
 from .registry import (ALIASES, MIN_ROWS, Run, card_summary, compare, describe_run, format_runs, list_runs, migrate,
                                promote, resolve_market, rollback, save_run, write_comparison)
 from .infer import LGBMProd, predict_latest
 from .monitor import monitor, report_table
+from .backtest import FEE_BPS, PERIODS, SLIPPAGE_BPS, Backtest, backtest, backtest_text
 from .docs import render_site
 
 # %% auto #0
@@ -28,7 +29,8 @@ __all__ = ['REPORT_BUG', 'COMMANDS', 'run_command', 'add_exchange', 'add_symbol'
            'add_many', 'many_markets', 'print_many', 'cmd_panel', 'print_ingest', 'fetch', 'import_dumps', 'cmd_ingest',
            'cmd_import', 'cmd_demo', 'cmd_features', 'tune_and_save', 'cmd_tune', 'print_decision', 'cmd_promote',
            'cmd_rollback', 'cmd_runs', 'cmd_show', 'cmd_compare', 'cmd_migrate', 'cmd_predict', 'cmd_monitor',
-           'check_source', 'acquire', 'step', 'cmd_pipeline', 'cmd_docs', 'parser', 'in_data_root', 'main']
+           'check_source', 'acquire', 'step', 'cmd_pipeline', 'add_backtest', 'run_backtest', 'cmd_backtest',
+           'cmd_docs', 'parser', 'in_data_root', 'main']
 
 # %% ../nbs/15_cli.ipynb #fc6f9e4c
 REPORT_BUG = "this is a bug in cryptoml, not in your input; please report it with the traceback above"
@@ -83,7 +85,8 @@ def add_tuning(p: argparse.ArgumentParser):
     "Add the tuning options shared by `tune` and `pipeline`."
     p.add_argument("--trials", type=int, default=50, help="finished Optuna trials the study must hold (default: 50)")
     p.add_argument("--timeout", type=float, default=None, help="stop tuning after this many seconds")
-    p.add_argument("--val-days", type=float, default=14, help="days of validation at the end of the data (default: 14)")
+    p.add_argument("--val-days", type=float, default=None,
+                   help="days of validation at the end of the data (default: 14, or as many as hold 2,000 bars)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under --home)")
     p.add_argument("--study", default=None, help="Optuna study name (default: one per market, feature set, objective, seed and "
                                                  "data, so a rerun on the same data resumes it)")
@@ -124,7 +127,7 @@ def existing_file(name: str) -> Path:
     if not path.is_file(): raise argparse.ArgumentTypeError(f"no such file: {name}")
     return path
 
-# %% ../nbs/15_cli.ipynb #a16253cb
+# %% ../nbs/15_cli.ipynb #4a858ef3
 def symbol_list(text: str) -> list[str]:
     "`--symbols`: comma-separated ccxt symbols."
     return [s.strip() for s in text.split(",") if s.strip()]
@@ -151,7 +154,7 @@ def print_many(args, report: ManyReport) -> int:
     if report.failures: _say(args, f"{len(report.failures)} of {len(report.reports) + len(report.failures)} markets failed", 2)
     return 2 if report.failures else 0
 
-# %% ../nbs/15_cli.ipynb #dd71703d
+# %% ../nbs/15_cli.ipynb #68ff19cc
 def cmd_panel(args) -> int:
     "Build a panel's table from the stored bars of a universe's markets; print its path and how to tune it."
     universe = read_universe(args.universe)
@@ -300,25 +303,66 @@ def acquire(args) -> Market:
     else: fetch(args)
     return market
 
-def step(n: int, what: str):
-    "Announce pipeline step `n` on stderr."
-    print(f"[{n}/5] {what}", file=sys.stderr, flush=True)
+def step(n: int, what: str, steps: int = 5):
+    "Announce pipeline step `n` of `steps` on stderr."
+    print(f"[{n}/{steps}] {what}", file=sys.stderr, flush=True)
 
 def cmd_pipeline(args) -> int:
     "Market data, features, leak-checked split, tuning, save and promotion; prints the model card summary."
     check_source(args)
-    started = time.monotonic()
-    step(1, "market data")
+    started, steps = time.monotonic(), 5 + args.backtest
+    step(1, "market data", steps)
     market = acquire(args)
-    step(2, f"features of {market}")
+    step(2, f"features of {market}", steps)
     path = build_features(market, home=args.home, feature_set=args.feature_set, horizon=args.horizon, progress=not args.quiet)
-    step(3, f"split, leakage guard and {args.trials} tuning trials")
+    step(3, f"split, leakage guard and {args.trials} tuning trials", steps)
     run_id = tune_and_save(args, path)
-    step(4, f"promotion of run {run_id}")
+    step(4, f"promotion of run {run_id}", steps)
     decision = promote(run_id, home=args.home, min_improvement=args.min_improvement, min_rows=args.min_rows)
-    step(5, f"model card ({time.monotonic() - started:.0f} s in all)")
+    step(5, f"model card ({time.monotonic() - started:.0f} s in all)", steps)
     print(card_summary(Run.open(run_id, args.home).card))
+    if args.backtest:
+        step(6, "walk-forward backtest", steps)
+        run_backtest(args, market, path)
     return 0 if decision.promoted else 1
+
+# %% ../nbs/15_cli.ipynb #c9e8a27a
+def add_backtest(p: argparse.ArgumentParser):
+    "Add the walk-forward and trading options shared by `backtest` and `pipeline --backtest`."
+    p.add_argument("--retrain-days", type=float, default=None, help="days between retrains (default: 360 bars, 1 to 30 days)")
+    p.add_argument("--train-days", type=float, default=None, help="rolling training window in days (default: all bars so far)")
+    p.add_argument("--warmup-days", type=float, default=None, help="days before the first test segment (default: the fewest that fit --min-rows)")
+    p.add_argument("--tune-every", type=int, default=None, help="re-tune on the first of every N folds (default: once, on fold 1)")
+    p.add_argument("--params", metavar="RUN_ID", default=None, help="fixed parameters from a run's model card instead of tuning")
+    p.add_argument("--threshold", type=float, default=None, help="trade when p_up is further than this from 0.5 (default: chosen per fold "
+                                                                 "on its training window)")
+    p.add_argument("--no-short", action="store_true", help="long or flat only, as on a spot market")
+    p.add_argument("--fee-bps", type=float, default=FEE_BPS, help=f"fee per side in bps (default: {FEE_BPS:g}, Binance USDT-M futures taker; spot: 10)")
+    p.add_argument("--slippage-bps", type=float, default=SLIPPAGE_BPS, help=f"slippage per side in bps (default: {SLIPPAGE_BPS:g})")
+    p.add_argument("--min-val-rows", type=int, default=MIN_VAL_ROWS,
+                   help=f"fewest rows in an inner slice or scored period (default: {MIN_VAL_ROWS})")
+    p.add_argument("--period", default="auto", choices=["auto", *PERIODS], help="scoring period (default: year, else month, week or day)")
+    p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval (default: 1000)")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per core)")
+
+def run_backtest(args, market: Market, path: Path) -> Backtest:
+    "Backtest `market`'s feature table at `path` with the command's options (leakage guard on); print its tables and summary."
+    table, _ = read_feature_table(path)
+    card = Run.open(args.params, args.home).card if args.params else None
+    result = backtest(table, home=args.home, market=market._asdict(), params=card and card["tuning"]["best_params"],
+                      params_from=card and {"run": args.params, "tuned_until": card["data"]["train"][1]},
+                      retrain_days=args.retrain_days, train_days=args.train_days,
+                      warmup_days=args.warmup_days, tune_every=args.tune_every, n_trials=args.trials, seed=args.seed,
+                      threshold=args.threshold, short=not args.no_short, fee_bps=args.fee_bps, slippage_bps=args.slippage_bps,
+                      min_rows=args.min_val_rows, period=args.period, n_boot=args.boot, n_jobs=args.jobs, progress=not args.quiet)
+    print(backtest_text(result))
+    return result
+
+def cmd_backtest(args) -> int:
+    "Walk-forward retraining and a cost-aware backtest of a market's feature table."
+    market = market_arg(args)
+    run_backtest(args, market, feature_path(args.home, market, args.feature_set, args.horizon))
+    return 0
 
 # %% ../nbs/15_cli.ipynb #712abb30
 def cmd_docs(args) -> int:
@@ -377,7 +421,12 @@ def _pipeline_args(p):
     add_time_range(p); add_replace(p)
     p.add_argument("--funding-csv", type=existing_file, help="with --import: funding rates to import too")
     p.add_argument("--days", type=float, default=30, help="with --demo: days of synthetic bars (default: 30)")
-    add_features(p); add_tuning(p); add_gate(p)
+    add_features(p); add_tuning(p); add_gate(p); add_backtest(p)
+    p.add_argument("--backtest", action="store_true", help="then a walk-forward backtest of the market (see backtest --help)")
+def _backtest_args(p):
+    add_market(p); add_features(p); add_backtest(p)
+    p.add_argument("--trials", type=int, default=20, help="Optuna trials per tuning (default: 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the models (default: 0)")
 def _panel_args(p):
     p.add_argument("--universe", type=existing_file, required=True, help="the universe file of the panel's markets; its name names the panel")
     add_exchange(p, None)
@@ -405,6 +454,7 @@ COMMANDS = {
     "predict":  (cmd_predict, _predict_args, "P(up) of the next bar from a market's champion"),
     "monitor":  (cmd_monitor, _monitor_args, "drift and calibration report; exit 1 on an alert"),
     "pipeline": (cmd_pipeline, _pipeline_args, "data, features, split, tune, save, promote; print the model card"),
+    "backtest": (cmd_backtest, _backtest_args, "walk-forward retraining and a backtest net of fees"),
     "migrate":  (cmd_migrate, lambda p: None, "move a data root from cryptoml 0.1's layout into per-market folders"),
     "docs":     (cmd_docs, _docs_args, "render the notebooks to HTML without Quarto"),
 }

@@ -11,6 +11,7 @@ from .core import ConfigError, DataError  # first: core sets OMP_WAIT_POLICY bef
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -20,9 +21,10 @@ from threadpoolctl import threadpool_limits
 # %% auto #0
 __all__ = ['METRICS', 'PROBABILISTIC', 'GAIN_SIGN', 'CROSS_SECTION', 'PLAUSIBLE_EDGES', 'LOPSIDED_SLOPE', 'MARGIN',
            'STANDARD_ERRORS', 'MIN_ROWS', 'expected_calibration_error', 'reliability_curve', 'roc_auc', 'evaluate',
-           'block_bootstrap_weights', 'bootstrap', 'with_ci', 'sign_forecasts', 'fit_logreg', 'baseline_forecasts',
-           'paired_gains', 'assess', 'shortfalls', 'verdict', 'cross_section', 'cross_section_summary',
-           'scores_by_market', 'honest_edges', 'plausible_bounds', 'implausible']
+           'block_bootstrap_weights', 'bootstrap', 'with_ci', 'resample', 'sign_forecasts', 'fit_logreg',
+           'baseline_forecasts', 'paired_gains', 'assess', 'shortfalls', 'verdict', 'information_coefficient',
+           'coverage_curve', 'cross_section', 'cross_section_summary', 'scores_by_market', 'honest_edges',
+           'plausible_bounds', 'implausible']
 
 # %% ../nbs/05_metrics.ipynb #8c610829
 METRICS = ("accuracy", "roc_auc", "log_loss", "brier", "ece", "base_rate")
@@ -97,6 +99,13 @@ def with_ci(point: dict, replicates: dict) -> dict:
     "The metrics `point`, with each one's bootstrap 95% interval under `ci95`."
     return {**point, "ci95": {m: [float(v) for v in np.nanpercentile(replicates[m], [2.5, 97.5])] for m in METRICS}}
 
+# %% ../nbs/05_metrics.ipynb #4977605c
+def resample(n: int, statistic, n_boot: int = 1000, block: int | None = None, seed: int = 0) -> np.ndarray:
+    "`statistic(weights)` (weights: `n` rows x resamples) on `n_boot` block-bootstrap resamples of `n` ordered rows."
+    rng, block, chunk = np.random.default_rng(seed), block or max(1, round(n ** (1 / 3))), max(1, 2_000_000 // max(n, 1))
+    return np.concatenate([np.asarray(statistic(block_bootstrap_weights(n, size, block, rng)), float)
+                           for size in np.diff([*range(0, n_boot, chunk), n_boot])])
+
 # %% ../nbs/05_metrics.ipynb #eaa40dff
 PROBABILISTIC = ("majority", "logreg")  # the baselines that give probabilities, so are compared on log loss too
 
@@ -170,7 +179,31 @@ def verdict(gains: pd.DataFrame, model: str = "lgbm") -> str:
         lines.append(f"{winner.capitalize()} beats {loser} on these rows (accuracy {signs[winner]:.4f} vs {signs[loser]:.4f}).")
     return "\n".join(lines)
 
-# %% ../nbs/05_metrics.ipynb #5b748dc0
+# %% ../nbs/05_metrics.ipynb #c052e303
+def information_coefficient(score, outcome, weights=None):
+    "Spearman correlation of `score` with `outcome` (e.g. `p_up - 0.5` with `fwd_ret`), NaN rows left out; per resample with `weights`."
+    s, o = np.asarray(score, float), np.asarray(outcome, float)
+    w = np.ones((len(s), 1)) if weights is None else np.asarray(weights, float).reshape(len(s), -1)
+    keep = ~(np.isnan(s) | np.isnan(o))
+    ranks, w = np.column_stack([rankdata(s[keep]), rankdata(o[keep])]), w[keep]
+    centred = ranks[:, :, None] - np.einsum("rk,rb->kb", ranks, w) / w.sum(0)
+    cov = lambda a, b: (w * centred[:, a] * centred[:, b]).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"): ic = cov(0, 1) / np.sqrt(cov(0, 0) * cov(1, 1))
+    return _one_or_many(ic, weights)
+
+def coverage_curve(y, p, shares=None) -> pd.DataFrame:
+    "Accuracy of the most confident calls: for each share of rows, the calls furthest from 0.5, their count, least confidence and accuracy."
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    keep = ~np.isnan(y)
+    y, p = y[keep], p[keep]
+    order = np.argsort(-np.abs(p - 0.5), kind="stable")
+    hits = np.cumsum(((p > 0.5) == (y > 0.5))[order])
+    shares = np.linspace(0.05, 1, 20) if shares is None else np.asarray(shares, float)
+    rows = np.clip(np.round(shares * len(y)).astype(int), 1, len(y))
+    return pd.DataFrame({"share": shares, "rows": rows, "min_confidence": np.abs(p - 0.5)[order][rows - 1],
+                         "accuracy": hits[rows - 1] / rows})
+
+# %% ../nbs/05_metrics.ipynb #5e3ac03e
 CROSS_SECTION = ("ic", "rank_ic", "icir", "rank_icir", "spread", "hit_rate")
 
 def _group_corr(a: pd.Series, b: pd.Series, groups: pd.Series) -> pd.Series:
@@ -203,16 +236,13 @@ def _summary_stats(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def cross_section_summary(per_ts: pd.DataFrame, n_boot: int = 1000, block: int | None = None, seed: int = 0) -> pd.DataFrame:
     "Mean IC and rank IC, ICIR and rank ICIR, mean spread and IC hit rate over `cross_section`'s timestamps, with block-bootstrap 95% intervals."
     values = per_ts[["ic", "rank_ic", "spread"]].dropna().to_numpy()
-    n, rng = len(values), np.random.default_rng(seed)
-    if n < 2: raise DataError(f"cross-sectional scores need 2+ timestamps with enough markets; there are {n}")
-    block, chunk = block or max(1, round(n ** (1 / 3))), max(1, 2_000_000 // n)
+    if (n := len(values)) < 2: raise DataError(f"cross-sectional scores need 2+ timestamps with enough markets; there are {n}")
     point = _summary_stats(values, np.ones((n, 1)))[:, 0]
-    boots = np.hstack([_summary_stats(values, block_bootstrap_weights(n, size, block, rng))
-                       for size in np.diff([*range(0, n_boot, chunk), n_boot])])
-    lo, hi = np.nanpercentile(boots, [2.5, 97.5], axis=1)
+    boots = resample(n, lambda weights: _summary_stats(values, weights).T, n_boot, block, seed)
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5], axis=0)
     return pd.DataFrame({"value": point, "lo": lo, "hi": hi, "timestamps": n}, index=pd.Index(CROSS_SECTION, name="score"))
 
-# %% ../nbs/05_metrics.ipynb #a08bb63d
+# %% ../nbs/05_metrics.ipynb #c8edb9ba
 def scores_by_market(y, market, forecasts: dict, *, model: str | None = None, names: dict | None = None, n_boot: int = 1000,
                      seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Each forecast's metrics (with 95% intervals) on each market's rows, and `model`'s paired gains over the others there: (scores, gains)."

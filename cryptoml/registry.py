@@ -18,8 +18,8 @@ import pandas as pd
 from .core import (
     RUN_ID, ArtifactError, ConfigError, DataError, Market, PromotionRefused, atomic_symlink, atomic_write, atomic_write_bytes,
     atomic_write_json, check_exchange, check_layout, check_run_id, data_home, feature_path, inside, library_versions, market_dir,
-    models_dir, parquet_metadata, read_parquet_file, sha256_file, symbol_id, timeframe_seconds, to_utc)
-from .features import snapshot_table
+    models_dir, parquet_metadata, sha256_file, symbol_id, timeframe_seconds, to_utc)
+from .features import read_feature_table, snapshot_table
 from .metrics import METRICS, assess, implausible, reliability_curve
 import lightgbm as lgb
 
@@ -113,9 +113,9 @@ def model_card(result, run_id: str, snapshot: Path, artifacts: dict, home=None, 
         "tuning": {"trials": int(result.n_trials), "sampler": result.sampler, "seed": int(result.seed),
                    "objective": result.objective, "best_trial": int(result.best_trial), "best_params": result.params,
                    "best_iteration": int(result.best_iteration), "wall_seconds": float(result.wall_seconds),
-                   "study_name": result.study_name, "storage": redact_url(result.storage)},
+                   "study_name": result.study_name, "storage": redact_url(result.storage), "guard_ran": bool(result.guard_ran)},
         "metrics": {"validation": result.metrics, "baselines": result.baselines, "verdict": result.verdict},
-        **({"manifest": result.manifest} if getattr(result, "manifest", None) else {}),
+        "manifest": result.manifest,
         "artifacts": artifacts,
         "promotion": {"decision": "pending", "reason": "not yet through the promotion gate", "previous_best": None},
     })
@@ -131,8 +131,9 @@ CARD_SCHEMA = {
     "label": {"definition": str, "horizon": int},
     "split": dict,
     "tuning": {"trials": int, "sampler": str, "seed": int, "objective": str, "best_trial": int, "best_params": dict,
-               "best_iteration": int, "wall_seconds": _NUMBER},
+               "best_iteration": int, "wall_seconds": _NUMBER, "guard_ran": bool},
     "metrics": {"validation": dict, "baselines": dict},
+    "manifest": dict,
     "artifacts": {name: str for name in ARTIFACTS},
     "promotion": {"decision": str, "reason": str, "previous_best": _OPTIONAL_STR},
 }
@@ -261,7 +262,7 @@ class Run:
         path, sha = inside(self.root/self.card["data"]["feature_table"], self.root), self.card["data"]["feature_table_sha256"]
         if sha256_file(path) != sha:
             raise ArtifactError(f"feature table {path} changed since run {self.id} was trained (sha256 no longer {sha[:12]}...)")
-        return read_parquet_file(path)
+        return read_feature_table(path)[0]
 
     def predict(self, rows: pd.DataFrame, booster: lgb.Booster | None = None) -> np.ndarray:
         "P(up) of each of `rows` (a frame with the card's feature columns)."

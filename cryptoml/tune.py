@@ -11,7 +11,7 @@ from typing import Callable
 from .core import ConfigError, library_versions, symbol_id  # first: core sets OMP_WAIT_POLICY before lightgbm loads
 from .features import FEATURES, content_digest, feature_code_sha256, table_asof
 from .panel import panel_table_asof
-from .split import MARKET, GuardReport, LeakageGuard, Split, check_split, feature_columns, time_cut, time_split
+from .split import MARKET, GuardReport, LeakageGuard, Split, bar_length, check_split, feature_columns, time_cut, time_split
 from .metrics import METRICS, assess, baseline_forecasts, evaluate, fit_logreg, implausible, verdict
 
 import lightgbm as lgb
@@ -29,10 +29,11 @@ from tqdm.auto import tqdm
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # %% auto #0
-__all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES', 'FINISHED', 'base_params', 'suggest_params',
-           'categorical', 'Objective', 'pick_trial', 'TrialSeededTPE', 'inner_split', 'trial_objective', 'make_pruner',
-           'fingerprint', 'default_study_name', 'study_storage', 'open_study', 'finished_trials', 'run_trials',
-           'TuneResult', 'run_manifest', 'judge', 'point_in_time_fn', 'tune']
+__all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES', 'FINISHED', 'MIN_VAL_ROWS', 'base_params',
+           'suggest_params', 'categorical', 'Objective', 'pick_trial', 'TrialSeededTPE', 'inner_split',
+           'trial_objective', 'make_pruner', 'fingerprint', 'default_study_name', 'study_storage', 'open_study',
+           'finished_trials', 'run_trials', 'default_val_days', 'TuneResult', 'run_manifest', 'judge',
+           'point_in_time_fn', 'tune']
 
 # %% ../nbs/06_tune.ipynb #8cf5eb92
 SKEWED = 0.1  # class weighting is searched when the base rate is further than this from 0.5
@@ -56,7 +57,7 @@ def suggest_params(trial: optuna.Trial, base_rate: float) -> dict:
         params["scale_pos_weight"] = (1 - base_rate) / base_rate
     return params
 
-# %% ../nbs/06_tune.ipynb #8dbca1e3
+# %% ../nbs/06_tune.ipynb #aca96d7f
 def categorical(features: list[str]) -> dict:
     "LightGBM's setting that makes a panel's `market` column (by its position in `features`) a category; {} without one."
     return {"categorical_column": str(features.index(MARKET))} if MARKET in features else {}
@@ -190,6 +191,18 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
         study.optimize(objective, n_trials=n_trials - bar.n, timeout=timeout,
                        callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), tick])
 
+# %% ../nbs/06_tune.ipynb #fb8a69a2
+MIN_VAL_ROWS = 2000  # the fewest labelled rows a default validation window, inner slice or scoring period holds
+
+def default_val_days(table: pd.DataFrame, days: float = 14, min_rows: int = MIN_VAL_ROWS) -> float:
+    "Days of validation at the end of `table`: `days`, or as many as hold `min_rows` labelled rows if that is longer."
+    labelled = table.ts[table.y.notna()].sort_values()   # a panel's rows are by market: its last rows are its latest in time
+    if len(labelled) < 2 * min_rows:
+        raise ConfigError(f"the table has {len(labelled):,} labelled rows: too few for a default validation window of "
+                          f"{min_rows:,} rows after a training period as long; pass val_days explicitly")
+    end = table.ts.max() + bar_length(table)
+    return max(float(days), (end - labelled.iloc[-min_rows]) / pd.Timedelta(days=1))
+
 # %% ../nbs/06_tune.ipynb #82ff2311
 @dataclass(repr=False)
 class TuneResult:
@@ -270,7 +283,7 @@ def point_in_time_fn(table: pd.DataFrame, table_meta: dict, feature_fn: Callable
     return (panel_table_asof if MARKET in table.columns else table_asof)({**table_meta, "features": feature_columns(table)}, home)
 
 def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: Callable | None = None, guard: bool = True,
-         home=None, n_trials: int = 50, timeout: float | None = None, val_days: float = 14, objective: str = "logloss",
+         home=None, n_trials: int = 50, timeout: float | None = None, val_days: float | None = None, objective: str = "logloss",
          seed: int = 0, storage: str | None = None, study_name: str | None = None, num_threads: int = 1, progress: bool = True,
          table_meta: dict | None = None, inner_days: float | None = None, n_boot: int = 1000) -> TuneResult:
     "Guard, tune on an inner slice, refit on the training period, judge once on the last `val_days` and check the scores are plausible (a panel: pooled, one cut for all markets)."
@@ -278,6 +291,7 @@ def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: 
     if objective not in OBJECTIVES: raise ConfigError(f"unknown objective {objective!r}: expected one of {list(OBJECTIVES)}")
     table_meta = {**table.attrs.get("cryptoml", {}), **(table_meta or {})}
     features = list(features or feature_columns(table))
+    val_days = default_val_days(table) if val_days is None else val_days
     split = time_cut(table, val_days, horizon=table_meta.get("horizon"))
     check_fn = point_in_time_fn(table, table_meta, feature_fn, guard, home)
     guard_report = check_split(split, table, check_fn)

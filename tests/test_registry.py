@@ -213,7 +213,7 @@ def test_an_implausible_score_is_refused_as_a_suspected_leak(tmp_path, table):
     write_table(tmp_path, leaky)
     run = save_run(tuned_run(leaky, list(leaks)), home=tmp_path)
     d = promote(run, home=tmp_path, **GATE)
-    assert not d.promoted and d.reason.startswith("implausible scores on 1439 fresh rows, a suspected leak: accuracy")
+    assert not d.promoted and d.reason.startswith("implausible scores on 1439 fresh rows, a suspected leak: validation accuracy")
     assert best_run_id(home=tmp_path, market=MARKET) is None
 
 def test_two_markets_keep_two_champions(tmp_path, table, tuned):

@@ -94,9 +94,9 @@ def test_a_snapshot_keeps_the_bytes_a_run_trained_on_through_rebuilds(btc):
     assert snap == snapshot_dir(home)/f"{trained_on}.parquet"
     assert os.stat(snap).st_ino == os.stat(path).st_ino, "a hard link: no bytes copied"
     assert os.stat(snap).st_mode & 0o222 == 0, "read-only"
-    rebuilt = build_features(market, home=home, horizon=5, progress=False)
+    rebuilt = build_features(market, home=home, dead_zone=0.5, progress=False)
     assert rebuilt == path and sha256_file(path) != trained_on
-    assert sha256_file(snap) == trained_on and read_feature_table(snap)[1]["horizon"] == 1
+    assert sha256_file(snap) == trained_on and read_feature_table(snap)[1]["dead_zone"] is None
     build_features(market, home=home, progress=False)  # the next-bar table again: the same bytes, the same snapshot
     assert sha256_file(path) == trained_on and snapshot_table(path, home) == snap
     assert not list(snapshot_dir(home).glob(".*.tmp"))
