@@ -20,7 +20,7 @@ from .core import ConfigError, DataError, Market, atomic_write, feature_path, ti
 from .ingest import (PRICES, Universe, funding_exchange, read_bars, read_funding, read_open_interest, store_open_interest,
                              synthetic_funding, synthetic_interest, write_bars, write_funding)
 from .features import (FEATURES, PARQUET_OPTIONS, BarArrays, FeatureSet, bar_arrays, content_digest, funding_arrays,
-                               label_arrays, read_feature_table, rolling_mean, rolling_std, rolling_sum)
+                               label_arrays, rolling_mean, rolling_std, rolling_sum)
 from .features import _code_text, _feature_text, _in_background, _unchanged  # the feature store's, shared
 
 # %% auto #0

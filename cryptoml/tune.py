@@ -11,7 +11,7 @@ from typing import Callable
 from .core import ConfigError, library_versions, symbol_id  # first: core sets OMP_WAIT_POLICY before lightgbm loads
 from .features import FEATURES, content_digest, feature_code_sha256, table_asof
 from .panel import panel_table_asof
-from .split import MARKET, GuardReport, LeakageGuard, Split, bar_length, check_split, feature_columns, time_cut, time_split
+from .split import MARKET, GuardReport, Split, bar_length, check_split, feature_columns, time_cut
 from .metrics import METRICS, assess, baseline_forecasts, evaluate, fit_logreg, implausible, verdict
 
 import lightgbm as lgb
