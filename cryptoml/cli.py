@@ -16,7 +16,7 @@ from .ingest import (IngestReport, ManyReport, funding_exchange, import_csv, imp
 from .features import FEATURE_SETS, build_features, read_feature_table
 from .panel import PANEL_SETS, build_panel, panel_market, panel_markets
 from .tune import MIN_VAL_ROWS, tune
-from .registry import (ALIASES, MIN_ROWS, Run, card_summary, compare, describe_run, format_runs, list_runs, migrate,
+from .registry import (ALIASES, MIN_ROWS, Run, card_summary, champion_markets, compare, describe_run, format_runs, list_runs, migrate,
                                promote, resolve_market, rollback, save_run, write_comparison)
 from .infer import LGBMProd, predict_latest
 from .monitor import monitor, report_table
@@ -371,7 +371,10 @@ def cmd_backtest(args) -> int:
 # %% ../nbs/15_cli.ipynb #712abb30
 def cmd_docs(args) -> int:
     "Render the notebooks to HTML without Quarto (needs the dev extras: nbdev, nbconvert); exit 1 if one fails."
-    return 1 if render_site(args.notebooks, args.out, args.timeout) else 0
+    home = data_home(args.home) if args.home else None  # else the pages read $CRYPTOML_HOME, as every command does
+    if home is not None and not champion_markets(home):
+        raise ConfigError(f"no market in {home} has a champion to document: run `cryptoml pipeline` there first")
+    return 1 if render_site(args.notebooks, args.out, args.timeout, home) else 0
 
 # %% ../nbs/15_cli.ipynb #c4679da6
 def _ingest_args(p): add_exchange(p, None); add_symbol(p, required=False); add_many(p); add_time_range(p); add_replace(p)
