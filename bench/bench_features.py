@@ -26,6 +26,7 @@ Targets (issue 16): rich build >= 0.5x the reference's rows/s, peak <= 1.5x the 
 """
 import argparse, ctypes, gc, json, os, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
+from typing import NamedTuple
 
 LIBC = ctypes.CDLL("libc.so.6")  # glibc (Linux): the benchmark reads memory figures from /proc anyway
 
@@ -64,8 +65,15 @@ def resident_bytes(field: str) -> int:
     raise KeyError(field)
 
 
-def measured(step) -> dict:
-    "Run `step()`: its wall and CPU seconds and its peak resident bytes above the resident set before it."
+class Measure(NamedTuple):
+    "One timed run of a step: wall and CPU seconds, and peak resident bytes above the resident set before it."
+    wall: float
+    cpu: float
+    peak: int
+
+
+def measured(step) -> Measure:
+    "Run `step()` and measure it (bench_panel measures its steps with this too)."
     gc.collect()
     LIBC.malloc_trim(0)  # hands freed memory back, so the step's peak counts only what it needs anew
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
@@ -75,7 +83,7 @@ def measured(step) -> dict:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resident_bytes("VmHWM") - before
     del result
-    return {"wall": wall, "cpu": cpu, "peak": peak}
+    return Measure(wall, cpu, peak)
 
 
 def steps(bars, funding, folder: Path) -> dict:
@@ -153,7 +161,7 @@ def child(n: int, rounds: int) -> dict:
             named[name]()
             file_mb[name] = (Path(folder)/"project.parquet").stat().st_size / 2**20
         stages = profile(bars, funding, Path(folder))
-    median = {name: {k: statistics.median(m[k] for m in ms) for k in ms[0]} for name, ms in runs.items()}
+    median = {name: {k: statistics.median(getattr(m, k) for m in ms) for k in Measure._fields} for name, ms in runs.items()}
     return {"bars": n, "raw_mb": raw / 2**20, "rounds": rounds, "median": median, "raw": raw, "file_mb": file_mb,
             "profile_ms_per_m": {k: v * 1e3 / n * 1e6 for k, v in stages.items()}}
 
