@@ -789,6 +789,7 @@ def describe_run(run_id: str | Run, home=None) -> str:
 # %% ../nbs/09_registry.ipynb #24a1a430
 def metrics_with_intervals(card: dict, digits: int = 4) -> pd.DataFrame:
     "`metrics_table` as text: each figure with its 95% block-bootstrap interval from the card, where it has one."
+    from cryptoml.metrics import METRICS
     scores = {"lgbm": card["metrics"]["validation"], **card["metrics"]["baselines"]}
     def text(s: dict, m: str) -> str:
         ci = (s.get("ci95") or {}).get(m)
