@@ -4,28 +4,32 @@
 
 # %% ../nbs/10_infer.ipynb #3f858473
 from __future__ import annotations
-import atexit, ctypes, functools, json, logging, math, os, threading, time
+import atexit, ctypes, functools, hashlib, importlib.util, json, logging, math, os, shutil, subprocess, tempfile, threading, time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from .core import ArtifactError, ConfigError, DataError, Market, data_home, inside, market_dir, to_ms, to_utc
-from .features import OHLCV, BarArrays, FeatureSet, bar_arrays, funding_arrays, get_feature_set
-from .registry import Run, alias_link, online_settings, resolve_market
+from .core import (ArtifactError, ConfigError, DataError, Market, atomic_write_bytes, atomic_write_json, data_home, inside,
+                           market_dir, to_ms, to_utc)
+from .registry import Run, alias_link, online_settings, resolve_market, verified_bytes
 from .calibrate import OnlineCalibrator, epoch_ms
-import lightgbm as lgb
-from lightgbm.basic import _LIB, _safe_call
+# Serving stays lean (issue 16): no `lightgbm` package (it imports scikit-learn; its C library is loaded with ctypes), and
+# features (DuckDB, SciPy) only inside the online-feature functions that need it.
+if TYPE_CHECKING: from cryptoml.features import BarArrays, FeatureSet
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['feature_mismatch', 'check_features', 'FastBooster', 'path_stamp', 'LoadedRun', 'ServedModel', 'LGBMProd',
-           'OnlineServing', 'ShadowLog', 'log_time', 'shadow_log_path', 'shadow_lines', 'read_shadow_log',
-           'online_features', 'latest_bars', 'predict_latest', 'OnlineFeatures']
+__all__ = ['COMPILE_FLAGS', 'COMPILED', 'feature_mismatch', 'check_features', 'lightgbm_lib', 'FastBooster', 'model_trees',
+           'model_c_source', 'compile_model', 'probe_rows', 'CompiledBooster', 'compiled_model', 'compiled_or_native',
+           'path_stamp', 'LoadedRun', 'ServedModel', 'LGBMProd', 'OnlineServing', 'ShadowLog', 'log_time',
+           'shadow_log_path', 'shadow_lines', 'read_shadow_log', 'online_features', 'latest_bars', 'predict_latest',
+           'OnlineFeatures']
 
 # %% ../nbs/10_infer.ipynb #f3b90cdf
 def feature_mismatch(given, expected) -> str:
@@ -45,43 +49,242 @@ def check_features(given, expected, what: str = "input"):
 # %% ../nbs/10_infer.ipynb #d934477b
 _PREDICT_NORMAL, _FLOAT64 = 0, 1  # C_API_PREDICT_NORMAL and C_API_DTYPE_FLOAT64 in LightGBM's c_api.h
 
+@functools.cache
+def lightgbm_lib() -> ctypes.CDLL:
+    "LightGBM's C library, the one the `lightgbm` package ships, loaded without importing the package."
+    spec = importlib.util.find_spec("lightgbm")
+    folders = [Path(p)/"lib" for p in (spec.submodule_search_locations or [])] if spec else []
+    found = [f/name for f in folders for name in ("lib_lightgbm.so", "lib_lightgbm.dylib", "lib_lightgbm.dll") if (f/name).is_file()]
+    if not found: raise ArtifactError(f"LightGBM's C library is not in {[str(f) for f in folders]}: is lightgbm installed?")
+    lib = ctypes.CDLL(str(found[0]))
+    lib.LGBM_GetLastError.restype = ctypes.c_char_p
+    return lib
+
+def _check(code: int):
+    "Raise LightGBM's last error when a C API call returned non-zero."
+    if code: raise ArtifactError(f"LightGBM: {lightgbm_lib().LGBM_GetLastError().decode()}")
+
 class _RowSlot:
     "One thread's `FastConfig` handle on a booster, with that thread's own input row and output buffers."
-    _free = _LIB.LGBM_FastConfigFree  # held here so that handles can still be freed while the interpreter exits
-
-    def __init__(self, booster: lgb.Booster, num_iteration: int):
-        n = booster.num_feature()
-        self.booster, self.handle = booster, ctypes.c_void_p()  # the booster must outlive the handle that points into it
-        _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
-            booster._handle, ctypes.c_int(_PREDICT_NORMAL), ctypes.c_int(0), ctypes.c_int(num_iteration),
-            ctypes.c_int(_FLOAT64), ctypes.c_int32(n), b"num_threads=1", ctypes.byref(self.handle)))
+    def __init__(self, model: FastBooster):
+        lib, n = lightgbm_lib(), model.num_feature
+        self.model, self.handle, self._free = model, ctypes.c_void_p(), lib.LGBM_FastConfigFree  # the model outlives the handle
+        _check(lib.LGBM_BoosterPredictForMatSingleRowFastInit(
+            model.handle, ctypes.c_int(_PREDICT_NORMAL), ctypes.c_int(0), ctypes.c_int(-1), ctypes.c_int(_FLOAT64),
+            ctypes.c_int32(n), b"num_threads=1", ctypes.byref(self.handle)))
         self.row, self.out, self.out_len = (ctypes.c_double * n)(), ctypes.c_double(), ctypes.c_int64()
-        self.predict = functools.partial(_LIB.LGBM_BoosterPredictForMatSingleRowFast, self.handle, self.row,
+        self.predict = functools.partial(lib.LGBM_BoosterPredictForMatSingleRowFast, self.handle, self.row,
                                          ctypes.byref(self.out_len), ctypes.byref(self.out))
 
     def __del__(self): self._free(self.handle)
 
 # %% ../nbs/10_infer.ipynb #667c3ac5
 class FastBooster:
-    "A binary LightGBM booster's P(up): single rows through the C fast path (a slot per thread), batches through `Booster.predict`."
-    def __init__(self, booster: lgb.Booster):
-        self.booster, self.num_iteration = booster, booster.best_iteration if booster.best_iteration > 0 else -1
-        self._slots = threading.local()
+    "A binary LightGBM model's P(up) through LightGBM's C API: single rows on the fast path (a slot per thread), batches in one call."
+    def __init__(self, model):
+        lib, self.text = lightgbm_lib(), model if isinstance(model, str) else model.model_to_string()
+        self.handle, iterations, features = ctypes.c_void_p(), ctypes.c_int(), ctypes.c_int()
+        _check(lib.LGBM_BoosterLoadModelFromString(self.text.encode(), ctypes.byref(iterations), ctypes.byref(self.handle)))
+        self._free, self._slots = lib.LGBM_BoosterFree, threading.local()
+        _check(lib.LGBM_BoosterGetNumFeature(self.handle, ctypes.byref(features)))
+        self.num_feature = features.value
+
+    def __del__(self):
+        if self.handle: self._free(self.handle)
 
     def predict_row(self, values: list) -> float:
-        "P(up) of one row: `values`, a list of floats in the booster's feature order."
+        "P(up) of one row: `values`, a list of floats in the model's feature order."
         slot = getattr(self._slots, "slot", None) or self._new_slot()
         slot.row[:] = values
-        _safe_call(slot.predict())
+        _check(slot.predict())
         return slot.out.value
 
     def _new_slot(self) -> _RowSlot:
-        self._slots.slot = slot = _RowSlot(self.booster, self.num_iteration)
+        self._slots.slot = slot = _RowSlot(self)
         return slot
 
     def predict_batch(self, X: np.ndarray, num_threads: int = 1) -> np.ndarray:
         "P(up) of each row of the 2-D array `X`."
-        return self.booster.predict(X, num_iteration=self.num_iteration, num_threads=num_threads)
+        X = np.ascontiguousarray(X, np.float64)
+        out, out_len = np.empty(len(X)), ctypes.c_int64()
+        if len(X): _check(lightgbm_lib().LGBM_BoosterPredictForMat(
+            self.handle, X.ctypes.data_as(ctypes.c_void_p), ctypes.c_int(_FLOAT64), ctypes.c_int32(X.shape[0]),
+            ctypes.c_int32(X.shape[1]), ctypes.c_int(1), ctypes.c_int(_PREDICT_NORMAL), ctypes.c_int(0), ctypes.c_int(-1),
+            f"num_threads={num_threads}".encode(), ctypes.byref(out_len), out.ctypes.data_as(ctypes.c_void_p)))
+        return out
+
+# %% ../nbs/10_infer.ipynb #2291fb4c
+def _c_number(v: float) -> str:
+    "`v` as an exact C literal: a hexadecimal float."
+    return ("-INFINITY" if v < 0 else "INFINITY") if math.isinf(v) else float(v).hex()
+
+def _c_left(feature: int, threshold: float, decision_type: int) -> str:
+    "The C condition for going left at a numerical split, as LightGBM's `NumericalDecision` decides."
+    missing, default_left, x, t = (decision_type >> 2) & 3, decision_type & 2, f"x[{feature}]", _c_number(threshold)
+    if missing == 1: return f"(ZERO({x}) ? {int(bool(default_left))} : {x} <= {t})"  # Zero: NaN counts as 0, 0 goes the default side
+    left_on_nan = default_left if missing == 2 else threshold >= 0  # NaN: the default side; None: NaN counts as 0
+    return f"!({x} > {t})" if left_on_nan else f"{x} <= {t}"
+
+def model_trees(text: str) -> tuple[dict, list[dict]]:
+    "The header fields and the trees (each a dict of its fields) of a LightGBM model `text`; ConfigError if we cannot compile it."
+    head, _, body = text.partition("\nTree=")
+    header = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
+    trees = [dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+             for block in ("Tree=" + body).split("\nend of trees")[0].split("\n\n")]
+    trees = [t for t in trees if "num_leaves" in t]
+    problems = {"its objective is not binary": not header.get("objective", "").startswith("binary"),
+                "it averages its trees (a random forest)": "\naverage_output" in head,
+                "it has categorical splits": any(int(t.get("num_cat", 0)) for t in trees),
+                "it has linear trees": any(t.get("is_linear", "0") != "0" for t in trees)}
+    if bad := [why for why, yes in problems.items() if yes]: raise ConfigError(f"cannot compile this LightGBM model: {'; '.join(bad)}")
+    return header, trees
+
+def _tree_c(k: int, tree: dict) -> str:
+    "Tree `k` as the C function `t{k}`: nested ifs down to its leaves."
+    leaves = [float(v) for v in tree["leaf_value"].split()]
+    if int(tree["num_leaves"]) == 1: return f"static double t{k}(const double* x) {{ return {_c_number(leaves[0])}; }}\n"
+    feature, threshold, kind, left, right = ([cast(v) for v in tree[name].split()] for name, cast in (
+        ("split_feature", int), ("threshold", float), ("decision_type", int), ("left_child", int), ("right_child", int)))
+    def node(n: int, depth: int) -> str:
+        pad = " " * depth
+        if n < 0: return f"{pad}return {_c_number(leaves[~n])};\n"
+        return (f"{pad}if ({_c_left(feature[n], threshold[n], kind[n])}) {{\n{node(left[n], depth + 1)}"
+                f"{pad}}} else {{\n{node(right[n], depth + 1)}{pad}}}\n")
+    return f"static double t{k}(const double* x) {{\n{node(0, 1)}}}\n"
+
+_C_SCORING = """
+static double p_up(double raw) { return 1.0 / (1.0 + exp(-SIGMOID * raw)); }  /* LightGBM's binary ConvertOutput */
+static void snap(const double* x, double* to) {  /* LightGBM reads |x| <= kZeroThreshold as 0 */
+  for (int f = 0; f < N_FEATURES; ++f) to[f] = ZERO(x[f]) && !isnan(x[f]) ? 0.0 : x[f];
+}
+int32_t cml_num_feature(void) { return N_FEATURES; }
+double cml_predict_row(const double* x) {
+  double r = 0.0, xs[N_FEATURES]; snap(x, xs);
+  for (int t = 0; t < N_TREES; ++t) r += TREES[t](xs);
+  return p_up(r);
+}
+void cml_predict_rows(const double* X, int64_t n, double* out) {  /* tree by tree over blocks of rows: one tree's code in cache */
+  enum { BLOCK = 64 }; double acc[BLOCK], xs[BLOCK * N_FEATURES];
+  for (int64_t start = 0; start < n; start += BLOCK) {
+    int64_t m = n - start < BLOCK ? n - start : BLOCK;
+    for (int64_t i = 0; i < m; ++i) { acc[i] = 0.0; snap(X + (start + i) * N_FEATURES, xs + i * N_FEATURES); }
+    for (int t = 0; t < N_TREES; ++t) { double (*tree)(const double*) = TREES[t]; for (int64_t i = 0; i < m; ++i) acc[i] += tree(xs + i * N_FEATURES); }
+    for (int64_t i = 0; i < m; ++i) out[start + i] = p_up(acc[i]);
+  }
+}
+"""
+
+def model_c_source(text: str) -> str:
+    "C source scoring the binary LightGBM model `text` exactly as LightGBM does: `cml_predict_row`, `cml_predict_rows`."
+    header, trees = model_trees(text)
+    sigmoid = next((float(o.split(":")[1]) for o in header["objective"].split() if o.startswith("sigmoid:")), 1.0)
+    return "".join([
+        "#include <math.h>\n#include <stdint.h>\n#define ZERO(v) (isnan(v) || ((v) >= -(double)1e-35f && (v) <= (double)1e-35f))\n",
+        f"#define N_FEATURES {int(header['max_feature_idx']) + 1}\n#define N_TREES {len(trees)}\n#define SIGMOID {_c_number(sigmoid)}\n",
+        f'const char cml_model_sha256[] = "{hashlib.sha256(text.encode()).hexdigest()}";\n',
+        *(_tree_c(k, t) for k, t in enumerate(trees)),
+        f"static double (*const TREES[])(const double*) = {{{', '.join(f't{k}' for k in range(len(trees)))}}};\n", _C_SCORING])
+
+# %% ../nbs/10_infer.ipynb #82edfb0d
+COMPILE_FLAGS = ("-O2", "-shared", "-fPIC")
+
+def compile_model(text: str, path: str | os.PathLike, *, timeout: float = 600) -> Path:
+    "Compile the LightGBM model `text` (see `model_c_source`) into the shared library `path`, written atomically."
+    compiler = shutil.which(os.environ.get("CC") or "cc")
+    if compiler is None: raise ConfigError(f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH to compile the model with")
+    with tempfile.TemporaryDirectory(prefix="cryptoml-compile-") as tmp:
+        (Path(tmp)/"model.c").write_text(model_c_source(text))
+        done = subprocess.run([compiler, *COMPILE_FLAGS, "-o", "model.so", "model.c", "-lm"], cwd=tmp, capture_output=True, text=True,
+                              timeout=timeout)  # relative names: the same model compiles to the same bytes
+        if done.returncode: raise ConfigError(f"{compiler} failed ({done.returncode}) compiling the model: {done.stderr[-2000:]}")
+        return atomic_write_bytes(path, (Path(tmp)/"model.so").read_bytes())
+
+# %% ../nbs/10_infer.ipynb #11006b99
+def probe_rows(text: str, n: int = 4096, seed: int = 0) -> np.ndarray:
+    "`n` rows that take every branch of the model `text`: each feature's thresholds, a hair either side, 0, NaN, infinities."
+    header, trees = model_trees(text)
+    values = [[0.0, -0.0, 1e-36, -1e-36, math.nan, math.inf, -math.inf] for _ in range(int(header["max_feature_idx"]) + 1)]
+    for tree in trees:
+        for f, t in zip(tree.get("split_feature", "").split(), tree.get("threshold", "").split()):
+            values[int(f)] += [float(t), math.nextafter(float(t), math.inf), math.nextafter(float(t), -math.inf)]
+    rng = np.random.default_rng(seed)
+    return np.column_stack([rng.choice(np.array(v), n) for v in values])
+
+def _load_library(path: Path, sha256: str) -> ctypes.CDLL:
+    "The shared library `path`, loaded from the very bytes that hash to `sha256` (an in-memory file where the system has one)."
+    data = verified_bytes(path, sha256)
+    if not hasattr(os, "memfd_create"): return ctypes.CDLL(str(path))
+    # The file stays open: the loader knows a library by its path, and a closed descriptor's number, reused for the
+    # next model, would hand back this one. ctypes never unloads a library, so nothing is lost by keeping it.
+    fd = os.memfd_create(path.name)
+    with memoryview(data) as rest:
+        while rest: rest = rest[os.write(fd, rest):]
+    return ctypes.CDLL(f"/proc/self/fd/{fd}")
+
+class CompiledBooster:
+    "A compiled model's P(up) (see `model_c_source`): single rows and batches, as `FastBooster` gives them."
+    def __init__(self, path: str | os.PathLike, sha256: str, native: FastBooster, tolerance: float = 1e-12):
+        lib = _load_library(Path(path), sha256)
+        source = ctypes.c_char.in_dll(lib, "cml_model_sha256")
+        if ctypes.string_at(ctypes.addressof(source), 64).decode() != hashlib.sha256(native.text.encode()).hexdigest():
+            raise ArtifactError(f"{path} was compiled from another model")
+        self._row, self._rows, self.num_feature = lib.cml_predict_row, lib.cml_predict_rows, lib.cml_num_feature()
+        self._row.restype, self._row.argtypes = ctypes.c_double, [ctypes.c_void_p]
+        self._rows.restype, self._rows.argtypes = None, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+        self.lib, self.path, self._slots = lib, Path(path), threading.local()
+        if self.num_feature != native.num_feature: raise ArtifactError(f"{path} takes {self.num_feature} features, not {native.num_feature}")
+        probes = probe_rows(native.text)
+        gap = np.abs(self.predict_batch(probes) - native.predict_batch(probes))
+        if not gap.max() <= tolerance:
+            raise ArtifactError(f"{path} does not answer as LightGBM does (by up to {gap.max():.3g}, e.g. on the row "
+                                f"{probes[gap.argmax()].tolist()}): refused")
+
+    def predict_row(self, values: list) -> float:
+        "P(up) of one row: `values`, a list of floats in the model's feature order."
+        row = getattr(self._slots, "row", None) or self._new_row()
+        row[:] = values
+        return self._row(row)
+
+    def _new_row(self):
+        self._slots.row = row = (ctypes.c_double * self.num_feature)()
+        return row
+
+    def predict_batch(self, X: np.ndarray, num_threads: int = 1) -> np.ndarray:
+        "P(up) of each row of the 2-D array `X`, in `num_threads` blocks of rows at once."
+        X = np.ascontiguousarray(X, np.float64)
+        if X.ndim != 2 or X.shape[1] != self.num_feature: raise DataError(f"array of shape {X.shape}: expected {self.num_feature} columns")
+        out = np.empty(len(X))
+        cuts = np.linspace(0, len(X), max(1, min(num_threads, len(X) // 10_000)) + 1).astype(int)
+        score = lambda a, b: self._rows(X[a:].ctypes.data, b - a, out[a:].ctypes.data)
+        if len(cuts) == 2: score(0, len(X))
+        else:
+            with ThreadPoolExecutor(len(cuts) - 1) as pool: list(pool.map(score, cuts[:-1], cuts[1:]))
+        return out
+
+# %% ../nbs/10_infer.ipynb #cef7f784
+COMPILED = "compiled.json"
+
+def compiled_model(run: Run, native: FastBooster) -> CompiledBooster:
+    "The run's compiled model: the library its `compiled.json` names, when that matches; else compiled now and filed there."
+    source_sha = run.card["artifacts"]["lgbm.txt"]
+    try:
+        record = json.loads(inside(run.folder/COMPILED, run.folder).read_bytes())
+        if record.get("lgbm.txt") == source_sha: return CompiledBooster(inside(run.folder/record["library"], run.folder), record["sha256"], native)
+    except (OSError, ValueError, KeyError, TypeError, ArtifactError) as e: _log.info("%s: compiling anew: %s", run.folder/COMPILED, e)
+    with tempfile.TemporaryDirectory(prefix="cryptoml-compile-") as tmp:
+        data = compile_model(native.text, Path(tmp)/"model.so").read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    library = atomic_write_bytes(run.folder/f"lgbm-{sha[:16]}.so", data)
+    model = CompiledBooster(library, sha, native)  # checked before it is filed
+    atomic_write_json(run.folder/COMPILED, {"library": library.name, "sha256": sha, "lgbm.txt": source_sha, "flags": list(COMPILE_FLAGS)})
+    return model
+
+def compiled_or_native(run: Run, native: FastBooster) -> CompiledBooster | FastBooster:
+    "The run's compiled model, or `native` (LightGBM's C API) when it cannot be had; the reason is logged."
+    try: return compiled_model(run, native)
+    except Exception as e:
+        _log.warning("%s: served by LightGBM's C API, not compiled: %s", run.folder, e)
+        return native
 
 # %% ../nbs/10_infer.ipynb #4f5bc1ab
 def path_stamp(path: str) -> str | tuple | None:
@@ -233,13 +436,15 @@ class ServedModel:
 class LGBMProd(ServedModel):
     "A market's champion LightGBM model (`best_lgbm.pkl`), served lock-free and reloaded on promotion; the shadow's answers logged."
     artifacts = ("lgbm.txt", "lgbm.pkl")  # the model, and the same model pickled: either one changed and the run is suspect
-    def load_model(self, run: Run) -> FastBooster:
-        "The run's booster, parsed from its checked `lgbm.txt`, on the fast path."
-        booster = run.booster()
-        if booster.num_feature() != len(run.features):
-            raise ArtifactError(f"{run.folder/'lgbm.txt'} has {booster.num_feature()} features, its model card lists "
+    compiled = os.environ.get("CRYPTOML_COMPILED", "1") != "0"  # serve each run's compiled model (`compiled_or_native`)
+
+    def load_model(self, run: Run) -> CompiledBooster | FastBooster:
+        "The run's model from its checked `lgbm.txt`: compiled (see `compiled_model`), else on LightGBM's C API."
+        native = FastBooster(run.artifact("lgbm.txt").decode())
+        if native.num_feature != len(run.features):
+            raise ArtifactError(f"{run.folder/'lgbm.txt'} has {native.num_feature} features, its model card lists "
                                 f"{len(run.features)}: {run.features}")
-        return FastBooster(booster)
+        return compiled_or_native(run, native) if self.compiled else native
 
     def load_maps(self, run: Run) -> tuple:
         "The run's calibrator (checked), and for a champion the market's online recalibration over it when that is on."
@@ -380,6 +585,7 @@ def _newest_row(b: BarArrays, fs: FeatureSet) -> dict[str, float]:
 def online_features(bars: pd.DataFrame, feature_set: str | FeatureSet = "seed", *, funding: pd.DataFrame | None = None,
                     timeframe: str = "1m") -> dict[str, float]:
     "The newest bar's features as {name: value}, in order, computed from only the last `lookback_bars(feature_set)` bars."
+    from cryptoml.features import bar_arrays, get_feature_set  # here, not at the top: features brings DuckDB and SciPy, which serving does not need
     fs = get_feature_set(feature_set)
     if len(bars) < fs.lookback: raise DataError(f"online features of feature set {fs.name!r} need the last {fs.lookback} bars; got {len(bars)}")
     return _newest_row(bar_arrays(bars, funding=funding, timeframe=timeframe, last=fs.lookback), fs)
@@ -395,6 +601,7 @@ def latest_bars(home, market: Market, count: int, at=None) -> pd.DataFrame:
 def predict_latest(model: ServedModel, at=None, member: str | None = None) -> dict:
     "The served run's P(up) for the bar after the newest stored bar at or before `at` (of `member`, for a pooled model), from the raw store."
     from cryptoml.ingest import read_funding
+    from cryptoml.features import get_feature_set
     run = model.current()
     data, market = run.card["data"], Market.of(run.card["data"])
     if (run.card.get("manifest") or {}).get("panel"):  # a pooled model: one of its markets' newest row, its reference's from the store
@@ -412,6 +619,7 @@ class OnlineFeatures:
     "A live feed: `push` each closed bar, get its feature row; keeps only the last `lookback_bars` bars, in arrays."
     def __init__(self, feature_set: str | FeatureSet = "seed", *, funding: pd.DataFrame | None = None, timeframe: str = "1m",
                  bars: pd.DataFrame | None = None):
+        from cryptoml.features import OHLCV, bar_arrays, get_feature_set  # here, not at the top: features brings DuckDB and SciPy, which serving does not need
         self.feature_set, self.timeframe = get_feature_set(feature_set), timeframe
         self.lookback, self.count, self.taker = self.feature_set.lookback, 0, None  # taker: whether bars carry taker_buy_base
         self._ts, self._values = np.zeros(2 * self.lookback, np.int64), np.zeros((len(OHLCV) + 1, 2 * self.lookback))
@@ -422,10 +630,12 @@ class OnlineFeatures:
 
     def set_funding(self, funding: pd.DataFrame | None):
         "Use these funding rates (`ts`, `funding_rate`) from now on: pass the new list when a rate is published."
+        from cryptoml.features import funding_arrays
         self.funding_ts, self.funding_rate = funding_arrays(funding)
 
     def push(self, bar) -> dict[str, float]:
         "Append the newest closed bar `(ts, open, high, low, close, volume[, taker_buy_base])` (ts: epoch ms or a time); its features."
+        from cryptoml.features import OHLCV, BarArrays
         self._store(bar)
         n, i = self.lookback, (self.count - 1) % self.lookback
         start, end = (i + 1 if self.count >= n else n), i + n + 1
@@ -435,6 +645,7 @@ class OnlineFeatures:
 
     def _store(self, bar):
         "Write `bar` into both halves of the buffers; DataError naming what is wrong with it."
+        from cryptoml.features import OHLCV
         ts, *values = bar
         ts = int(ts) if isinstance(ts, (int, np.integer)) else to_ms(ts)
         if self.taker is None: self.taker = len(values) == len(OHLCV) + 1
@@ -447,6 +658,7 @@ class OnlineFeatures:
 
     def _problem(self, ts: int, values: list) -> str | None:
         "What is wrong with a bar opening at `ts` with `values`, in words; None if nothing."
+        from cryptoml.features import OHLCV
         fields = (*OHLCV, "taker_buy_base")[:len(OHLCV) + self.taker]
         if len(values) != len(fields): return f"{len(values) + 1} values; this feed's bars are (ts, {', '.join(fields)})"
         last = int(self._ts[(self.count - 1) % self.lookback])

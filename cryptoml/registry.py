@@ -9,9 +9,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import joblib
+# Serving imports this module: the heavy stages (features' DuckDB, metrics' scikit-learn and SciPy, LightGBM's
+# package, which imports scikit-learn) are imported inside the functions that use them.
+
 import numpy as np
 import pandas as pd
 
@@ -19,12 +21,9 @@ from .core import (
     RUN_ID, ArtifactError, ConfigError, DataError, Market, PromotionRefused, atomic_symlink, atomic_write, atomic_write_bytes,
     atomic_write_json, check_exchange, check_layout, check_run_id, data_home, feature_path, inside, library_versions, market_dir,
     models_dir, parquet_metadata, read_parquet_file, sha256_file, symbol_id, timeframe_seconds, to_utc)
-from .features import read_feature_table, snapshot_table
-from .split import time_split
-from .metrics import METRICS, assess, evaluate, implausible, reliability_curve
 from .calibrate import (Calibrator, OnlineCalibrator, calibration_report, fit_calibrator, inner_predictions,
                                 load_calibrator)
-import lightgbm as lgb
+if TYPE_CHECKING: import lightgbm as lgb
 
 # %% auto #0
 __all__ = ['CARD', 'SCHEMA_VERSION', 'ARTIFACTS', 'CARD_SCHEMA', 'CALIBRATOR', 'ONLINE', 'FIXED_BY_THE_RUN', 'ALIASES',
@@ -192,6 +191,7 @@ def validation_halves(result):
     "The labelled rows of `result`'s validation window cut in two in time, purged: the check window and the report window."
     val = result.split.val[result.split.val.y.notna()]
     if len(val) < 2: raise DataError(f"the validation window has {len(val)} labelled rows: too few to check a calibrator on")
+    from cryptoml.split import time_split
     return time_split(val, (val.ts.iloc[-1] - val.ts.iloc[0]) / pd.Timedelta(days=2), horizon=result.split.horizon)
 
 def _span_of(rows: pd.DataFrame) -> dict: return {"start": str(rows.ts.iloc[0]), "end": str(rows.ts.iloc[-1]), "rows": len(rows)}
@@ -204,6 +204,7 @@ def calibrate_run(result, source="inner", *, n_boot: int = 1000) -> tuple[Calibr
     except DataError as e: return None, {"source": where, "rows": len(forecasts), "served": False, "reason": f"no calibrator: {e}"}
     check, later = halves.train, halves.val
     p_check, p_later = (result.booster.predict(rows[result.features], num_threads=1) for rows in (check, later))
+    from cryptoml.metrics import evaluate
     loss = {name: evaluate(check.y, p)["log_loss"] for name, p in (("raw", p_check), ("calibrated", candidate.apply(p_check)))}
     served = candidate.kind != "identity" and loss["calibrated"] <= loss["raw"]
     reason = ("the choice kept the identity: nothing to correct" if candidate.kind == "identity" else
@@ -238,6 +239,7 @@ def online_settings(home, market: Market) -> dict | None:
 # %% ../nbs/09_registry.ipynb #c5f21598
 def _artifact_writers(result, calibrator: Calibrator | None = None) -> dict:
     "File name -> function writing that artifact of `result` (and of its served `calibrator`, if any) to a path."
+    import joblib
     writers = {"lgbm.pkl": lambda p: joblib.dump(result.booster, p),
                "lgbm.txt": lambda p: result.booster.save_model(str(p)),
                "logreg.pkl": lambda p: joblib.dump(result.logreg, p)}
@@ -252,6 +254,7 @@ def save_run(result, *, home=None, table_path=None, calibration="inner", n_boot:
     table = Path(table_path or feature_path(home, market, meta.get("feature_set", "seed"), meta.get("horizon", 1)))
     if not table.is_file():
         raise ArtifactError(f"feature table {table} does not exist: pass the table the model was tuned on as table_path")
+    from cryptoml.features import snapshot_table
     snapshot = snapshot_table(table, home)
     calibrator, section = calibrate_run(result, calibration, n_boot=n_boot) if calibration is not None else (None, None)
     folder = new_run_dir(market, home)
@@ -329,6 +332,7 @@ class Run:
 
     def booster(self) -> lgb.Booster:
         "The LightGBM model, parsed by LightGBM from `lgbm.txt` (no unpickling)."
+        import lightgbm as lgb
         return lgb.Booster(model_str=self.artifact("lgbm.txt").decode())
 
     def calibrator(self) -> Calibrator | None:
@@ -339,6 +343,7 @@ class Run:
 
     def logreg(self):
         "The logistic-regression baseline, unpickled from `logreg.pkl` once its checksum matches."
+        import joblib
         model = joblib.load(io.BytesIO(self.artifact("logreg.pkl")))
         if not hasattr(model, "predict_proba"):
             raise ArtifactError(f"{self.folder/'logreg.pkl'} holds a {type(model).__name__}, not a classifier")
@@ -349,6 +354,7 @@ class Run:
         path, sha = inside(self.root/self.card["data"]["feature_table"], self.root), self.card["data"]["feature_table_sha256"]
         if sha256_file(path) != sha:
             raise ArtifactError(f"feature table {path} changed since run {self.id} was trained (sha256 no longer {sha[:12]}...)")
+        from cryptoml.features import read_feature_table
         return read_feature_table(path)[0]
 
     def predict(self, rows: pd.DataFrame, booster: lgb.Booster | None = None, *, calibrated: bool = True) -> np.ndarray:
@@ -441,6 +447,7 @@ def gate(evidence: Evidence, *, horizon: int = 1, min_improvement: float = 0.0, 
         return False, (f"too few rows to judge: {n} labelled rows ({evidence.source}) come after both training windows; the gate "
                        f"needs {min_rows} (min_rows): wait for more bars, or judge on out-of-sample forecasts of both"), scores
     others = [name for name in evidence.forecasts if name != "candidate"]
+    from cryptoml.metrics import assess, implausible
     metrics, gains = assess(evidence.y, evidence.forecasts, n_boot, seed, model="candidate", probabilistic=others)
     losses = gains[gains.metric == "log_loss"].set_index("baseline", drop=False)
     checks = {name: _gain_check(losses.loc[name], min_improvement if name == "champion" else 0.0) for name in others}
@@ -647,6 +654,7 @@ def compare(run_a: str | Run, run_b: str | Run, *, home=None, min_rows: int = MI
                         f"compare needs {min_rows} (min_rows)")
     p = dict(zip((newer.id, older.id), (evidence.forecasts.pop("candidate"), evidence.forecasts.pop("champion"))))
     forecasts = {a.id: p[a.id], b.id: p[b.id], **evidence.forecasts}
+    from cryptoml.metrics import assess, reliability_curve
     metrics, gains = assess(evidence.y, forecasts, n_boot, model=b.id, probabilistic=[n for n in forecasts if n != b.id])
     table = pd.DataFrame({name: {**{m: s[m] for m in ("log_loss", "accuracy", "roc_auc", "brier", "ece")},
                                  "log_loss_lo": s["ci95"]["log_loss"][0], "log_loss_hi": s["ci95"]["log_loss"][1]}
@@ -740,6 +748,7 @@ def format_runs(runs: pd.DataFrame, width: int = 100) -> str:
 def metrics_table(card: dict) -> pd.DataFrame:
     "Validation metrics (rows) of the model and of each baseline (columns) from a model card."
     scores = {"lgbm": card["metrics"]["validation"], **card["metrics"]["baselines"]}
+    from cryptoml.metrics import METRICS
     return pd.DataFrame({name: {m: s.get(m) for m in METRICS} for name, s in scores.items()}, dtype=float)
 
 def calibration_summary(card: dict) -> str:
@@ -780,6 +789,7 @@ def describe_run(run_id: str | Run, home=None) -> str:
 # %% ../nbs/09_registry.ipynb #24a1a430
 def metrics_with_intervals(card: dict, digits: int = 4) -> pd.DataFrame:
     "`metrics_table` as text: each figure with its 95% block-bootstrap interval from the card, where it has one."
+    from cryptoml.metrics import METRICS
     scores = {"lgbm": card["metrics"]["validation"], **card["metrics"]["baselines"]}
     def text(s: dict, m: str) -> str:
         ci = (s.get("ci95") or {}).get(m)
@@ -791,6 +801,7 @@ def _migrate_table(old: Path, root: Path) -> tuple[str, Path]:
     "Move the 0.1 feature table `old` to its market's folder, keeping a snapshot of its bytes; (old name, new path)."
     meta = parquet_metadata(old)
     new = feature_path(root, Market.of(meta), meta.get("feature_set", "seed"), meta.get("horizon", 1))
+    from cryptoml.features import snapshot_table
     snapshot_table(old, root)
     new.parent.mkdir(parents=True, exist_ok=True)
     if new.exists(): old.unlink()  # the market already has a newer table; the old bytes live on as their snapshot

@@ -1,0 +1,88 @@
+"""Compiled models and the lean serving import (issue 16).
+
+The story: a model is trained on a market's feature table (the shared real BTC/USDT bars, and the synthetic
+market always), saved as a run and promoted. The served model compiles itself on first load and must give
+LightGBM's own probabilities for every row of the table, through the run's calibrator as the C API path does; a
+machine without a C compiler serves all the same. And a server that only imports `LGBMProd` loads none of the
+training stack.
+"""
+import hashlib, json, logging, subprocess, sys
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+from cryptoml.core import Market
+from cryptoml.ingest import EXAMPLE_FILES, example_market, write_demo_market
+from cryptoml.core import shared_data
+from cryptoml.features import build_features, read_feature_table
+from cryptoml.tune import tune
+from cryptoml.registry import promote, run_dir, save_run
+from cryptoml.infer import COMPILED, CompiledBooster, FastBooster, LGBMProd, compile_model, probe_rows
+
+FORBIDDEN = ("scipy", "duckdb", "plotly", "ccxt", "optuna", "sklearn", "tqdm")
+
+
+def test_importing_lgbmprod_loads_none_of_the_training_stack():
+    code = f"import sys; from cryptoml.infer import LGBMProd; print([m for m in {FORBIDDEN!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def market_table(home, which: str):
+    "The feature table of the shared real market (skipped where absent) or of the synthetic market, and its path."
+    if which == "shared":
+        if any(shared_data(name) is None for name in EXAMPLE_FILES): pytest.skip("the shared real data (../shared/data) is not here")
+        market = example_market(home)
+    else: market = write_demo_market(home, days=10)
+    path = build_features(market, home=home, progress=False)
+    return read_feature_table(path)[0], path
+
+
+@pytest.mark.parametrize("which", ["shared", "synthetic"])
+def test_a_compiled_model_gives_lightgbms_probabilities(which, tmp_path):
+    table, _ = market_table(tmp_path, which)
+    features = [c for c in table.columns if c not in ("ts", "y", "fwd_ret")]
+    train = table.dropna(subset=["y"])
+    booster = lgb.train({"objective": "binary", "num_leaves": 31, "min_child_samples": 20, "verbose": -1, "num_threads": 1, "seed": 0},
+                        lgb.Dataset(train[features], train.y), 120)
+    X = np.vstack([table[features].to_numpy(np.float64), probe_rows(booster.model_to_string())])
+    library = compile_model(booster.model_to_string(), tmp_path/"model.so")
+    compiled = CompiledBooster(library, hashlib.sha256(library.read_bytes()).hexdigest(), FastBooster(booster))
+    expected = booster.predict(X, num_threads=1)
+    assert np.max(np.abs(compiled.predict_batch(X, num_threads=2) - expected)) <= 1e-12
+    assert np.max(np.abs(np.array([compiled.predict_row(r) for r in X[:3000].tolist()]) - expected[:3000])) <= 1e-12
+
+
+@pytest.fixture(scope="module")
+def served_run(tmp_path_factory):
+    "A small tuned run of the synthetic market, saved (with its calibrator) and promoted; the data root, market and rows."
+    home = tmp_path_factory.mktemp("compiled")
+    table, path = market_table(home, "synthetic")
+    result = tune(table, home=home, n_trials=2, n_boot=20, val_days=2, seed=0, progress=False)
+    run_id = save_run(result, home=home, table_path=path)
+    promote(run_id, home=home, force=True, n_boot=20)
+    return home, Market.of(result.table_meta), run_id, table[result.features].to_numpy(np.float64)
+
+
+def test_lgbmprod_serves_the_compiled_model_through_the_calibrator(served_run, monkeypatch):
+    home, market, run_id, rows = served_run
+    model = LGBMProd(market, home=home)
+    assert type(model.current().model) is CompiledBooster
+    record = json.loads((run_dir(run_id, home)/COMPILED).read_text())
+    assert (run_dir(run_id, home)/record["library"]).is_file()
+    monkeypatch.setattr(LGBMProd, "compiled", False)
+    native = LGBMProd(path=run_dir(run_id, home)/"lgbm.pkl", home=home)  # another path: another instance, on the C API
+    assert type(native.current().model) is FastBooster
+    assert np.max(np.abs(model.predict_proba(rows) - native.predict_proba(rows))) <= 1e-12
+    assert all(abs(model.predict_proba(r) - native.predict_proba(r)) <= 1e-12 for r in rows[-500:])
+
+
+def test_no_compiler_never_stops_serving(served_run, monkeypatch, caplog):
+    home, market, run_id, rows = served_run
+    (run_dir(run_id, home)/COMPILED).unlink()
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    model = LGBMProd(path=run_dir(run_id, home)/"logreg.pkl", home=home)  # a fresh instance: loads (and compiles) anew
+    with caplog.at_level(logging.WARNING, logger="cryptoml.infer"): p = model.predict_proba(rows[:10])
+    assert type(model.current().model) is FastBooster and len(p) == 10
+    assert "not compiled" in caplog.text and "/nonexistent/cc" in caplog.text
