@@ -14,11 +14,12 @@ import pandas as pd
 
 from .core import (CryptomlError, ConfigError, Market, check_layout, data_home, feature_path, optuna_storage, sha256_file,
                            to_utc)
-from .ingest import (SYNTHETIC, IngestReport, funding_exchange, ingest, import_csv, import_funding_csv,
-                             write_demo_market)
+from .ingest import (SYNTHETIC, IngestReport, ManyReport, funding_exchange, import_csv, import_funding_csv, import_many, ingest,
+                             ingest_many, read_universe, write_demo_market)
 from .features import FEATURE_SETS, build_features, read_feature_table
+from .panel import PANEL_SETS, build_panel, panel_market, panel_markets
 from .tune import MIN_VAL_ROWS, tune
-from .registry import (ALIASES, MIN_ROWS, Run, card_summary, compare, describe_run, format_runs, list_runs, migrate,
+from .registry import (ALIASES, MIN_ROWS, Run, card_summary, champion_markets, compare, describe_run, format_runs, list_runs, migrate,
                                promote, resolve_market, rollback, save_run, write_comparison)
 from .infer import LGBMProd, predict_latest
 from .monitor import monitor, report_table
@@ -27,13 +28,13 @@ from .docs import render_site
 
 # %% auto #0
 __all__ = ['REPORT_BUG', 'COMMANDS', 'run_command', 'add_exchange', 'add_symbol', 'add_market', 'market_arg', 'add_tuning',
-           'add_features', 'add_gate', 'utc_time', 'add_time_range', 'add_replace', 'existing_file', 'print_ingest',
-           'fetch', 'import_dumps', 'cmd_ingest', 'cmd_import', 'cmd_demo', 'cmd_features', 'tune_and_save', 'cmd_tune',
-           'print_decision', 'cmd_promote', 'cmd_rollback', 'cmd_runs', 'cmd_show', 'cmd_compare', 'cmd_migrate',
-           'cmd_predict', 'cmd_monitor', 'check_source', 'acquire', 'step', 'cmd_pipeline', 'symbol_list',
-           'add_cluster', 'distributed', 'markets_of', 'print_outcomes', 'pipeline_market', 'pipeline_markets',
-           'add_backtest', 'run_backtest', 'backtest_market', 'cmd_backtest', 'cmd_docs', 'parser', 'in_data_root',
-           'main']
+           'add_features', 'add_gate', 'utc_time', 'add_time_range', 'add_replace', 'existing_file', 'symbol_list',
+           'add_many', 'many_markets', 'print_many', 'cmd_panel', 'print_ingest', 'fetch', 'import_dumps', 'cmd_ingest',
+           'cmd_import', 'cmd_demo', 'cmd_features', 'tune_and_save', 'cmd_tune', 'print_decision', 'cmd_promote',
+           'cmd_rollback', 'cmd_runs', 'cmd_show', 'cmd_compare', 'cmd_migrate', 'cmd_predict', 'cmd_monitor',
+           'check_source', 'acquire', 'step', 'cmd_pipeline', 'add_cluster', 'distributed', 'markets_of',
+           'print_outcomes', 'pipeline_market', 'pipeline_markets', 'add_backtest', 'run_backtest', 'backtest_market',
+           'cmd_backtest', 'cmd_docs', 'parser', 'in_data_root', 'main']
 
 # %% ../nbs/15_cli.ipynb #fc6f9e4c
 REPORT_BUG = "this is a bug in cryptoml, not in your input; please report it with the traceback above"
@@ -97,7 +98,8 @@ def add_tuning(p: argparse.ArgumentParser):
 
 def add_features(p: argparse.ArgumentParser):
     "Add the feature-table options shared by `features`, `tune` and `pipeline`."
-    p.add_argument("--feature-set", default="seed", choices=sorted(FEATURE_SETS), help="feature set (default: seed)")
+    p.add_argument("--feature-set", default="seed", choices=sorted({*FEATURE_SETS, *PANEL_SETS}),
+                   help="feature set (default: seed); a panel's table is built with a panel set (`cryptoml panel`)")
     p.add_argument("--horizon", type=int, default=1, help="label horizon in bars (default: 1)")
 
 def add_gate(p: argparse.ArgumentParser):
@@ -112,10 +114,11 @@ def utc_time(text: str) -> pd.Timestamp:
     except ConfigError as e: raise argparse.ArgumentTypeError(str(e)) from e
 
 def add_time_range(p: argparse.ArgumentParser):
-    "Add `--since`, `--until` and `--funding` for fetching from an exchange."
+    "Add `--since`, `--until`, `--funding` and `--open-interest` for fetching from an exchange."
     p.add_argument("--since", type=utc_time, default=None, help="first bar to fetch, e.g. 2023-03-01 (default: resume the store)")
     p.add_argument("--until", type=utc_time, default=None, help="fetch up to this time (default: now)")
     p.add_argument("--funding", action="store_true", help="also fetch the perpetual's funding rates")
+    p.add_argument("--open-interest", action="store_true", help="also fetch the perpetual's open interest (Binance keeps 30 days)")
 
 def add_replace(p: argparse.ArgumentParser):
     "Add `--replace`: rows that differ from stored ones correct them (and are logged), where a difference is otherwise refused."
@@ -127,6 +130,46 @@ def existing_file(name: str) -> Path:
     path = Path(name)
     if not path.is_file(): raise argparse.ArgumentTypeError(f"no such file: {name}")
     return path
+
+# %% ../nbs/15_cli.ipynb #4a858ef3
+def symbol_list(text: str) -> list[str]:
+    "`--symbols`: comma-separated ccxt symbols."
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+def add_many(p: argparse.ArgumentParser):
+    "Add `--symbols` and `--universe`: several markets at once."
+    many = p.add_mutually_exclusive_group()
+    many.add_argument("--symbols", type=symbol_list, help="comma-separated ccxt symbols, e.g. BTC/USDT,ETH/USDT")
+    many.add_argument("--universe", type=existing_file, help="a universe file: symbols one a line or comma-separated, # comments, "
+                                                             "optional 'exchange = ...' and 'timeframe = ...' lines")
+
+def many_markets(args) -> tuple[str, list[str], str]:
+    "(exchange, symbols, timeframe) of `--symbols` or `--universe`, the options overriding the universe's settings."
+    universe = read_universe(args.universe) if args.universe else None
+    exchange = args.exchange or (universe and universe.exchange) or "binance"
+    timeframe = args.timeframe or (universe and universe.timeframe)
+    if not timeframe: raise ConfigError("give --timeframe (or a 'timeframe = ...' line in the universe file)")
+    return exchange, list(universe.symbols if universe else args.symbols), timeframe
+
+def print_many(args, report: ManyReport) -> int:
+    "Print each market's outcome (a failed market on stderr, named, with why); exit status 2 when any failed."
+    for r in report.reports.values(): print_ingest(r)
+    for market, why in report.failures.items(): _say(args, f"error: {market}: {why}", 2)
+    if report.failures: _say(args, f"{len(report.failures)} of {len(report.reports) + len(report.failures)} markets failed", 2)
+    return 2 if report.failures else 0
+
+# %% ../nbs/15_cli.ipynb #68ff19cc
+def cmd_panel(args) -> int:
+    "Build a panel's table from the stored bars of a universe's markets; print its path and how to tune it."
+    universe = read_universe(args.universe)
+    markets = panel_markets(universe, args.exchange, args.timeframe)
+    path = build_panel(markets, home=args.home, reference=args.reference or universe.symbols[0], name=universe.name,
+                       panel_set=args.panel_set, horizon=args.horizon, progress=not args.quiet)
+    key = panel_market(universe.name, markets)
+    print(path)
+    print(f"tune it: cryptoml tune --exchange {key.exchange} --symbol {key.symbol} --timeframe {key.timeframe} "
+          f"--feature-set {args.panel_set} --horizon {args.horizon}")
+    return 0
 
 # %% ../nbs/15_cli.ipynb #0f8b613f
 def print_ingest(report) -> int:
@@ -142,7 +185,7 @@ def fetch(args, market: Market | None = None) -> IngestReport:
     "Fetch the bars (and funding) of `market` (default: the command's) from its exchange into the store."
     exchange, symbol, timeframe = market or (args.exchange, args.symbol, args.timeframe)
     return ingest(exchange, symbol, timeframe, args.since, args.until, home=args.home,
-                  funding=args.funding, progress=not args.quiet, replace=args.replace)
+                  funding=args.funding, open_interest=args.open_interest, progress=not args.quiet, replace=args.replace)
 
 def import_dumps(args, files: list[Path]) -> IngestReport:
     "Import the CSV dumps `files` of the command's market (and `--funding-csv`, as its funding exchange's) into the store."
@@ -152,12 +195,23 @@ def import_dumps(args, files: list[Path]) -> IngestReport:
     return report
 
 def cmd_ingest(args) -> int:
-    "Fetch bars (and funding) from an exchange into the store."
-    return print_ingest(fetch(args))
+    "Fetch bars (and funding, open interest) of one market or many (--symbols, --universe) from an exchange into the store."
+    if not (args.symbols or args.universe):
+        if not (args.symbol and args.timeframe): raise ConfigError("ingest needs --symbol and --timeframe, or --symbols or --universe")
+        args.exchange = args.exchange or "binance"
+        return print_ingest(fetch(args))
+    exchange, symbols, timeframe = many_markets(args)
+    return print_many(args, ingest_many(exchange, symbols, timeframe, args.since, args.until, home=args.home, funding=args.funding,
+                                        open_interest=args.open_interest, progress=not args.quiet, replace=args.replace))
 
 def cmd_import(args) -> int:
-    "Import CSV or zipped CSV dumps into the store."
-    return print_ingest(import_dumps(args, args.files))
+    "Import CSV or zipped CSV dumps into the store: of one market (--symbol), or of each file's market, read from its name."
+    if args.symbol:
+        if not args.timeframe: raise ConfigError("import --symbol needs --timeframe")
+        return print_ingest(import_dumps(args, args.files))
+    if args.funding_csv: raise ConfigError("--funding-csv goes with --symbol: it names the market the rates are for")
+    return print_many(args, import_many(args.files, args.exchange, args.timeframe, home=args.home, replace=args.replace,
+                                        progress=not args.quiet))
 
 def cmd_demo(args) -> int:
     "Write the embedded synthetic market into the store."
@@ -229,26 +283,32 @@ def cmd_migrate(args) -> int:
 # %% ../nbs/15_cli.ipynb #eafd744c
 def cmd_predict(args) -> int:
     "Print P(up) for the bar after --at (default: the newest stored bar) from the market's champion."
-    print(json.dumps(predict_latest(LGBMProd(market_arg(args), home=args.home), args.at)))
+    print(json.dumps(predict_latest(LGBMProd(market_arg(args), home=args.home), args.at, args.member)))
     return 0
 
 def cmd_monitor(args) -> int:
-    "Write a drift report for the market's champion (or --run), print it, and exit 1 on an alert."
-    report = monitor(args.run, home=args.home, market=None if args.run else market_arg(args), window_days=args.window_days)
-    print(report_table(report).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"status: {report['status']}" + "".join(f"\n  {f}" for f in report["findings"]))
+    "Write the monitor's report for the market's champion (or --run), print it, demote on request, exit 1 on an alert."
+    report = monitor(args.run, home=args.home, market=None if args.run else market_arg(args), window_days=args.window_days,
+                     demote_on_alert=args.demote_on_alert)
+    table = report_table(report)
+    if len(table): print(table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", max_colwidth=48))
+    print(f"status: {report['status']}" + (f" ({report['reason']})" if "reason" in report else "")
+          + "".join(f"\n  {f}" for f in report["findings"]))
+    if "demotion" in report: print(f"demotion: {'done' if report['demotion']['demoted'] else 'none'}: {report['demotion']['reason']}")
     print(f"report: {report['path']}")
     return 1 if report["status"] == "alert" else 0
 
 # %% ../nbs/15_cli.ipynb #538b3099
 def check_source(args):
     "Refuse, before any work starts, a pipeline that names no market data."
-    if args.symbol and args.symbols: raise ConfigError("give --symbol or --symbols, not both")
-    if args.symbols and args.import_files:
-        raise ConfigError("--import reads one market's dumps: import each market first, then run the pipeline with --stored --symbols")
-    if not (args.demo or ((args.symbol or args.symbols) and args.timeframe)):
-        raise ConfigError("pipeline needs --demo, or --symbol (or --symbols) and --timeframe (with --import FILE..., --stored, or an "
-                          "--exchange to fetch from)")
+    many = args.symbols or args.universe
+    if args.symbol and many: raise ConfigError("give --symbol, or --symbols or --universe, not both")
+    if many and args.import_files:
+        raise ConfigError("--import reads one market's dumps: import each market first (cryptoml import), then run the pipeline with "
+                          "--stored --symbols")
+    if not (args.demo or (args.symbol and args.timeframe) or many):
+        raise ConfigError("pipeline needs --demo, or --symbol and --timeframe, or --symbols or --universe (with --import FILE..., "
+                          "--stored, or an --exchange to fetch from)")
 
 def acquire(args, market: Market | None = None) -> Market:
     "Fill the store with `market`'s bars from the pipeline's source (--demo, --import FILE..., --stored: none, else its exchange)."
@@ -266,7 +326,7 @@ def step(n: int, what: str, steps: int = 5):
 def cmd_pipeline(args) -> int:
     "Market data, features, leak-checked split, tuning, save and promotion; prints the model card summary."
     check_source(args)
-    if args.symbols or args.scheduler or args.cluster: return pipeline_markets(args)
+    if args.symbols or args.universe or args.scheduler or args.cluster: return pipeline_markets(args)
     started, steps = time.monotonic(), 5 + args.backtest
     step(1, "market data", steps)
     market = acquire(args)
@@ -284,13 +344,8 @@ def cmd_pipeline(args) -> int:
     return 0 if decision.promoted else 1
 
 # %% ../nbs/15_cli.ipynb #30530308
-def symbol_list(text: str) -> list[str]:
-    "`--symbols`: comma-separated ccxt symbols."
-    return [s.strip() for s in text.split(",") if s.strip()]
-
 def add_cluster(p: argparse.ArgumentParser):
-    "Add `--symbols`, and `--scheduler` or `--cluster`: many markets, and Dask tasks."
-    p.add_argument("--symbols", type=symbol_list, default=None, help="comma-separated ccxt symbols (with --timeframe): a task a market")
+    "Add `--scheduler` or `--cluster`: the command's markets (or one market's folds) as Dask tasks."
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                        help="run the tasks on this Dask cluster (the data root must be one every worker sees)")
@@ -302,10 +357,13 @@ def distributed():
     return distributed
 
 def markets_of(args) -> list[Market]:
-    "The command's markets: `--symbols` (or `--symbol`) at `--timeframe` on `--exchange`; with `--demo`, synthetic ones (1m)."
-    if getattr(args, "demo", False) and not args.symbols: return [SYNTHETIC]
-    exchange = "synthetic" if getattr(args, "demo", False) else args.exchange or "binance"
-    return [Market(exchange, s, args.timeframe or "1m") for s in (args.symbols or [args.symbol])]
+    "The command's markets: `--symbols` or `--universe` (`many_markets`), else `--symbol`; with `--demo`, synthetic ones (1m)."
+    demo = getattr(args, "demo", False)
+    if not (args.symbols or args.universe):
+        return [SYNTHETIC] if demo else [Market(args.exchange or "binance", args.symbol, args.timeframe or "1m")]
+    if demo: return [Market("synthetic", s, args.timeframe or "1m") for s in args.symbols or read_universe(args.universe).symbols]
+    exchange, symbols, timeframe = many_markets(args)
+    return [Market(exchange, s, timeframe) for s in symbols]
 
 def print_outcomes(args, outcomes: list, seconds: float) -> int:
     "A line a market (outcome, run, why), a failed market's error also on stderr, a count; the command's exit status."
@@ -335,7 +393,7 @@ def pipeline_market(args, invocation: str, market: Market) -> dict:
     return result
 
 def pipeline_markets(args) -> int:
-    "The pipeline of each market of `--symbols` (or of the one market) as a task, on the cluster of --scheduler/--cluster or here."
+    "The pipeline of each market of `--symbols` or `--universe` (or of the one market) as a task, on the cluster of --scheduler/--cluster or here."
     started, dist = time.monotonic(), distributed()
     markets, invocation = markets_of(args), dist.invocation_id()
     with dist.connect(args.scheduler, args.cluster) as client:
@@ -384,9 +442,8 @@ def backtest_market(args, market: Market) -> dict:
 
 def cmd_backtest(args) -> int:
     "Walk-forward retraining and a cost-aware backtest of a market's feature table; of many markets' as tasks, or its folds as tasks."
-    if args.symbols:
-        if args.symbol: raise ConfigError("give --symbol or --symbols, not both")
-        if not args.timeframe: raise ConfigError("--symbols needs --timeframe")
+    if args.symbols or args.universe:
+        if args.symbol: raise ConfigError("give --symbol, or --symbols or --universe, not both")
         started, dist = time.monotonic(), distributed()
         with dist.connect(args.scheduler, args.cluster) as client:
             outcomes = dist.run_markets(partial(backtest_market, args), markets_of(args), client, progress=not args.quiet, desc="backtests")
@@ -400,13 +457,19 @@ def cmd_backtest(args) -> int:
 # %% ../nbs/15_cli.ipynb #712abb30
 def cmd_docs(args) -> int:
     "Render the notebooks to HTML without Quarto (needs the dev extras: nbdev, nbconvert); exit 1 if one fails."
-    return 1 if render_site(args.notebooks, args.out, args.timeout) else 0
+    home = data_home(args.home) if args.home else None  # else the pages read $CRYPTOML_HOME, as every command does
+    if home is not None and not champion_markets(home):
+        raise ConfigError(f"no market in {home} has a champion to document: run `cryptoml pipeline` there first")
+    return 1 if render_site(args.notebooks, args.out, args.timeout, home) else 0
 
 # %% ../nbs/15_cli.ipynb #c4679da6
-def _ingest_args(p): add_market(p); add_time_range(p); add_replace(p)
+def _ingest_args(p): add_exchange(p, None); add_symbol(p, required=False); add_many(p); add_time_range(p); add_replace(p)
 def _import_args(p):
     p.add_argument("files", nargs="+", type=existing_file, metavar="FILE", help="CSV or zipped CSV dumps")
-    add_market(p)
+    add_exchange(p)
+    p.add_argument("--symbol", help="the one market every file holds (default: each file's market, from its name, "
+                                    "e.g. BTCUSDT-1h-2023-03.zip or binance_perp_ETHUSDT_1h_2021-2022.csv)")
+    p.add_argument("--timeframe", help="the files' timeframe (default: from each file's name)")
     p.add_argument("--funding-csv", type=existing_file, help="also import funding rates (timestamp,funding_rate) for this symbol, "
                                                              "as its funding exchange's (binance for binanceus)")
     add_replace(p)
@@ -437,36 +500,47 @@ def _compare_args(p):
     p.add_argument("--min-rows", type=int, default=MIN_ROWS, help=f"fresh rows needed (default: {MIN_ROWS})")
 def _predict_args(p):
     add_market(p, required=False)
+    p.add_argument("--member", help="with a pooled model (a panel's market): which of its markets to predict, e.g. ETH/USDT")
     p.add_argument("--at", type=utc_time, default=None, help="time of the newest bar to use (default: the newest stored)")
 def _monitor_args(p):
     add_market(p, required=False)
     p.add_argument("--window-days", type=float, default=7, help="days of recent bars to compare (default: 7)")
     p.add_argument("--run", default=None, help="run id to monitor (default: the market's champion)")
+    p.add_argument("--demote-on-alert", action="store_true", help="roll the champion back to the previous one when its realised "
+                                                                   "log loss is worse than its card's (95%% interval)")
 def _pipeline_args(p):
     source = p.add_mutually_exclusive_group()
     source.add_argument("--demo", action="store_true", help="use the embedded synthetic market (offline; seeded by --seed)")
     source.add_argument("--import", dest="import_files", nargs="+", type=existing_file, metavar="FILE", help="import CSV dumps")
     source.add_argument("--stored", action="store_true", help="use the bars already in the store (fetch nothing)")
-    add_exchange(p); add_symbol(p, required=False); add_cluster(p)
+    add_exchange(p); add_symbol(p, required=False); add_many(p); add_cluster(p)
     add_time_range(p); add_replace(p)
     p.add_argument("--funding-csv", type=existing_file, help="with --import: funding rates to import too")
     p.add_argument("--days", type=float, default=30, help="with --demo: days of synthetic bars (default: 30)")
     add_features(p); add_tuning(p); add_gate(p); add_backtest(p)
     p.add_argument("--backtest", action="store_true", help="then a walk-forward backtest of the market (see backtest --help)")
 def _backtest_args(p):
-    add_market(p, required=False); add_cluster(p); add_features(p); add_backtest(p)
+    add_market(p, required=False); add_many(p); add_cluster(p); add_features(p); add_backtest(p)
     p.add_argument("--trials", type=int, default=20, help="Optuna trials per tuning (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the models (default: 0)")
+def _panel_args(p):
+    p.add_argument("--universe", type=existing_file, required=True, help="the universe file of the panel's markets; its name names the panel")
+    add_exchange(p, None)
+    p.add_argument("--timeframe", help="the markets' timeframe (default: the universe's)")
+    p.add_argument("--reference", help="the market cross-pair features read (default: the universe's first)")
+    p.add_argument("--panel-set", default="panel", choices=sorted(PANEL_SETS), help="panel feature set (default: panel)")
+    p.add_argument("--horizon", type=int, default=1, help="label horizon in bars (default: 1)")
 def _docs_args(p):
     p.add_argument("notebooks", nargs="*", help="notebooks to render (default: all in nbs/)")
     p.add_argument("--out", default=None, help="output folder (default: _docs in the checkout)")
     p.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default: 600)")
 
 COMMANDS = {
-    "ingest":   (cmd_ingest, _ingest_args, "fetch OHLCV bars (and funding) from an exchange"),
+    "ingest":   (cmd_ingest, _ingest_args, "fetch OHLCV bars (and funding, open interest) of one market or many from an exchange"),
     "import":   (cmd_import, _import_args, "import CSV or zipped CSV dumps"),
     "demo":     (cmd_demo, _demo_args, "write the embedded synthetic market"),
     "features": (cmd_features, _features_args, "build a market's feature table"),
+    "panel":    (cmd_panel, _panel_args, "build a panel's table: many markets, cross-pair and multi-timeframe features"),
     "tune":     (cmd_tune, _tune_args, "tune a LightGBM model and save it as a run"),
     "promote":  (cmd_promote, _promote_args, "make a run its market's champion if it passes the gate (or its challenger, shadow)"),
     "rollback": (cmd_rollback, _rollback_args, "point a market's champion back at the previous one"),
@@ -474,7 +548,7 @@ COMMANDS = {
     "show":     (cmd_show, _show_args, "print a run's model card"),
     "compare":  (cmd_compare, _compare_args, "two runs on the same fresh rows: gain with its interval, calibration, agreement"),
     "predict":  (cmd_predict, _predict_args, "P(up) of the next bar from a market's champion"),
-    "monitor":  (cmd_monitor, _monitor_args, "drift and calibration report; exit 1 on an alert"),
+    "monitor":  (cmd_monitor, _monitor_args, "drift, realised metrics and calibration report; exit 1 on an alert"),
     "pipeline": (cmd_pipeline, _pipeline_args, "data, features, split, tune, save, promote; print the model card"),
     "backtest": (cmd_backtest, _backtest_args, "walk-forward retraining and a backtest net of fees"),
     "migrate":  (cmd_migrate, lambda p: None, "move a data root from cryptoml 0.1's layout into per-market folders"),

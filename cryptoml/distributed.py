@@ -17,6 +17,7 @@ from .core import (ArtifactError, ConfigError, CryptomlError, DataError, Market,
                            symbol_id, timeframe_seconds)
 from .ingest import synthetic_funding, synthetic_market, write_bars, write_funding
 from .features import read_feature_table
+from .panel import panel_market
 from .split import Split
 from .metrics import evaluate, fit_logreg, verdict
 from .tune import EARLY_STOPPING, MAX_ROUNDS, TuneResult, base_params, judge
@@ -41,9 +42,9 @@ from tqdm.auto import tqdm
 __all__ = ['WORKER_ENV', 'POOLED_THRESHOLD', 'POOLED_PARAMS', 'POOLED_TOLERANCE', 'check_cluster', 'connect', 'ClusterPool',
            'cluster_pool', 'Outcome', 'failed', 'market_outcome', 'run_markets', 'outcomes_status', 'symbol_seed',
            'write_synthetic', 'invocation_id', 'tasks_dir', 'Claim', 'market_task', 'forget', 'saved_run', 'decided',
-           'pooled_key', 'pooled_table', 'parts_dir', 'partition_market', 'write_partitions', 'read_partitions',
-           'table_bytes', 'PooledCuts', 'pooled_cuts', 'round_losses', 'held_back_curve', 'PooledModel',
-           'QuietLightGBM', 'train_pooled', 'validation_rows', 'pooled_scores', 'pooled_result', 'timeline_figure']
+           'pooled_table', 'parts_dir', 'partition_market', 'write_partitions', 'read_partitions', 'table_bytes',
+           'PooledCuts', 'pooled_cuts', 'round_losses', 'held_back_curve', 'PooledModel', 'QuietLightGBM',
+           'train_pooled', 'validation_rows', 'pooled_scores', 'pooled_result', 'timeline_figure']
 
 # %% ../nbs/13_distributed.ipynb #42055d2c
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}  # idle OpenMP threads sleep; one LightGBM thread a task
@@ -243,17 +244,11 @@ def decided(claim: Claim, run_id: str, promote: Callable[[], Any]) -> dict:
     return decision
 
 # %% ../nbs/13_distributed.ipynb #4534e8ef
-def pooled_key(markets: list[Market], name: str = "pool") -> Market:
-    "The registry's key of a pooled model over `markets`: `Market(exchange, 'NAME/PANEL', timeframe)`, as the panel stage names one."
-    if len({m.timeframe for m in markets}) != 1:
-        raise ConfigError(f"a pooled table needs one bar length: {', '.join(str(m) for m in markets)}")
-    exchanges = {m.exchange for m in markets}
-    if not name.isalnum(): raise ConfigError(f"pooled table name {name!r}: letters and digits only (it names folders)")
-    return Market(exchanges.pop() if len(exchanges) == 1 else "mixed", f"{name.upper()}/PANEL", markets[0].timeframe)
-
 def pooled_table(home, markets: list[Market], *, name: str = "pool", feature_set: str = "seed", horizon: int = 1) -> Path:
     "The markets' feature tables stacked into one (a `market` code column, a row group a market), written atomically; its path."
-    key, paths = pooled_key(markets, name), [feature_path(home, m, feature_set, horizon) for m in markets]
+    if len({m.timeframe for m in markets}) != 1:
+        raise ConfigError(f"a pooled table needs one bar length: {', '.join(str(m) for m in markets)}")
+    key, paths = panel_market(name, markets), [feature_path(home, m, feature_set, horizon) for m in markets]
     first = read_feature_table(paths[0])[1]
     meta = {**first, **key._asdict(), "features": ["market", *first["features"]], "funding_exchange": None,
             "panel": {"name": name, "reference": None, "markets": [{**m._asdict(), "table_sha256": sha256_file(p)}

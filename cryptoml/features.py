@@ -5,7 +5,7 @@
 # %% ../nbs/02_features.ipynb #f0226fa9
 from __future__ import annotations
 import hashlib, inspect, json, math, os, re, shutil, time, uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
@@ -26,12 +26,12 @@ from .ingest import funding_exchange as default_funding_exchange, read_bars, rea
 __all__ = ['EMA_TAIL', 'FEATURES', 'OHLCV', 'W9', 'W12', 'W26', 'W14', 'DAY_MS', 'WEEK_MS', 'FUNDING_MAX_AGE', 'FEATURE_SETS',
            'SEED', 'CHUNK_ROWS', 'TABLE_ROWS', 'PARQUET_OPTIONS', 'SNAPSHOT_NAME', 'window_reduce', 'rolling_sum',
            'rolling_mean', 'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window', 'finite_ema', 'Feature',
-           'register_feature', 'BarArrays', 'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol',
-           'ret_lag', 'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet', 'define_feature_set',
-           'get_feature_set', 'feature_names', 'lookback_bars', 'feature_chunks', 'feature_matrix', 'compute_features',
-           'features_asof', 'label_arrays', 'add_labels', 'write_feature_table', 'content_digest',
-           'feature_code_sha256', 'table_provenance', 'build_features', 'read_feature_table', 'table_asof',
-           'snapshot_dir', 'snapshot_table', 'prune_snapshots', 'table_view', 'connect']
+           'register_feature', 'mark_nonstationary', 'stationary', 'BarArrays', 'funding_arrays', 'bar_arrays',
+           'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag', 'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet',
+           'define_feature_set', 'get_feature_set', 'feature_names', 'lookback_bars', 'feature_chunks',
+           'feature_matrix', 'compute_features', 'features_asof', 'label_arrays', 'add_labels', 'write_feature_table',
+           'content_digest', 'feature_code_sha256', 'table_provenance', 'build_features', 'read_feature_table',
+           'table_asof', 'snapshot_dir', 'snapshot_table', 'prune_snapshots', 'table_view', 'connect']
 
 # %% ../nbs/02_features.ipynb #4ad825fd
 def window_reduce(leaf: tuple, w: int, merge: Callable) -> tuple:
@@ -112,6 +112,7 @@ class Feature:
     lookback: int
     fn: Callable
     doc: str
+    stationary: bool = True  # False: its level wanders with the market (a price level, a price difference)
 
 FEATURES: dict[str, Feature] = {}
 
@@ -125,6 +126,14 @@ def register_feature(name: str, lookback: int, *, doc: str | None = None) -> Cal
         FEATURES[name] = Feature(name, lookback, fn, doc or (fn.__doc__ or "").strip())
         return fn
     return register
+
+def mark_nonstationary(*names: str) -> None:
+    "Record that the registered features `names` wander with the market (price levels, price differences)."
+    for name in names: FEATURES[name] = replace(_feature(name), stationary=False)
+
+def stationary(name: str) -> bool:
+    "Whether the feature `name` keeps one distribution over time; a column the registry does not know counts as stationary."
+    return FEATURES[name].stationary if name in FEATURES else True
 
 # %% ../nbs/02_features.ipynb #a567fa8f
 class BarArrays:
@@ -211,6 +220,8 @@ def _close(b):
     "The bar's close price."
     return b.close
 
+mark_nonstationary("close")  # a price level
+
 def _one_bar_returns(close: np.ndarray) -> np.ndarray:
     "Each close over the previous close, minus 1; NaN at the first bar."
     out = np.full(len(close), np.nan)
@@ -269,6 +280,8 @@ def _macd_signal(b):
 def _macd_hist(b):
     "MACD histogram: the MACD line minus its signal line."
     return b["macd"] - b["macd_signal"]
+
+mark_nonstationary("ema12", "ema26", "macd", "macd_signal", "macd_hist")  # in price units
 
 # %% ../nbs/02_features.ipynb #13b90309
 def ret_vol(w: int) -> Callable:
@@ -350,8 +363,9 @@ def _funding_rate(b):
 
 # %% ../nbs/02_features.ipynb #430542af
 def feature_docs() -> pd.DataFrame:
-    "The registry as a table: name, lookback and definition of every registered feature."
-    return pd.DataFrame([(f.name, f.lookback, f.doc) for f in FEATURES.values()], columns=["feature", "lookback", "definition"])
+    "The registry as a table: name, lookback, stationarity and definition of every registered feature."
+    return pd.DataFrame([(f.name, f.lookback, f.stationary, f.doc) for f in FEATURES.values()],
+                        columns=["feature", "lookback", "stationary", "definition"])
 
 # %% ../nbs/02_features.ipynb #44c2837b
 @dataclass(frozen=True)

@@ -15,16 +15,17 @@ import pandas as pd
 
 from .core import ArtifactError, ConfigError, DataError, Market, data_home, inside, market_dir, to_ms, to_utc
 from .features import OHLCV, BarArrays, FeatureSet, bar_arrays, funding_arrays, get_feature_set
-from .registry import Run, alias_link, resolve_market
+from .registry import Run, alias_link, online_settings, resolve_market
+from .calibrate import OnlineCalibrator, epoch_ms
 import lightgbm as lgb
 from lightgbm.basic import _LIB, _safe_call
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['feature_mismatch', 'check_features', 'FastBooster', 'path_stamp', 'LoadedRun', 'ServedModel', 'LGBMProd', 'ShadowLog',
-           'log_time', 'shadow_log_path', 'shadow_lines', 'read_shadow_log', 'online_features', 'latest_bars',
-           'predict_latest', 'OnlineFeatures']
+__all__ = ['feature_mismatch', 'check_features', 'FastBooster', 'path_stamp', 'LoadedRun', 'ServedModel', 'LGBMProd',
+           'OnlineServing', 'ShadowLog', 'log_time', 'shadow_log_path', 'shadow_lines', 'read_shadow_log',
+           'online_features', 'latest_bars', 'predict_latest', 'OnlineFeatures']
 
 # %% ../nbs/10_infer.ipynb #f3b90cdf
 def feature_mismatch(given, expected) -> str:
@@ -98,19 +99,31 @@ class LoadedRun(NamedTuple):
     features: list
     model: Any  # predict_row(values: list) -> float, predict_batch(X, num_threads) -> array
     stamp: str | tuple | None  # path_stamp of the path when this run was loaded
+    calibrator: Any = None  # the run's static calibrator (`one(p)`, `many(p)`), or None: the raw booster
+    online: Any = None  # the market's online recalibration (`OnlineServing`) over it, or None when it is off
 
-    def predict(self, X, num_threads: int = 1):
-        "P(up): a float for a dict or 1-D array, an array for a DataFrame or 2-D array, features in the card's order."
+    def predict(self, X, num_threads: int = 1, ts=None):
+        "P(up) as served: a float for a dict or 1-D array (`ts`: its bar's open time, for the online calibrator), else an array."
         if type(X) is dict:
             if list(X) != self.features: check_features(X, self.features, "dict")
-            return self.model.predict_row(list(X.values()))
+            return self.one(self.model.predict_row(list(X.values())), ts)
         if isinstance(X, pd.DataFrame):
             check_features(X.columns, self.features, "DataFrame")
             X = X.to_numpy(np.float64)
         X = np.asarray(X, np.float64)
         if X.ndim not in (1, 2) or X.shape[-1] != len(self.features):
             raise DataError(f"array of shape {X.shape}: expected {len(self.features)} values a row, in the order {self.features}")
-        return self.model.predict_row(X.tolist()) if X.ndim == 1 else self.model.predict_batch(X, num_threads)
+        return self.one(self.model.predict_row(X.tolist()), ts) if X.ndim == 1 else self.many(self.model.predict_batch(X, num_threads))
+
+    def one(self, p: float, ts=None) -> float:
+        "What the run serves for the booster's raw P(up) `p` of one bar (opened at `ts`, if given)."
+        if self.online is not None: return self.online.predict_row(p, ts)
+        return p if self.calibrator is None else self.calibrator.one(p)
+
+    def many(self, p: np.ndarray) -> np.ndarray:
+        "What the run serves for the booster's raw P(up) `p` of many bars."
+        if self.online is not None: return self.online.predict_batch(p)
+        return p if self.calibrator is None else self.calibrator.many(p)
 
 # %% ../nbs/10_infer.ipynb #53f9f6ae
 class ServedModel:
@@ -140,6 +153,10 @@ class ServedModel:
         "The model of `run` (checked), with `predict_row` and `predict_batch`."
         raise NotImplementedError
 
+    def load_maps(self, run: Run) -> tuple:
+        "The calibrator and the online recalibration this model serves `run` through: none for a plain served model."
+        return None, None
+
     def current(self) -> LoadedRun:
         "The run to serve this call: the loaded one, or the run the path now points to once it has loaded."
         return self.serving(path_stamp(self.link))
@@ -157,6 +174,10 @@ class ServedModel:
                 _log.warning("%s: kept serving run %s: %s", self.path, run.run_id, e)
                 return run
         finally: self._loading.release()
+
+    def reload(self) -> LoadedRun:
+        "Load the run the path points to now even when it is the one serving (after its market's online setting changed)."
+        with self._loading: return self._swap()
 
     def refresh(self) -> bool:
         "Serve the run the path points to now; True when it was swapped in. A bad run raises `ArtifactError` and the old one keeps serving."
@@ -192,13 +213,13 @@ class ServedModel:
         try:
             run = Run.at(folder, self.root)
             for name in self.artifacts: run.artifact(name)
-            return LoadedRun(run.id, run.card, list(run.features), self.load_model(run), stamp)
+            return LoadedRun(run.id, run.card, list(run.features), self.load_model(run), stamp, *self.load_maps(run))
         except ArtifactError: raise
         except Exception as e: raise ArtifactError(f"cannot load {self.path} (run folder {folder}): {e}") from e
 
-    def predict_proba(self, X, *, num_threads: int = 1):
+    def predict_proba(self, X, *, num_threads: int = 1, ts=None):
         "P(up) from the serving run (see `LoadedRun.predict`): a float for a dict or 1-D array, an array for a DataFrame or 2-D array."
-        return self.serving(path_stamp(self.link)).predict(X, num_threads)
+        return self.serving(path_stamp(self.link)).predict(X, num_threads, ts)
 
     @property
     def features(self) -> list: return self.current().features
@@ -220,10 +241,23 @@ class LGBMProd(ServedModel):
                                 f"{len(run.features)}: {run.features}")
         return FastBooster(booster)
 
-    def predict_proba(self, X, *, num_threads: int = 1):
+    def load_maps(self, run: Run) -> tuple:
+        "The run's calibrator (checked), and for a champion the market's online recalibration over it when that is on."
+        calibrator, settings = run.calibrator(), online_settings(run.root, run.market) if self.alias == "champion" else None
+        if settings is None: return calibrator, None
+        return calibrator, OnlineServing(run.market.timeframe, run.horizon, calibrator, settings)
+
+    def observe(self, ts, y) -> bool:
+        "Give the online recalibration the label `y` of the bar that opened at `ts`; False when it is off (nothing to learn)."
+        run = self.current()
+        if run.online is None: return False
+        run.online.observe(ts, y)
+        return True
+
+    def predict_proba(self, X, *, num_threads: int = 1, ts=None):
         "P(up) from the serving run (see `LoadedRun.predict`); with `log_shadow` on, the row is queued for the shadow."
         run = self.serving(path_stamp(self.link))
-        p = run.predict(X, num_threads)
+        p = run.predict(X, num_threads, ts)
         if self.shadow_log is not None: self.shadow_log.record(time.time(), X, p, run.run_id)
         return p
 
@@ -238,6 +272,26 @@ class LGBMProd(ServedModel):
             self.shadow_log.close()
             self.shadow_log = None
         return self.shadow_log
+
+# %% ../nbs/10_infer.ipynb #94b3c495
+class OnlineServing:
+    "A market's online recalibration as served: an `OnlineCalibrator` over the run's calibrator, on the bars' own time, locked."
+    def __init__(self, timeframe: str, horizon: int, calibrator, settings: dict):
+        self.calibrator = OnlineCalibrator(timeframe, base=calibrator, horizon=horizon, **settings)
+        self.lock, self.lag = threading.Lock(), (horizon + 1) * self.calibrator.bar
+
+    def predict_row(self, p: float, ts=None) -> float:
+        "The bar's answer: recorded for its label when `ts` (the bar's open time) is given."
+        with self.lock: return self.calibrator.apply(p) if ts is None else self.calibrator.predict(ts, p)
+
+    def predict_batch(self, p: np.ndarray) -> np.ndarray:
+        with self.lock: return self.calibrator.apply(p)
+
+    def observe(self, ts, y):
+        "Learn the label `y` of the bar that opened at `ts`; the calibrator's time moves on to when that label is known."
+        with self.lock:
+            self.calibrator.advance(epoch_ms(ts) + self.lag)
+            self.calibrator.observe(ts, y)
 
 # %% ../nbs/10_infer.ipynb #678e7bed
 class ShadowLog:
@@ -304,7 +358,7 @@ def shadow_lines(shadow: ServedModel, batch: list) -> list[dict]:
     "One log line per row of each (time, input, champion's answer, champion's run id) in `batch`, with the shadow's answer."
     run = shadow.current()
     rows = [_rows(X, run.features) for _, X, _, _ in batch]
-    answers = iter(run.model.predict_batch(np.vstack(rows)).tolist())
+    answers = iter(run.predict(np.vstack(rows)).tolist())
     return [{"at": log_time(at), "champion": champion, "p": p, "shadow": run.run_id, "p_shadow": next(answers), "x": x}
             for (at, _, ps, champion), block in zip(batch, rows) for p, x in zip(np.atleast_1d(ps).tolist(), block.tolist())]
 
@@ -338,11 +392,16 @@ def latest_bars(home, market: Market, count: int, at=None) -> pd.DataFrame:
     if bars.empty: raise DataError(f"no {market} bars stored" + (f" up to {at}" if at is not None else ""))
     return bars.tail(count).reset_index(drop=True)
 
-def predict_latest(model: ServedModel, at=None) -> dict:
-    "The served run's P(up) for the bar after the newest stored bar at or before `at`, from the raw store's bars and funding."
+def predict_latest(model: ServedModel, at=None, member: str | None = None) -> dict:
+    "The served run's P(up) for the bar after the newest stored bar at or before `at` (of `member`, for a pooled model), from the raw store."
     from cryptoml.ingest import read_funding
     run = model.current()
     data, market = run.card["data"], Market.of(run.card["data"])
+    if (run.card.get("manifest") or {}).get("panel"):  # a pooled model: one of its markets' newest row, its reference's from the store
+        from cryptoml.panel import latest_row
+        if member is None: raise ConfigError(f"{market} is a pooled model: name one of its markets (--member SYMBOL)")
+        row, bar = latest_row(model.root, run.card, member, at)
+        return {"run_id": run.run_id, **market._asdict(), "member": member, "bar": str(bar), "p_up": float(run.predict(row))}
     bars = latest_bars(model.root, market, get_feature_set(data["feature_set"]).lookback, at)
     funding = read_funding(model.root, data.get("funding_exchange") or market.exchange, market.symbol)
     row = online_features(bars, data["feature_set"], funding=funding, timeframe=market.timeframe)

@@ -18,20 +18,25 @@ import pandas as pd
 from .core import (
     RUN_ID, ArtifactError, ConfigError, DataError, Market, PromotionRefused, atomic_symlink, atomic_write, atomic_write_bytes,
     atomic_write_json, check_exchange, check_layout, check_run_id, data_home, feature_path, inside, library_versions, market_dir,
-    models_dir, parquet_metadata, sha256_file, symbol_id, timeframe_seconds, to_utc)
+    models_dir, parquet_metadata, read_parquet_file, sha256_file, symbol_id, timeframe_seconds, to_utc)
 from .features import read_feature_table, snapshot_table
-from .metrics import METRICS, assess, implausible, reliability_curve
+from .split import time_split
+from .metrics import METRICS, assess, evaluate, implausible, reliability_curve
+from .calibrate import (Calibrator, OnlineCalibrator, calibration_report, fit_calibrator, inner_predictions,
+                                load_calibrator)
 import lightgbm as lgb
 
 # %% auto #0
-__all__ = ['CARD', 'SCHEMA_VERSION', 'ARTIFACTS', 'CARD_SCHEMA', 'ALIASES', 'MIN_ROWS', 'RUN_COLUMNS', 'runs_index',
-           'new_run_dir', 'run_dir', 'redact_url', 'jsonable', 'table_ref', 'label_definition', 'model_card',
-           'schema_problems', 'card_problems', 'save_run', 'read_json_card', 'verified_bytes', 'Run', 'alias_link',
-           'link_run', 'alias_run', 'best_run_id', 'Evidence', 'fresh_start', 'fresh_evidence', 'gate', 'judge',
-           'Decision', 'promotion_log', 'read_promotions', 'sweep', 'promotion_lock', 'commit', 'promote',
-           'best_history', 'rollback', 'champion_markets', 'resolve_market', 'Comparison', 'compare',
-           'comparison_figure', 'write_comparison', 'run_order', 'run_summary', 'list_runs', 'format_runs',
-           'metrics_table', 'card_summary', 'describe_run', 'migrate', 'plot_runs']
+__all__ = ['CARD', 'SCHEMA_VERSION', 'ARTIFACTS', 'CARD_SCHEMA', 'CALIBRATOR', 'ONLINE', 'FIXED_BY_THE_RUN', 'ALIASES',
+           'MIN_ROWS', 'RUN_COLUMNS', 'runs_index', 'new_run_dir', 'run_dir', 'redact_url', 'jsonable', 'table_ref',
+           'label_definition', 'model_card', 'schema_problems', 'card_problems', 'backtest_forecasts',
+           'calibration_forecasts', 'validation_halves', 'calibrate_run', 'switch_online_calibration',
+           'online_settings', 'save_run', 'read_json_card', 'verified_bytes', 'Run', 'alias_link', 'link_run',
+           'alias_run', 'best_run_id', 'Evidence', 'fresh_start', 'fresh_evidence', 'gate', 'judge', 'Decision',
+           'promotion_log', 'read_promotions', 'sweep', 'promotion_lock', 'commit', 'promote', 'best_history',
+           'rollback', 'champion_markets', 'resolve_market', 'Comparison', 'compare', 'comparison_figure',
+           'write_comparison', 'run_order', 'run_summary', 'list_runs', 'format_runs', 'metrics_table',
+           'calibration_summary', 'card_summary', 'describe_run', 'metrics_with_intervals', 'migrate', 'plot_runs']
 
 # %% ../nbs/09_registry.ipynb #553345b2
 def runs_index(home=None) -> Path:
@@ -91,7 +96,8 @@ def label_definition(horizon: int, dead_zone) -> str:
     zone = f"; moves within +/-{dead_zone} are left unlabelled" if dead_zone else ""
     return f"y = 1 when {ahead} closes above this bar's close, else 0{zone}"
 
-def model_card(result, run_id: str, snapshot: Path, artifacts: dict, home=None, source: Path | None = None) -> dict:
+def model_card(result, run_id: str, snapshot: Path, artifacts: dict, home=None, source: Path | None = None,
+               calibration: dict | None = None) -> dict:
     "The model card of the tuned `result` saved as `run_id`, trained on the feature table snapshot `snapshot`."
     meta, split = {**parquet_metadata(snapshot), **(result.table_meta or {})}, result.split
     return jsonable({
@@ -116,6 +122,7 @@ def model_card(result, run_id: str, snapshot: Path, artifacts: dict, home=None, 
                    "study_name": result.study_name, "storage": redact_url(result.storage), "guard_ran": bool(result.guard_ran)},
         "metrics": {"validation": result.metrics, "baselines": result.baselines, "verdict": result.verdict},
         "manifest": result.manifest,
+        **({"calibration": calibration} if calibration else {}),
         "artifacts": artifacts,
         "promotion": {"decision": "pending", "reason": "not yet through the promotion gate", "previous_best": None},
     })
@@ -163,15 +170,82 @@ def card_problems(card, folder: Path) -> list[str]:
               "card.data.validation must be [start, end]": len(card["data"]["validation"]) == 2}
     return [msg for msg, ok in checks.items() if not ok]
 
-# %% ../nbs/09_registry.ipynb #c5f21598
-def _artifact_writers(result) -> dict:
-    "File name -> function writing that artifact of `result` to a path."
-    return {"lgbm.pkl": lambda p: joblib.dump(result.booster, p),
-            "lgbm.txt": lambda p: result.booster.save_model(str(p)),
-            "logreg.pkl": lambda p: joblib.dump(result.logreg, p)}
+# %% ../nbs/09_registry.ipynb #36fb22fc
+CALIBRATOR = "calibrator.json"
 
-def save_run(result, *, home=None, table_path=None) -> str:
-    "Write `result`'s models and card into a new run folder of its market, pinned to a snapshot of its table; the run id."
+def backtest_forecasts(predictions, train_end) -> pd.DataFrame:
+    "A backtest's out-of-sample forecasts (`ts, p_up, y`; a `predictions.parquet` or its frame) of labelled bars up to `train_end`."
+    frame = read_parquet_file(predictions) if isinstance(predictions, (str, os.PathLike)) else predictions
+    if missing := sorted({"ts", "p_up", "y"} - set(frame.columns)):
+        raise DataError(f"backtest predictions lack the columns {missing}: expected ts, fold, model_time, p_up, y, fwd_ret")
+    rows = frame[(frame.ts <= to_utc(train_end)) & frame.y.notna()].drop_duplicates("ts", keep="last").sort_values("ts")
+    return rows[["ts", "p_up", "y"]].reset_index(drop=True)
+
+def calibration_forecasts(result, source="inner") -> tuple[pd.DataFrame, str]:
+    "Out-of-sample forecasts (`ts, p_up, y`) a calibrator of the tuned `result` may be fitted on, and where they come from."
+    if isinstance(source, str) and source == "inner":
+        return inner_predictions(result), "the inner slice, forecast by the run's recipe trained on the rows before it"
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "a frame"
+    return backtest_forecasts(source, result.split.train_range[1]), f"backtest predictions ({name}) up to the training window's end"
+
+def validation_halves(result):
+    "The labelled rows of `result`'s validation window cut in two in time, purged: the check window and the report window."
+    val = result.split.val[result.split.val.y.notna()]
+    if len(val) < 2: raise DataError(f"the validation window has {len(val)} labelled rows: too few to check a calibrator on")
+    return time_split(val, (val.ts.iloc[-1] - val.ts.iloc[0]) / pd.Timedelta(days=2), horizon=result.split.horizon)
+
+def _span_of(rows: pd.DataFrame) -> dict: return {"start": str(rows.ts.iloc[0]), "end": str(rows.ts.iloc[-1]), "rows": len(rows)}
+
+# %% ../nbs/09_registry.ipynb #6bf419b1
+def calibrate_run(result, source="inner", *, n_boot: int = 1000) -> tuple[Calibrator | None, dict]:
+    "The calibrator `result`'s run serves (None: its raw booster) and the card's calibration section: source, check, before/after."
+    forecasts, where = calibration_forecasts(result, source)
+    try: candidate, halves = fit_calibrator(forecasts.p_up, forecasts.y, ts=forecasts.ts), validation_halves(result)
+    except DataError as e: return None, {"source": where, "rows": len(forecasts), "served": False, "reason": f"no calibrator: {e}"}
+    check, later = halves.train, halves.val
+    p_check, p_later = (result.booster.predict(rows[result.features], num_threads=1) for rows in (check, later))
+    loss = {name: evaluate(check.y, p)["log_loss"] for name, p in (("raw", p_check), ("calibrated", candidate.apply(p_check)))}
+    served = candidate.kind != "identity" and loss["calibrated"] <= loss["raw"]
+    reason = ("the choice kept the identity: nothing to correct" if candidate.kind == "identity" else
+              f"the {candidate.kind} calibrator {'lowers' if served else 'raises'} log loss on the check window, "
+              f"{loss['raw']:.5f} to {loss['calibrated']:.5f}")
+    before_after = calibration_report(later.y, {"raw": p_later, "calibrated": candidate.apply(p_later)}, n_boot=n_boot)
+    return (candidate if served else None), jsonable({
+        "source": where, "rows": len(forecasts), "kind": candidate.kind, "fit": candidate.fit, "served": served, "reason": reason,
+        "check": {**_span_of(check), "log_loss": loss}, "seen_until": str(check.ts.iloc[-1]) if served else None,
+        "validation": {**_span_of(later), **before_after}})
+
+# %% ../nbs/09_registry.ipynb #ed845eaa
+ONLINE = "online_calibration.json"
+FIXED_BY_THE_RUN = ("base", "clock", "horizon", "eps")  # the static calibrator, the time and the label come from the run
+
+def switch_online_calibration(home, market: Market, on: bool = True, **settings) -> Path:
+    "Switch `market`'s online recalibration on (with `OnlineCalibrator` settings: learner, half_life, ...) or off; the file."
+    if fixed := [k for k in settings if k in FIXED_BY_THE_RUN]: raise ConfigError(f"{fixed} come from the run, not the market's setting")
+    try: OnlineCalibrator(market.timeframe, **settings)
+    except TypeError as e: raise ConfigError(f"online recalibration setting not understood: {e}") from e
+    return atomic_write_json(market_dir(home, market)/ONLINE, {"on": bool(on), "settings": settings,
+                                                              "changed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+def online_settings(home, market: Market) -> dict | None:
+    "The `OnlineCalibrator` settings of `market`'s online recalibration when it is switched on; None when off or never set."
+    path = market_dir(home, market)/ONLINE
+    try: spec = json.loads(path.read_bytes())
+    except FileNotFoundError: return None
+    except ValueError as e: raise ArtifactError(f"{path} is not valid JSON: {e}") from e
+    return dict(spec.get("settings") or {}) if spec.get("on") else None
+
+# %% ../nbs/09_registry.ipynb #c5f21598
+def _artifact_writers(result, calibrator: Calibrator | None = None) -> dict:
+    "File name -> function writing that artifact of `result` (and of its served `calibrator`, if any) to a path."
+    writers = {"lgbm.pkl": lambda p: joblib.dump(result.booster, p),
+               "lgbm.txt": lambda p: result.booster.save_model(str(p)),
+               "logreg.pkl": lambda p: joblib.dump(result.logreg, p)}
+    if calibrator is not None: writers[CALIBRATOR] = lambda p: Path(p).write_text(json.dumps(calibrator.to_json()))
+    return writers
+
+def save_run(result, *, home=None, table_path=None, calibration="inner", n_boot: int = 1000) -> str:
+    "Write `result`'s models, calibrator (`calibrate_run`; `calibration=None`: none) and card into a new run folder; its id."
     meta = {**(parquet_metadata(table_path) if table_path and Path(table_path).is_file() else {}), **(result.table_meta or {})}
     try: market = Market.of(meta)
     except ConfigError as e: raise ConfigError(f"the tuned model names no market ({e}): pass the feature table as table_path") from e
@@ -179,9 +253,11 @@ def save_run(result, *, home=None, table_path=None) -> str:
     if not table.is_file():
         raise ArtifactError(f"feature table {table} does not exist: pass the table the model was tuned on as table_path")
     snapshot = snapshot_table(table, home)
+    calibrator, section = calibrate_run(result, calibration, n_boot=n_boot) if calibration is not None else (None, None)
     folder = new_run_dir(market, home)
-    artifacts = {name: sha256_file(atomic_write(folder/name, write)) for name, write in _artifact_writers(result).items()}
-    atomic_write_json(folder/CARD, model_card(result, folder.name, snapshot, artifacts, home, table))
+    writers = _artifact_writers(result, calibrator)
+    artifacts = {name: sha256_file(atomic_write(folder/name, write)) for name, write in writers.items()}
+    atomic_write_json(folder/CARD, model_card(result, folder.name, snapshot, artifacts, home, table, section))
     return folder.name
 
 # %% ../nbs/09_registry.ipynb #e6416432
@@ -235,6 +311,11 @@ class Run:
     def train_end(self) -> pd.Timestamp: return to_utc(self.card["data"]["train"][1])
     @property
     def purge(self) -> int: return int(self.card["split"].get("purge") or self.horizon)
+    @property
+    def seen_until(self) -> pd.Timestamp:
+        "The last bar the run learnt from: its training window's end, or the end of its calibrator's check window if later."
+        until = (self.card.get("calibration") or {}).get("seen_until")
+        return max(self.train_end, to_utc(until)) if until else self.train_end
 
     def artifact(self, name: str) -> bytes:
         "The bytes of artifact `name`, checked to lie in the run folder and to match the card's sha256."
@@ -250,6 +331,12 @@ class Run:
         "The LightGBM model, parsed by LightGBM from `lgbm.txt` (no unpickling)."
         return lgb.Booster(model_str=self.artifact("lgbm.txt").decode())
 
+    def calibrator(self) -> Calibrator | None:
+        "The run's served calibrator, from its checked `calibrator.json` (numpy only); None for a run that serves its raw booster."
+        if CALIBRATOR not in self.card["artifacts"]: return None
+        try: return load_calibrator(json.loads(self.artifact(CALIBRATOR)))
+        except (ValueError, ArtifactError) as e: raise ArtifactError(f"{self.folder/CALIBRATOR}: {e}") from e
+
     def logreg(self):
         "The logistic-regression baseline, unpickled from `logreg.pkl` once its checksum matches."
         model = joblib.load(io.BytesIO(self.artifact("logreg.pkl")))
@@ -264,11 +351,13 @@ class Run:
             raise ArtifactError(f"feature table {path} changed since run {self.id} was trained (sha256 no longer {sha[:12]}...)")
         return read_feature_table(path)[0]
 
-    def predict(self, rows: pd.DataFrame, booster: lgb.Booster | None = None) -> np.ndarray:
-        "P(up) of each of `rows` (a frame with the card's feature columns)."
+    def predict(self, rows: pd.DataFrame, booster: lgb.Booster | None = None, *, calibrated: bool = True) -> np.ndarray:
+        "P(up) of each of `rows` (a frame with the card's features) as served: through the calibrator if any (or raw)."
         if missing := [f for f in self.features if f not in rows.columns]:
             raise DataError(f"run {self.id} needs feature columns {missing} that the rows lack")
-        return (booster or self.booster()).predict(rows[self.features].to_numpy(dtype=float), num_threads=1)
+        p = (booster or self.booster()).predict(rows[self.features].to_numpy(dtype=float), num_threads=1)
+        calibrator = self.calibrator() if calibrated else None
+        return p if calibrator is None else calibrator.apply(p)
 
     def validation_rows(self) -> pd.DataFrame:
         "The labelled rows of the run's table inside its validation window."
@@ -317,9 +406,9 @@ class Evidence:
     def window(self) -> list[str]: return [str(self.ts.iloc[0]), str(self.ts.iloc[-1])] if len(self.ts) else []
 
 def fresh_start(runs: list[Run]) -> pd.Timestamp:
-    "The first bar no run of `runs` trained on: after the latest training window and its purge."
+    "The first bar no run of `runs` learnt from: after the latest training window (or calibrator check window) and its purge."
     bar = pd.Timedelta(seconds=timeframe_seconds(runs[0].market.timeframe))
-    return max(r.train_end + (r.purge + 1) * bar for r in runs)
+    return max(r.seen_until + (r.purge + 1) * bar for r in runs)
 
 def fresh_evidence(candidate: Run, champion: Run | None = None) -> Evidence:
     "The candidate, the champion (if any) and the baselines on the labelled rows of the candidate's table neither trained on."
@@ -490,8 +579,8 @@ def best_history(*, home=None, market: Market) -> list[str]:
     _settle(stack, best_run_id(home=home, market=market))
     return stack
 
-def rollback(*, home=None, market: Market) -> Decision:
-    "Point `market`'s champion back at the one before it, as the promotion log records it."
+def rollback(*, home=None, market: Market, why: str | None = None) -> Decision:
+    "Point `market`'s champion back at the one before it, as the promotion log records it (`why`: the reason given)."
     root = data_home(home)
     with promotion_lock(root, market):
         history = best_history(home=root, market=market)
@@ -500,8 +589,8 @@ def rollback(*, home=None, market: Market) -> Decision:
                                    f"{history[-1] if history else 'none'}")
         target, current = history[-2:]
         Run.open(target, root).verify()
-        decision = Decision(target, "rollback", True, f"rolled back from {current} to the champion before it, {target}", current, target,
-                            market=str(market))
+        reason = f"rolled back from {current} to the champion before it, {target}" + (f": {why}" if why else "")
+        decision = Decision(target, "rollback", True, reason, current, target, market=str(market))
         commit(decision, root, market)
     return decision
 
@@ -653,8 +742,20 @@ def metrics_table(card: dict) -> pd.DataFrame:
     scores = {"lgbm": card["metrics"]["validation"], **card["metrics"]["baselines"]}
     return pd.DataFrame({name: {m: s.get(m) for m in METRICS} for name, s in scores.items()}, dtype=float)
 
+def calibration_summary(card: dict) -> str:
+    "What the run serves, raw or calibrated, why, and what its calibrator does on the rows nobody saw, in one line."
+    c = card.get("calibration")
+    if not c: return "raw booster (saved without calibration)"
+    served = f"{c['kind']} calibrator" if c["served"] else "raw booster"
+    if "validation" not in c: return f"{served}: {c['reason']}"
+    m, change, ci = c["validation"]["metrics"], c["validation"]["change"]["calibrated"], lambda v: f"[{v[0]:.4f}, {v[1]:.4f}]"
+    return (f"{served}, as {c['reason']}; on the validation window's later {c['validation']['rows']} rows, ECE "
+            f"{m['raw']['ece']:.4f} {ci(m['raw']['ci95']['ece'])} raw, {m['calibrated']['ece']:.4f} "
+            f"{ci(m['calibrated']['ci95']['ece'])} calibrated; log loss change {change['log_loss']['value']:+.5f} "
+            f"{ci(change['log_loss']['ci95'])}")
+
 def card_summary(card: dict) -> str:
-    "The model card in a few lines: data, split, tuning, metrics against the baselines, verdict, promotion."
+    "The model card in a few lines: data, split, tuning, metrics against the baselines, verdict, calibration, promotion."
     d, t, p = card["data"], card["tuning"], card["promotion"]
     lines = [f"run {card['model']['run_id']}: {d['exchange']} {d['symbol']} {d['timeframe']}, {len(card['features'])} features ({d.get('feature_set')})",
              f"train      {d['train'][0]} .. {d['train'][1]}",
@@ -663,6 +764,7 @@ def card_summary(card: dict) -> str:
              f"{t['best_iteration']} trees, {t['wall_seconds']:.1f} s",
              "", metrics_table(card).to_string(float_format=lambda v: f"{v:.4f}"), "",
              f"verdict:   {card['metrics'].get('verdict', '')}",
+             f"serves:    {calibration_summary(card)}",
              f"promotion: {p['decision']} ({p['reason']})"]
     return "\n".join(lines)
 
@@ -674,6 +776,15 @@ def describe_run(run_id: str | Run, home=None) -> str:
     aliases = _aliases_by_run(run.folder.parent.parent).get(run.id, [])
     return "\n".join([card_summary(run.card), f"folder     {run.folder}", f"table      {run.card['data']['feature_table']}",
                       f"aliases    {', '.join(aliases) or 'none'}", integrity])
+
+# %% ../nbs/09_registry.ipynb #24a1a430
+def metrics_with_intervals(card: dict, digits: int = 4) -> pd.DataFrame:
+    "`metrics_table` as text: each figure with its 95% block-bootstrap interval from the card, where it has one."
+    scores = {"lgbm": card["metrics"]["validation"], **card["metrics"]["baselines"]}
+    def text(s: dict, m: str) -> str:
+        ci = (s.get("ci95") or {}).get(m)
+        return "-" if s.get(m) is None else f"{s[m]:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+    return pd.DataFrame({name: {m: text(s, m) for m in METRICS} for name, s in scores.items()})
 
 # %% ../nbs/09_registry.ipynb #398a765d
 def _migrate_table(old: Path, root: Path) -> tuple[str, Path]:

@@ -19,8 +19,9 @@ from cryptoml.backtest import FIXED_PARAMS, walk_forward_predictions
 from cryptoml.features import add_labels, build_features, compute_features
 from cryptoml.infer import LGBMProd
 from cryptoml.ingest import synthetic_market
+from cryptoml.panel import panel_market
 from cryptoml.registry import promote, read_promotions, save_run
-from cryptoml.distributed import (POOLED_TOLERANCE, cluster_pool, connect, parts_dir, pooled_key, pooled_result, pooled_scores,
+from cryptoml.distributed import (POOLED_TOLERANCE, cluster_pool, connect, parts_dir, pooled_result, pooled_scores,
                                   pooled_table, train_pooled, validation_rows, write_partitions, write_synthetic)
 
 pytestmark = pytest.mark.timeout(600)
@@ -134,8 +135,8 @@ def test_the_pooled_model_on_the_cluster_scores_as_the_one_trained_in_one_proces
 
 def test_the_pooled_model_is_saved_as_a_run_and_served_by_lgbmprod_unchanged(pooled):
     home, markets, path, on_workers, _ = pooled
-    run_id = save_run(pooled_result(on_workers, n_boot=100), home=home, table_path=path)
+    run_id = save_run(pooled_result(on_workers, n_boot=100), home=home, table_path=path, calibration=None)
     promote(run_id, home=home, force=True, min_rows=100)
-    served, rows = LGBMProd(pooled_key(markets), home=home), validation_rows(on_workers)
+    served, rows = LGBMProd(panel_market("pool", markets), home=home), validation_rows(on_workers)
     assert served.run_id == run_id
     np.testing.assert_allclose(served.predict_proba(rows[on_workers.features]), on_workers.booster.predict(rows[on_workers.features]))

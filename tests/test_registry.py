@@ -19,8 +19,8 @@ import pytest
 
 from cryptoml.core import (ArtifactError, ConfigError, Market, PromotionRefused, atomic_write_parquet, best_link, feature_path,
                            market_dir, sha256_file)
-from cryptoml.registry import (CARD_SCHEMA, Run, best_history, best_run_id, compare, fresh_start, list_runs, new_run_dir,
-                               promote, read_promotions, rollback, run_dir, save_run)
+from cryptoml.registry import (CALIBRATOR, CARD_SCHEMA, Run, best_history, best_run_id, compare, fresh_start, list_runs,
+                               new_run_dir, promote, read_promotions, rollback, run_dir, save_run, validation_halves)
 from cryptoml.metrics import evaluate
 from cryptoml.tune import TuneResult, tune
 
@@ -60,8 +60,8 @@ def write_table(home, table, meta=META) -> Path:
 @pytest.fixture
 def world(tmp_path, table, tuned):
     "A data root holding the feature table and the three runs, none promoted: (home, {name: run_id})."
-    write_table(tmp_path, table)
-    return tmp_path, {name: save_run(result, home=tmp_path) for name, result in tuned.items()}
+    write_table(tmp_path, table)  # without calibrators: the gate's fresh rows start right after each training window
+    return tmp_path, {name: save_run(result, home=tmp_path, calibration=None) for name, result in tuned.items()}
 
 def link_state(home, market=MARKET) -> tuple:
     "What a reader of the market's promotion state sees: the champion link's target and the log's bytes."
@@ -77,7 +77,7 @@ def test_save_run_writes_models_and_a_complete_card_in_its_market(world, tuned, 
     assert folder.parent == (market_dir(home, MARKET)/"runs").resolve()
     assert sorted(p.name for p in folder.iterdir()) == ["lgbm.pkl", "lgbm.txt", "logreg.pkl", "model_card.json"]
     card = Run.open(runs["strong"], home).card
-    assert set(card) == set(CARD_SCHEMA)
+    assert set(CARD_SCHEMA) <= set(card) <= {*CARD_SCHEMA, "manifest", "calibration"}
     assert card["model"]["run_id"] == runs["strong"] and card["model"]["versions"]["lightgbm"] == lgb.__version__
     assert card["features"] == STRONG
     data = card["data"]
@@ -103,6 +103,30 @@ def test_saved_models_predict_like_the_originals(world, tuned):
     run = Run.open(runs["strong"], home)
     np.testing.assert_allclose(run.predict(rows), expected, rtol=1e-12)
     np.testing.assert_allclose(run.logreg().predict_proba(rows), tuned["strong"].logreg.predict_proba(rows))
+
+def test_a_run_serves_a_calibrator_only_where_it_earns_it_and_counts_its_check_window_as_seen(tmp_path, table, tuned):
+    write_table(tmp_path, table)
+    params = {**tuned["strong"].params, "num_leaves": 63, "learning_rate": 0.05, "min_child_samples": 20}
+    split = tuned["strong"].split
+    booster = lgb.train(params, lgb.Dataset(split.train[STRONG], split.train.y), 200)  # deep: overconfident on later bars
+    overconfident = replace(tuned["strong"], booster=booster, params=params, best_iteration=200)
+    run = Run.open(save_run(overconfident, home=tmp_path, n_boot=100), tmp_path)
+    c = run.card["calibration"]
+    assert c["served"] and c["kind"] in ("platt", "isotonic") and CALIBRATOR in run.card["artifacts"] == run.verify()
+    assert c["check"]["log_loss"]["calibrated"] <= c["check"]["log_loss"]["raw"]
+    check = validation_halves(overconfident).train
+    assert run.seen_until == check.ts.iloc[-1] > run.train_end  # the check window is the run's, not the gate's
+    assert fresh_start([run]) == run.seen_until + pd.Timedelta(minutes=2)
+    rows = split.val[STRONG]
+    raw = booster.predict(rows.to_numpy(), num_threads=1)
+    np.testing.assert_array_equal(run.predict(rows, calibrated=False), raw)
+    np.testing.assert_array_equal(run.predict(rows), run.calibrator().apply(raw))
+    later = c["validation"]  # the half nothing was fitted or checked on
+    assert later["rows"] == len(validation_halves(overconfident).val) and later["change"]["calibrated"]["log_loss"]["value"] < 0
+    assert later["metrics"]["calibrated"]["ece"] < later["metrics"]["raw"]["ece"]
+    plain = Run.open(save_run(tuned["weak"], home=tmp_path, n_boot=100), tmp_path)
+    assert not plain.card["calibration"]["served"] and plain.calibrator() is None and plain.seen_until == plain.train_end
+    assert CALIBRATOR not in plain.card["artifacts"] and plain.card["calibration"]["reason"]
 
 def test_a_storage_password_never_reaches_the_card(world, tuned):
     home, _ = world
