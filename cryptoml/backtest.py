@@ -414,7 +414,7 @@ def walk_forward_predictions(table: pd.DataFrame, *, plan: FoldPlan | None = Non
                              params: dict | None = None, tune_every: int | None = None, n_trials: int = 20,
                              objective: str = "logloss", seed: int = 0, feature_fn: Callable | None = None, guard: bool = True,
                              n_jobs: int | None = None, progress: bool = True, checkpoint: str | Path | None = None,
-                             **fold_settings) -> WalkForward:
+                             pool: Callable | None = None, **fold_settings) -> WalkForward:
     "Out-of-sample predictions of every bar after the warm-up, each from the model retrained before its segment (`plan_folds`)."
     started = time.perf_counter()
     if objective not in OBJECTIVES: raise ConfigError(f"unknown objective {objective!r}: expected one of {list(OBJECTIVES)}")
@@ -428,7 +428,8 @@ def walk_forward_predictions(table: pd.DataFrame, *, plan: FoldPlan | None = Non
     done = store.folds() if store else {}
     resumed = len(done)
     job = FoldJob(table, plan, features, feature_fn, guard, n_trials, objective, seed)
-    pool = executor(job, n_jobs, sum(g not in params_of for g in range(len(groups))) + len(plan.folds) - resumed)
+    tasks = sum(g not in params_of for g in range(len(groups))) + len(plan.folds) - resumed
+    pool = pool(job, tasks) if pool else executor(job, n_jobs, tasks)
     try: run_tasks(pool, groups, params_of, done, store, progress)
     finally: pool.shutdown(cancel_futures=True)
     predictions, folds, inner = stitch(table, done)
@@ -769,7 +770,7 @@ def backtest(table: pd.DataFrame, *, home=None, market: dict | None = None, feat
              objective: str = "logloss", seed: int = 0, threshold: float | None = None, short: bool = True,
              fee_bps: float = FEE_BPS, slippage_bps: float = SLIPPAGE_BPS, n_configs: int = 1, n_boot: int = 1000,
              period: str = "auto", feature_fn: Callable | None = None, guard: bool = True, n_jobs: int | None = None,
-             progress: bool = True, **fold_settings) -> Backtest:
+             pool: Callable | None = None, progress: bool = True, **fold_settings) -> Backtest:
     "Walk-forward retraining, the out-of-sample report and the trading backtest of `table`, stored under the data root `home`."
     started = time.perf_counter()
     trading_cost(fee_bps, slippage_bps), check_threshold(threshold), _whole("n_boot", n_boot), _whole("n_configs", n_configs)
@@ -792,7 +793,7 @@ def backtest(table: pd.DataFrame, *, home=None, market: dict | None = None, feat
         if folder and (folder/"backtest.json").is_file(): return load_backtest(folder)  # finished by another process meanwhile
         for stale in (folder.rglob(".*.tmp") if folder else []): stale.unlink()  # left by a killed run's unfinished writes
         walk = walk_forward_predictions(table, plan=plan, features=features, params=params, tune_every=tune_every, n_trials=n_trials,
-                                        objective=objective, seed=seed, feature_fn=feature_fn, guard=guard, n_jobs=n_jobs,
+                                        objective=objective, seed=seed, feature_fn=feature_fn, guard=guard, n_jobs=n_jobs, pool=pool,
                                         progress=progress, checkpoint=folder)
         labels = periods(walk.predictions.ts, walk.predictions.y.notna(), period, plan.min_rows)[1]
         report = score_predictions(walk.predictions, n_boot, seed, period, plan.min_rows, progress)

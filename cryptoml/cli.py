@@ -5,13 +5,16 @@
 # %% ../nbs/15_cli.ipynb #cc356981
 from __future__ import annotations
 import argparse, json, logging, sys, time, traceback
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
-from .core import CryptomlError, ConfigError, Market, check_layout, data_home, feature_path, optuna_storage, to_utc
-from .ingest import (IngestReport, ManyReport, funding_exchange, import_csv, import_funding_csv, import_many, ingest,
+from .core import (CryptomlError, ConfigError, Market, check_layout, data_home, feature_path, optuna_storage, sha256_file,
+                           to_utc)
+from .ingest import (SYNTHETIC, IngestReport, ManyReport, funding_exchange, import_csv, import_funding_csv, import_many, ingest,
                              ingest_many, read_universe, write_demo_market)
 from .features import FEATURE_SETS, build_features, read_feature_table
 from .panel import PANEL_SETS, build_panel, panel_market, panel_markets
@@ -29,8 +32,9 @@ __all__ = ['REPORT_BUG', 'COMMANDS', 'run_command', 'add_exchange', 'add_symbol'
            'add_many', 'many_markets', 'print_many', 'cmd_panel', 'print_ingest', 'fetch', 'import_dumps', 'cmd_ingest',
            'cmd_import', 'cmd_demo', 'cmd_features', 'tune_and_save', 'cmd_tune', 'print_decision', 'cmd_promote',
            'cmd_rollback', 'cmd_runs', 'cmd_show', 'cmd_compare', 'cmd_migrate', 'cmd_predict', 'cmd_monitor',
-           'check_source', 'acquire', 'step', 'cmd_pipeline', 'add_backtest', 'run_backtest', 'cmd_backtest',
-           'cmd_docs', 'parser', 'in_data_root', 'main']
+           'check_source', 'acquire', 'step', 'cmd_pipeline', 'add_cluster', 'distributed', 'markets_of',
+           'print_outcomes', 'pipeline_market', 'pipeline_markets', 'add_backtest', 'run_backtest', 'backtest_market',
+           'cmd_backtest', 'cmd_docs', 'parser', 'in_data_root', 'main']
 
 # %% ../nbs/15_cli.ipynb #fc6f9e4c
 REPORT_BUG = "this is a bug in cryptoml, not in your input; please report it with the traceback above"
@@ -177,9 +181,10 @@ def print_ingest(report) -> int:
           + (f"; {report.replaced} stored bars replaced" if report.replaced else ""))
     return 0
 
-def fetch(args) -> IngestReport:
-    "Fetch the bars (and funding) of the command's market from its exchange into the store."
-    return ingest(args.exchange, args.symbol, args.timeframe, args.since, args.until, home=args.home,
+def fetch(args, market: Market | None = None) -> IngestReport:
+    "Fetch the bars (and funding) of `market` (default: the command's) from its exchange into the store."
+    exchange, symbol, timeframe = market or (args.exchange, args.symbol, args.timeframe)
+    return ingest(exchange, symbol, timeframe, args.since, args.until, home=args.home,
                   funding=args.funding, open_interest=args.open_interest, progress=not args.quiet, replace=args.replace)
 
 def import_dumps(args, files: list[Path]) -> IngestReport:
@@ -296,15 +301,22 @@ def cmd_monitor(args) -> int:
 # %% ../nbs/15_cli.ipynb #538b3099
 def check_source(args):
     "Refuse, before any work starts, a pipeline that names no market data."
-    if not (args.demo or (args.symbol and args.timeframe)):
-        raise ConfigError("pipeline needs --demo, or --symbol and --timeframe (with --import FILE... or an --exchange to fetch from)")
+    many = args.symbols or args.universe
+    if args.symbol and many: raise ConfigError("give --symbol, or --symbols or --universe, not both")
+    if many and args.import_files:
+        raise ConfigError("--import reads one market's dumps: import each market first (cryptoml import), then run the pipeline with "
+                          "--stored --symbols")
+    if not (args.demo or (args.symbol and args.timeframe) or many):
+        raise ConfigError("pipeline needs --demo, or --symbol and --timeframe, or --symbols or --universe (with --import FILE..., "
+                          "--stored, or an --exchange to fetch from)")
 
-def acquire(args) -> Market:
-    "Fill the store from the pipeline's source: --demo, --import FILE..., or an exchange; the market it filled."
-    if args.demo: return write_demo_market(args.home, days=args.days, seed=args.seed)
-    market = Market(args.exchange, args.symbol, args.timeframe)
-    if args.import_files: import_dumps(args, args.import_files)
-    else: fetch(args)
+def acquire(args, market: Market | None = None) -> Market:
+    "Fill the store with `market`'s bars from the pipeline's source (--demo, --import FILE..., --stored: none, else its exchange)."
+    if args.demo and not args.symbols: return write_demo_market(args.home, days=args.days, seed=args.seed)
+    market = market or Market(args.exchange, args.symbol, args.timeframe)
+    if args.demo: distributed().write_synthetic(market, args.home, days=args.days, seed=args.seed)
+    elif args.import_files: import_dumps(args, args.import_files)
+    elif not args.stored: fetch(args, market)
     return market
 
 def step(n: int, what: str, steps: int = 5):
@@ -314,6 +326,7 @@ def step(n: int, what: str, steps: int = 5):
 def cmd_pipeline(args) -> int:
     "Market data, features, leak-checked split, tuning, save and promotion; prints the model card summary."
     check_source(args)
+    if args.symbols or args.universe or args.scheduler or args.cluster: return pipeline_markets(args)
     started, steps = time.monotonic(), 5 + args.backtest
     step(1, "market data", steps)
     market = acquire(args)
@@ -329,6 +342,64 @@ def cmd_pipeline(args) -> int:
         step(6, "walk-forward backtest", steps)
         run_backtest(args, market, path)
     return 0 if decision.promoted else 1
+
+# %% ../nbs/15_cli.ipynb #30530308
+def add_cluster(p: argparse.ArgumentParser):
+    "Add `--scheduler` or `--cluster`: the command's markets (or one market's folds) as Dask tasks."
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                       help="run the tasks on this Dask cluster (the data root must be one every worker sees)")
+    where.add_argument("--cluster", default=None, metavar="local[N]", help="run the tasks on a Dask cluster of N worker processes here")
+
+def distributed():
+    "The `cryptoml.distributed` stage, imported only by the commands that use Dask (it takes a second or two to import)."
+    from cryptoml import distributed
+    return distributed
+
+def markets_of(args) -> list[Market]:
+    "The command's markets: `--symbols` or `--universe` (`many_markets`), else `--symbol`; with `--demo`, synthetic ones (1m)."
+    demo = getattr(args, "demo", False)
+    if not (args.symbols or args.universe):
+        return [SYNTHETIC] if demo else [Market(args.exchange or "binance", args.symbol, args.timeframe or "1m")]
+    if demo: return [Market("synthetic", s, args.timeframe or "1m") for s in args.symbols or read_universe(args.universe).symbols]
+    exchange, symbols, timeframe = many_markets(args)
+    return [Market(exchange, s, timeframe) for s in symbols]
+
+def print_outcomes(args, outcomes: list, seconds: float) -> int:
+    "A line a market (outcome, run, why), a failed market's error also on stderr, a count; the command's exit status."
+    for o in outcomes:
+        outcome, run_id, why = (o.value["outcome"], o.value.get("run_id", "-"), o.value["detail"]) if o.ok else ("failed", "-", o.error)
+        print(f"{str(o.market):32} {outcome:9} {run_id:19} {why}")
+        if not o.ok: _say(args, f"error: {o.market}: {o.error}", o.exit_code)
+    counts = pd.Series(["failed" if not o.ok else o.value["outcome"] for o in outcomes]).value_counts()
+    print(f"{len(outcomes)} markets in {seconds:.0f} s: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+    return distributed().outcomes_status(outcomes)
+
+# %% ../nbs/15_cli.ipynb #8bef68e0
+def pipeline_market(args, invocation: str, market: Market) -> dict:
+    "One market's pipeline as a task that may run twice: its data and features, one saved run, one decision of the gate."
+    dist, quiet = distributed(), argparse.Namespace(**{**vars(args), "quiet": True, "jobs": 1})
+    with dist.market_task(args.home, market, invocation) as claim:
+        acquire(quiet, market)
+        path = build_features(market, home=args.home, feature_set=args.feature_set, horizon=args.horizon, progress=False)
+        table_sha256 = sha256_file(path)
+        run_id = dist.saved_run(claim, lambda: tune_and_save(quiet, path),
+                                ours=lambda card: card["data"]["feature_table_sha256"] == table_sha256)
+        decision = dist.decided(claim, run_id, lambda: promote(run_id, home=args.home, min_improvement=args.min_improvement,
+                                                               min_rows=args.min_rows))
+        result = {"outcome": decision["outcome"], "status": 0 if decision["promoted"] else 1, "run_id": run_id,
+                  "detail": decision["reason"]}
+        if args.backtest: result["backtest"] = run_backtest(quiet, market, path, show=False).summary
+    return result
+
+def pipeline_markets(args) -> int:
+    "The pipeline of each market of `--symbols` or `--universe` (or of the one market) as a task, on the cluster of --scheduler/--cluster or here."
+    started, dist = time.monotonic(), distributed()
+    markets, invocation = markets_of(args), dist.invocation_id()
+    with dist.connect(args.scheduler, args.cluster) as client:
+        outcomes = dist.run_markets(partial(pipeline_market, args, invocation), markets, client, progress=not args.quiet, desc="pipeline")
+    dist.forget(args.home, invocation)
+    return print_outcomes(args, outcomes, time.monotonic() - started)
 
 # %% ../nbs/15_cli.ipynb #c9e8a27a
 def add_backtest(p: argparse.ArgumentParser):
@@ -349,8 +420,8 @@ def add_backtest(p: argparse.ArgumentParser):
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval (default: 1000)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per core)")
 
-def run_backtest(args, market: Market, path: Path) -> Backtest:
-    "Backtest `market`'s feature table at `path` with the command's options (leakage guard on); print its tables and summary."
+def run_backtest(args, market: Market, path: Path, pool: Callable | None = None, show: bool = True) -> Backtest:
+    "Backtest `market`'s feature table at `path` with the command's options (leakage guard on, folds on `pool`); print it (`show`)."
     table, _ = read_feature_table(path)
     card = Run.open(args.params, args.home).card if args.params else None
     result = backtest(table, home=args.home, market=market._asdict(), params=card and card["tuning"]["best_params"],
@@ -358,14 +429,29 @@ def run_backtest(args, market: Market, path: Path) -> Backtest:
                       retrain_days=args.retrain_days, train_days=args.train_days,
                       warmup_days=args.warmup_days, tune_every=args.tune_every, n_trials=args.trials, seed=args.seed,
                       threshold=args.threshold, short=not args.no_short, fee_bps=args.fee_bps, slippage_bps=args.slippage_bps,
-                      min_rows=args.min_val_rows, period=args.period, n_boot=args.boot, n_jobs=args.jobs, progress=not args.quiet)
-    print(backtest_text(result))
+                      min_rows=args.min_val_rows, period=args.period, n_boot=args.boot, n_jobs=args.jobs, pool=pool,
+                      progress=not args.quiet)
+    if show: print(backtest_text(result))
     return result
 
+def backtest_market(args, market: Market) -> dict:
+    "One market's backtest as a task (its folds one after another on the worker; a rerun resumes from its stored folds)."
+    quiet = argparse.Namespace(**{**vars(args), "quiet": True, "jobs": 1})
+    bt = run_backtest(quiet, market, feature_path(args.home, market, args.feature_set, args.horizon), show=False)
+    return {"outcome": "done", "status": 0, "run_id": bt.id, "detail": bt.summary.splitlines()[0]}
+
 def cmd_backtest(args) -> int:
-    "Walk-forward retraining and a cost-aware backtest of a market's feature table."
+    "Walk-forward retraining and a cost-aware backtest of a market's feature table; of many markets' as tasks, or its folds as tasks."
+    if args.symbols or args.universe:
+        if args.symbol: raise ConfigError("give --symbol, or --symbols or --universe, not both")
+        started, dist = time.monotonic(), distributed()
+        with dist.connect(args.scheduler, args.cluster) as client:
+            outcomes = dist.run_markets(partial(backtest_market, args), markets_of(args), client, progress=not args.quiet, desc="backtests")
+        return print_outcomes(args, outcomes, time.monotonic() - started)
     market = market_arg(args)
-    run_backtest(args, market, feature_path(args.home, market, args.feature_set, args.horizon))
+    with distributed().connect(args.scheduler, args.cluster) if args.scheduler or args.cluster else nullcontext() as client:
+        run_backtest(args, market, feature_path(args.home, market, args.feature_set, args.horizon),
+                     pool=client and distributed().cluster_pool(client))
     return 0
 
 # %% ../nbs/15_cli.ipynb #712abb30
@@ -426,14 +512,15 @@ def _pipeline_args(p):
     source = p.add_mutually_exclusive_group()
     source.add_argument("--demo", action="store_true", help="use the embedded synthetic market (offline; seeded by --seed)")
     source.add_argument("--import", dest="import_files", nargs="+", type=existing_file, metavar="FILE", help="import CSV dumps")
-    add_exchange(p); add_symbol(p, required=False)
+    source.add_argument("--stored", action="store_true", help="use the bars already in the store (fetch nothing)")
+    add_exchange(p); add_symbol(p, required=False); add_many(p); add_cluster(p)
     add_time_range(p); add_replace(p)
     p.add_argument("--funding-csv", type=existing_file, help="with --import: funding rates to import too")
     p.add_argument("--days", type=float, default=30, help="with --demo: days of synthetic bars (default: 30)")
     add_features(p); add_tuning(p); add_gate(p); add_backtest(p)
     p.add_argument("--backtest", action="store_true", help="then a walk-forward backtest of the market (see backtest --help)")
 def _backtest_args(p):
-    add_market(p); add_features(p); add_backtest(p)
+    add_market(p, required=False); add_many(p); add_cluster(p); add_features(p); add_backtest(p)
     p.add_argument("--trials", type=int, default=20, help="Optuna trials per tuning (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the models (default: 0)")
 def _panel_args(p):

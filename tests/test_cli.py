@@ -209,6 +209,9 @@ def test_bad_input_from_the_shell_exits_2_with_the_reason_and_no_traceback(tmp_p
     (["rollback"], "no promoted model"),
     (["runs", "--exchange", "../x"], "malformed exchange id '../x'"),
     (["features", "--exchange", "binanceus", "--symbol", "BTC/USDT", "--timeframe", "1m"], "no bars"),
+    (["pipeline", "--demo", "--cluster", "local[0]"], "malformed cluster 'local[0]'"),
+    (["backtest", "--symbols", "BTC/USDT", "--timeframe", "1m", "--scheduler", "10.0.0.5"], "expected tcp://HOST:PORT"),
+    (["pipeline", "--symbols", "A/USDT", "--symbol", "B/USDT", "--timeframe", "1m"], "not both"),
 ])
 def test_bad_input_exits_2_with_the_reason_on_stderr(tmp_path, capsys, args, reason):
     status, out, err = in_process(*args, home=tmp_path, capsys=capsys)

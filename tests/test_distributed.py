@@ -1,0 +1,142 @@
+"""Markets, folds and pooled training on a real Dask LocalCluster (127.0.0.1, worker processes), with real faults.
+
+The story: three markets' pipelines run as tasks on two workers while the test SIGKILLs, by PID, the worker holding
+one market's task lock in the middle of its tuning; Dask runs that task again and the command still ends with every
+market done once: one run saved and one decision of the gate per market, no half-written file, and the market
+without bars failed alone, its error named. A walk-forward whose worker is killed after its first folds gives the
+same predictions, fold for fold, as one run in this process. A pooled model trained with `lightgbm.dask` on the
+partitioned table scores within `POOLED_TOLERANCE` of the one trained in one process, and `LGBMProd` serves it.
+"""
+import json, os, signal, subprocess, threading, time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cryptoml.core import Market, market_dir
+from cryptoml.backtest import FIXED_PARAMS, walk_forward_predictions
+from cryptoml.features import add_labels, build_features, compute_features
+from cryptoml.infer import LGBMProd
+from cryptoml.ingest import synthetic_market
+from cryptoml.panel import panel_market
+from cryptoml.registry import promote, read_promotions, save_run
+from cryptoml.distributed import (POOLED_TOLERANCE, cluster_pool, connect, parts_dir, pooled_result, pooled_scores,
+                                  pooled_table, train_pooled, validation_rows, write_partitions, write_synthetic)
+
+pytestmark = pytest.mark.timeout(600)
+GOOD = ["AAA/USDT", "BBB/USDT", "CCC/USDT"]
+
+def wait_for(what, timeout: float = 300, every: float = 0.05):
+    "Poll `what()` until it returns something true; that value."
+    deadline = time.monotonic() + timeout
+    while not (found := what()):
+        if time.monotonic() > deadline: raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(every)
+    return found
+
+def flock_holder(path: Path) -> int | None:
+    "The PID holding an flock on `path`, from /proc/locks."
+    st = path.stat()
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == "FLOCK" and fields[5] == device: return int(fields[4])
+
+def tuning_started(home: Path, market: Market) -> int | None:
+    "The PID of the worker running `market`'s task once its claim says it began tuning and saving (and no run is recorded)."
+    claims = list((home/"tasks").glob(f"*/{market.path_parts}.json"))
+    if not claims: return None
+    try: claim = json.loads(claims[0].read_text())
+    except (OSError, ValueError): return None
+    return "runs_before" in claim and "run_id" not in claim and flock_holder(market_dir(home, market)/".task.lock")
+
+@pytest.fixture(scope="module")
+def killed_pipeline(tmp_path_factory):
+    "`cryptoml pipeline --stored --symbols ... --cluster local[2]` over three markets and one without bars; the worker tuning AAA killed."
+    home = tmp_path_factory.mktemp("cluster")
+    markets = [write_synthetic(Market("synthetic", s, "1m"), home, days=5) for s in GOOD]
+    command = ["cryptoml", "pipeline", "--stored", "--exchange", "synthetic", "--symbols", ",".join([*GOOD, "NONE/USDT"]),
+               "--timeframe", "1m", "--trials", "2", "--val-days", "1.5", "--cluster", "local[2]", "--home", str(home), "--quiet"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    victim = wait_for(lambda: proc.poll() is not None or tuning_started(home, markets[0]))
+    assert victim is not True, f"the command ended before the kill: {proc.communicate()}"
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    return home, markets, victim, proc.returncode, out, err
+
+def test_a_killed_workers_market_is_done_once_and_a_market_without_bars_fails_alone(killed_pipeline):
+    home, markets, victim, status, out, err = killed_pipeline
+    assert not Path(f"/proc/{victim}").exists()  # the worker really died mid-task
+    lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("synthetic ")}
+    assert sorted(lines) == sorted([*GOOD, "NONE/USDT"]), out  # no market missing
+    assert "failed" in lines["NONE/USDT"] and "DataError: no bars in" in lines["NONE/USDT"]
+    assert "error: synthetic NONE/USDT 1m: DataError: no bars in" in err
+    assert "4 markets in" in out and "1 failed" in out
+    assert status == 2  # the worst failure's: bad input
+    for market in markets:
+        assert "failed" not in lines[market.symbol], out
+        runs = [p for p in (market_dir(home, market)/"runs").iterdir()]
+        assert len(runs) == 1 and (runs[0]/"model_card.json").is_file(), runs  # one run, whole; the killed attempt's is gone
+        assert runs[0].name in lines[market.symbol]
+        decisions = [d for d in read_promotions(home=home, market=market) if d["action"] == "promote"]
+        assert [d["run_id"] for d in decisions] == [runs[0].name]  # the gate asked once
+    assert not [p for p in home.rglob("*.tmp")], "half-written files left"
+    assert not any((home/"tasks").iterdir())  # the command's claims are forgotten once it is done
+
+def labelled(days: int) -> pd.DataFrame:
+    "A synthetic market's seed feature table on 2-hour bars."
+    bars = synthetic_market(days=days, seed=1, timeframe="2h")
+    table = add_labels(compute_features(bars, "seed", timeframe="2h"), bars)
+    table.attrs["cryptoml"] = {"exchange": "synthetic", "symbol": "SYNTH/USDT", "timeframe": "2h", "horizon": 1}
+    return table
+
+def test_a_walk_forward_whose_worker_dies_gives_every_fold_once_as_in_one_process(tmp_path):
+    table = labelled(240)
+    with connect(cluster="local[2]") as client:
+        pids, killed = client.run(os.getpid), []
+        def kill_a_busy_worker():
+            wait_for(lambda: len(list((tmp_path/"folds").glob("fold-*.parquet"))) >= 2)
+            busy = wait_for(lambda: [w for w, keys in client.processing().items() if keys and w in pids])
+            killed.append(pids[busy[0]])
+            os.kill(killed[0], signal.SIGKILL)
+        killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
+        killer.start()
+        on_cluster = walk_forward_predictions(table, retrain_days=10, min_rows=500, params=FIXED_PARAMS, pool=cluster_pool(client),
+                                              progress=False, checkpoint=tmp_path)
+        killer.join(timeout=5)
+        assert killed and killed[0] not in client.run(os.getpid).values()  # the nanny started a new worker in its place
+    inline = walk_forward_predictions(table, retrain_days=10, min_rows=500, params=FIXED_PARAMS, n_jobs=1, progress=False)
+    pd.testing.assert_frame_equal(on_cluster.predictions, inline.predictions)
+    assert on_cluster.folds.fold.tolist() == list(range(1, len(inline.folds) + 1))
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory):
+    "Three synthetic markets' pooled table, partitioned by market and month, trained on two workers and in this process."
+    home = tmp_path_factory.mktemp("pooled")
+    markets = [write_synthetic(Market("synthetic", s, "1m"), home, days=20) for s in GOOD]
+    for m in markets: build_features(m, home=home, progress=False)
+    path = pooled_table(home, markets)
+    with connect(cluster="local[2]") as client:
+        write_partitions(path, client, progress=False)
+        on_workers = train_pooled(parts_dir(path), client, threshold=0, val_days=2, stop_days=2)
+    in_process = train_pooled(parts_dir(path), val_days=2, stop_days=2)
+    return home, markets, path, on_workers, in_process
+
+def test_the_pooled_model_on_the_cluster_scores_as_the_one_trained_in_one_process(pooled):
+    _, _, _, on_workers, in_process = pooled
+    assert (on_workers.trained_on, in_process.trained_on) == ("Dask, 2 workers", "one process")
+    assert on_workers.train_rows == in_process.train_rows > 50_000
+    rows = validation_rows(on_workers)
+    cluster, local = pooled_scores(on_workers, rows), pooled_scores(in_process, rows)
+    assert abs(cluster["log_loss"] - local["log_loss"]) < POOLED_TOLERANCE, (cluster, local)
+    assert cluster["log_loss"] < np.log(2)  # it learned something: below the coin's log loss
+
+def test_the_pooled_model_is_saved_as_a_run_and_served_by_lgbmprod_unchanged(pooled):
+    home, markets, path, on_workers, _ = pooled
+    run_id = save_run(pooled_result(on_workers, n_boot=100), home=home, table_path=path, calibration=None)
+    promote(run_id, home=home, force=True, min_rows=100)
+    served, rows = LGBMProd(panel_market("pool", markets), home=home), validation_rows(on_workers)
+    assert served.run_id == run_id
+    np.testing.assert_allclose(served.predict_proba(rows[on_workers.features]), on_workers.booster.predict(rows[on_workers.features]))
