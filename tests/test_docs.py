@@ -112,3 +112,14 @@ def test_a_notebook_that_fails_is_named_and_the_others_still_render(tmp_path):
 def test_docs_outside_a_checkout_is_bad_input(tmp_path):
     done = docs("model_card.ipynb", cwd=tmp_path)
     assert done.returncode == 2 and "inside a cryptoml checkout" in done.stderr
+
+def test_every_notebook_goes_through_nbdevs_doc_processing():
+    """nbdev (Quarto's `nbdev_docs` and `cryptoml docs` alike) runs each cell holding an import, and every `show_doc`, in a
+    bare shell: a cell that mixes imports with code using earlier cells' names, or a signature naming a type the module
+    imports lazily, fails there though `nbdev_test` passes."""
+    from cryptoml.docs import _processed
+    failed = {}
+    for path in sorted((REPO/"nbs").glob("*.ipynb")):
+        try: _processed(nbformat.read(path, as_version=4), path)
+        except Exception as e: failed[path.name] = f"{str(e)[:300]} ({e.__cause__!r})"
+    assert not failed, failed
