@@ -77,6 +77,8 @@ def add_tuning(p: argparse.ArgumentParser):
     p.add_argument("--study", default=None, help="Optuna study name (default: one per market, feature set, objective, seed and "
                                                  "data, so a rerun on the same data resumes it)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+    p.add_argument("--jobs", type=int, default=None, help="trials run at once, one thread each (default: every core); "
+                                                         "results depend on it, not on timing")
 
 def add_features(p: argparse.ArgumentParser):
     "Add the feature-table options shared by `features` and `pipeline`."
@@ -159,7 +161,7 @@ def tune_and_save(args, path: Path) -> str:
     table, meta = read_feature_table(path)
     result = tune(table, home=args.home, n_trials=args.trials, timeout=args.timeout,
                   val_days=args.val_days, seed=args.seed, storage=args.storage or optuna_storage(args.home),
-                  study_name=args.study, progress=not args.quiet, table_meta=meta)
+                  study_name=args.study, progress=not args.quiet, table_meta=meta, n_jobs=args.jobs)
     return save_run(result, home=args.home, table_path=path)
 
 def cmd_tune(args) -> int:
