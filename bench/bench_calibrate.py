@@ -8,7 +8,10 @@ a Platt and an isotonic calibrator on its forecasts of bars it did not train on,
   call LGBMProd makes), alone;
 - the same call followed by `calibrator.apply(p)` (a float in, a float out) for identity, Platt, isotonic, an
   isotonic map with many breakpoints, and an `OnlineCalibrator` (`predict(ts, p)`: time checks, record, correction);
-- batch scoring of `--batch-rows` rows (`Booster.predict`, one thread) with and without `apply(array)`.
+- batch scoring of `--batch-rows` rows (`Booster.predict`, one thread) with and without `apply(array)`;
+- the whole served path, `LGBMProd.predict_proba(dict)` (one new bar's features, by name), on the market's champion
+  saved through the registry: without a calibrator, with the Platt and the isotonic one as `calibrator.json` (as a run
+  that earned one serves it), and with the market's online recalibration switched on (`ts=` each bar in turn).
 
     python bench/bench_calibrate.py [--calls 20000] [--rounds 5] [--batch-rows 1000000] [--trials 3]
 
@@ -20,9 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from cryptoml.calibrate import Identity, OnlineCalibrator, fit_isotonic, fit_platt, load_calibrator
-from cryptoml.features import add_labels, compute_features
-from cryptoml.infer import FastBooster
-from cryptoml.ingest import example_market, read_bars
+from cryptoml.core import sha256_file
+from cryptoml.features import build_features, read_feature_table
+from cryptoml.infer import FastBooster, LGBMProd
+from cryptoml.ingest import example_market
+from cryptoml.registry import CALIBRATOR, CARD, promote, run_dir, save_run, switch_online_calibration
 from cryptoml.split import time_split
 from cryptoml.tune import tune
 
@@ -46,10 +51,10 @@ def served(calibrator):
 def example_model(home: Path, trials: int):
     "A tuned booster on the example market, its forecasts and labels on bars it did not train on, and their feature rows."
     market = example_market(home)
-    bars = read_bars(home, market.exchange, market.symbol, market.timeframe)
-    table = add_labels(compute_features(bars, "seed", timeframe=market.timeframe), bars)
-    result = tune(table, n_trials=trials, val_days=10, n_boot=20, progress=False, home=home,
-                  table_meta={**market._asdict(), "feature_set": "seed", "horizon": 1})
+    path = build_features(market, home=home, progress=False)
+    table, meta = read_feature_table(path)
+    result = tune(table, n_trials=trials, val_days=10, n_boot=20, progress=False, home=home, table_meta=meta)
+    promote(save_run(result, home=home, table_path=path, calibration=None), home=home, force=True, n_boot=20)
     later = time_split(result.split.val, 5, horizon=1).train
     p = result.booster.predict(later[result.features], num_threads=1)
     return market, result, p, later.y.to_numpy(), later[result.features].to_numpy()
@@ -86,7 +91,8 @@ def report(home: Path, args):
     variants = {"raw C-API predict_row (reference)": fast.predict_row,
                 **{f"raw + {name}.apply": (lambda c: lambda x: c.apply(fast.predict_row(x)))(c)
                    for name, c in calibrators.items()},
-                "raw + OnlineCalibrator.predict": with_online}
+                "raw + OnlineCalibrator.predict": with_online,
+                **served_variants(home, market, result, calibrators, start_ms)}
     floats = p.tolist()
     alone = {"timer and loop only (no call)": lambda q: q,
              **{f"{name}.apply(float) alone": c.apply for name, c in calibrators.items()}}
@@ -120,6 +126,33 @@ def report(home: Path, args):
         print(f"  + {name}.apply(array): {seconds * 1e9 / len(batch):6.1f} ns/row added "
               f"({seconds / booster_s:.1%} of the booster's time)")
     print(f"\ncommand: {shlex.join([sys.executable, *sys.argv])}")
+
+
+def served_variants(home: Path, market, result, calibrators: dict, start_ms: int) -> dict:
+    "LGBMProd.predict_proba(dict), each on its own saved run: raw, through a stored Platt or isotonic calibrator, online."
+    def model(calibrator, online=False) -> LGBMProd:
+        "A served copy of the tuned run, storing `calibrator` (None: raw), loaded with the market's online switch at `online`."
+        folder = run_dir(save_run(result, home=home, calibration=None), home)
+        if calibrator is not None:
+            (folder/CALIBRATOR).write_text(json.dumps(calibrator.to_json()))
+            card = json.loads((folder/CARD).read_text())
+            card["artifacts"][CALIBRATOR] = sha256_file(folder/CALIBRATOR)
+            (folder/CARD).write_text(json.dumps(card))
+        switch_online_calibration(home, market, online)
+        served = LGBMProd(path=folder/"lgbm.pkl", home=home)
+        served.current()
+        return served
+
+    def asked(served, online=False):
+        clock, features = [start_ms], served.features
+        def call(x):
+            clock[0] += 60_000  # the next bar, in order, as a live feed gives them
+            return served.predict_proba(dict(zip(features, x)), ts=clock[0] if online else None)
+        return call
+
+    return {"LGBMProd, raw run (dict)": asked(model(None)), "LGBMProd, platt calibrator (dict)": asked(model(calibrators["platt"])),
+            "LGBMProd, isotonic calibrator (dict)": asked(model(calibrators["isotonic"])),
+            "LGBMProd, online over platt (dict, ts)": asked(model(calibrators["platt"], online=True), online=True)}
 
 
 def _seconds(fn) -> float:

@@ -1,8 +1,9 @@
 """Latency and throughput of production inference: LGBMProd and EnsemblePredictor.
 
 Tunes a small real model on the example market (the shared BTC/USDT bars, or the synthetic market on a fresh
-clone), promotes it, then measures single-row latency (p50/p95/p99 over --calls calls after a warm-up) for
-LGBMProd and for EnsemblePredictor (the booster and its run's logistic regression, linear blend), each from a
+clone), makes it its market's champion, then measures single-row latency (p50/p95/p99 over --calls calls after a
+warm-up) for LGBMProd (also with the shadow's answers logged: `log_shadow()`, the reference being the same calls
+without it) and for EnsemblePredictor (the booster and its run's logistic regression, linear blend), each from a
 ready feature dict, from a frame of raw bars through `online_features`, and from one raw bar at a time pushed into
 a live `OnlineFeatures` feed (ccxt's [ms, open, high, low, close, volume] lists), and batch scoring in rows per second.
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryptoml.ingest import example_market, read_bars, read_funding
+from cryptoml.ingest import example_market, funding_exchange, read_bars, read_funding
 from cryptoml.features import build_features, read_feature_table
 from cryptoml.tune import tune
 from cryptoml.registry import promote, save_run
@@ -49,14 +50,16 @@ def _timed(fn) -> float:
 
 
 def serve_example_model(home: Path, trials: int):
-    "Tune, save and promote a small model on the example market; its market key, bars, funding and validation rows."
+    "Tune and save a small model on the example market, make it champion and shadow; its market, result, bars and funding."
     market = example_market(home)
     table_path = build_features(market, home=home, progress=False)
     table, _ = read_feature_table(table_path)
     result = tune(table, home=home, n_trials=trials, n_boot=20, seed=0, progress=False)
-    promote(save_run(result, home=home, table_path=table_path), home=home, force=True)
-    bars = read_bars(home, market.exchange, market.symbol, market.timeframe)
-    funding = read_funding(home, market.funding_exchange or market.exchange, market.symbol)
+    run_id = save_run(result, home=home, table_path=table_path)
+    promote(run_id, home=home, force=True, n_boot=20)  # forced: a quick model, served to be timed
+    promote(run_id, home=home, alias="shadow")  # its own shadow, to time the champion while the shadow's answers are logged
+    bars = read_bars(home, *market)
+    funding = read_funding(home, funding_exchange(market), market.symbol)
     return market, result, bars, funding
 
 
@@ -75,7 +78,7 @@ def main(argv=None):
 def report(home: Path, args):
     "Serve the example model from `home`, measure it and print the table."
     market, result, bars, funding = serve_example_model(home, args.trials)
-    lgbm, logreg = LGBMProd(home=home), LogRegMember(home=home)
+    lgbm, logreg = LGBMProd(market, home=home), LogRegMember(market, home=home)
     ensemble = EnsemblePredictor({"lgbm": lgbm, "logreg": logreg})
     val = result.split.val[lgbm.features].to_numpy()
     dicts = [dict(zip(lgbm.features, r)) for r in val.tolist()]
@@ -98,8 +101,12 @@ def report(home: Path, args):
             return model_call(feed[0].push(ohlcv[i]))
         return call
 
+    lgbm.log_shadow()
+    logged = latencies_us(lgbm.predict_proba, dicts, args.calls)
+    lgbm.log_shadow(False)
     measured = {
         "LGBMProd, feature dict": latencies_us(lgbm.predict_proba, dicts, args.calls),
+        "LGBMProd, feature dict, shadow logged": logged,
         "LGBMProd, 1-D array": latencies_us(lgbm.predict_proba, list(val), args.calls),
         "EnsemblePredictor, feature dict": latencies_us(ensemble.predict, dicts, args.calls),
         "LGBMProd + online features": latencies_us(online(lgbm.predict_proba), ends, args.calls, warmup=200),

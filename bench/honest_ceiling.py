@@ -17,7 +17,7 @@ import pandas as pd
 
 from cryptoml.core import shared_data
 from cryptoml.features import add_labels, compute_features
-from cryptoml.ingest import EXAMPLE, example_market, import_csv, read_bars, read_funding
+from cryptoml.ingest import EXAMPLE, example_market, funding_exchange, import_csv, read_bars, read_funding
 from cryptoml.split import feature_auc, walk_forward
 from cryptoml.tune import tune
 
@@ -37,7 +37,7 @@ def markets(home: Path):
     "(name, timeframe, bars, funding) of every market measured."
     example_market(home)
     bars = read_bars(home, *EXAMPLE[:3])
-    funding = read_funding(home, EXAMPLE.funding_exchange, EXAMPLE.symbol)
+    funding = read_funding(home, funding_exchange(EXAMPLE), EXAMPLE.symbol)
     yield "BTCUSDT 1m", "1m", bars, funding
     flat = coarse(bars, COARSE_TICK)
     yield f"BTCUSDT 1m ${COARSE_TICK:g} tick ({(flat.close.diff() == 0).mean():.0%} flat)", "1m", flat, funding

@@ -20,10 +20,10 @@ from .core import ArtifactError, ConfigError, DataError, LeakageError, timeframe
 
 # %% auto #0
 __all__ = ['EPS', 'LOGIT_CLIP', 'SCHEMA', 'CALIBRATORS', 'MIN_ROWS', 'FITTERS', 'CHANGES', 'LEARNERS', 'PENDING', 'log_odds',
-           'Calibrator', 'Identity', 'Platt', 'Isotonic', 'load_calibrator', 'fit_platt', 'fit_isotonic',
-           'fit_calibrator', 'reliability_bins', 'calibration_report', 'report_frame', 'calibration_figure',
-           'ece_noise', 'inner_predictions', 'platt_newton', 'RunningPlatt', 'RollingPlatt', 'OnlineCalibrator',
-           'replay', 'expected_accuracy']
+           'Calibrator', 'Identity', 'Platt', 'Isotonic', 'load_calibrator', 'equal_count_bins', 'fit_platt',
+           'fit_isotonic', 'fit_calibrator', 'reliability_bins', 'calibration_report', 'report_frame',
+           'calibration_figure', 'ece_noise', 'inner_predictions', 'platt_newton', 'RunningPlatt', 'RollingPlatt',
+           'epoch_ms', 'OnlineCalibrator', 'replay', 'expected_accuracy']
 
 # %% ../nbs/08_calibrate.ipynb #277aad1d
 EPS = 1e-3            # a calibrated forecast stays within [EPS, 1 - EPS]
@@ -186,6 +186,15 @@ def _fittable(p, y, what: str) -> tuple[np.ndarray, np.ndarray]:
     return p, y
 
 # %% ../nbs/08_calibrate.ipynb #d0faedb4
+def equal_count_bins(p, y, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Mean forecast, mean label and rows of up to `bins` equal-count bins of the forecasts `p`; equal forecasts share a bin."
+    p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)[1:-1])) if len(p) else np.empty(0)
+    where, size = np.searchsorted(edges, p, side="right"), len(edges) + 1
+    rows = np.bincount(where, minlength=size)
+    kept = rows > 0
+    return (np.bincount(where, p, size)[kept] / rows[kept], np.bincount(where, y, size)[kept] / rows[kept], rows[kept])
+
 def fit_platt(p, y, eps: float = EPS) -> Platt:
     "Platt scaling fitted by scikit-learn: unpenalised logistic regression of `y` on the log-odds of `p`, slope >= 0."
     from sklearn.linear_model import LogisticRegression
@@ -195,11 +204,12 @@ def fit_platt(p, y, eps: float = EPS) -> Platt:
     if a < 0: a, b = 0.0, math.log(y.mean() / (1 - y.mean()))
     return Platt(a, b, eps)
 
-def fit_isotonic(p, y, eps: float = EPS) -> Isotonic:
-    "Isotonic regression fitted by scikit-learn, non-decreasing with values in `[eps, 1 - eps]`, as its breakpoints."
+def fit_isotonic(p, y, eps: float = EPS, bin_rows: int = MIN_ROWS) -> Isotonic:
+    "Isotonic regression fitted by scikit-learn on equal-count bins of about `bin_rows` forecasts, as its breakpoints."
     from sklearn.isotonic import IsotonicRegression
     p, y = _fittable(p, y, "isotonic regression")
-    model = IsotonicRegression(y_min=eps, y_max=1 - eps, out_of_bounds="clip").fit(p, y)
+    x, share, rows = equal_count_bins(p, y, len(p) // bin_rows)
+    model = IsotonicRegression(y_min=eps, y_max=1 - eps, out_of_bounds="clip").fit(x, share, sample_weight=rows)
     return Isotonic(model.X_thresholds_, model.y_thresholds_, eps)
 
 FITTERS = {"identity": lambda p, y, eps=EPS: Identity(eps), "platt": fit_platt, "isotonic": fit_isotonic}
@@ -214,37 +224,39 @@ def _span(ts, n: int) -> dict:
         raise DataError(f"times must increase: row {bad[0] + 1} ({t[bad[0] + 1]}) follows {t[bad[0]]}")
     return {"start": t[0].isoformat(), "end": t[-1].isoformat()}
 
-def fit_calibrator(p, y, *, ts=None, kinds=("platt", "isotonic"), choose_share: float = 0.3, gap: int = 1,
+def _log_loss(y: np.ndarray, q: np.ndarray) -> float:
+    "Summed log loss of forecasts `q`, which a calibrator keeps within `[eps, 1 - eps]`."
+    return float(-np.where(y == 1, np.log(q), np.log1p(-q)).sum())
+
+def fit_calibrator(p, y, *, ts=None, kinds=("platt", "isotonic"), folds: int = 5, gap: int = 1,
                    eps: float = EPS) -> Calibrator:
-    "Fit `kinds` on the earlier rows, keep the lowest log loss on the last `choose_share` (else identity), refit on all."
-    from cryptoml.metrics import evaluate
+    "Score `kinds` and the identity forward in time over `folds` parts, keep the lowest log loss, refit it on all rows."
     p, y = _labelled(p, y)
     n, span = len(p), _span(ts, len(p))
-    cut = n - round(n * choose_share)
-    fit_p, fit_y = _fittable(p[:max(cut - gap, 0)], y[:max(cut - gap, 0)], "the candidate calibrators")
-    p_choice, y_choice = p[cut:], y[cut:]
-    if len(y_choice) < MIN_ROWS:
-        raise DataError(f"choosing a calibrator needs at least {MIN_ROWS} later rows; "
-                        f"choose_share={choose_share} of {n} leaves {len(y_choice)}")
-    scores = {kind: evaluate(y_choice, FITTERS[kind](fit_p, fit_y, eps).many(p_choice))["log_loss"]
-              for kind in ("identity", *kinds)}
+    if not isinstance(folds, int) or folds < 2: raise ConfigError(f"folds must be an integer of at least 2, not {folds!r}")
+    edges = np.linspace(0, n, folds + 1).round().astype(int)
+    if edges[1] - gap < MIN_ROWS:
+        raise DataError(f"choosing a calibrator needs {folds} parts of at least {MIN_ROWS + gap} rows; "
+                        f"{n} rows make parts of {edges[1]}")
+    losses = dict.fromkeys(("identity", *kinds), 0.0)
+    for start, end in zip(edges[1:-1], edges[2:]):
+        fit_p, fit_y = _fittable(p[:start - gap], y[:start - gap], "the candidate calibrators")
+        for kind in losses: losses[kind] += _log_loss(y[start:end], FITTERS[kind](fit_p, fit_y, eps).many(p[start:end]))
+    scores = {kind: loss / (n - edges[1]) for kind, loss in losses.items()}
     chosen = min(scores, key=scores.get)
     calibrator = FITTERS[chosen](p, y, eps)
-    calibrator.fit = {"rows": n, **span, "fit_rows": len(fit_y), "gap": gap, "choice_rows": len(y_choice),
+    calibrator.fit = {"rows": n, **span, "folds": folds, "gap": gap, "choice_rows": int(n - edges[1]),
                       "log_loss": scores, "chosen": chosen}
     return calibrator
 
 # %% ../nbs/08_calibrate.ipynb #3ca12b6c
 def reliability_bins(y, p, bins: int = 12) -> pd.DataFrame:
     "Mean forecast, observed up-share (95% Wilson interval) and rows in up to `bins` equal-count bins; ties share a bin."
-    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
-    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)[1:-1])) if len(p) else []
-    frame = pd.DataFrame({"bin": np.searchsorted(edges, p, side="right"), "p": p, "y": y})
-    curve = frame.groupby("bin").agg(p_mean=("p", "mean"), y_mean=("y", "mean"), count=("y", "size")).reset_index(drop=True)
-    n, share, z2 = curve["count"].to_numpy(float), curve.y_mean.to_numpy(), 1.96 ** 2
+    p_mean, share, rows = equal_count_bins(p, y, bins)
+    n, z2 = rows.astype(float), 1.96 ** 2
     centre = (share + z2 / (2 * n)) / (1 + z2 / n)
     half = np.sqrt(share * (1 - share) / n + z2 / (4 * n * n)) * 1.96 / (1 + z2 / n)
-    return curve.assign(lo=centre - half, hi=centre + half)[["p_mean", "y_mean", "lo", "hi", "count"]]
+    return pd.DataFrame({"p_mean": p_mean, "y_mean": share, "lo": centre - half, "hi": centre + half, "count": rows})
 
 # %% ../nbs/08_calibrate.ipynb #9c6aee77
 CHANGES = ("log_loss", "brier", "ece", "accuracy", "roc_auc")
@@ -294,11 +306,12 @@ def calibration_figure(report: dict, title: str = "Reliability"):
 
 # %% ../nbs/08_calibrate.ipynb #3db3b79c
 def ece_noise(p, *, bins: int = 10, draws: int = 200, seed: int = 0) -> dict:
-    "Mean and 95th percentile of the ECE of forecasts `p` when labels are drawn from `p` itself (perfect calibration)."
+    "Mean, 95th and 99th percentile of the ECE of forecasts `p` when labels are drawn from `p` itself (perfect calibration)."
     from cryptoml.metrics import expected_calibration_error
     p, rng = np.asarray(p, dtype=float), np.random.default_rng(seed)
     eces = [expected_calibration_error(rng.uniform(size=len(p)) < p, p, bins) for _ in range(draws)]
-    return {"mean": float(np.mean(eces)), "p95": float(np.percentile(eces, 95)), "rows": len(p)}
+    return {"mean": float(np.mean(eces)), "p95": float(np.percentile(eces, 95)), "p99": float(np.percentile(eces, 99)),
+            "rows": len(p)}
 
 # %% ../nbs/08_calibrate.ipynb #a68539c4
 def inner_predictions(result) -> pd.DataFrame:
@@ -360,7 +373,7 @@ class RollingPlatt:
 LEARNERS = {"running": RunningPlatt, "rolling": RollingPlatt}
 
 # %% ../nbs/08_calibrate.ipynb #7c5aafb7
-def _ms(ts) -> int:
+def epoch_ms(ts) -> int:
     "A time as epoch milliseconds (integers are taken as epoch milliseconds already)."
     if type(ts) is int: return ts
     return int(ts) if isinstance(ts, np.integer) else to_ms(ts)
@@ -391,12 +404,12 @@ class OnlineCalibrator:
         "Move a replayed stream's time on to `now` (never back); a live calibrator reads its clock instead."
         if self.clock is not None:
             raise ConfigError("this online calibrator reads its clock: advance() is for replayed streams")
-        now = _ms(now)
+        now = epoch_ms(now)
         self.stream_now = now if self.stream_now is None else max(self.stream_now, now)
 
     def predict(self, ts, p: float) -> float:
         "Calibrated P(up) for the bar that opened at `ts`, asked at its close: the static map, then the learnt correction."
-        t = _ms(ts)
+        t = epoch_ms(ts)
         close = t + self.bar
         if self.learnt_until is not None and close < self.learnt_until:
             raise LeakageError(f"the bar at {_iso(t)} closed at {_iso(close)}, before {_iso(self.learnt_until)}, when "
@@ -411,9 +424,13 @@ class OnlineCalibrator:
             self.pending = dict(list(self.pending.items())[-PENDING:])
         return self.correction.one(q)
 
+    def apply(self, p):
+        "The static map, then the correction learnt so far, for a float or an array; records nothing (no label will teach it)."
+        return self.correction.apply(self.base.apply(p))
+
     def observe(self, ts, y) -> None:
         "Learn from `y`, the label of the bar that opened at `ts`: only once it is known, and only for a recorded forecast."
-        t, now = _ms(ts), self.now
+        t, now = epoch_ms(ts), self.now
         known = t + (self.horizon + 1) * self.bar
         if now is None or known > now:
             raise LeakageError(f"the label of the bar at {_iso(t)} is known at {_iso(known)} "

@@ -10,23 +10,24 @@ from typing import Callable
 
 import pandas as pd
 
-from .core import (CryptomlError, ConfigError, DataError, data_home, feature_path, optuna_storage,
-                           parquet_metadata, to_utc)
-from .ingest import IngestReport, MarketKey, ingest, import_csv, import_funding_csv, write_demo_market, read_bars, read_funding
-from .features import FEATURE_SETS, build_features, read_feature_table, lookback_bars
-from .tune import tune
-from .registry import save_run, promote, rollback, list_runs, read_card
-from .infer import LGBMProd, online_features
-from .monitor import monitor, promoted_run, report_table, metrics_table
+from .core import CryptomlError, ConfigError, Market, check_layout, data_home, feature_path, optuna_storage, to_utc
+from .ingest import IngestReport, funding_exchange, ingest, import_csv, import_funding_csv, write_demo_market
+from .features import FEATURE_SETS, build_features, read_feature_table
+from .tune import MIN_VAL_ROWS, tune
+from .registry import (ALIASES, MIN_ROWS, Run, card_summary, compare, describe_run, format_runs, list_runs, migrate,
+                               promote, resolve_market, rollback, save_run, write_comparison)
+from .infer import LGBMProd, predict_latest
+from .monitor import monitor, report_table
+from .backtest import FEE_BPS, PERIODS, SLIPPAGE_BPS, Backtest, backtest, backtest_text
 from .docs import render_site
 
 # %% auto #0
-__all__ = ['REPORT_BUG', 'PROMOTED', 'COMMANDS', 'run_command', 'add_exchange', 'add_symbol', 'add_tuning', 'add_features',
-           'utc_time', 'add_time_range', 'add_replace', 'existing_file', 'print_ingest', 'fetch', 'import_dumps',
-           'cmd_ingest', 'cmd_import', 'cmd_demo', 'stored_funding', 'cmd_features', 'tune_and_save', 'cmd_tune',
-           'print_decision', 'cmd_promote', 'cmd_rollback', 'cmd_runs', 'funding_exchange_of', 'market_args',
-           'latest_bars', 'cmd_predict', 'cmd_monitor', 'check_source', 'acquire', 'step', 'card_summary',
-           'cmd_pipeline', 'cmd_docs', 'parser', 'main']
+__all__ = ['REPORT_BUG', 'COMMANDS', 'run_command', 'add_exchange', 'add_symbol', 'add_market', 'market_arg', 'add_tuning',
+           'add_jobs', 'add_features', 'add_gate', 'utc_time', 'add_time_range', 'add_replace', 'existing_file',
+           'print_ingest', 'fetch', 'import_dumps', 'cmd_ingest', 'cmd_import', 'cmd_demo', 'cmd_features',
+           'tune_and_save', 'cmd_tune', 'print_decision', 'cmd_promote', 'cmd_rollback', 'cmd_runs', 'cmd_show',
+           'cmd_compare', 'cmd_migrate', 'cmd_predict', 'cmd_monitor', 'check_source', 'acquire', 'step',
+           'cmd_pipeline', 'add_backtest', 'run_backtest', 'cmd_backtest', 'cmd_docs', 'parser', 'in_data_root', 'main']
 
 # %% ../nbs/15_cli.ipynb #fc6f9e4c
 REPORT_BUG = "this is a bug in cryptoml, not in your input; please report it with the traceback above"
@@ -57,33 +58,52 @@ def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Nam
     finally: logging.getLogger("cryptoml").removeHandler(warnings)
 
 # %% ../nbs/15_cli.ipynb #d80d9cfa
-PROMOTED = "the promoted model's"
-
 def add_exchange(p: argparse.ArgumentParser, default: str | None = "binance"):
     "Add `--exchange` to `p`."
-    p.add_argument("--exchange", default=default, help=f"ccxt exchange id (default: {default or PROMOTED})")
+    p.add_argument("--exchange", default=default,
+                   help=f"ccxt exchange id (default: {default or 'the one champion matching the other options'})")
 
 def add_symbol(p: argparse.ArgumentParser, required: bool = True):
     "Add `--symbol` and `--timeframe` to `p`."
-    p.add_argument("--symbol", required=required, help="ccxt unified symbol, e.g. BTC/USDT" + ("" if required else f" (default: {PROMOTED})"))
-    p.add_argument("--timeframe", required=required, help="ccxt timeframe, e.g. 1m, 1h" + ("" if required else f" (default: {PROMOTED})"))
+    also = "" if required else " (default: the one champion matching the other options)"
+    p.add_argument("--symbol", required=required, help="ccxt unified symbol, e.g. BTC/USDT" + also)
+    p.add_argument("--timeframe", required=required, help="ccxt timeframe, e.g. 1m, 1h" + also)
+
+def add_market(p: argparse.ArgumentParser, required: bool = True):
+    "Add `--exchange`, `--symbol` and `--timeframe` to `p`, needed or optional."
+    add_exchange(p, "binance" if required else None); add_symbol(p, required)
+
+def market_arg(args) -> Market:
+    "The market the command names, checked once: the market options given, or the one champion matching them."
+    if args.exchange and args.symbol and args.timeframe: return Market(args.exchange, args.symbol, args.timeframe)
+    return resolve_market(args.home, args.exchange, args.symbol, args.timeframe)
 
 def add_tuning(p: argparse.ArgumentParser):
     "Add the tuning options shared by `tune` and `pipeline`."
     p.add_argument("--trials", type=int, default=50, help="finished Optuna trials the study must hold (default: 50)")
     p.add_argument("--timeout", type=float, default=None, help="stop tuning after this many seconds")
-    p.add_argument("--val-days", type=float, default=14, help="days of validation at the end of the data (default: 14)")
+    p.add_argument("--val-days", type=float, default=None,
+                   help="days of validation at the end of the data (default: 14, or as many as hold 2,000 bars)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under --home)")
     p.add_argument("--study", default=None, help="Optuna study name (default: one per market, feature set, objective, seed and "
                                                  "data, so a rerun on the same data resumes it)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
-    p.add_argument("--jobs", type=int, default=None, help="trials run at once, one thread each (default: every core); "
-                                                         "results depend on it, not on timing")
+
+def add_jobs(p: argparse.ArgumentParser):
+    "Add `--jobs`, shared by `tune`, `backtest` and `pipeline`: how much of the work runs at once."
+    p.add_argument("--jobs", type=int, default=None, help="tuning trials (one thread each) and backtest folds (one worker process "
+                                                         "each) run at once (default: every core); a study depends on it, not on timing")
 
 def add_features(p: argparse.ArgumentParser):
-    "Add the feature-table options shared by `features` and `pipeline`."
+    "Add the feature-table options shared by `features`, `tune` and `pipeline`."
     p.add_argument("--feature-set", default="seed", choices=sorted(FEATURE_SETS), help="feature set (default: seed)")
     p.add_argument("--horizon", type=int, default=1, help="label horizon in bars (default: 1)")
+
+def add_gate(p: argparse.ArgumentParser):
+    "Add the promotion gate's options shared by `promote` and `pipeline`."
+    p.add_argument("--min-improvement", type=float, default=0.0, help="log loss the candidate must gain over the champion, "
+                                                                      "by its whole 95%% interval (default: 0)")
+    p.add_argument("--min-rows", type=int, default=MIN_ROWS, help=f"fresh rows the gate needs to judge (default: {MIN_ROWS})")
 
 def utc_time(text: str) -> pd.Timestamp:
     "`text` read as a UTC time, refused (exit 2) with `to_utc`'s reason otherwise."
@@ -111,7 +131,7 @@ def existing_file(name: str) -> Path:
 def print_ingest(report) -> int:
     "Print what an ingest or import stored."
     m = report.market
-    print(f"{m.exchange} {m.symbol} {m.timeframe}: {report.rows_added} new bars; store covers {report.first} .. {report.last}, "
+    print(f"{m}: {report.rows_added} new bars; store covers {report.first} .. {report.last}, "
           f"{report.missing} missing" + (f"; {report.funding_added} funding rates" if report.funding_added else "")
           + (f"; {report.dropped} repeated rows dropped" if report.dropped else "")
           + (f"; {report.replaced} stored bars replaced" if report.replaced else ""))
@@ -123,9 +143,10 @@ def fetch(args) -> IngestReport:
                   funding=args.funding, progress=not args.quiet, replace=args.replace)
 
 def import_dumps(args, files: list[Path]) -> IngestReport:
-    "Import the CSV dumps `files` (and `--funding-csv`, if given) of the command's market into the store."
+    "Import the CSV dumps `files` of the command's market (and `--funding-csv`, as its funding exchange's) into the store."
     report = import_csv(files, args.exchange, args.symbol, args.timeframe, home=args.home, replace=args.replace)
-    if args.funding_csv: import_funding_csv(args.funding_csv, args.exchange, args.symbol, home=args.home, replace=args.replace)
+    if args.funding_csv:
+        import_funding_csv(args.funding_csv, funding_exchange(report.market), args.symbol, home=args.home, replace=args.replace)
     return report
 
 def cmd_ingest(args) -> int:
@@ -139,25 +160,18 @@ def cmd_import(args) -> int:
 def cmd_demo(args) -> int:
     "Write the embedded synthetic market into the store."
     m = write_demo_market(args.home, days=args.days, seed=args.seed)
-    print(f"synthetic market: {m.exchange} {m.symbol} {m.timeframe}, {args.days:g} days (seed {args.seed}) in {data_home(args.home)}")
+    print(f"synthetic market: {m}, {args.days:g} days (seed {args.seed}) in {args.home}")
     return 0
 
 # %% ../nbs/15_cli.ipynb #36a677d1
-def stored_funding(home, market: MarketKey) -> pd.DataFrame | None:
-    "The funding rates stored for `market`, or None when it has none."
-    if not market.funding_exchange: return None
-    rates = read_funding(home, market.funding_exchange, market.symbol)
-    return rates if len(rates) else None
-
 def cmd_features(args) -> int:
     "Build the feature table of a market."
-    market = MarketKey(args.exchange, args.symbol, args.timeframe, args.funding_exchange)
-    path = build_features(market, home=args.home, feature_set=args.feature_set, horizon=args.horizon, progress=not args.quiet)
-    print(path)
+    print(build_features(market_arg(args), home=args.home, feature_set=args.feature_set, horizon=args.horizon,
+                         funding_exchange=args.funding_exchange, progress=not args.quiet))
     return 0
 
 def tune_and_save(args, path: Path) -> str:
-    "Tune on the feature table at `path` with the command's options, save the run and return its id."
+    "Tune on the feature table at `path` with the command's options (leakage guard on), save the run; its id."
     table, meta = read_feature_table(path)
     result = tune(table, home=args.home, n_trials=args.trials, timeout=args.timeout,
                   val_days=args.val_days, seed=args.seed, storage=args.storage or optuna_storage(args.home),
@@ -166,63 +180,65 @@ def tune_and_save(args, path: Path) -> str:
 
 def cmd_tune(args) -> int:
     "Tune a model on a feature table and save it as a run (not promoted)."
-    print(tune_and_save(args, feature_path(args.home, args.symbol, args.timeframe)))
+    print(tune_and_save(args, feature_path(args.home, market_arg(args), args.feature_set, args.horizon)))
     return 0
 
 # %% ../nbs/15_cli.ipynb #5ec36911
 def print_decision(decision) -> int:
-    "Print a promotion or rollback decision; exit status 0 when it changed the best model, else 1."
-    print(f"{decision.action} {decision.run_id}: {decision.outcome} ({decision.reason}); best is now {decision.best}")
+    "Print a promotion or rollback decision; exit status 0 when it moved the alias, else 1."
+    print(f"{decision.action} {decision.run_id} as {decision.alias} of {decision.market}: {decision.outcome} "
+          f"({decision.reason}); {decision.alias} is now {decision.best}")
     return 0 if decision.promoted else 1
 
 def cmd_promote(args) -> int:
-    "Promote a run if it beats the current best (or --force)."
-    return print_decision(promote(args.run_id, home=args.home, force=args.force, min_improvement=args.min_improvement))
+    "Name a run its market's champion if it passes the gate (or --force), or its challenger or shadow."
+    market = market_arg(args) if (args.exchange or args.symbol or args.timeframe) else None
+    return print_decision(promote(args.run_id, home=args.home, alias=args.alias, force=args.force, market=market,
+                                  min_improvement=args.min_improvement, min_rows=args.min_rows))
 
 def cmd_rollback(args) -> int:
-    "Point the best model back at the one before it."
-    return print_decision(rollback(home=args.home))
+    "Point a market's champion back at the one before it."
+    return print_decision(rollback(home=args.home, market=market_arg(args)))
 
 def cmd_runs(args) -> int:
-    "List the runs with their validation metrics."
-    runs = list_runs(home=args.home)
-    print(runs.to_string(index=False) if len(runs) else f"no runs under {data_home(args.home)}")
+    "List the runs with their validation metrics and aliases."
+    runs = list_runs(home=args.home, exchange=args.exchange, symbol=args.symbol, timeframe=args.timeframe)
+    print(format_runs(runs) if len(runs) else f"no runs under {args.home}")
+    return 0
+
+def cmd_show(args) -> int:
+    "Print a run's card, where it lives, its aliases and whether its artifacts match the card."
+    print(describe_run(args.run_id, args.home))
+    return 0
+
+def cmd_compare(args) -> int:
+    "Two runs on the same rows neither trained on: a table, and a plotly figure written beside them."
+    comparison = compare(args.run_a, args.run_b, home=args.home, min_rows=args.min_rows)
+    print(comparison.summary())
+    print(f"figure: {write_comparison(comparison)}")
+    return 0
+
+def cmd_migrate(args) -> int:
+    "Move a data root from cryptoml 0.1's layout into per-market folders."
+    moved = migrate(args.home)
+    print("\n".join(moved) if moved else f"{args.home} is already in per-market folders: nothing to migrate")
     return 0
 
 # %% ../nbs/15_cli.ipynb #eafd744c
-def funding_exchange_of(home, market: MarketKey) -> str:
-    "Where the funding rates in `market`'s feature table came from (its own exchange when the table does not say)."
-    table = feature_path(home, market.symbol, market.timeframe)
-    return (parquet_metadata(table) if table.is_file() else {}).get("funding_exchange") or market.exchange
-
-def market_args(args, card: dict) -> MarketKey:
-    "The market named on the command line, each option defaulting to the promoted model's, with its funding exchange."
-    data = card["data"]
-    market = MarketKey(args.exchange or data["exchange"], args.symbol or data["symbol"], args.timeframe or data["timeframe"])
-    return market._replace(funding_exchange=funding_exchange_of(args.home, market))
-
-def latest_bars(home, market: MarketKey, feature_set: str, at=None) -> pd.DataFrame:
-    "The bars the online path needs for the newest bar at or before `at`."
-    bars = read_bars(home, *market[:3], end=None if at is None else at + pd.Timedelta(milliseconds=1))
-    if bars.empty: raise DataError(f"no {market.exchange} {market.symbol} {market.timeframe} bars stored" + (f" up to {at}" if at is not None else ""))
-    return bars.tail(lookback_bars(feature_set)).reset_index(drop=True)
-
 def cmd_predict(args) -> int:
-    "Print P(up) for the bar after --at (default: the newest stored bar) from the promoted model."
-    promoted_run(args.home)  # with nothing promoted, say how to promote a model
-    run = LGBMProd(home=args.home).current()  # one loaded run: its card and its model agree even if a promotion lands meanwhile
-    market, feature_set = market_args(args, run.card), run.card["data"]["feature_set"]
-    bars = latest_bars(args.home, market, feature_set, args.at)
-    row = online_features(bars, feature_set, funding=stored_funding(args.home, market), timeframe=market.timeframe)
-    print(json.dumps({"run_id": run.run_id, "exchange": market.exchange, "symbol": market.symbol, "timeframe": market.timeframe,
-                      "bar": str(bars.ts.iloc[-1]), "p_up": float(run.predict(row))}))
+    "Print P(up) for the bar after --at (default: the newest stored bar) from the market's champion."
+    print(json.dumps(predict_latest(LGBMProd(market_arg(args), home=args.home), args.at)))
     return 0
 
 def cmd_monitor(args) -> int:
-    "Write a drift report for the promoted model, print it, and exit 1 on an alert."
-    report = monitor(args.run, home=args.home, symbol=args.symbol, timeframe=args.timeframe, window_days=args.window_days)
-    print(report_table(report).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"status: {report['status']}" + "".join(f"\n  {f}" for f in report["findings"]))
+    "Write the monitor's report for the market's champion (or --run), print it, demote on request, exit 1 on an alert."
+    report = monitor(args.run, home=args.home, market=None if args.run else market_arg(args), window_days=args.window_days,
+                     demote_on_alert=args.demote_on_alert)
+    table = report_table(report)
+    if len(table): print(table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", max_colwidth=48))
+    print(f"status: {report['status']}" + (f" ({report['reason']})" if "reason" in report else "")
+          + "".join(f"\n  {f}" for f in report["findings"]))
+    if "demotion" in report: print(f"demotion: {'done' if report['demotion']['demoted'] else 'none'}: {report['demotion']['reason']}")
     print(f"report: {report['path']}")
     return 1 if report["status"] == "alert" else 0
 
@@ -232,45 +248,73 @@ def check_source(args):
     if not (args.demo or (args.symbol and args.timeframe)):
         raise ConfigError("pipeline needs --demo, or --symbol and --timeframe (with --import FILE... or an --exchange to fetch from)")
 
-def acquire(args) -> MarketKey:
-    "Fill the store from the pipeline's source: --demo, --import FILE..., or an exchange."
+def acquire(args) -> Market:
+    "Fill the store from the pipeline's source: --demo, --import FILE..., or an exchange; the market it filled."
     if args.demo: return write_demo_market(args.home, days=args.days, seed=args.seed)
+    market = Market(args.exchange, args.symbol, args.timeframe)
     if args.import_files: import_dumps(args, args.import_files)
     else: fetch(args)
-    return MarketKey(args.exchange, args.symbol, args.timeframe)  # funding, if any, is stored under the same exchange
+    return market
 
-def step(n: int, what: str):
-    "Announce pipeline step `n` on stderr."
-    print(f"[{n}/5] {what}", file=sys.stderr, flush=True)
-
-def card_summary(card: dict) -> str:
-    "The model card in a few lines: data, split, tuning, metrics against the baselines, verdict, promotion."
-    d, t, p = card["data"], card["tuning"], card["promotion"]
-    lines = [f"run {card['model']['run_id']}: {d['exchange']} {d['symbol']} {d['timeframe']}, {len(card['features'])} features ({d.get('feature_set')})",
-             f"train      {d['train'][0]} .. {d['train'][1]}",
-             f"validation {d['validation'][0]} .. {d['validation'][1]}",
-             f"tuning     {t['trials']} trials ({t['sampler']}, seed {t['seed']}), best trial {t['best_trial']}, "
-             f"{t['best_iteration']} trees, {t['wall_seconds']:.1f} s",
-             "", metrics_table(card).to_string(float_format=lambda v: f"{v:.4f}"), "",
-             f"verdict:   {card['metrics'].get('verdict', '')}",
-             f"promotion: {p['decision']} ({p['reason']})"]
-    return "\n".join(lines)
+def step(n: int, what: str, steps: int = 5):
+    "Announce pipeline step `n` of `steps` on stderr."
+    print(f"[{n}/{steps}] {what}", file=sys.stderr, flush=True)
 
 def cmd_pipeline(args) -> int:
     "Market data, features, leak-checked split, tuning, save and promotion; prints the model card summary."
     check_source(args)
-    started = time.monotonic()
-    step(1, "market data")
+    started, steps = time.monotonic(), 5 + args.backtest
+    step(1, "market data", steps)
     market = acquire(args)
-    step(2, f"features of {market.exchange} {market.symbol} {market.timeframe}")
+    step(2, f"features of {market}", steps)
     path = build_features(market, home=args.home, feature_set=args.feature_set, horizon=args.horizon, progress=not args.quiet)
-    step(3, f"split, leakage guard and {args.trials} tuning trials")
+    step(3, f"split, leakage guard and {args.trials} tuning trials", steps)
     run_id = tune_and_save(args, path)
-    step(4, f"promotion of run {run_id}")
-    decision = promote(run_id, home=args.home)
-    step(5, f"model card ({time.monotonic() - started:.0f} s in all)")
-    print(card_summary(read_card(run_id, home=args.home)))
+    step(4, f"promotion of run {run_id}", steps)
+    decision = promote(run_id, home=args.home, min_improvement=args.min_improvement, min_rows=args.min_rows)
+    step(5, f"model card ({time.monotonic() - started:.0f} s in all)", steps)
+    print(card_summary(Run.open(run_id, args.home).card))
+    if args.backtest:
+        step(6, "walk-forward backtest", steps)
+        run_backtest(args, market, path)
     return 0 if decision.promoted else 1
+
+# %% ../nbs/15_cli.ipynb #c9e8a27a
+def add_backtest(p: argparse.ArgumentParser):
+    "Add the walk-forward and trading options shared by `backtest` and `pipeline --backtest`."
+    p.add_argument("--retrain-days", type=float, default=None, help="days between retrains (default: 360 bars, 1 to 30 days)")
+    p.add_argument("--train-days", type=float, default=None, help="rolling training window in days (default: all bars so far)")
+    p.add_argument("--warmup-days", type=float, default=None, help="days before the first test segment (default: the fewest that fit --min-rows)")
+    p.add_argument("--tune-every", type=int, default=None, help="re-tune on the first of every N folds (default: once, on fold 1)")
+    p.add_argument("--params", metavar="RUN_ID", default=None, help="fixed parameters from a run's model card instead of tuning")
+    p.add_argument("--threshold", type=float, default=None, help="trade when p_up is further than this from 0.5 (default: chosen per fold "
+                                                                 "on its training window)")
+    p.add_argument("--no-short", action="store_true", help="long or flat only, as on a spot market")
+    p.add_argument("--fee-bps", type=float, default=FEE_BPS, help=f"fee per side in bps (default: {FEE_BPS:g}, Binance USDT-M futures taker; spot: 10)")
+    p.add_argument("--slippage-bps", type=float, default=SLIPPAGE_BPS, help=f"slippage per side in bps (default: {SLIPPAGE_BPS:g})")
+    p.add_argument("--min-val-rows", type=int, default=MIN_VAL_ROWS,
+                   help=f"fewest rows in an inner slice or scored period (default: {MIN_VAL_ROWS})")
+    p.add_argument("--period", default="auto", choices=["auto", *PERIODS], help="scoring period (default: year, else month, week or day)")
+    p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval (default: 1000)")
+
+def run_backtest(args, market: Market, path: Path) -> Backtest:
+    "Backtest `market`'s feature table at `path` with the command's options (leakage guard on); print its tables and summary."
+    table, _ = read_feature_table(path)
+    card = Run.open(args.params, args.home).card if args.params else None
+    result = backtest(table, home=args.home, market=market._asdict(), params=card and card["tuning"]["best_params"],
+                      params_from=card and {"run": args.params, "tuned_until": card["data"]["train"][1]},
+                      retrain_days=args.retrain_days, train_days=args.train_days,
+                      warmup_days=args.warmup_days, tune_every=args.tune_every, n_trials=args.trials, seed=args.seed,
+                      threshold=args.threshold, short=not args.no_short, fee_bps=args.fee_bps, slippage_bps=args.slippage_bps,
+                      min_rows=args.min_val_rows, period=args.period, n_boot=args.boot, n_jobs=args.jobs, progress=not args.quiet)
+    print(backtest_text(result))
+    return result
+
+def cmd_backtest(args) -> int:
+    "Walk-forward retraining and a cost-aware backtest of a market's feature table."
+    market = market_arg(args)
+    run_backtest(args, market, feature_path(args.home, market, args.feature_set, args.horizon))
+    return 0
 
 # %% ../nbs/15_cli.ipynb #712abb30
 def cmd_docs(args) -> int:
@@ -278,30 +322,47 @@ def cmd_docs(args) -> int:
     return 1 if render_site(args.notebooks, args.out, args.timeout) else 0
 
 # %% ../nbs/15_cli.ipynb #c4679da6
-def _ingest_args(p): add_exchange(p); add_symbol(p); add_time_range(p); add_replace(p)
+def _ingest_args(p): add_market(p); add_time_range(p); add_replace(p)
 def _import_args(p):
     p.add_argument("files", nargs="+", type=existing_file, metavar="FILE", help="CSV or zipped CSV dumps")
-    add_exchange(p); add_symbol(p)
-    p.add_argument("--funding-csv", type=existing_file, help="also import funding rates (timestamp,funding_rate) for this symbol")
+    add_market(p)
+    p.add_argument("--funding-csv", type=existing_file, help="also import funding rates (timestamp,funding_rate) for this symbol, "
+                                                             "as its funding exchange's (binance for binanceus)")
     add_replace(p)
 def _demo_args(p):
     p.add_argument("--days", type=float, default=30, help="days of 1m bars (default: 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 def _features_args(p):
-    add_exchange(p); add_symbol(p); add_features(p)
-    p.add_argument("--funding-exchange", default=None, help="where this market's funding rates are stored (default: --exchange)")
-def _tune_args(p): add_symbol(p); add_tuning(p)
+    add_market(p); add_features(p)
+    p.add_argument("--funding-exchange", default=None, help="where this market's funding rates are stored (default: its own "
+                                                            "exchange, or binance for binanceus)")
+def _tune_args(p): add_market(p); add_features(p); add_tuning(p); add_jobs(p)
 def _promote_args(p):
     p.add_argument("run_id", help="run id, e.g. 2026-11-26T101500")
-    p.add_argument("--force", action="store_true", help="promote even if the gate refuses")
-    p.add_argument("--min-improvement", type=float, default=0.0, help="log loss the candidate must gain (default: 0)")
+    alias = p.add_mutually_exclusive_group()
+    for name in ALIASES:
+        alias.add_argument(f"--{name}", dest="alias", action="store_const", const=name,
+                           help="name the run its market's champion, through the gate (the default)" if name == "champion"
+                           else f"name the run its market's {name} (no gate)")
+    p.set_defaults(alias="champion")
+    p.add_argument("--force", action="store_true", help="make it champion even if the gate refuses (logged)")
+    add_gate(p); add_market(p, required=False)
+def _rollback_args(p): add_market(p, required=False)
+def _runs_args(p): add_market(p, required=False)
+def _show_args(p): p.add_argument("run_id", help="run id, e.g. 2026-11-26T101500")
+def _compare_args(p):
+    p.add_argument("run_a", help="the run to compare against (e.g. the champion)")
+    p.add_argument("run_b", help="the run whose gain over run_a is reported")
+    p.add_argument("--min-rows", type=int, default=MIN_ROWS, help=f"fresh rows needed (default: {MIN_ROWS})")
 def _predict_args(p):
-    add_exchange(p, None); add_symbol(p, required=False)
+    add_market(p, required=False)
     p.add_argument("--at", type=utc_time, default=None, help="time of the newest bar to use (default: the newest stored)")
 def _monitor_args(p):
-    add_symbol(p, required=False)
+    add_market(p, required=False)
     p.add_argument("--window-days", type=float, default=7, help="days of recent bars to compare (default: 7)")
-    p.add_argument("--run", default=None, help="run id to monitor (default: the promoted run)")
+    p.add_argument("--run", default=None, help="run id to monitor (default: the market's champion)")
+    p.add_argument("--demote-on-alert", action="store_true", help="roll the champion back to the previous one when its realised "
+                                                                   "log loss is worse than its card's (95%% interval)")
 def _pipeline_args(p):
     source = p.add_mutually_exclusive_group()
     source.add_argument("--demo", action="store_true", help="use the embedded synthetic market (offline; seeded by --seed)")
@@ -310,7 +371,12 @@ def _pipeline_args(p):
     add_time_range(p); add_replace(p)
     p.add_argument("--funding-csv", type=existing_file, help="with --import: funding rates to import too")
     p.add_argument("--days", type=float, default=30, help="with --demo: days of synthetic bars (default: 30)")
-    add_features(p); add_tuning(p)
+    add_features(p); add_tuning(p); add_gate(p); add_backtest(p); add_jobs(p)
+    p.add_argument("--backtest", action="store_true", help="then a walk-forward backtest of the market (see backtest --help)")
+def _backtest_args(p):
+    add_market(p); add_features(p); add_backtest(p); add_jobs(p)
+    p.add_argument("--trials", type=int, default=20, help="Optuna trials per tuning (default: 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the models (default: 0)")
 def _docs_args(p):
     p.add_argument("notebooks", nargs="*", help="notebooks to render (default: all in nbs/)")
     p.add_argument("--out", default=None, help="output folder (default: _docs in the checkout)")
@@ -320,14 +386,18 @@ COMMANDS = {
     "ingest":   (cmd_ingest, _ingest_args, "fetch OHLCV bars (and funding) from an exchange"),
     "import":   (cmd_import, _import_args, "import CSV or zipped CSV dumps"),
     "demo":     (cmd_demo, _demo_args, "write the embedded synthetic market"),
-    "features": (cmd_features, _features_args, "build the feature table"),
+    "features": (cmd_features, _features_args, "build a market's feature table"),
     "tune":     (cmd_tune, _tune_args, "tune a LightGBM model and save it as a run"),
-    "promote":  (cmd_promote, _promote_args, "promote a run if it beats the current best"),
-    "rollback": (cmd_rollback, lambda p: None, "point the best model back at the previous one"),
-    "runs":     (cmd_runs, lambda p: None, "list the runs"),
-    "predict":  (cmd_predict, _predict_args, "P(up) of the next bar from the promoted model"),
-    "monitor":  (cmd_monitor, _monitor_args, "drift and calibration report; exit 1 on an alert"),
+    "promote":  (cmd_promote, _promote_args, "make a run its market's champion if it passes the gate (or its challenger, shadow)"),
+    "rollback": (cmd_rollback, _rollback_args, "point a market's champion back at the previous one"),
+    "runs":     (cmd_runs, _runs_args, "list the runs, of every market or of one"),
+    "show":     (cmd_show, _show_args, "print a run's model card"),
+    "compare":  (cmd_compare, _compare_args, "two runs on the same fresh rows: gain with its interval, calibration, agreement"),
+    "predict":  (cmd_predict, _predict_args, "P(up) of the next bar from a market's champion"),
+    "monitor":  (cmd_monitor, _monitor_args, "drift, realised metrics and calibration report; exit 1 on an alert"),
     "pipeline": (cmd_pipeline, _pipeline_args, "data, features, split, tune, save, promote; print the model card"),
+    "backtest": (cmd_backtest, _backtest_args, "walk-forward retraining and a backtest net of fees"),
+    "migrate":  (cmd_migrate, lambda p: None, "move a data root from cryptoml 0.1's layout into per-market folders"),
     "docs":     (cmd_docs, _docs_args, "render the notebooks to HTML without Quarto"),
 }
 
@@ -342,7 +412,17 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
     return top
 
+def in_data_root(command: Callable[[argparse.Namespace], int], check: bool = True) -> Callable[[argparse.Namespace], int]:
+    "`command`, run once `--home` is resolved to the data root and (with `check`) the root is checked to be in this layout."
+    def run(args) -> int:
+        args.home = data_home(args.home)
+        if check: check_layout(args.home)
+        return command(args)
+    return run
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `cryptoml` console script; returns the exit status."
     args = parser().parse_args(argv)
-    return run_command(COMMANDS[args.command][0], args)
+    command = COMMANDS[args.command][0]
+    if args.command != "docs": command = in_data_root(command, check=args.command != "migrate")
+    return run_command(command, args)

@@ -13,17 +13,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import hashlib, json, re, tempfile
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 # %% auto #0
-__all__ = ['LIBRARIES', 'CryptomlError', 'ConfigError', 'DataError', 'ExchangeError', 'ArtifactError', 'LeakageError',
-           'PromotionRefused', 'data_home', 'symbol_id', 'timeframe_seconds', 'timeframe_ms', 'to_utc', 'to_ms',
-           'bar_close', 'raw_dir', 'funding_dir', 'month_file', 'feature_path', 'models_dir', 'best_link',
-           'optuna_storage', 'fsync_dir', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json',
+__all__ = ['RUN_ID', 'LIBRARIES', 'CryptomlError', 'ConfigError', 'DataError', 'ExchangeError', 'ArtifactError', 'LeakageError',
+           'PromotionRefused', 'data_home', 'symbol_id', 'pair_id', 'timeframe_seconds', 'timeframe_ms', 'to_utc',
+           'to_ms', 'bar_close', 'shaped', 'check_exchange', 'Market', 'raw_dir', 'funding_dir', 'month_file',
+           'feature_path', 'models_dir', 'market_dir', 'best_link', 'optuna_storage', 'check_run_id', 'inside',
+           'legacy_layout', 'check_layout', 'fsync_dir', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json',
            'atomic_write_parquet', 'parquet_metadata', 'read_parquet_file', 'atomic_symlink', 'sha256_file',
            'library_versions', 'repo_root', 'shared_data']
 
@@ -62,13 +63,17 @@ def data_home(home: str | os.PathLike | None = None) -> Path:
     return root
 
 # %% ../nbs/00_core.ipynb #b9e77adc
-_SYMBOL = re.compile(r"^([A-Z0-9]+)/([A-Z0-9]+)(?::([A-Z0-9]+)(?:-[A-Z0-9-]+)?)?$")
+_SYMBOL = re.compile(r"^([A-Z0-9]+)/([A-Z0-9]+)(?::([A-Z0-9]+)(-[A-Z0-9-]+)?)?$")
 
 def symbol_id(symbol: str) -> str:
-    "The on-disk name of a ccxt unified symbol: `BTC/USDT` and `BTC/USDT:USDT` -> `BTCUSDT`."
+    "The on-disk name of a ccxt unified symbol: `BTC/USDT` -> `BTCUSDT`, `BTC/USDT:USDT` -> `BTCUSDT_USDT`."
     m = _SYMBOL.match(symbol.strip()) if isinstance(symbol, str) else None
     if m is None: raise ConfigError(f"malformed symbol {symbol!r}: expected a ccxt unified symbol such as 'BTC/USDT'")
-    return m[1] + m[2]
+    return m[1] + m[2] + (f"_{m[3]}{m[4] or ''}" if m[3] else "")
+
+def pair_id(symbol: str) -> str:
+    "The on-disk name of a symbol's base and quote alone, where its funding rates live: `BTC/USDT:USDT` -> `BTCUSDT`."
+    return symbol_id(symbol).split("_")[0]
 
 # %% ../nbs/00_core.ipynb #72d1da03
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -101,35 +106,101 @@ def bar_close(ts: Any, timeframe: str) -> pd.Timestamp:
     return to_utc(ts) + pd.Timedelta(seconds=timeframe_seconds(timeframe))
 
 # %% ../nbs/00_core.ipynb #7e0aedba
+def shaped(value: Any, pattern: re.Pattern, what: str, expected: str) -> str:
+    "`value` if it is a string that `pattern` matches whole; ConfigError 'malformed {what} {value!r}: expected {expected}' otherwise."
+    if not (isinstance(value, str) and pattern.fullmatch(value)): raise ConfigError(f"malformed {what} {value!r}: expected {expected}")
+    return value
+
+_EXCHANGE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+def check_exchange(exchange: str) -> str:
+    "`exchange` if it has the shape of a ccxt exchange id (`binance`, `binanceus`, `okx`); ConfigError naming it otherwise."
+    return shaped(exchange, _EXCHANGE, "exchange id", "a ccxt id such as 'binance' (lower-case letters and digits)")
+
+class Market(NamedTuple("MarketFields", [("exchange", str), ("symbol", str), ("timeframe", str)])):
+    "One market: a ccxt exchange id, a ccxt unified symbol and a timeframe, each checked."
+    __slots__ = ()
+    def __new__(cls, exchange: str, symbol: str, timeframe: str):
+        check_exchange(exchange), symbol_id(symbol), timeframe_seconds(timeframe)
+        return super().__new__(cls, exchange, symbol.strip(), timeframe)
+
+    @classmethod
+    def of(cls, meta: dict) -> Market:
+        "The market a feature table's metadata or a model card's `data` names."
+        try: return cls(meta["exchange"], meta["symbol"], meta["timeframe"])
+        except KeyError as e: raise ConfigError(f"no market in {sorted(meta)}: {e.args[0]!r} is missing") from e
+
+    @property
+    def path_parts(self) -> Path:
+        "The market's folder below each store's root: `exchange/SYMBOL/timeframe`."
+        return Path(self.exchange, symbol_id(self.symbol), self.timeframe)
+
+    def __str__(self): return f"{self.exchange} {self.symbol} {self.timeframe}"
+
+# %% ../nbs/00_core.ipynb #2c8b7c8f
 def raw_dir(home, exchange: str, symbol: str, timeframe: str) -> Path:
     "Folder of an exchange's raw OHLCV bars for `symbol` at `timeframe`, one Parquet file per month."
     timeframe_seconds(timeframe)
     return data_home(home)/"raw"/exchange/symbol_id(symbol)/timeframe
 
 def funding_dir(home, exchange: str, symbol: str) -> Path:
-    "Folder of a perpetual's funding rates, one Parquet file per month."
-    return data_home(home)/"raw"/exchange/symbol_id(symbol)/"funding"
+    "Folder of a pair's perpetual funding rates (spot pair and perpetual alike), one Parquet file per month."
+    return data_home(home)/"raw"/exchange/pair_id(symbol)/"funding"
 
 def month_file(folder: Path, ts: Any) -> Path:
     "The monthly Parquet file in `folder` that holds time `ts`."
     return Path(folder)/f"{to_utc(ts):%Y-%m}.parquet"
 
-def feature_path(home, symbol: str, timeframe: str) -> Path:
-    "The feature table of `symbol` at `timeframe`."
-    timeframe_seconds(timeframe)
-    return data_home(home)/"feature_store"/f"{symbol_id(symbol)}_{timeframe}.parquet"
+def feature_path(home, market: Market, feature_set: str = "seed", horizon: int = 1) -> Path:
+    "The current feature table of `market` for `feature_set` with labels `horizon` bars ahead."
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", str(feature_set)): raise ConfigError(f"malformed feature set name {feature_set!r}")
+    return data_home(home)/"feature_store"/market.path_parts/f"{feature_set}-h{int(horizon)}.parquet"
 
 def models_dir(home) -> Path:
-    "Folder of the model runs."
+    "Folder of every market's runs and aliases."
     return data_home(home)/"models"
 
-def best_link(home) -> Path:
-    "The symlink to the promoted model, `models/best_lgbm.pkl`."
-    return models_dir(home)/"best_lgbm.pkl"
+def market_dir(home, market: Market) -> Path:
+    "Folder of one market's runs (`runs/`), its alias links, its promotion log and its lock."
+    return models_dir(home)/market.path_parts
+
+def best_link(home, market: Market) -> Path:
+    "The symlink to `market`'s champion, `models/{exchange}/{SYMBOL}/{timeframe}/best_lgbm.pkl`."
+    return market_dir(home, market)/"best_lgbm.pkl"
 
 def optuna_storage(home) -> str:
     "URL of the embedded Optuna study storage (SQLite) under the data root."
     return f"sqlite:///{data_home(home)/'optuna.db'}"
+
+# %% ../nbs/00_core.ipynb #19f0fe1b
+RUN_ID = re.compile(r"\d{4}-\d{2}-\d{2}T\d{6}(?:-\d+)?")
+
+def check_run_id(run_id: Any) -> str:
+    "`run_id` if it has the shape of one (`2026-11-26T101500`, `-1`...); ConfigError naming it otherwise."
+    return shaped(run_id, RUN_ID, "run id", "a UTC time such as '2026-11-26T101500'")
+
+def inside(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    "`path` with every link resolved, once checked to lie inside `folder`; ArtifactError naming both otherwise."
+    real, root = Path(path).resolve(), Path(folder).resolve()
+    if not real.is_relative_to(root): raise ArtifactError(f"{path} leads outside {root} (to {real}): refused")
+    return real
+
+# %% ../nbs/00_core.ipynb #80b657c1
+def legacy_layout(home) -> list[str]:
+    "The parts of `home` laid out as cryptoml 0.1 did (top-level feature tables, run folders, best link, log)."
+    root = data_home(home)
+    models, tables = root/"models", root/"feature_store"
+    found = [p for p in (models/"best_lgbm.pkl", models/"promotions.jsonl") if p.is_symlink() or p.exists()]
+    found += [p for p in (sorted(models.iterdir()) if models.is_dir() else []) if RUN_ID.fullmatch(p.name)]
+    found += sorted(tables.glob("*.parquet"))
+    return [str(p.relative_to(root)) for p in found]
+
+def check_layout(home):
+    "Refuse (ConfigError) a data root in cryptoml 0.1's layout, naming what was found and how to migrate it."
+    if found := legacy_layout(home):
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise ConfigError(f"data root {data_home(home)} is in cryptoml 0.1's layout ({', '.join(found[:3])}{more}): "
+                          f"run `cryptoml migrate --home {data_home(home)}` to move it into per-market folders")
 
 # %% ../nbs/00_core.ipynb #98b4b23f
 def fsync_dir(folder: Path):

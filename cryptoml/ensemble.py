@@ -4,10 +4,9 @@
 
 # %% ../nbs/11_ensemble.ipynb #efc2658d
 from __future__ import annotations
-import math, operator, threading
+import math, operator, os, threading, time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -18,8 +17,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from .core import ArtifactError, ConfigError, DataError
-from .registry import load_logreg
-from .infer import ServedModel, path_stamp
+from .registry import Run
+from .infer import ServedModel, ShadowLog, log_time, path_stamp
 
 # %% auto #0
 __all__ = ['FOLDS', 'BLENDS', 'LinearLogit', 'LogRegMember', 'log_odds', 'probability', 'EnsemblePrediction', 'DynamicWeights',
@@ -82,12 +81,14 @@ class LinearLogit:
 
 # %% ../nbs/11_ensemble.ipynb #cffe644c
 class LogRegMember(ServedModel):
-    "The logistic regression of the run a path points to (default: the best run), sha256-checked, reloaded on promotion."
-    def load_model(self, run_dir: Path, card: dict) -> LinearLogit:
+    "The logistic regression of a market's champion (or another alias's run), sha256-checked, reloaded on promotion."
+    artifacts = ("logreg.pkl",)
+    def load_model(self, run: Run) -> LinearLogit:
         "The run's `logreg.pkl`, checked against the card before unpickling, folded into a `LinearLogit`."
-        model = LinearLogit.from_pipeline(load_logreg(run_dir))
-        if len(model.weights) != len(card["features"]):
-            raise ArtifactError(f"{run_dir/'logreg.pkl'} has {len(model.weights)} features, its model card lists {len(card['features'])}")
+        model = LinearLogit.from_pipeline(run.logreg())
+        if len(model.weights) != len(run.features):
+            raise ArtifactError(f"{run.folder/'logreg.pkl'} has {len(model.weights)} features, "
+                                f"its model card lists {len(run.features)}")
         return model
 
 # %% ../nbs/11_ensemble.ipynb #f81a1976
@@ -146,7 +147,7 @@ def log_losses(y, p) -> np.ndarray:
 class EnsemblePredictor:
     "Named members (anything with `predict_proba`) blended `linear` or `logit`, with optional dynamic weights and shadow members."
     def __init__(self, members: dict, weights: dict | None = None, *, blend: str = "linear", shadow=(),
-                 dynamic: DynamicWeights | None = None):
+                 dynamic: DynamicWeights | None = None, shadow_log: str | os.PathLike | None = None):
         self.members, self.shadow, self.dynamic = dict(members), tuple(shadow), dynamic
         if blend not in BLENDS: raise ConfigError(f"unknown blend {blend!r}: expected one of {list(BLENDS)}")
         if unknown := [s for s in self.shadow if s not in self.members]: raise ConfigError(f"shadow members {unknown} are not among the members {list(self.members)}")
@@ -157,6 +158,7 @@ class EnsemblePredictor:
         self._plan = [(name, member, member.link if isinstance(member, ServedModel) else None) for name, member in self.members.items()]
         self._links = {link for _, _, link in self._plan if link}
         self._losses = {m: deque(maxlen=self._scoring.window) for m in self.members}
+        self.log = shadow_log and ShadowLog(shadow_log, self.log_lines)
 
     def _normalise(self, weights: dict) -> dict:
         "`weights` checked against the blended members and scaled to sum to 1."
@@ -174,7 +176,14 @@ class EnsemblePredictor:
         contributions = {name: w * to_space(probs[name]) for name, w in weights.items()}
         self._last = prediction = EnsemblePrediction(self._from_space(sum(contributions.values())), contributions,
                                                      {s: probs[s] for s in self.shadow}, probs, weights)
+        if self.log: self.log.record(time.time(), prediction)
         return prediction
+
+    def log_lines(self, batch: list) -> list[dict]:
+        "One shadow-log line per row of each (time, prediction) in `batch`: the blend, every member's answer, the shadows' names."
+        return [{"at": log_time(at), "p": p, "members": dict(zip(pred.probs, answers)), "shadow": list(self.shadow)}
+                for at, pred in batch
+                for p, *answers in zip(np.atleast_1d(pred.p).tolist(), *(np.atleast_1d(q).tolist() for q in pred.probs.values()))]
 
     def update(self, y_true, prediction: EnsemblePrediction | None = None):
         "Score each member's answers in `prediction` (default: the last one) against the outcomes `y_true`; reweight if dynamic."

@@ -5,7 +5,7 @@
 # %% ../nbs/02_features.ipynb #f0226fa9
 from __future__ import annotations
 import hashlib, inspect, json, math, os, re, shutil, time, uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
@@ -18,20 +18,20 @@ import pyarrow.parquet as pq
 from scipy.signal import lfilter
 from tqdm.auto import tqdm
 
-from .core import (ConfigError, DataError, atomic_write, data_home, feature_path, fsync_dir, parquet_metadata,
+from .core import (ConfigError, DataError, Market, atomic_write, data_home, feature_path, fsync_dir, parquet_metadata,
                            raw_dir, read_parquet_file, sha256_file, timeframe_ms, to_ms, to_utc)
-from .ingest import MarketKey, read_bars, read_funding
+from .ingest import funding_exchange as default_funding_exchange, read_bars, read_funding
 
 # %% auto #0
 __all__ = ['EMA_TAIL', 'FEATURES', 'OHLCV', 'W9', 'W12', 'W26', 'W14', 'DAY_MS', 'WEEK_MS', 'FUNDING_MAX_AGE', 'FEATURE_SETS',
            'SEED', 'CHUNK_ROWS', 'TABLE_ROWS', 'PARQUET_OPTIONS', 'SNAPSHOT_NAME', 'window_reduce', 'rolling_sum',
            'rolling_mean', 'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window', 'finite_ema', 'Feature',
-           'register_feature', 'BarArrays', 'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol',
-           'ret_lag', 'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet', 'define_feature_set',
-           'get_feature_set', 'feature_names', 'lookback_bars', 'feature_chunks', 'feature_matrix', 'compute_features',
-           'features_asof', 'label_arrays', 'add_labels', 'write_feature_table', 'content_digest',
-           'feature_code_sha256', 'table_provenance', 'build_features', 'read_feature_table', 'table_asof',
-           'snapshot_dir', 'snapshot_table', 'prune_snapshots', 'connect']
+           'register_feature', 'mark_nonstationary', 'stationary', 'BarArrays', 'funding_arrays', 'bar_arrays',
+           'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag', 'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet',
+           'define_feature_set', 'get_feature_set', 'feature_names', 'lookback_bars', 'feature_chunks',
+           'feature_matrix', 'compute_features', 'features_asof', 'label_arrays', 'add_labels', 'write_feature_table',
+           'content_digest', 'feature_code_sha256', 'table_provenance', 'build_features', 'read_feature_table',
+           'table_asof', 'snapshot_dir', 'snapshot_table', 'prune_snapshots', 'table_view', 'connect']
 
 # %% ../nbs/02_features.ipynb #4ad825fd
 def window_reduce(leaf: tuple, w: int, merge: Callable) -> tuple:
@@ -112,6 +112,7 @@ class Feature:
     lookback: int
     fn: Callable
     doc: str
+    stationary: bool = True  # False: its level wanders with the market (a price level, a price difference)
 
 FEATURES: dict[str, Feature] = {}
 
@@ -125,6 +126,14 @@ def register_feature(name: str, lookback: int, *, doc: str | None = None) -> Cal
         FEATURES[name] = Feature(name, lookback, fn, doc or (fn.__doc__ or "").strip())
         return fn
     return register
+
+def mark_nonstationary(*names: str) -> None:
+    "Record that the registered features `names` wander with the market (price levels, price differences)."
+    for name in names: FEATURES[name] = replace(_feature(name), stationary=False)
+
+def stationary(name: str) -> bool:
+    "Whether the feature `name` keeps one distribution over time; a column the registry does not know counts as stationary."
+    return FEATURES[name].stationary if name in FEATURES else True
 
 # %% ../nbs/02_features.ipynb #a567fa8f
 class BarArrays:
@@ -211,6 +220,8 @@ def _close(b):
     "The bar's close price."
     return b.close
 
+mark_nonstationary("close")  # a price level
+
 def _one_bar_returns(close: np.ndarray) -> np.ndarray:
     "Each close over the previous close, minus 1; NaN at the first bar."
     out = np.full(len(close), np.nan)
@@ -269,6 +280,8 @@ def _macd_signal(b):
 def _macd_hist(b):
     "MACD histogram: the MACD line minus its signal line."
     return b["macd"] - b["macd_signal"]
+
+mark_nonstationary("ema12", "ema26", "macd", "macd_signal", "macd_hist")  # in price units
 
 # %% ../nbs/02_features.ipynb #13b90309
 def ret_vol(w: int) -> Callable:
@@ -350,8 +363,9 @@ def _funding_rate(b):
 
 # %% ../nbs/02_features.ipynb #430542af
 def feature_docs() -> pd.DataFrame:
-    "The registry as a table: name, lookback and definition of every registered feature."
-    return pd.DataFrame([(f.name, f.lookback, f.doc) for f in FEATURES.values()], columns=["feature", "lookback", "definition"])
+    "The registry as a table: name, lookback, stationarity and definition of every registered feature."
+    return pd.DataFrame([(f.name, f.lookback, f.stationary, f.doc) for f in FEATURES.values()],
+                        columns=["feature", "lookback", "stationary", "definition"])
 
 # %% ../nbs/02_features.ipynb #44c2837b
 @dataclass(frozen=True)
@@ -561,25 +575,17 @@ def table_provenance(bars: pd.DataFrame, funding: pd.DataFrame | None, features)
     return {"bars": content_digest(bars), "funding": content_digest(funding), "code_sha256": feature_code_sha256(features)}
 
 # %% ../nbs/02_features.ipynb #fcb80eba
-def _market(market: MarketKey | None, exchange, symbol, timeframe) -> MarketKey:
-    "`market` with any of `exchange`, `symbol`, `timeframe` given replacing its fields; ConfigError if one is unknown."
-    key = market or MarketKey(exchange or "binance", symbol, timeframe)
-    key = key._replace(**{k: v for k, v in dict(exchange=exchange, symbol=symbol, timeframe=timeframe).items() if v is not None})
-    if key.symbol is None or key.timeframe is None: raise ConfigError("build_features needs a market, or a symbol and a timeframe")
-    return key
-
-def build_features(market: MarketKey | None = None, *, home=None, exchange: str | None = None, symbol: str | None = None,
-                   timeframe: str | None = None, feature_set: str | FeatureSet = "seed", horizon: int = 1,
-                   dead_zone: float | None = None, progress: bool = True) -> Path:
-    "Compute `feature_set` and labels for a market in the raw store and write its feature table atomically; its path."
-    key, fs = _market(market, exchange, symbol, timeframe), get_feature_set(feature_set)
-    bars = read_bars(home, key.exchange, key.symbol, key.timeframe)
-    if bars.empty: raise DataError(f"no bars in {raw_dir(home, key.exchange, key.symbol, key.timeframe)}: ingest or import them first")
-    funding = read_funding(home, key.funding_exchange or key.exchange, key.symbol)
+def build_features(market: Market, *, home=None, feature_set: str | FeatureSet = "seed", horizon: int = 1,
+                   dead_zone: float | None = None, funding_exchange: str | None = None, progress: bool = True) -> Path:
+    "Compute `feature_set` and labels for `market` from the raw store and write its feature table atomically; its path."
+    fs, funding_from = get_feature_set(feature_set), funding_exchange or default_funding_exchange(market)
+    bars = read_bars(home, *market)
+    if bars.empty: raise DataError(f"no bars in {raw_dir(home, *market)}: ingest or import them first")
+    funding = read_funding(home, funding_from, market.symbol)
     meta = dict(feature_set=fs.name, version=fs.version, features=list(fs.features), lookback=fs.lookback,
-                horizon=horizon, dead_zone=dead_zone, exchange=key.exchange, symbol=key.symbol, timeframe=key.timeframe,
-                funding_exchange=key.funding_exchange, rows=len(bars), **table_provenance(bars, funding, fs.features))
-    return write_feature_table(feature_path(home, key.symbol, key.timeframe), bars, fs, funding=funding, timeframe=key.timeframe,
+                horizon=horizon, dead_zone=dead_zone, exchange=market.exchange, symbol=market.symbol, timeframe=market.timeframe,
+                funding_exchange=funding_from, rows=len(bars), **table_provenance(bars, funding, fs.features))
+    return write_feature_table(feature_path(home, market, fs.name, horizon), bars, fs, funding=funding, timeframe=market.timeframe,
                                horizon=horizon, dead_zone=dead_zone, metadata=meta, progress=progress)
 
 def read_feature_table(path) -> tuple[pd.DataFrame, dict]:
@@ -609,7 +615,7 @@ def table_asof(meta: dict, home=None) -> Callable[[pd.Timestamp], pd.DataFrame]:
     if bars.empty:
         raise DataError(f"no bars in {raw_dir(home, meta['exchange'], meta['symbol'], meta['timeframe'])}: the point-in-time "
                         f"check recomputes the table's features from the {market} bars it was built from")
-    funding = read_funding(home, meta.get("funding_exchange") or meta["exchange"], meta["symbol"])
+    funding = read_funding(home, meta.get("funding_exchange") or default_funding_exchange(Market.of(meta)), meta["symbol"])
     _unchanged(bars, meta.get("bars"), f"bars of {market}")
     _unchanged(funding, meta.get("funding"), f"funding rates of {meta['symbol']}")
     registered = tuple(f for f in meta["features"] if f in FEATURES)
@@ -668,7 +674,7 @@ def prune_snapshots(home=None, keep: set[str] = frozenset(), *, max_age_days: fl
         fsync_dir(folder)
     return doomed
 
-# %% ../nbs/02_features.ipynb #9ba2eb65
+# %% ../nbs/02_features.ipynb #ee1687ae
 def _parquet_view(con, name: str, globs: list[Path], columns: dict[str, int]):
     "Create view `name` over the Parquet files matching `globs`, with `columns` taken from path parts (name -> index from the end)."
     files = ", ".join(f"'{g}'" for g in globs)
@@ -676,19 +682,20 @@ def _parquet_view(con, name: str, globs: list[Path], columns: dict[str, int]):
     con.execute(f'CREATE VIEW "{name}" AS SELECT {parts}* EXCLUDE (filename, parts) FROM '
                 f"(SELECT *, string_split(filename, '/') AS parts FROM read_parquet([{files}], filename = true, union_by_name = true))")
 
+def table_view(path: Path) -> str:
+    "The DuckDB view `connect` makes for the feature table at `path`: `features_{exchange}_{SYMBOL}_{timeframe}_{table}`."
+    return "_".join(["features", *Path(path).parts[-4:-1], Path(path).stem])
+
 def connect(home=None) -> duckdb.DuckDBPyConnection:
-    "An in-memory DuckDB connection with views `bars`, `funding`, `features` and `features_{SYMBOL}_{timeframe}` over the stores."
+    "An in-memory DuckDB connection with views `bars`, `funding`, `features` and one per feature table over the stores."
     root, con = data_home(home), duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     folders = sorted(p for p in root.glob("raw/*/*/*") if p.is_dir() and any(p.glob("*.parquet")))
     bar_globs = [p/"*.parquet" for p in folders if p.name != "funding"]
     funding_globs = [p/"*.parquet" for p in folders if p.name == "funding"]
-    tables = sorted(root.glob("feature_store/*.parquet"))
+    tables = sorted(root.glob("feature_store/*/*/*/*.parquet"))
     if bar_globs: _parquet_view(con, "bars", bar_globs, {"exchange": -4, "symbol": -3, "timeframe": -2})
     if funding_globs: _parquet_view(con, "funding", funding_globs, {"exchange": -4, "symbol": -3})
-    if tables:
-        con.execute("CREATE VIEW features AS SELECT split_part(parse_filename(filename, true), '_', 1) AS symbol, "
-                    "split_part(parse_filename(filename, true), '_', 2) AS timeframe, * EXCLUDE (filename) FROM "
-                    f"read_parquet([{', '.join(repr(str(t)) for t in tables)}], filename = true, union_by_name = true)")
-        for t in tables: con.execute(f"""CREATE VIEW "features_{t.stem}" AS SELECT * FROM read_parquet('{t}')""")
+    if tables: _parquet_view(con, "features", tables, {"exchange": -4, "symbol": -3, "timeframe": -2, "file": -1})
+    for t in tables: con.execute(f"""CREATE VIEW "{table_view(t)}" AS SELECT * FROM read_parquet('{t}')""")
     return con

@@ -15,32 +15,27 @@ import ccxt
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
+from scipy.stats import norm
 from tqdm.auto import tqdm
 
-from .core import (ConfigError, DataError, ExchangeError, atomic_write_parquet, data_home, funding_dir, month_file,
-                           raw_dir, read_parquet_file, shared_data, timeframe_ms, timeframe_seconds, to_ms, to_utc)
+from .core import (ConfigError, DataError, ExchangeError, Market, atomic_write_parquet, data_home, funding_dir,
+                           month_file, raw_dir, read_parquet_file, shared_data, timeframe_ms, timeframe_seconds, to_ms, to_utc)
 
 _log = logging.getLogger(__name__)  # warnings (a replaced stored row, a file with no rows) reach stderr unless configured
 
 # %% auto #0
 __all__ = ['OHLCV_COLUMNS', 'EXTRA_COLUMNS', 'FUNDING_COLUMNS', 'PRICES', 'BOUNDS', 'COMMON_RULES', 'BAR_RULES', 'BARS',
-           'REPLACEMENTS', 'FUNDING_RULES', 'FUNDING', 'REGIMES', 'SYNTHETIC', 'BOUNCE', 'BINANCE_KLINE_COLUMNS',
-           'HEADERLESS', 'COLUMN_ALIASES', 'EXAMPLE', 'EXAMPLE_FILES', 'TRANSIENT', 'DEFAULT_HISTORY', 'MarketKey',
-           'as_utc_ms', 'Bounds', 'Check', 'Rule', 'refuse_bad_rows', 'as_bars', 'SeriesKind', 'check_rows',
-           'validate_bars', 'Written', 'store_rows', 'store_bars', 'write_bars', 'read_rows', 'read_bars', 'as_funding',
-           'validate_funding', 'store_funding', 'write_funding', 'read_funding', 'gap_report', 'IngestReport',
-           'synthetic_market', 'synthetic_funding', 'write_demo_market', 'read_csv_rows', 'import_csv',
-           'import_funding_csv', 'example_market', 'StalePage', 'MalformedAnswer', 'Retry', 'make_exchange',
-           'ohlcv_pages', 'fetch_ohlcv', 'funding_pages', 'fetch_funding', 'stored_span', 'ingest']
+           'REPLACEMENTS', 'FUNDING_RULES', 'FUNDING', 'REGIMES', 'SYNTHETIC', 'HEAVY', 'BOUNCE',
+           'BINANCE_KLINE_COLUMNS', 'HEADERLESS', 'COLUMN_ALIASES', 'EXAMPLE', 'FUNDING_EXCHANGES', 'EXAMPLE_FILES',
+           'TRANSIENT', 'DEFAULT_HISTORY', 'as_utc_ms', 'Bounds', 'Check', 'Rule', 'refuse_bad_rows', 'as_bars',
+           'SeriesKind', 'check_rows', 'validate_bars', 'Written', 'store_rows', 'store_bars', 'write_bars',
+           'read_rows', 'read_bars', 'as_funding', 'validate_funding', 'store_funding', 'write_funding', 'read_funding',
+           'gap_report', 'IngestReport', 'synthetic_market', 'synthetic_funding', 'write_demo_market', 'read_csv_rows',
+           'import_csv', 'import_funding_csv', 'funding_exchange', 'example_market', 'StalePage', 'MalformedAnswer',
+           'Retry', 'make_exchange', 'ohlcv_pages', 'fetch_ohlcv', 'funding_pages', 'fetch_funding', 'stored_span',
+           'ingest']
 
 # %% ../nbs/01_ingest.ipynb #2ed38302
-class MarketKey(NamedTuple):
-    "One market in the raw store: its bars' exchange, symbol and timeframe, and where its funding rates live."
-    exchange: str
-    symbol: str
-    timeframe: str
-    funding_exchange: str | None = None
-
 OHLCV_COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
 EXTRA_COLUMNS = {"quote_volume": "float64", "trades": "Int64", "taker_buy_base": "float64"}  # kept when a source has them
 FUNDING_COLUMNS = ["ts", "funding_rate"]
@@ -477,7 +472,7 @@ def gap_report(bars: pd.DataFrame, timeframe: str) -> pd.DataFrame:
 @dataclass
 class IngestReport:
     "What an import or ingest left in the store: rows added, the range stored, its gap report, the files rewritten."
-    market: MarketKey
+    market: Market
     rows_added: int
     first: pd.Timestamp | None
     last: pd.Timestamp | None
@@ -492,9 +487,9 @@ class IngestReport:
         "Bars missing between the first and the last stored bar."
         return int(self.gaps.missing.sum())
 
-def _report(home, market: MarketKey, written: Written, funding_added: int = 0) -> IngestReport:
+def _report(home, market: Market, written: Written, funding_added: int = 0) -> IngestReport:
     "The IngestReport of `market`'s stored bars after a run that did `written`."
-    bars = read_bars(home, *market[:3])
+    bars = read_bars(home, *market)
     first, last = (bars.ts.iloc[0], bars.ts.iloc[-1]) if len(bars) else (None, None)
     return IngestReport(market, written.added, first, last, gap_report(bars, market.timeframe), written.paths, funding_added,
                         written.replaced, written.dropped)
@@ -502,8 +497,8 @@ def _report(home, market: MarketKey, written: Written, funding_added: int = 0) -
 # %% ../nbs/01_ingest.ipynb #f0ae2b2f
 REGIMES = pd.DataFrame({"drift": [0.0, 1e-5, -1.5e-5], "vol": [0.7, 1.0, 2.2], "weight": [0.5, 0.3, 0.2]},
                        index=pd.Index(["calm", "trend", "stress"], name="regime"))  # drift and vol per 1m bar
-SYNTHETIC = MarketKey("synthetic", "SYNTH/USDT", "1m", "synthetic")
-BOUNCE = 0.08  # share of a bar's shock that the next bar gives back (bid-ask bounce)
+SYNTHETIC = Market("synthetic", "SYNTH/USDT", "1m")
+HEAVY, BOUNCE = 0.25, 0.35  # heavy-volume share of bars; share of a heavy bar's shock the next bar gives back
 
 def _regime_path(n: int, mean_bars: int, rng: np.random.Generator) -> np.ndarray:
     "Row of REGIMES per bar: spells of geometric length (mean `mean_bars`), each regime drawn by its weight."
@@ -511,7 +506,7 @@ def _regime_path(n: int, mean_bars: int, rng: np.random.Generator) -> np.ndarray
     return np.repeat(rng.choice(len(REGIMES), size=len(lengths), p=REGIMES.weight.to_numpy()), lengths)[:n]
 
 def synthetic_market(days: float = 30, seed: int = 0, timeframe: str = "1m", start="2023-03-01") -> pd.DataFrame:
-    "Seeded synthetic bars (`attrs['source'] == 'synthetic'`): fat tails, volatility clustering, regimes, bounce."
+    "Seeded synthetic bars (`attrs['source'] == 'synthetic'`): fat tails, volatility clustering, regimes, a volume-bound edge."
     rng, minutes = np.random.default_rng(seed), timeframe_seconds(timeframe) / 60
     n = round(days * 1440 / minutes)
     regime = REGIMES.iloc[_regime_path(n, max(1, round(2 * 1440 / minutes)), rng)]
@@ -519,12 +514,14 @@ def synthetic_market(days: float = 30, seed: int = 0, timeframe: str = "1m", sta
     log_vol = lfilter([0.5 * np.sqrt(1 - phi**2)], [1, -phi], rng.standard_normal(n))
     sigma = 8e-4 * np.sqrt(minutes) * np.exp(log_vol) * regime.vol.to_numpy()
     shock = sigma * rng.standard_t(4, n) / np.sqrt(2)
-    close = 20_000 * np.exp(np.cumsum(regime.drift.to_numpy() * minutes + shock - BOUNCE * np.r_[0, shock[:-1]]))
+    activity = rng.standard_normal(n)  # volume's own noise: heavy in the top HEAVY share
+    giveback = np.where(activity > norm.ppf(1 - HEAVY), BOUNCE, -BOUNCE * HEAVY / (1 - HEAVY))
+    close = 20_000 * np.exp(np.cumsum(regime.drift.to_numpy() * minutes + shock - np.r_[0, giveback[:-1] * shock[:-1]]))
     open_ = np.r_[20_000, close[:-1]]
     wick = lambda: np.exp(np.abs(rng.standard_normal(n)) * sigma / 2)
     bars = pd.DataFrame({"ts": pd.date_range(to_utc(start), periods=n, freq=pd.Timedelta(minutes=minutes), unit="ms"),
                          "open": open_, "high": np.maximum(open_, close) * wick(), "low": np.minimum(open_, close) / wick(),
-                         "close": close, "volume": 5 * minutes * rng.lognormal(0, 0.5, n) * (sigma / sigma.mean()) ** 1.5})
+                         "close": close, "volume": 5 * minutes * np.exp(0.5 * activity) * (sigma / sigma.mean()) ** 1.5})
     bars[PRICES], bars["volume"] = bars[PRICES].round(2), bars.volume.round(6)   # cents and the base asset's lot size
     bars.attrs["source"] = "synthetic"
     return bars
@@ -539,11 +536,11 @@ def synthetic_funding(bars: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     rate = 1e-4 + 3e-4 * np.tanh(20 * trailing) + rng.normal(0, 2e-5, len(times))
     return pd.DataFrame({"ts": times, "funding_rate": rate.round(8)})   # exchanges quote rates to 8 decimals
 
-def write_demo_market(home=None, days: float = 30, seed: int = 0) -> MarketKey:
-    "Write the synthetic market's bars and funding rates into the store, replacing another seed's; its `MarketKey` (SYNTHETIC)."
+def write_demo_market(home=None, days: float = 30, seed: int = 0) -> Market:
+    "Write the synthetic market's bars and funding rates into the store, replacing another seed's; its `Market` (SYNTHETIC)."
     bars = synthetic_market(days, seed)
-    write_bars(bars, home, *SYNTHETIC[:3], replace=True)   # a market made up on request: another seed's is replaced (and logged)
-    write_funding(synthetic_funding(bars, seed), home, SYNTHETIC.funding_exchange, SYNTHETIC.symbol, replace=True)
+    write_bars(bars, home, *SYNTHETIC, replace=True)   # a market made up on request: another seed's is replaced (and logged)
+    write_funding(synthetic_funding(bars, seed), home, SYNTHETIC.exchange, SYNTHETIC.symbol, replace=True)
     return SYNTHETIC
 
 # %% ../nbs/01_ingest.ipynb #c8e17b41
@@ -619,7 +616,7 @@ def import_csv(files, exchange: str, symbol: str, timeframe: str, *, home=None, 
     bars = pd.concat([rows for rows, _ in parts], ignore_index=True).sort_values("ts", kind="stable", ignore_index=True)
     written = store_bars(bars, home, exchange, symbol, timeframe, replace=replace, bounds=bounds, source=", ".join(map(str, files)))
     written.dropped += sum(n for _, n in parts)
-    return _report(home, MarketKey(exchange, symbol, timeframe), written)
+    return _report(home, Market(exchange, symbol, timeframe), written)
 
 def import_funding_csv(file, exchange: str, symbol: str, *, home=None, replace: bool = False, bounds: Bounds = BOUNDS) -> int:
     "Import a funding-rate CSV (timestamp,funding_rate, or Binance's funding dump) into the store; rows added."
@@ -627,15 +624,21 @@ def import_funding_csv(file, exchange: str, symbol: str, *, home=None, replace: 
     return store_funding(rates, home, exchange, symbol, replace=replace, bounds=bounds, source=str(file)).added
 
 # %% ../nbs/01_ingest.ipynb #a7d26a56
-EXAMPLE = MarketKey("binanceus", "BTC/USDT", "1m", "binance")
+EXAMPLE = Market("binanceus", "BTC/USDT", "1m")
+FUNDING_EXCHANGES = {"binanceus": "binance"}  # spot-only exchange -> where its pairs' perpetual funding is kept
+
+def funding_exchange(market: Market) -> str:
+    "The exchange whose funding rates go with `market` by default: its own, unless it is a spot-only exchange."
+    return FUNDING_EXCHANGES.get(market.exchange, market.exchange)
+
 EXAMPLE_FILES = ("binanceus_BTCUSDT_1m_2023-03-01_2023-03-21.csv", "binance_BTCUSDT_perp_funding_8h_2023-02-15_2023-03-31.csv")
 
-def example_market(home=None) -> MarketKey:
+def example_market(home=None) -> Market:
     "The shared real BTC/USDT market imported into `home` (EXAMPLE), or the synthetic market (SYNTHETIC) without it."
     bars, rates = (shared_data(name) for name in EXAMPLE_FILES)
     if bars is None or rates is None: return write_demo_market(home)
-    import_csv(bars, *EXAMPLE[:3], home=home)
-    import_funding_csv(rates, EXAMPLE.funding_exchange, EXAMPLE.symbol, home=home)
+    import_csv(bars, *EXAMPLE, home=home)
+    import_funding_csv(rates, funding_exchange(EXAMPLE), EXAMPLE.symbol, home=home)
     return EXAMPLE
 
 # %% ../nbs/01_ingest.ipynb #ba9faa93
@@ -876,5 +879,4 @@ def ingest(exchange: str | ccxt.Exchange, symbol: str, timeframe: str, since=Non
         store = partial(store_funding, home=home, exchange=client.id, symbol=symbol, replace=replace, bounds=bounds)
         more = _store_pages(rates, store, flush_rows)
         written.paths, funding_added = written.paths + more.paths, more.added
-    market = MarketKey(client.id, symbol, timeframe, client.id if funding else None)
-    return _report(home, market, written, funding_added)
+    return _report(home, Market(client.id, symbol, timeframe), written, funding_added)

@@ -11,6 +11,7 @@ from .core import ConfigError, DataError  # first: core sets OMP_WAIT_POLICY bef
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -20,8 +21,9 @@ from threadpoolctl import threadpool_limits
 # %% auto #0
 __all__ = ['METRICS', 'PROBABILISTIC', 'GAIN_SIGN', 'PLAUSIBLE_EDGES', 'LOPSIDED_SLOPE', 'MARGIN', 'STANDARD_ERRORS', 'MIN_ROWS',
            'expected_calibration_error', 'reliability_curve', 'roc_auc', 'evaluate', 'block_bootstrap_weights',
-           'bootstrap', 'with_ci', 'sign_forecasts', 'fit_logreg', 'baseline_forecasts', 'paired_gains', 'assess',
-           'shortfalls', 'verdict', 'honest_edges', 'plausible_bounds', 'implausible']
+           'bootstrap', 'with_ci', 'resample', 'sign_forecasts', 'fit_logreg', 'baseline_forecasts', 'paired_gains',
+           'assess', 'shortfalls', 'verdict', 'information_coefficient', 'coverage_curve', 'honest_edges',
+           'plausible_bounds', 'implausible']
 
 # %% ../nbs/05_metrics.ipynb #8c610829
 METRICS = ("accuracy", "roc_auc", "log_loss", "brier", "ece", "base_rate")
@@ -96,6 +98,13 @@ def with_ci(point: dict, replicates: dict) -> dict:
     "The metrics `point`, with each one's bootstrap 95% interval under `ci95`."
     return {**point, "ci95": {m: [float(v) for v in np.nanpercentile(replicates[m], [2.5, 97.5])] for m in METRICS}}
 
+# %% ../nbs/05_metrics.ipynb #4977605c
+def resample(n: int, statistic, n_boot: int = 1000, block: int | None = None, seed: int = 0) -> np.ndarray:
+    "`statistic(weights)` (weights: `n` rows x resamples) on `n_boot` block-bootstrap resamples of `n` ordered rows."
+    rng, block, chunk = np.random.default_rng(seed), block or max(1, round(n ** (1 / 3))), max(1, 2_000_000 // max(n, 1))
+    return np.concatenate([np.asarray(statistic(block_bootstrap_weights(n, size, block, rng)), float)
+                           for size in np.diff([*range(0, n_boot, chunk), n_boot])])
+
 # %% ../nbs/05_metrics.ipynb #eaa40dff
 PROBABILISTIC = ("majority", "logreg")  # the baselines that give probabilities, so are compared on log loss too
 
@@ -121,11 +130,11 @@ def baseline_forecasts(val: pd.DataFrame, train: pd.DataFrame, logreg: Pipeline,
 # %% ../nbs/05_metrics.ipynb #31e422ff
 GAIN_SIGN = {"accuracy": 1, "log_loss": -1}  # +1: higher is better
 
-def paired_gains(point: dict, replicates: dict, model: str = "lgbm") -> pd.DataFrame:
-    "The model's gain over each baseline in accuracy (and log loss, for probability baselines) with paired 95% intervals."
+def paired_gains(point: dict, replicates: dict, model: str = "lgbm", probabilistic=PROBABILISTIC) -> pd.DataFrame:
+    "The model's gain over each other forecast in accuracy (and log loss, for those in `probabilistic`) with paired 95% intervals."
     rows = []
     for name in [n for n in point if n != model]:
-        for metric in ("accuracy", "log_loss") if name in PROBABILISTIC else ("accuracy",):
+        for metric in ("accuracy", "log_loss") if name in probabilistic else ("accuracy",):
             sign = GAIN_SIGN[metric]
             lo, hi = np.nanpercentile(sign * (replicates[model][metric] - replicates[name][metric]), [2.5, 97.5])
             rows.append({"baseline": name, "metric": metric, "model": point[model][metric], "baseline_value": point[name][metric],
@@ -133,11 +142,13 @@ def paired_gains(point: dict, replicates: dict, model: str = "lgbm") -> pd.DataF
                          "outcome": "better" if lo > 0 else "worse" if hi < 0 else "no better"})
     return pd.DataFrame(rows)
 
-def assess(y, forecasts: dict, n_boot: int = 1000, seed: int = 0, model: str = "lgbm") -> tuple[dict, pd.DataFrame]:
+def assess(y, forecasts: dict, n_boot: int = 1000, seed: int = 0, model: str = "lgbm",
+           probabilistic=PROBABILISTIC) -> tuple[dict, pd.DataFrame]:
     "Each forecast's metrics with 95% intervals, and the model's paired gains over the others, on the same rows."
     y = np.asarray(y, float)
     point, replicates = {name: evaluate(y, p) for name, p in forecasts.items()}, bootstrap(y, forecasts, n_boot, seed=seed)
-    return {name: with_ci(point[name], replicates[name]) for name in forecasts}, paired_gains(point, replicates, model)
+    gains = paired_gains(point, replicates, model, probabilistic)
+    return {name: with_ci(point[name], replicates[name]) for name in forecasts}, gains
 
 # %% ../nbs/05_metrics.ipynb #a230f359
 def _gain_words(row) -> str:
@@ -166,6 +177,30 @@ def verdict(gains: pd.DataFrame, model: str = "lgbm") -> str:
         winner, loser = ("reversal", "momentum") if signs.reversal > signs.momentum else ("momentum", "reversal")
         lines.append(f"{winner.capitalize()} beats {loser} on these rows (accuracy {signs[winner]:.4f} vs {signs[loser]:.4f}).")
     return "\n".join(lines)
+
+# %% ../nbs/05_metrics.ipynb #c052e303
+def information_coefficient(score, outcome, weights=None):
+    "Spearman correlation of `score` with `outcome` (e.g. `p_up - 0.5` with `fwd_ret`), NaN rows left out; per resample with `weights`."
+    s, o = np.asarray(score, float), np.asarray(outcome, float)
+    w = np.ones((len(s), 1)) if weights is None else np.asarray(weights, float).reshape(len(s), -1)
+    keep = ~(np.isnan(s) | np.isnan(o))
+    ranks, w = np.column_stack([rankdata(s[keep]), rankdata(o[keep])]), w[keep]
+    centred = ranks[:, :, None] - np.einsum("rk,rb->kb", ranks, w) / w.sum(0)
+    cov = lambda a, b: (w * centred[:, a] * centred[:, b]).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"): ic = cov(0, 1) / np.sqrt(cov(0, 0) * cov(1, 1))
+    return _one_or_many(ic, weights)
+
+def coverage_curve(y, p, shares=None) -> pd.DataFrame:
+    "Accuracy of the most confident calls: for each share of rows, the calls furthest from 0.5, their count, least confidence and accuracy."
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    keep = ~np.isnan(y)
+    y, p = y[keep], p[keep]
+    order = np.argsort(-np.abs(p - 0.5), kind="stable")
+    hits = np.cumsum(((p > 0.5) == (y > 0.5))[order])
+    shares = np.linspace(0.05, 1, 20) if shares is None else np.asarray(shares, float)
+    rows = np.clip(np.round(shares * len(y)).astype(int), 1, len(y))
+    return pd.DataFrame({"share": shares, "rows": rows, "min_confidence": np.abs(p - 0.5)[order][rows - 1],
+                         "accuracy": hits[rows - 1] / rows})
 
 # %% ../nbs/05_metrics.ipynb #95797667
 # Best honest out-of-sample (accuracy over majority, ROC AUC edge) per label horizon in bars: bench/honest_ceiling.py

@@ -12,7 +12,7 @@ from typing import Callable
 
 from .core import ConfigError, library_versions, symbol_id  # first: core sets OMP_WAIT_POLICY before lightgbm loads
 from .features import FEATURES, content_digest, feature_code_sha256, table_asof
-from .split import GuardReport, LeakageGuard, Split, feature_columns, time_split
+from .split import GuardReport, LeakageGuard, Split, bar_length, feature_columns, time_split
 from .metrics import METRICS, assess, baseline_forecasts, evaluate, fit_logreg, implausible, verdict
 
 import lightgbm as lgb
@@ -34,11 +34,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # %% auto #0
 __all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES', 'FINISHED', 'CURVE', 'HEARTBEAT', 'GRACE',
-           'RETRIES', 'SERVER_REPORT_EVERY', 'base_params', 'suggest_params', 'Objective', 'pick_trial', 'fail_stale',
-           'SeenTrials', 'TrialWindow', 'TrialSeededTPE', 'inner_split', 'trial_objective', 'WindowPruner',
-           'make_pruner', 'fingerprint', 'default_study_name', 'to_file', 'from_file', 'StudyFile', 'pool_settings',
-           'server_storage', 'on_one_machine', 'study_storage', 'open_study', 'finished_trials', 'trial_jobs',
-           'Surplus', 'run_trials', 'TuneResult', 'run_manifest', 'judge', 'point_in_time_fn', 'tune']
+           'RETRIES', 'SERVER_REPORT_EVERY', 'MIN_VAL_ROWS', 'base_params', 'suggest_params', 'Objective', 'pick_trial',
+           'fail_stale', 'SeenTrials', 'TrialWindow', 'TrialSeededTPE', 'inner_split', 'trial_objective',
+           'WindowPruner', 'make_pruner', 'fingerprint', 'default_study_name', 'to_file', 'from_file', 'StudyFile',
+           'pool_settings', 'server_storage', 'on_one_machine', 'study_storage', 'open_study', 'finished_trials',
+           'trial_jobs', 'Surplus', 'run_trials', 'default_val_days', 'TuneResult', 'run_manifest', 'judge',
+           'point_in_time_fn', 'tune']
 
 # %% ../nbs/06_tune.ipynb #8cf5eb92
 SKEWED = 0.1  # class weighting is searched when the base rate is further than this from 0.5
@@ -428,6 +429,18 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
                 for thread in [pool.submit(work) for _ in range(n_jobs)]: thread.result()
             finally: stop.set()  # one thread's error (or Ctrl-C) ends the others after their trial
 
+# %% ../nbs/06_tune.ipynb #fb8a69a2
+MIN_VAL_ROWS = 2000  # the fewest labelled rows a default validation window, inner slice or scoring period holds
+
+def default_val_days(table: pd.DataFrame, days: float = 14, min_rows: int = MIN_VAL_ROWS) -> float:
+    "Days of validation at the end of `table`: `days`, or as many as hold `min_rows` labelled rows if that is longer."
+    labelled = table.ts[table.y.notna()]
+    if len(labelled) < 2 * min_rows:
+        raise ConfigError(f"the table has {len(labelled):,} labelled rows: too few for a default validation window of "
+                          f"{min_rows:,} rows after a training period as long; pass val_days explicitly")
+    end = table.ts.iloc[-1] + bar_length(table)
+    return max(float(days), (end - labelled.iloc[-min_rows]) / pd.Timedelta(days=1))
+
 # %% ../nbs/06_tune.ipynb #82ff2311
 @dataclass(repr=False)
 class TuneResult:
@@ -509,7 +522,7 @@ def point_in_time_fn(table: pd.DataFrame, table_meta: dict, feature_fn: Callable
     return table_asof({**table_meta, "features": feature_columns(table)}, home)
 
 def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: Callable | None = None, guard: bool = True,
-         home=None, n_trials: int = 50, timeout: float | None = None, val_days: float = 14, objective: str = "logloss",
+         home=None, n_trials: int = 50, timeout: float | None = None, val_days: float | None = None, objective: str = "logloss",
          seed: int = 0, storage: str | None = None, study_name: str | None = None, num_threads: int = 1, progress: bool = True,
          table_meta: dict | None = None, inner_days: float | None = None, n_boot: int = 1000,
          n_jobs: int | None = None) -> TuneResult:
@@ -519,6 +532,7 @@ def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: 
     n_jobs = trial_jobs(n_jobs)
     table_meta = {**table.attrs.get("cryptoml", {}), **(table_meta or {})}
     features = list(features or feature_columns(table))
+    val_days = default_val_days(table) if val_days is None else val_days
     split = time_split(table, val_days, horizon=table_meta.get("horizon"))
     check_fn = point_in_time_fn(table, table_meta, feature_fn, guard, home)
     guard_report = LeakageGuard().check(split, table, check_fn)

@@ -13,9 +13,9 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from cryptoml.core import ArtifactError, LeakageError
-from cryptoml.calibrate import (EPS, OnlineCalibrator, calibration_report, ece_noise, expected_accuracy, fit_calibrator,
-                                fit_isotonic, fit_platt, load_calibrator, log_odds, replay)
-from cryptoml.features import add_labels, compute_features
+from cryptoml.calibrate import (EPS, MIN_ROWS, OnlineCalibrator, calibration_report, ece_noise, equal_count_bins,
+                                expected_accuracy, fit_calibrator, fit_isotonic, fit_platt, load_calibrator, log_odds, replay)
+from cryptoml.features import add_labels, compute_features, stationary
 from cryptoml.ingest import synthetic_market
 from cryptoml.split import feature_columns, time_split
 from cryptoml.tune import base_params
@@ -43,7 +43,9 @@ def test_a_stored_calibrator_gives_sklearns_own_predictions(case):
     seed, rows, slope, shift, spread = case
     p, y = labelled_forecasts(seed, rows, slope, shift, spread)
     if y.min() == y.max(): return
-    isotonic = IsotonicRegression(y_min=EPS, y_max=1 - EPS, out_of_bounds="clip").fit(p, y)
+    bins = equal_count_bins(p, y, len(p) // MIN_ROWS)  # isotonic regression runs on bins of about MIN_ROWS forecasts
+    assert bins[2].sum() == rows and (len(bins[0]) == 1 or np.diff(bins[0]).min() > 0)
+    isotonic = IsotonicRegression(y_min=EPS, y_max=1 - EPS, out_of_bounds="clip").fit(*bins[:2], sample_weight=bins[2])
     logistic = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-10, max_iter=1000)
     logistic.fit(log_odds(p)[:, None], y)
     platt = through_json(fit_platt(p, y))
@@ -55,7 +57,7 @@ def test_a_stored_calibrator_gives_sklearns_own_predictions(case):
         np.testing.assert_allclose([calibrator.apply(float(q)) for q in QUERY], expected[calibrator.kind], rtol=0, atol=1e-12)
 
 @settings(max_examples=40, deadline=None)
-@given(forecast_sets(min_rows=500), st.booleans())
+@given(forecast_sets(min_rows=600), st.booleans())  # fit_calibrator's 5 parts need 101 rows each
 def test_every_calibrator_is_monotone_and_strictly_inside_0_1(case, extreme):
     seed, rows, slope, shift, spread = case
     p, y = labelled_forecasts(seed, rows, slope, shift, 8.0 if extreme else spread)  # extreme: forecasts near 0 and 1
@@ -163,14 +165,22 @@ def test_an_overconfident_booster_is_calibrated_on_later_bars_without_losing_log
     table = add_labels(compute_features(bars, "seed"), bars)
     outer = time_split(table, 8)  # the booster trains on 12 days; calibration on the next 4, the last 4 held back
     windows = time_split(outer.val, 4)
-    features = feature_columns(table)
+    # stationary features only: what a booster learns from the price level is a bias that follows the price path,
+    # which no map from forecast to outcome removes (the synthetic market in nbs/08_calibrate.ipynb)
+    features = [f for f in feature_columns(table) if stationary(f)]
     booster = lgb.train({**base_params(), "num_leaves": 63, "learning_rate": 0.05, "min_child_samples": 20},
                         lgb.Dataset(outer.train[features], outer.train.y), 200)
-    p_fit, p_out = (booster.predict(rows[features], num_threads=1) for rows in (windows.train, windows.val))
-    calibrator = through_json(fit_calibrator(p_fit, windows.train.y, ts=windows.train.ts))
-    report = calibration_report(windows.val.y, {"raw": p_out, "calibrated": calibrator.apply(p_out)}, n_boot=300)
-    raw, calibrated = report["metrics"]["raw"]["ece"], report["metrics"]["calibrated"]["ece"]
-    assert calibrator.kind in ("platt", "isotonic") and raw > 0.03
-    # ECE on four days of bars is noisy: perfectly calibrated forecasts show up to ece_noise's 95th percentile
-    assert calibrated < raw / 2 and calibrated <= ece_noise(calibrator.apply(p_out))["p95"]
-    assert report["change"]["calibrated"]["log_loss"]["ci95"][1] < 0
+    stream = pd.concat([windows.train, windows.val])
+    later = np.r_[np.zeros(len(windows.train), bool), np.ones(len(windows.val), bool)]
+    p = booster.predict(stream[features], num_threads=1)
+    calibrator = through_json(fit_calibrator(p[~later], windows.train.y, ts=windows.train.ts))
+    online = replay(OnlineCalibrator("1m", base=calibrator), stream.ts, p, stream.y)[later]
+    report = calibration_report(windows.val.y, {"raw": p[later], "static": calibrator.apply(p[later]), "online": online},
+                                n_boot=300)
+    ece, change = {name: m["ece"] for name, m in report["metrics"].items()}, report["change"]
+    assert calibrator.kind in ("platt", "isotonic") and ece["raw"] > 0.03
+    # significantly better, and ECE at least halved (on seeds 0-9 of this market: all but seed 3, 0.038 to 0.023)
+    assert ece["static"] < ece["raw"] / 2 and change["static"]["log_loss"]["ci95"][1] < 0
+    # how overconfident the booster is moves from day to day: online recalibration over the static map follows it,
+    # to within the ECE that perfectly calibrated forecasts show on four days of bars (ece_noise's 95th percentile)
+    assert ece["online"] <= ece_noise(online)["p95"] and change["online"]["log_loss"]["ci95"][1] < 0

@@ -53,8 +53,9 @@ def test_the_model_card_page_shows_the_metrics_table_and_drawn_plots(page, tmp_p
 
     plots = dom.select("div.plotly-graph-div")
     titles = [p.select_one(".gtitle").get_text() for p in plots if p.select_one(".gtitle")]
-    assert len(plots) == 4 and all(p.select_one("svg.main-svg") for p in plots), titles
+    assert len(plots) == 6 and all(p.select_one("svg.main-svg") for p in plots), titles
     assert titles[0] == "Feature importance (total gain)" and titles[2] == "Calibration" and titles[3].startswith("PSI against")
+    assert titles[4].startswith("Equity net of") and titles[5].startswith("Out of sample per")  # the walk-forward section
     assert len(plots[0].select(".trace.bars .point")) == 5  # one bar per feature of the seed set
 
     drift = dom.find(string=lambda s: s and s.startswith("Report of "))

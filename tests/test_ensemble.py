@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cryptoml.core import ArtifactError, ConfigError, DataError, models_dir
-from cryptoml.registry import load_logreg, promote
+from cryptoml.core import ArtifactError, ConfigError, DataError
+from cryptoml.registry import Run, promote, run_dir
 from cryptoml.infer import LGBMProd
 from cryptoml.ensemble import DynamicWeights, EnsemblePredictor, LinearLogit, LogRegMember, log_losses
 from test_infer import copy_world, damage_truncate, world  # noqa: F401  (world is a fixture)
@@ -27,7 +27,7 @@ def labels(w):
 
 def test_the_logistic_regression_member_answers_what_its_pipeline_answers(world):
     member = LogRegMember(home=world.home)
-    pipeline = load_logreg(models_dir(world.home)/world.runs[0])
+    pipeline = Run.open(world.runs[0], world.home).logreg()
     proba = lambda X: pipeline.predict_proba(pd.DataFrame(X, columns=member.features))[:, 1]
     truth = proba(world.rows)
     np.testing.assert_allclose(member.predict_proba(world.rows), truth, rtol=0, atol=1e-12)
@@ -122,7 +122,7 @@ def test_a_pipeline_that_does_not_fold_into_a_linear_model_is_refused():
 def test_members_follow_promotions_while_threads_predict(world, tmp_path):
     w = copy_world(world, tmp_path)
     lgbm, logreg = LGBMProd(home=w.home), LogRegMember(home=w.home)
-    pipelines = [load_logreg(models_dir(w.home)/run) for run in w.runs]
+    pipelines = [Run.open(run, w.home).logreg() for run in w.runs]
     expected_logreg = [p.predict_proba(pd.DataFrame(w.rows, columns=lgbm.features))[:, 1] for p in pipelines]
     ensemble = EnsemblePredictor({"lgbm": lgbm, "logreg": logreg})
     errors, seen, stop = [], set(), threading.Event()
@@ -142,7 +142,7 @@ def test_members_follow_promotions_while_threads_predict(world, tmp_path):
 
     threads = [threading.Thread(target=predict_bars) for _ in range(4)]
     for t in threads: t.start()
-    for i in range(10): promote(w.runs[(i + 1) % 2], home=w.home, force=True)
+    for i in range(10): promote(w.runs[(i + 1) % 2], home=w.home, force=True, n_boot=20)
     stop.set()
     for t in threads: t.join()
     assert errors == []
@@ -154,9 +154,9 @@ def test_a_damaged_logistic_regression_is_refused_and_its_predecessor_keeps_serv
     lgbm, logreg = LGBMProd(home=w.home), LogRegMember(home=w.home)
     ensemble = EnsemblePredictor({"lgbm": lgbm, "logreg": logreg})
     before = ensemble.predict(w.rows[:50])
-    promote(w.runs[1], home=w.home, force=True)
-    damage_truncate(models_dir(w.home)/w.runs[1]/"logreg.pkl")
+    promote(w.runs[1], home=w.home, force=True, n_boot=20)
+    damage_truncate(run_dir(w.runs[1], w.home)/"logreg.pkl")
     after = ensemble.predict(w.rows[:50])
-    np.testing.assert_array_equal(after.probs["lgbm"], w.expected[1][:50])  # the booster of run B is sound
+    np.testing.assert_allclose(after.probs["lgbm"], w.expected[1][:50], rtol=1e-12, atol=0)  # the booster of run B is sound
     np.testing.assert_array_equal(after.probs["logreg"], before.probs["logreg"])  # run A's regression keeps serving
     assert "logreg.pkl" in logreg.last_refusal and logreg.run_id == w.runs[0]

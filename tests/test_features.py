@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import cryptoml.features as features
-from cryptoml.core import ConfigError, DataError, feature_path, parquet_metadata
+from cryptoml.core import ConfigError, DataError, Market, feature_path, parquet_metadata
 from cryptoml.features import (FEATURES, FeatureSet, add_labels, bar_arrays, build_features, compute_features, connect,
                                content_digest, feature_code_sha256, feature_matrix, feature_names, features_asof, lookback_bars,
-                               read_feature_table, register_feature, rolling_mean_std, rolling_sum, write_feature_table)
-from cryptoml.ingest import example_market, read_bars, read_funding, write_bars
+                               read_feature_table, register_feature, rolling_mean_std, rolling_sum, table_view, write_feature_table)
+from cryptoml.ingest import example_market, funding_exchange, read_bars, read_funding, write_bars
 
 EVERY_FEATURE = FeatureSet("every", 0, tuple(FEATURES))
 ONLINE = 1e-9  # the online path's tolerance, of a feature's typical size: its EMA recursions restart at its first bar
@@ -28,7 +28,7 @@ def market(bars_csv, funding_csv, tmp_path_factory):
     "The shared real bars and funding rates, imported into a fresh data root and read back, and the root."
     home = tmp_path_factory.mktemp("home")
     key = example_market(home)
-    return read_bars(home, *key[:3]), read_funding(home, key.funding_exchange, key.symbol), home, key
+    return read_bars(home, *key[:3]), read_funding(home, funding_exchange(key), key.symbol), home, key
 
 
 @pytest.fixture(scope="module")
@@ -241,33 +241,33 @@ def test_a_new_feature_is_added_by_registering_a_function(market, monkeypatch):
 def test_the_feature_table_is_written_with_its_metadata_and_queried_in_sql(market):
     bars, funding, home, key = market
     path = build_features(key, home=home, feature_set="rich", horizon=2, dead_zone=0.25, progress=False)
-    assert path == feature_path(home, key.symbol, key.timeframe) and [p.name for p in path.parent.iterdir()] == [path.name]
+    assert path == feature_path(home, key, "rich", 2) and [p.name for p in path.parent.iterdir()] == [path.name]
     table, meta = read_feature_table(path)
     assert meta == parquet_metadata(path)
     assert meta == dict(
         feature_set="rich", version=1, features=feature_names("rich"), lookback=lookback_bars("rich"), horizon=2,
         dead_zone=0.25, exchange=key.exchange, symbol=key.symbol, timeframe=key.timeframe,
-        funding_exchange=key.funding_exchange, rows=len(bars), bars=content_digest(bars), funding=content_digest(funding),
+        funding_exchange=funding_exchange(key), rows=len(bars), bars=content_digest(bars), funding=content_digest(funding),
         code_sha256=feature_code_sha256(feature_names("rich")))  # what it was built from, and no time of building
     expected = add_labels(compute_features(bars, "rich", funding=funding), bars, horizon=2, dead_zone=0.25)
     pd.testing.assert_frame_equal(table, expected, check_exact=True)
     con = connect(home)
     assert one(con, "SELECT count(*), max(close) FROM bars WHERE symbol = 'BTCUSDT' AND timeframe = '1m'") == (len(bars), bars.close.max())
     assert one(con, "SELECT count(*) FROM funding WHERE exchange = 'binance'")[0] == len(funding)
-    up, labelled = one(con, 'SELECT sum(y), count(y) FROM "features_BTCUSDT_1m"')
+    up, labelled = one(con, f'SELECT sum(y), count(y) FROM "{table_view(path)}"')
     assert (up, labelled) == (table.y.sum(), table.y.notna().sum())
-    assert con.sql("SELECT DISTINCT symbol, timeframe FROM features").fetchall() == [("BTCUSDT", "1m")]
+    assert con.sql("SELECT DISTINCT exchange, symbol, timeframe, file FROM features").fetchall() == [(key.exchange, "BTCUSDT", "1m", "rich-h2.parquet")]
 
 
 def test_the_store_views_follow_what_exists(tmp_path, market):
     bars, *_ = market
     assert one(connect(tmp_path), "SELECT count(*) FROM information_schema.tables") == (0,)
     write_bars(bars.iloc[:500], tmp_path, "binance", "ETH/USDT", "1m")
-    with pytest.raises(DataError, match="no bars in"): build_features(home=tmp_path, symbol="BTC/USDT", timeframe="1m", progress=False)
-    build_features(home=tmp_path, symbol="ETH/USDT", timeframe="1m", progress=False)
+    with pytest.raises(DataError, match="no bars in"): build_features(Market("binance", "BTC/USDT", "1m"), home=tmp_path, progress=False)
+    eth = build_features(Market("binance", "ETH/USDT", "1m"), home=tmp_path, progress=False)
     con = connect(tmp_path)
     assert con.sql("SELECT exchange, symbol, count(*) FROM bars GROUP BY ALL").fetchall() == [("binance", "ETHUSDT", 500)]
-    assert one(con, "SELECT count(*) FROM features_ETHUSDT_1m WHERE vol_z IS NOT NULL") == (481,)
+    assert one(con, f'SELECT count(*) FROM "{table_view(eth)}" WHERE vol_z IS NOT NULL') == (481,)
 
 
 def test_the_online_path_is_quick_on_its_last_bars(market):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cryptoml.core import DataError, to_ms
-from cryptoml.ingest import example_market, read_bars, read_funding
+from cryptoml.ingest import example_market, funding_exchange, read_bars, read_funding
 from cryptoml.features import build_features, feature_names, lookback_bars, read_feature_table
 from cryptoml.infer import OnlineFeatures, online_features
 
@@ -26,7 +26,7 @@ _market = {}  # each worker's bars and funding, read once
 
 def _read_market(home, market):
     _market.update(bars=read_bars(home, market.exchange, market.symbol, market.timeframe),
-                   funding=read_funding(home, market.funding_exchange, market.symbol))
+                   funding=read_funding(home, funding_exchange(market), market.symbol))
 
 
 def online_rows(feature_set: str, bars_at: list[int]) -> tuple[np.ndarray, np.ndarray]:

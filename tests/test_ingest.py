@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cryptoml.core import ConfigError, DataError, ExchangeError, raw_dir
+from cryptoml.core import ConfigError, DataError, ExchangeError, Market, raw_dir
 from cryptoml.ingest import (OHLCV_COLUMNS, as_bars, fetch_funding, fetch_ohlcv, ingest, make_exchange, read_bars,
                              read_csv_rows, read_funding, synthetic_funding, synthetic_market, validate_bars)
 from exchange_emulator import BinanceEmulator, binance_client
@@ -151,7 +151,7 @@ def test_funding_rates_arrive_through_faults_and_resume(exchange, client, rates,
     exchange.inject("fundingRate", "429", "drop")
     report = ingest(client, "BTC/USDT", "1m", since="2023-02-26", until="2023-03-01", home=tmp_path, funding=True, **FAST)
     head = rates[rates.ts < pd.Timestamp("2023-03-01", tz="UTC")]
-    assert (report.market.funding_exchange, report.funding_added) == ("binance", len(head))
+    assert (report.market, report.funding_added) == (Market("binance", "BTC/USDT", "1m"), len(head))
     report = ingest(client, "BTC/USDT", "1m", home=tmp_path, funding=True, **FAST)
     assert report.funding_added == len(rates) - len(head)
     pd.testing.assert_frame_equal(read_funding(tmp_path, "binance", "BTC/USDT"), rates)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cryptoml.core import DataError, raw_dir, sha256_file, shared_data
 from exchange_emulator import binance_klines
-from cryptoml.ingest import (EXAMPLE, EXAMPLE_FILES, OHLCV_COLUMNS, SYNTHETIC, example_market, gap_report, import_csv, import_funding_csv,
+from cryptoml.ingest import (EXAMPLE, EXAMPLE_FILES, OHLCV_COLUMNS, SYNTHETIC, example_market, funding_exchange, gap_report, import_csv, import_funding_csv,
                              read_bars, read_csv_rows, read_funding, synthetic_market, validate_bars, write_bars,
                              write_demo_market)
 
@@ -72,7 +72,7 @@ def test_the_example_market_is_the_real_one_here_and_idempotent(bars_csv, fundin
     assert example_market(tmp_path) == EXAMPLE
     assert {p: sha256_file(p) for p in (tmp_path/"raw").rglob("*.parquet")} == files
     assert len(read_bars(tmp_path, *EXAMPLE[:3])) == 30_240
-    assert len(read_funding(tmp_path, EXAMPLE.funding_exchange, EXAMPLE.symbol)) == 135
+    assert len(read_funding(tmp_path, funding_exchange(EXAMPLE), EXAMPLE.symbol)) == 135
 
 
 def test_without_the_shared_data_the_example_market_is_the_synthetic_one(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ import pytest
 
 from cryptoml.core import shared_data
 from cryptoml.features import build_features, read_feature_table
-from cryptoml.ingest import EXAMPLE, MarketKey, example_market, import_csv, read_bars, write_bars
+from cryptoml.core import Market
+from cryptoml.ingest import EXAMPLE, example_market, import_csv, read_bars, write_bars
 from cryptoml.metrics import MIN_ROWS, implausible, plausible_bounds
 from cryptoml.tune import tune
 
@@ -20,7 +21,7 @@ def coarse_market(home):
     bars = read_bars(home, *EXAMPLE[:3])
     prices = ["open", "high", "low", "close"]
     write_bars(bars.assign(**{c: (bars[c] / 15).round() * 15 for c in prices}), home, "coarse", "BTC/USDT", "1m")
-    return MarketKey("coarse", "BTC/USDT", "1m")
+    return Market("coarse", "BTC/USDT", "1m")
 
 
 def perp(coin: str):
@@ -29,7 +30,7 @@ def perp(coin: str):
         path = shared_data(f"binance_perp_{coin}USDT_1h_2021-2022.csv")
         if path is None: pytest.skip(f"real market data for {coin} is not on this machine")
         import_csv(path, "binance", f"{coin}/USDT", "1h", home=home)
-        return MarketKey("binance", f"{coin}/USDT", "1h")
+        return Market("binance", f"{coin}/USDT", "1h")
     return store
 
 

@@ -14,17 +14,18 @@ import pytest
 from cryptoml.core import ConfigError, DataError, sha256_file, shared_data
 from cryptoml.features import (FEATURES, Feature, build_features, content_digest, feature_code_sha256, prune_snapshots,
                                read_feature_table, sma_gap, snapshot_dir, snapshot_table, table_asof)
-from cryptoml.ingest import MarketKey, example_market, import_csv, read_bars, read_funding, write_bars
+from cryptoml.core import Market
+from cryptoml.ingest import example_market, funding_exchange, import_csv, read_bars, read_funding, write_bars
 
 ETH = "binance_perp_ETHUSDT_1h_2021-2022.csv"
 DAY = 86_400
 
 
-def build_in_a_fresh_process(home, market: MarketKey, feature_set: str, hash_seed: int) -> str:
+def build_in_a_fresh_process(home, market: Market, feature_set: str, hash_seed: int) -> str:
     "sha256 of the table `build_features` writes in a new Python process with PYTHONHASHSEED=`hash_seed`."
     code = ("from cryptoml.core import sha256_file; from cryptoml.features import build_features; "
-            "from cryptoml.ingest import MarketKey; "
-            f"print(sha256_file(build_features(MarketKey(*{tuple(market)!r}), home={str(home)!r}, feature_set={feature_set!r}, "
+            "from cryptoml.core import Market; "
+            f"print(sha256_file(build_features(Market(*{tuple(market)!r}), home={str(home)!r}, feature_set={feature_set!r}, "
             "progress=False)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": str(hash_seed)})
@@ -45,7 +46,7 @@ def eth(tmp_path_factory):
     if path is None: pytest.skip(f"real market data {ETH} is not on this machine")
     home = tmp_path_factory.mktemp("eth")
     import_csv(path, "binance", "ETH/USDT", "1h", home=home)
-    return home, MarketKey("binance", "ETH/USDT", "1h")
+    return home, Market("binance", "ETH/USDT", "1h")
 
 
 @pytest.mark.parametrize("feature_set", ["seed", "rich"])
@@ -69,7 +70,7 @@ def test_another_data_root_with_the_same_bars_builds_the_same_bytes(btc, tmp_pat
 def test_the_metadata_says_what_the_table_was_built_from(btc):
     home, market = btc
     table, meta = read_feature_table(build_features(market, home=home, progress=False))
-    bars, funding = read_bars(home, *market[:3]), read_funding(home, market.funding_exchange, market.symbol)
+    bars, funding = read_bars(home, *market[:3]), read_funding(home, funding_exchange(market), market.symbol)
     assert meta["bars"] == content_digest(bars) and meta["bars"]["rows"] == len(bars) == 30_240
     assert meta["bars"]["first"] == "2023-03-01T00:00:00+00:00" and meta["bars"]["last"] == "2023-03-21T23:59:00+00:00"
     assert meta["funding"] == content_digest(funding) and meta["funding"]["rows"] == 135
@@ -93,9 +94,9 @@ def test_a_snapshot_keeps_the_bytes_a_run_trained_on_through_rebuilds(btc):
     assert snap == snapshot_dir(home)/f"{trained_on}.parquet"
     assert os.stat(snap).st_ino == os.stat(path).st_ino, "a hard link: no bytes copied"
     assert os.stat(snap).st_mode & 0o222 == 0, "read-only"
-    rebuilt = build_features(market, home=home, horizon=5, progress=False)
+    rebuilt = build_features(market, home=home, dead_zone=0.5, progress=False)
     assert rebuilt == path and sha256_file(path) != trained_on
-    assert sha256_file(snap) == trained_on and read_feature_table(snap)[1]["horizon"] == 1
+    assert sha256_file(snap) == trained_on and read_feature_table(snap)[1]["dead_zone"] is None
     build_features(market, home=home, progress=False)  # the next-bar table again: the same bytes, the same snapshot
     assert sha256_file(path) == trained_on and snapshot_table(path, home) == snap
     assert not list(snapshot_dir(home).glob(".*.tmp"))

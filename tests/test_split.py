@@ -15,7 +15,7 @@ import pytest
 
 from cryptoml.core import LeakageError
 from cryptoml.features import FEATURE_SETS, add_labels, compute_features, features_asof
-from cryptoml.ingest import example_market, read_bars, read_funding
+from cryptoml.ingest import example_market, funding_exchange, read_bars, read_funding
 from cryptoml.split import LeakageGuard, Split, feature_columns, kfold_embargo, purged_kfold, time_split, walk_forward
 
 GUARD_SECONDS = 10  # the guard runs before every tuning run; a few seconds at most, with room for a loaded CI machine
@@ -26,7 +26,7 @@ def market(bars_csv, funding_csv, tmp_path_factory):
     "The shared real bars and funding rates, read back from a fresh data root."
     home = tmp_path_factory.mktemp("home")
     key = example_market(home)
-    return read_bars(home, *key[:3]), read_funding(home, key.funding_exchange, key.symbol)
+    return read_bars(home, *key[:3]), read_funding(home, funding_exchange(key), key.symbol)
 
 
 @pytest.fixture(scope="module")

@@ -113,7 +113,7 @@ def test_rerunning_tune_on_a_snapshot_reproduces_the_metrics_exactly_in_another_
     path, home = stored
     snap = snapshot_table(path, home)
     first = tune(read_feature_table(snap)[0], home=home, n_trials=6, val_days=7, n_boot=100, progress=False)
-    build_features(example_market(home), home=home, horizon=3, progress=False)  # the market's table changes meanwhile
+    build_features(example_market(home), home=home, dead_zone=0.5, progress=False)  # the market's table changes meanwhile
     code = (f"import json; from cryptoml.features import read_feature_table; from cryptoml.tune import tune; "
             f"r = tune(read_feature_table({str(snap)!r})[0], home={str(home)!r}, n_trials=6, val_days=7, n_boot=100, progress=False); "
             f"print(json.dumps([r.metrics, r.baselines, r.params, r.manifest]))")
