@@ -204,9 +204,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_study_an_uninterrupted_run_mak
     assert resumed["params"] == json.loads(json.dumps(whole.params)) and resumed["best_trial"] == whole.best_trial
 
 def test_bad_jobs_and_an_unreachable_storage_exit_2_naming_them(tmp_path, capsys):
-    market = ["--symbol", "SYNTH/USDT", "--timeframe", "1m", "--home", str(tmp_path), "--quiet"]
+    market = ["--exchange", "synthetic", "--symbol", "SYNTH/USDT", "--timeframe", "1m", "--home", str(tmp_path), "--quiet"]
     assert main(["demo", "--days", "3", "--home", str(tmp_path), "--quiet"]) == 0
-    assert main(["features", "--exchange", "synthetic", *market]) == 0
+    assert main(["features", *market]) == 0
     capsys.readouterr()
     for args, reason in [(["--jobs", "0"], "n_jobs (--jobs, trials run at once) must be a whole number >= 1, not 0"),
                          (["--jobs", "-2"], "not -2"),
