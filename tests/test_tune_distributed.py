@@ -82,9 +82,21 @@ def test_a_worker_killed_mid_trial_has_its_trial_failed_and_retried(table_file, 
         try: running = [t for t in trials_in(fresh_database, name) if t.state == TrialState.RUNNING]
         except KeyError: return None  # no study yet
         return next((t for t in running if t.user_attrs.get("worker", "").endswith(f":{victim.pid}") and t.intermediate_values), None)
-    doomed = wait_for(victims_trial)  # a trial the victim runs, past its first report: mid-fit
+
+    def stopped_mid_fit():
+        "Freeze the victim; its trial if it is mid-fit (past its first report), else None, the victim running on."
+        stopped[0] = time.time()
+        os.kill(victim.pid, signal.SIGSTOP)
+        trial = None
+        try: trial = victims_trial()
+        finally:
+            if trial is None: os.kill(victim.pid, signal.SIGCONT)
+        return trial
+    stopped = [0.0]
+    wait_for(victims_trial)  # the study's tables exist: nothing the frozen victim holds can block a read
+    doomed = wait_for(stopped_mid_fit)  # frozen, so the trial seen running is the one the kill interrupts
     os.kill(victim.pid, signal.SIGKILL)
-    killed_at = time.time()
+    killed_at = stopped[0]  # its last heartbeat came before it was frozen
     assert victim.wait() == -9
     results = [result_of(w) for w in workers[1:]]
     trials = trials_in(fresh_database, name)
