@@ -11,10 +11,12 @@ from typing import Callable
 import pandas as pd
 
 from .core import CryptomlError, ConfigError, Market, check_layout, data_home, feature_path, optuna_storage, to_utc
-from .ingest import IngestReport, funding_exchange, ingest, import_csv, import_funding_csv, write_demo_market
+from .ingest import (IngestReport, ManyReport, funding_exchange, import_csv, import_funding_csv, import_many, ingest,
+                             ingest_many, read_universe, write_demo_market)
 from .features import FEATURE_SETS, build_features, read_feature_table
+from .panel import PANEL_SETS, build_panel, panel_market, panel_markets
 from .tune import MIN_VAL_ROWS, tune
-from .registry import (ALIASES, MIN_ROWS, Run, card_summary, compare, describe_run, format_runs, list_runs, migrate,
+from .registry import (ALIASES, MIN_ROWS, Run, card_summary, champion_markets, compare, describe_run, format_runs, list_runs, migrate,
                                promote, resolve_market, rollback, save_run, write_comparison)
 from .infer import LGBMProd, predict_latest
 from .monitor import monitor, report_table
@@ -24,10 +26,11 @@ from .docs import render_site
 # %% auto #0
 __all__ = ['REPORT_BUG', 'COMMANDS', 'run_command', 'add_exchange', 'add_symbol', 'add_market', 'market_arg', 'add_tuning',
            'add_jobs', 'add_features', 'add_gate', 'utc_time', 'add_time_range', 'add_replace', 'existing_file',
-           'print_ingest', 'fetch', 'import_dumps', 'cmd_ingest', 'cmd_import', 'cmd_demo', 'cmd_features',
-           'tune_and_save', 'cmd_tune', 'print_decision', 'cmd_promote', 'cmd_rollback', 'cmd_runs', 'cmd_show',
-           'cmd_compare', 'cmd_migrate', 'cmd_predict', 'cmd_monitor', 'check_source', 'acquire', 'step',
-           'cmd_pipeline', 'add_backtest', 'run_backtest', 'cmd_backtest', 'cmd_docs', 'parser', 'in_data_root', 'main']
+           'symbol_list', 'add_many', 'many_markets', 'print_many', 'cmd_panel', 'print_ingest', 'fetch',
+           'import_dumps', 'cmd_ingest', 'cmd_import', 'cmd_demo', 'cmd_features', 'tune_and_save', 'cmd_tune',
+           'print_decision', 'cmd_promote', 'cmd_rollback', 'cmd_runs', 'cmd_show', 'cmd_compare', 'cmd_migrate',
+           'cmd_predict', 'cmd_monitor', 'check_source', 'acquire', 'step', 'cmd_pipeline', 'add_backtest',
+           'run_backtest', 'cmd_backtest', 'cmd_docs', 'parser', 'in_data_root', 'main']
 
 # %% ../nbs/15_cli.ipynb #fc6f9e4c
 REPORT_BUG = "this is a bug in cryptoml, not in your input; please report it with the traceback above"
@@ -96,7 +99,8 @@ def add_jobs(p: argparse.ArgumentParser):
 
 def add_features(p: argparse.ArgumentParser):
     "Add the feature-table options shared by `features`, `tune` and `pipeline`."
-    p.add_argument("--feature-set", default="seed", choices=sorted(FEATURE_SETS), help="feature set (default: seed)")
+    p.add_argument("--feature-set", default="seed", choices=sorted({*FEATURE_SETS, *PANEL_SETS}),
+                   help="feature set (default: seed); a panel's table is built with a panel set (`cryptoml panel`)")
     p.add_argument("--horizon", type=int, default=1, help="label horizon in bars (default: 1)")
 
 def add_gate(p: argparse.ArgumentParser):
@@ -111,10 +115,11 @@ def utc_time(text: str) -> pd.Timestamp:
     except ConfigError as e: raise argparse.ArgumentTypeError(str(e)) from e
 
 def add_time_range(p: argparse.ArgumentParser):
-    "Add `--since`, `--until` and `--funding` for fetching from an exchange."
+    "Add `--since`, `--until`, `--funding` and `--open-interest` for fetching from an exchange."
     p.add_argument("--since", type=utc_time, default=None, help="first bar to fetch, e.g. 2023-03-01 (default: resume the store)")
     p.add_argument("--until", type=utc_time, default=None, help="fetch up to this time (default: now)")
     p.add_argument("--funding", action="store_true", help="also fetch the perpetual's funding rates")
+    p.add_argument("--open-interest", action="store_true", help="also fetch the perpetual's open interest (Binance keeps 30 days)")
 
 def add_replace(p: argparse.ArgumentParser):
     "Add `--replace`: rows that differ from stored ones correct them (and are logged), where a difference is otherwise refused."
@@ -126,6 +131,46 @@ def existing_file(name: str) -> Path:
     path = Path(name)
     if not path.is_file(): raise argparse.ArgumentTypeError(f"no such file: {name}")
     return path
+
+# %% ../nbs/15_cli.ipynb #4a858ef3
+def symbol_list(text: str) -> list[str]:
+    "`--symbols`: comma-separated ccxt symbols."
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+def add_many(p: argparse.ArgumentParser):
+    "Add `--symbols` and `--universe`: several markets at once."
+    many = p.add_mutually_exclusive_group()
+    many.add_argument("--symbols", type=symbol_list, help="comma-separated ccxt symbols, e.g. BTC/USDT,ETH/USDT")
+    many.add_argument("--universe", type=existing_file, help="a universe file: symbols one a line or comma-separated, # comments, "
+                                                             "optional 'exchange = ...' and 'timeframe = ...' lines")
+
+def many_markets(args) -> tuple[str, list[str], str]:
+    "(exchange, symbols, timeframe) of `--symbols` or `--universe`, the options overriding the universe's settings."
+    universe = read_universe(args.universe) if args.universe else None
+    exchange = args.exchange or (universe and universe.exchange) or "binance"
+    timeframe = args.timeframe or (universe and universe.timeframe)
+    if not timeframe: raise ConfigError("give --timeframe (or a 'timeframe = ...' line in the universe file)")
+    return exchange, list(universe.symbols if universe else args.symbols), timeframe
+
+def print_many(args, report: ManyReport) -> int:
+    "Print each market's outcome (a failed market on stderr, named, with why); exit status 2 when any failed."
+    for r in report.reports.values(): print_ingest(r)
+    for market, why in report.failures.items(): _say(args, f"error: {market}: {why}", 2)
+    if report.failures: _say(args, f"{len(report.failures)} of {len(report.reports) + len(report.failures)} markets failed", 2)
+    return 2 if report.failures else 0
+
+# %% ../nbs/15_cli.ipynb #68ff19cc
+def cmd_panel(args) -> int:
+    "Build a panel's table from the stored bars of a universe's markets; print its path and how to tune it."
+    universe = read_universe(args.universe)
+    markets = panel_markets(universe, args.exchange, args.timeframe)
+    path = build_panel(markets, home=args.home, reference=args.reference or universe.symbols[0], name=universe.name,
+                       panel_set=args.panel_set, horizon=args.horizon, progress=not args.quiet)
+    key = panel_market(universe.name, markets)
+    print(path)
+    print(f"tune it: cryptoml tune --exchange {key.exchange} --symbol {key.symbol} --timeframe {key.timeframe} "
+          f"--feature-set {args.panel_set} --horizon {args.horizon}")
+    return 0
 
 # %% ../nbs/15_cli.ipynb #0f8b613f
 def print_ingest(report) -> int:
@@ -140,7 +185,7 @@ def print_ingest(report) -> int:
 def fetch(args) -> IngestReport:
     "Fetch the bars (and funding) of the command's market from its exchange into the store."
     return ingest(args.exchange, args.symbol, args.timeframe, args.since, args.until, home=args.home,
-                  funding=args.funding, progress=not args.quiet, replace=args.replace)
+                  funding=args.funding, open_interest=args.open_interest, progress=not args.quiet, replace=args.replace)
 
 def import_dumps(args, files: list[Path]) -> IngestReport:
     "Import the CSV dumps `files` of the command's market (and `--funding-csv`, as its funding exchange's) into the store."
@@ -150,12 +195,23 @@ def import_dumps(args, files: list[Path]) -> IngestReport:
     return report
 
 def cmd_ingest(args) -> int:
-    "Fetch bars (and funding) from an exchange into the store."
-    return print_ingest(fetch(args))
+    "Fetch bars (and funding, open interest) of one market or many (--symbols, --universe) from an exchange into the store."
+    if not (args.symbols or args.universe):
+        if not (args.symbol and args.timeframe): raise ConfigError("ingest needs --symbol and --timeframe, or --symbols or --universe")
+        args.exchange = args.exchange or "binance"
+        return print_ingest(fetch(args))
+    exchange, symbols, timeframe = many_markets(args)
+    return print_many(args, ingest_many(exchange, symbols, timeframe, args.since, args.until, home=args.home, funding=args.funding,
+                                        open_interest=args.open_interest, progress=not args.quiet, replace=args.replace))
 
 def cmd_import(args) -> int:
-    "Import CSV or zipped CSV dumps into the store."
-    return print_ingest(import_dumps(args, args.files))
+    "Import CSV or zipped CSV dumps into the store: of one market (--symbol), or of each file's market, read from its name."
+    if args.symbol:
+        if not args.timeframe: raise ConfigError("import --symbol needs --timeframe")
+        return print_ingest(import_dumps(args, args.files))
+    if args.funding_csv: raise ConfigError("--funding-csv goes with --symbol: it names the market the rates are for")
+    return print_many(args, import_many(args.files, args.exchange, args.timeframe, home=args.home, replace=args.replace,
+                                        progress=not args.quiet))
 
 def cmd_demo(args) -> int:
     "Write the embedded synthetic market into the store."
@@ -227,7 +283,7 @@ def cmd_migrate(args) -> int:
 # %% ../nbs/15_cli.ipynb #eafd744c
 def cmd_predict(args) -> int:
     "Print P(up) for the bar after --at (default: the newest stored bar) from the market's champion."
-    print(json.dumps(predict_latest(LGBMProd(market_arg(args), home=args.home), args.at)))
+    print(json.dumps(predict_latest(LGBMProd(market_arg(args), home=args.home), args.at, args.member)))
     return 0
 
 def cmd_monitor(args) -> int:
@@ -319,13 +375,19 @@ def cmd_backtest(args) -> int:
 # %% ../nbs/15_cli.ipynb #712abb30
 def cmd_docs(args) -> int:
     "Render the notebooks to HTML without Quarto (needs the dev extras: nbdev, nbconvert); exit 1 if one fails."
-    return 1 if render_site(args.notebooks, args.out, args.timeout) else 0
+    home = data_home(args.home) if args.home else None  # else the pages read $CRYPTOML_HOME, as every command does
+    if home is not None and not champion_markets(home):
+        raise ConfigError(f"no market in {home} has a champion to document: run `cryptoml pipeline` there first")
+    return 1 if render_site(args.notebooks, args.out, args.timeout, home) else 0
 
 # %% ../nbs/15_cli.ipynb #c4679da6
-def _ingest_args(p): add_market(p); add_time_range(p); add_replace(p)
+def _ingest_args(p): add_exchange(p, None); add_symbol(p, required=False); add_many(p); add_time_range(p); add_replace(p)
 def _import_args(p):
     p.add_argument("files", nargs="+", type=existing_file, metavar="FILE", help="CSV or zipped CSV dumps")
-    add_market(p)
+    add_exchange(p)
+    p.add_argument("--symbol", help="the one market every file holds (default: each file's market, from its name, "
+                                    "e.g. BTCUSDT-1h-2023-03.zip or binance_perp_ETHUSDT_1h_2021-2022.csv)")
+    p.add_argument("--timeframe", help="the files' timeframe (default: from each file's name)")
     p.add_argument("--funding-csv", type=existing_file, help="also import funding rates (timestamp,funding_rate) for this symbol, "
                                                              "as its funding exchange's (binance for binanceus)")
     add_replace(p)
@@ -356,6 +418,7 @@ def _compare_args(p):
     p.add_argument("--min-rows", type=int, default=MIN_ROWS, help=f"fresh rows needed (default: {MIN_ROWS})")
 def _predict_args(p):
     add_market(p, required=False)
+    p.add_argument("--member", help="with a pooled model (a panel's market): which of its markets to predict, e.g. ETH/USDT")
     p.add_argument("--at", type=utc_time, default=None, help="time of the newest bar to use (default: the newest stored)")
 def _monitor_args(p):
     add_market(p, required=False)
@@ -377,16 +440,24 @@ def _backtest_args(p):
     add_market(p); add_features(p); add_backtest(p); add_jobs(p)
     p.add_argument("--trials", type=int, default=20, help="Optuna trials per tuning (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the models (default: 0)")
+def _panel_args(p):
+    p.add_argument("--universe", type=existing_file, required=True, help="the universe file of the panel's markets; its name names the panel")
+    add_exchange(p, None)
+    p.add_argument("--timeframe", help="the markets' timeframe (default: the universe's)")
+    p.add_argument("--reference", help="the market cross-pair features read (default: the universe's first)")
+    p.add_argument("--panel-set", default="panel", choices=sorted(PANEL_SETS), help="panel feature set (default: panel)")
+    p.add_argument("--horizon", type=int, default=1, help="label horizon in bars (default: 1)")
 def _docs_args(p):
     p.add_argument("notebooks", nargs="*", help="notebooks to render (default: all in nbs/)")
     p.add_argument("--out", default=None, help="output folder (default: _docs in the checkout)")
     p.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default: 600)")
 
 COMMANDS = {
-    "ingest":   (cmd_ingest, _ingest_args, "fetch OHLCV bars (and funding) from an exchange"),
+    "ingest":   (cmd_ingest, _ingest_args, "fetch OHLCV bars (and funding, open interest) of one market or many from an exchange"),
     "import":   (cmd_import, _import_args, "import CSV or zipped CSV dumps"),
     "demo":     (cmd_demo, _demo_args, "write the embedded synthetic market"),
     "features": (cmd_features, _features_args, "build a market's feature table"),
+    "panel":    (cmd_panel, _panel_args, "build a panel's table: many markets, cross-pair and multi-timeframe features"),
     "tune":     (cmd_tune, _tune_args, "tune a LightGBM model and save it as a run"),
     "promote":  (cmd_promote, _promote_args, "make a run its market's champion if it passes the gate (or its challenger, shadow)"),
     "rollback": (cmd_rollback, _rollback_args, "point a market's champion back at the previous one"),

@@ -167,15 +167,30 @@ def render_notebook(path: Path, out: Path, timeout: int = 600, pages: list[tuple
     page.chmod(0o644)  # a web page, readable by the server that serves it
     return page
 
+# %% ../nbs/14_docs.ipynb #5315d81c
+@contextlib.contextmanager
+def _environment(**values: str | None):
+    "Set the environment variables `values` (None leaves one as it is) for the block, then restore them."
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try: yield
+    finally:
+        for k, v in before.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
 # %% ../nbs/14_docs.ipynb #ede0ce67
-def render_site(notebooks: list[str] | None = None, out: str | os.PathLike | None = None, timeout: int = 600) -> list[str]:
-    "Render `notebooks` (default: all of the checkout's `nbs/`) into `out` (default: `_docs`); the names of those that failed."
+def render_site(notebooks: list[str] | None = None, out: str | os.PathLike | None = None, timeout: int = 600,
+                home: Path | None = None) -> list[str]:
+    "Render `notebooks` (default: the checkout's `nbs/`) into `out` (default: `_docs`), pages reading data root `home`; those that failed."
     root = repo_root()
     if root is None: raise ConfigError("cryptoml docs runs inside a cryptoml checkout (no settings.ini here or above)")
     out, failed, pages = Path(out or root/"_docs"), [], site_pages(root/"nbs")
     for nb in docs_notebooks(notebooks or [], root/"nbs"):
         started = time.monotonic()
-        try: print(f"{render_notebook(nb, out, timeout, pages)}  ({time.monotonic() - started:.0f} s)", flush=True)
+        try:
+            with _environment(CRYPTOML_HOME=home and str(home)): page = render_notebook(nb, out, timeout, pages)
+            print(f"{page}  ({time.monotonic() - started:.0f} s)", flush=True)
         except Exception as e:  # a notebook that fails is reported, and the others still render
             failed.append(nb.name)
             cause = f"\n{type(e.__cause__).__name__}: {e.__cause__}" if e.__cause__ else ""

@@ -4,31 +4,29 @@
 
 # %% ../nbs/02_features.ipynb #f0226fa9
 from __future__ import annotations
-import hashlib, inspect, json, math, os, re, shutil, time, uuid
+import functools, hashlib, inspect, json, math, os, re, shutil, time, uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy.signal import lfilter
-from tqdm.auto import tqdm
+if TYPE_CHECKING: import duckdb  # for `connect`'s signature; it imports DuckDB when called
 
 from .core import (ConfigError, DataError, Market, atomic_write, data_home, feature_path, fsync_dir, parquet_metadata,
                            raw_dir, read_parquet_file, sha256_file, timeframe_ms, to_ms, to_utc)
-from .ingest import funding_exchange as default_funding_exchange, read_bars, read_funding
 
 # %% auto #0
 __all__ = ['EMA_TAIL', 'FEATURES', 'OHLCV', 'W9', 'W12', 'W26', 'W14', 'DAY_MS', 'WEEK_MS', 'FUNDING_MAX_AGE', 'FEATURE_SETS',
-           'SEED', 'CHUNK_ROWS', 'TABLE_ROWS', 'PARQUET_OPTIONS', 'SNAPSHOT_NAME', 'window_reduce', 'rolling_sum',
-           'rolling_mean', 'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window', 'finite_ema', 'Feature',
-           'register_feature', 'mark_nonstationary', 'stationary', 'BarArrays', 'funding_arrays', 'bar_arrays',
-           'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag', 'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet',
-           'define_feature_set', 'get_feature_set', 'feature_names', 'lookback_bars', 'feature_chunks',
+           'SEED', 'CHUNK_ROWS', 'VOL_BARS', 'PARQUET_OPTIONS', 'SYNC_BYTES', 'SNAPSHOT_NAME', 'window_reduce',
+           'rolling_sum', 'rolling_mean', 'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window', 'finite_ema',
+           'Feature', 'register_feature', 'mark_nonstationary', 'stationary', 'BarArrays', 'funding_arrays',
+           'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag', 'rolling_changes', 'cyclic', 'feature_docs',
+           'FeatureSet', 'define_feature_set', 'get_feature_set', 'feature_names', 'lookback_bars', 'feature_chunks',
            'feature_matrix', 'compute_features', 'features_asof', 'label_arrays', 'add_labels', 'write_feature_table',
            'content_digest', 'feature_code_sha256', 'table_provenance', 'build_features', 'read_feature_table',
            'table_asof', 'snapshot_dir', 'snapshot_table', 'prune_snapshots', 'table_view', 'connect']
@@ -49,7 +47,8 @@ def window_reduce(leaf: tuple, w: int, merge: Callable) -> tuple:
 
 def _padded(a: np.ndarray, n: int) -> np.ndarray:
     "`a`, aligned to the last of `n` rows, with NaN in front."
-    out = np.full(n, np.nan)
+    out = np.empty(n)
+    out[:n - len(a)] = np.nan
     out[n - len(a):] = a
     return out
 
@@ -59,8 +58,15 @@ def _add(older, newer, n_older, n_newer): return (older[0] + newer[0],)
 def _merge_moments(older, newer, n_older, n_newer):
     "Chan et al.'s merge of (mean, sum of squared deviations) of two adjacent runs of values."
     (m_old, q_old), (m_new, q_new) = older, newer
-    delta, n = m_new - m_old, n_older + n_newer
-    return m_old + delta * (n_newer / n), q_old + q_new + delta * delta * (n_older * n_newer / n)
+    n = n_older + n_newer
+    delta = m_new - m_old
+    mean = delta * (n_newer / n)
+    mean += m_old
+    squares = q_old + q_new
+    delta *= delta  # in place from here: the same arithmetic as the formula, with fewer temporary arrays
+    delta *= n_older * n_newer / n
+    squares += delta
+    return mean, squares
 
 def rolling_sum(x: np.ndarray, w: int) -> np.ndarray:
     "Sum of each `w`-value window ending at a row, NaN before the first full window (or where it holds a NaN)."
@@ -91,18 +97,15 @@ def ema_window(alpha: float) -> int:
     return math.ceil(math.log(EMA_TAIL) / math.log1p(-alpha))
 
 def finite_ema(x: np.ndarray, alpha: float) -> np.ndarray:
-    "EMA of `x` over its finite window `ema_window(alpha)`; NaN until the window is full (leading NaNs of `x` are its warm-up)."
-    out, w = np.full(len(x), np.nan), ema_window(alpha)
-    known = np.flatnonzero(~np.isnan(x[:max(len(x) - w + 1, 0)]))
-    if len(known) == 0: return out
-    start = known[0]
-    v = x[start:]
-    decay = 1 - alpha
-    tail = decay ** w
-    z = v * (alpha / (1 - tail))
-    z[w:] -= v[:-w] * (alpha * tail / (1 - tail))
-    out[start+w-1:] = lfilter([1.0], [1.0, -decay], z)[w-1:]
-    return out
+    "EMA of `x` over its finite window `ema_window(alpha)`; NaN until the window is full (or where it holds a NaN)."
+    w, decay = ema_window(alpha), 1 - alpha
+    def merge(older, newer, n_older, n_newer):  # the older part's weights decay once per newer value
+        out = older[0] * decay ** n_newer
+        out += newer[0]
+        return (out,)
+    sums = window_reduce((x,), w, merge)[0]
+    sums *= alpha / (1 - decay ** w)
+    return _padded(sums, len(x))
 
 # %% ../nbs/02_features.ipynb #623953e8
 @dataclass(frozen=True)
@@ -175,11 +178,11 @@ def _ts_ms(df: pd.DataFrame, what: str, last: int | None = None) -> np.ndarray:
     if last is not None: ts = ts[max(len(ts) - last, 0):]
     if ts.isna().any(): raise DataError(f"{what}: column 'ts' has a missing time at row {len(df) - len(ts) + int(np.argmax(ts.isna()))}")
     ms = ts.asi8 if ts.unit == "ms" else ts.as_unit("ms").asi8  # naive times are read as UTC: their epoch numbers are the same
-    step = np.diff(ms)
-    if len(step) and step.min() <= 0:
-        i = int(np.argmax(step <= 0))
+    out_of_order = ms[1:] <= ms[:-1]  # a byte a bar, not a time difference's eight: millions of bars are checked here
+    if out_of_order.any():
+        i = int(np.argmax(out_of_order))
         when = to_utc(int(ms[i + 1]))
-        raise DataError(f"{what}: duplicate ts {when}" if step[i] == 0 else f"{what}: ts not sorted: {when} comes after {to_utc(int(ms[i]))}")
+        raise DataError(f"{what}: duplicate ts {when}" if ms[i + 1] == ms[i] else f"{what}: ts not sorted: {when} comes after {to_utc(int(ms[i]))}")
     return ms
 
 def _floats(df: pd.DataFrame, column: str, rows: int) -> np.ndarray:
@@ -331,9 +334,29 @@ def _rsi14(b):
 # %% ../nbs/02_features.ipynb #ece34531
 DAY_MS, WEEK_MS = 86_400_000, 604_800_000
 
+def _phase(ts: np.ndarray, period_ms: int, offset_ms: int) -> np.ndarray:
+    "The phase (radians) of each time `ts` (epoch ms) in a cycle of `period_ms` that starts at `offset_ms`."
+    return 2 * np.pi * ((ts + offset_ms) % period_ms) / period_ms
+
+@functools.lru_cache(maxsize=64)
+def _wave_table(wave: Callable, period_ms: int, offset_ms: int, bar_ms: int) -> np.ndarray:
+    "`wave` of the phase of every bar open time `k * bar_ms` in one cycle, k = 0 .. period_ms / bar_ms - 1."
+    return wave(_phase(np.arange(0, period_ms, bar_ms, dtype=np.int64), period_ms, offset_ms))
+
+def _cycle_slots(ts: np.ndarray, bar_ms: int, period_ms: int) -> np.ndarray | None:
+    "Each time's bar slot in its cycle (`ts // bar_ms` modulo the bars per cycle), or None unless every time opens a bar."
+    if period_ms % bar_ms or period_ms // bar_ms > 1 << 20: return None
+    slots = ts // bar_ms
+    if not np.array_equal(slots * bar_ms, ts): return None
+    slots %= period_ms // bar_ms
+    return slots
+
 def cyclic(period_ms: int, offset_ms: int, wave: Callable) -> Callable:
     "The feature function '`wave` (sin or cos) of the bar's open time as a phase of `period_ms`'."
-    def phase(b): return wave(b.cached(("phase", period_ms, offset_ms), lambda: 2 * np.pi * ((b.ts + offset_ms) % period_ms) / period_ms))
+    def phase(b):
+        slots = b.cached(("slots", period_ms), lambda: _cycle_slots(b.ts, b.bar_ms, period_ms))
+        if slots is None: return wave(b.cached(("phase", period_ms, offset_ms), lambda: _phase(b.ts, period_ms, offset_ms)))
+        return _wave_table(wave, period_ms, offset_ms, b.bar_ms)[slots]
     return phase
 
 for _name, _period, _offset in (("hour", DAY_MS, 0), ("dow", WEEK_MS, 3 * DAY_MS)):
@@ -355,11 +378,19 @@ FUNDING_MAX_AGE = pd.Timedelta("1D")
 @register_feature("funding_rate", lookback=1)
 def _funding_rate(b):
     "The latest perpetual funding rate known at the bar's close (rate ts <= bar close); NaN if none within FUNDING_MAX_AGE."
-    closes = b.ts + b.bar_ms
-    i = np.searchsorted(b.funding_ts, closes, side="right") - 1
-    if len(b.funding_ts) == 0: return np.full(len(b), np.nan)
-    known = (i >= 0) & (closes - b.funding_ts[np.maximum(i, 0)] <= FUNDING_MAX_AGE // pd.Timedelta("1ms"))
-    return np.where(known, b.funding_rate[np.maximum(i, 0)], np.nan)
+    closes, max_age = b.ts + b.bar_ms, FUNDING_MAX_AGE // pd.Timedelta("1ms")
+    # only the rates stamped from FUNDING_MAX_AGE before the first close to the last close can be known to these bars
+    lo, hi = (np.searchsorted(b.funding_ts, closes[0] - max_age), np.searchsorted(b.funding_ts, closes[-1], side="right")) if len(b) else (0, 0)
+    stamps, rates = b.funding_ts[lo:hi], b.funding_rate[lo:hi]
+    if len(stamps) == 0: return np.full(len(b), np.nan)
+    # rate j is the latest from the first bar closing at or after its stamp until the next rate's first bar, and
+    # known until it is older than FUNDING_MAX_AGE: runs of [rate j, NaN], laid out in one pass
+    first = np.searchsorted(closes, stamps)
+    superseded = np.append(first[1:], len(b))
+    stale = np.minimum(np.searchsorted(closes, stamps + max_age, side="right"), superseded)
+    values, counts = np.full(2 * len(first) + 1, np.nan), np.empty(2 * len(first) + 1, np.int64)
+    values[1::2], counts[0], counts[1::2], counts[2::2] = rates, first[0], stale - first, superseded - stale
+    return np.repeat(values, counts)
 
 # %% ../nbs/02_features.ipynb #430542af
 def feature_docs() -> pd.DataFrame:
@@ -412,18 +443,19 @@ def lookback_bars(feature_set: str | FeatureSet = "seed") -> int:
 # %% ../nbs/02_features.ipynb #c23d1705
 CHUNK_ROWS = 1 << 15
 
-def feature_chunks(b: BarArrays, feature_set: str | FeatureSet = "seed") -> Iterator[tuple[int, int, np.ndarray]]:
-    "The set's features for `b`, `CHUNK_ROWS` bars at a time: (start, end, a features x bars array of rows start:end)."
+def feature_chunks(b: BarArrays, feature_set: str | FeatureSet = "seed") -> Iterator[tuple[int, int, list[np.ndarray]]]:
+    "The set's features for `b`, `CHUNK_ROWS` bars at a time: (start, end, one array of rows start:end per feature)."
     fs, n = get_feature_set(feature_set), len(b)
     for start in range(0, n, CHUNK_ROWS):
         lo, end = max(0, start - fs.lookback + 1), min(n, start + CHUNK_ROWS)
         chunk = b if (lo, end) == (0, n) else b.slice(lo, end)
-        yield start, end, np.array([chunk[name][start - lo:] for name in fs.features]).reshape(len(fs.features), end - start)
+        yield start, end, [chunk[name][start - lo:] for name in fs.features]
 
 def feature_matrix(b: BarArrays, feature_set: str | FeatureSet = "seed") -> np.ndarray:
     "The set's features for every bar of `b` as one (features x bars) float64 array."
     values = np.empty((len(feature_names(feature_set)), len(b)))
-    for start, end, part in feature_chunks(b, feature_set): values[:, start:end] = part
+    for start, end, columns in feature_chunks(b, feature_set):
+        for row, column in zip(values, columns): row[start:end] = column
     return values
 
 def _frame(ts_ms: np.ndarray, values: np.ndarray, names: list[str], index=None) -> pd.DataFrame:
@@ -450,6 +482,8 @@ def features_asof(bars: pd.DataFrame, feature_set: str | FeatureSet = "seed", *,
     return asof
 
 # %% ../nbs/02_features.ipynb #180fdbd9
+VOL_BARS = 20
+
 def label_arrays(close: np.ndarray, horizon: int = 1, dead_zone: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     "`fwd_ret` and `y` for every bar of a series of closes (see `add_labels`)."
     if not isinstance(horizon, int) or horizon < 1: raise ConfigError(f"horizon must be a positive number of bars, not {horizon!r}")
@@ -458,7 +492,7 @@ def label_arrays(close: np.ndarray, horizon: int = 1, dead_zone: float | None = 
     fwd[:-horizon] = close[horizon:] / close[:-horizon] - 1
     y[:-horizon] = close[horizon:] > close[:-horizon]
     if dead_zone is not None:
-        vol = rolling_std(_one_bar_returns(close), 20) * math.sqrt(horizon)
+        vol = rolling_std(_one_bar_returns(close), VOL_BARS) * math.sqrt(horizon)
         y[~(np.abs(fwd) >= dead_zone * vol)] = np.nan
     return fwd, y
 
@@ -474,21 +508,23 @@ def add_labels(table: pd.DataFrame, bars: pd.DataFrame, *, horizon: int = 1, dea
     return table.assign(fwd_ret=fwd[rows], y=y[rows])
 
 # %% ../nbs/02_features.ipynb #a212e1ae
-TABLE_ROWS = 1 << 16
-PARQUET_OPTIONS = dict(compression="zstd", compression_level=-1, use_dictionary=False, use_byte_stream_split=True)
+PARQUET_OPTIONS = dict(compression="zstd", compression_level=-1, use_dictionary=False, use_byte_stream_split=True,
+                       write_batch_size=CHUNK_ROWS)
 
-def _row_groups(b: BarArrays, fs: FeatureSet) -> Iterator[list[tuple[int, int, np.ndarray]]]:
-    "`feature_chunks` gathered into runs of at least `TABLE_ROWS` rows (the last run: what is left)."
-    run = []
-    for chunk in feature_chunks(b, fs):
-        run.append(chunk)
-        if chunk[1] - run[0][0] >= TABLE_ROWS or chunk[1] == len(b):
-            yield run
-            run = []
+def _labels_of(close: np.ndarray, start: int, end: int, horizon: int, dead_zone: float | None) -> tuple[np.ndarray, np.ndarray]:
+    "`label_arrays` of rows `start:end`, from only the closes they need: `VOL_BARS` before and `horizon` after."
+    lo = max(0, start - VOL_BARS)
+    return tuple(a[start - lo:end - lo] for a in label_arrays(close[lo:end + horizon], horizon, dead_zone))
 
-def _arrow_batch(schema: pa.Schema, columns: list[np.ndarray]) -> pa.RecordBatch:
-    "`columns` (epoch ms `ts`, then float64 arrays) as a record batch of `schema`, sharing their memory; NaN becomes null."
-    return pa.RecordBatch.from_arrays([pa.array(c, field.type, from_pandas=True) for c, field in zip(columns, schema)], schema=schema)
+def _arrow(values: np.ndarray, type: pa.DataType) -> pa.Array:
+    "`values` as an Arrow array of `type`, sharing their memory; NaN becomes null (looked for by a sum, which a NaN makes NaN)."
+    return pa.array(values, type, from_pandas=values.dtype.kind == "f" and bool(np.isnan(np.add.reduce(values))))
+
+def _row_groups(b: BarArrays, fs: FeatureSet, schema: pa.Schema, horizon: int, dead_zone: float | None) -> Iterator[pa.Table]:
+    "One table of `schema` (ts, features, labels) per chunk of `feature_chunks`: the file's row groups."
+    for start, end, columns in feature_chunks(b, fs):
+        columns = [b.ts[start:end], *columns, *_labels_of(b.close, start, end, horizon, dead_zone)]
+        yield pa.Table.from_arrays([_arrow(c, field.type) for c, field in zip(columns, schema)], schema=schema)
 
 def _in_background(items: Iterator, consume: Callable):
     "`consume(item)` for each of `items`, in a second thread, while the next item is being produced; one item waits at most."
@@ -499,39 +535,61 @@ def _in_background(items: Iterator, consume: Callable):
             pending = thread.submit(consume, item)
         if pending is not None: pending.result()
 
+SYNC_BYTES = 1 << 26
+
+@contextmanager
+def _synced_behind(path: Path) -> Iterator[Callable[[], None]]:
+    "A function that starts syncing `path` to disk in a thread once `SYNC_BYTES` more are written, unless a sync is running."
+    fd, pending, synced = os.open(path, os.O_RDONLY), None, 0
+    with ThreadPoolExecutor(1) as thread:
+        def sync():
+            nonlocal pending, synced
+            size = os.fstat(fd).st_size
+            if size - synced >= SYNC_BYTES and (pending is None or pending.done()):
+                pending, synced = thread.submit(os.fsync, fd), size
+        try: yield sync
+        finally:
+            if pending is not None: pending.result()
+            os.close(fd)
+
 def write_feature_table(path, bars: pd.DataFrame, feature_set: str | FeatureSet = "seed", *, funding: pd.DataFrame | None = None,
                         timeframe: str = "1m", horizon: int = 1, dead_zone: float | None = None, metadata: dict | None = None,
                         progress: bool = False) -> Path:
     "Stream `bars`' features and labels to the Parquet file `path` atomically, `metadata` (JSON) under the key `cryptoml`."
     fs, b = get_feature_set(feature_set), bar_arrays(bars, funding=funding, timeframe=timeframe)
-    labels, names = label_arrays(b.close, horizon, dead_zone), list(fs.features)
-    schema = pa.Schema.from_pandas(_frame(b.ts[:0], np.empty((len(names), 0)), names).assign(fwd_ret=labels[0][:0], y=labels[1][:0]), preserve_index=False)
+    names, no_rows = list(fs.features), np.empty(0)
+    label_arrays(no_rows, horizon, dead_zone)  # refuses a bad horizon or dead zone before the file is touched
+    schema = pa.Schema.from_pandas(_frame(b.ts[:0], np.empty((len(names), 0)), names).assign(fwd_ret=no_rows, y=no_rows), preserve_index=False)
     schema = schema.with_metadata({**schema.metadata, b"cryptoml": json.dumps(metadata or {}, default=str).encode()})
-    def row_groups() -> Iterator[pa.Table]:
-        for run in _row_groups(b, fs):
-            yield pa.Table.from_batches([_arrow_batch(schema, [b.ts[start:end], *values, *(l[start:end] for l in labels)]) for start, end, values in run])
     def write(tmp: Path):
-        with pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS) as writer, tqdm(total=len(b), unit="bar", disable=not progress) as bar:
+        from tqdm.auto import tqdm
+        with (pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS) as writer, _synced_behind(tmp) as sync,
+              tqdm(total=len(b), unit="bar", disable=not progress) as bar):
             def put(table: pa.Table):
                 writer.write_table(table, row_group_size=len(table))
+                sync()
                 bar.update(len(table))
-            _in_background(row_groups(), put)
+            _in_background(_row_groups(b, fs, schema, horizon, dead_zone), put)
     return atomic_write(path, write)
 
 # %% ../nbs/02_features.ipynb #2808ea55
-def _column_bytes(values: pd.Series) -> bytes:
-    "One column's values as canonical bytes: times as int64 epoch nanoseconds, numbers as float64 with one NaN."
+def _canonical(values: pd.Series) -> np.ndarray:
+    "One column's values in the form its bytes are hashed in: times as int64 epoch nanoseconds, numbers as float64 with one NaN."
     if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(values.dtype):
-        return pd.DatetimeIndex(values).as_unit("ns").asi8.tobytes()
-    floats = values.to_numpy(dtype=np.float64, na_value=np.nan).copy()
-    floats[np.isnan(floats)] = np.nan
-    return floats.tobytes()
+        return np.ascontiguousarray(pd.DatetimeIndex(values).as_unit("ns").asi8)
+    floats = np.ascontiguousarray(values.to_numpy(dtype=np.float64, na_value=np.nan))
+    if np.isnan(np.add.reduce(floats)):  # copied only to make its NaNs one NaN: a column of millions of bars is hashed in place
+        floats = floats.copy()
+        floats[np.isnan(floats)] = np.nan
+    return floats
 
 def content_digest(rows: pd.DataFrame | None) -> dict | None:
     "First and last `ts`, row count and sha256 of the values of `rows` (bars or funding rates); None for no rows."
     if rows is None or len(rows) == 0: return None
     digest = hashlib.sha256()
-    for name in rows.columns: digest.update(f"{name}\0".encode() + _column_bytes(rows[name]))
+    for name in rows.columns:
+        digest.update(f"{name}\0".encode())
+        digest.update(_canonical(rows[name]))
     return {"first": to_utc(rows.ts.iloc[0]).isoformat(), "last": to_utc(rows.ts.iloc[-1]).isoformat(), "rows": len(rows),
             "sha256": digest.hexdigest()}
 
@@ -553,7 +611,7 @@ def _code_text(obj, seen: set) -> list[str]:
     for c in codes: codes += [k for k in c.co_consts if inspect.iscode(k)]  # the functions defined inside it
     for c in codes:
         for name in c.co_names:
-            used = obj.__globals__.get(name)
+            used = inspect.unwrap(obj.__globals__.get(name))  # a cached function's own code
             if inspect.isfunction(used) and (used.__module__ == obj.__module__ or used.__module__.startswith("cryptoml")):
                 parts += _code_text(used, seen)
         for const in c.co_consts:
@@ -578,6 +636,7 @@ def table_provenance(bars: pd.DataFrame, funding: pd.DataFrame | None, features)
 def build_features(market: Market, *, home=None, feature_set: str | FeatureSet = "seed", horizon: int = 1,
                    dead_zone: float | None = None, funding_exchange: str | None = None, progress: bool = True) -> Path:
     "Compute `feature_set` and labels for `market` from the raw store and write its feature table atomically; its path."
+    from cryptoml.ingest import funding_exchange as default_funding_exchange, read_bars, read_funding  # ccxt loads only here
     fs, funding_from = get_feature_set(feature_set), funding_exchange or default_funding_exchange(market)
     bars = read_bars(home, *market)
     if bars.empty: raise DataError(f"no bars in {raw_dir(home, *market)}: ingest or import them first")
@@ -610,12 +669,13 @@ def table_asof(meta: dict, home=None) -> Callable[[pd.Timestamp], pd.DataFrame]:
     if missing := [k for k in ("exchange", "symbol", "timeframe", "features") if not meta.get(k)]:
         raise ConfigError(f"the feature table's metadata names no {', '.join(missing)}: "
                           "its features cannot be recomputed from stored bars")
+    from cryptoml.ingest import funding_exchange, read_bars, read_funding  # ccxt loads only here
     market = f"{meta['exchange']} {meta['symbol']} {meta['timeframe']}"
     bars = read_bars(home, meta["exchange"], meta["symbol"], meta["timeframe"])
     if bars.empty:
         raise DataError(f"no bars in {raw_dir(home, meta['exchange'], meta['symbol'], meta['timeframe'])}: the point-in-time "
                         f"check recomputes the table's features from the {market} bars it was built from")
-    funding = read_funding(home, meta.get("funding_exchange") or default_funding_exchange(Market.of(meta)), meta["symbol"])
+    funding = read_funding(home, meta.get("funding_exchange") or funding_exchange(Market.of(meta)), meta["symbol"])
     _unchanged(bars, meta.get("bars"), f"bars of {market}")
     _unchanged(funding, meta.get("funding"), f"funding rates of {meta['symbol']}")
     registered = tuple(f for f in meta["features"] if f in FEATURES)
@@ -688,6 +748,7 @@ def table_view(path: Path) -> str:
 
 def connect(home=None) -> duckdb.DuckDBPyConnection:
     "An in-memory DuckDB connection with views `bars`, `funding`, `features` and one per feature table over the stores."
+    import duckdb  # the query layer loads only when asked for
     root, con = data_home(home), duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     folders = sorted(p for p in root.glob("raw/*/*/*") if p.is_dir() and any(p.glob("*.parquet")))

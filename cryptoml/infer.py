@@ -392,11 +392,16 @@ def latest_bars(home, market: Market, count: int, at=None) -> pd.DataFrame:
     if bars.empty: raise DataError(f"no {market} bars stored" + (f" up to {at}" if at is not None else ""))
     return bars.tail(count).reset_index(drop=True)
 
-def predict_latest(model: ServedModel, at=None) -> dict:
-    "The served run's P(up) for the bar after the newest stored bar at or before `at`, from the raw store's bars and funding."
+def predict_latest(model: ServedModel, at=None, member: str | None = None) -> dict:
+    "The served run's P(up) for the bar after the newest stored bar at or before `at` (of `member`, for a pooled model), from the raw store."
     from cryptoml.ingest import read_funding
     run = model.current()
     data, market = run.card["data"], Market.of(run.card["data"])
+    if (run.card.get("manifest") or {}).get("panel"):  # a pooled model: one of its markets' newest row, its reference's from the store
+        from cryptoml.panel import latest_row
+        if member is None: raise ConfigError(f"{market} is a pooled model: name one of its markets (--member SYMBOL)")
+        row, bar = latest_row(model.root, run.card, member, at)
+        return {"run_id": run.run_id, **market._asdict(), "member": member, "bar": str(bar), "p_up": float(run.predict(row))}
     bars = latest_bars(model.root, market, get_feature_set(data["feature_set"]).lookback, at)
     funding = read_funding(model.root, data.get("funding_exchange") or market.exchange, market.symbol)
     row = online_features(bars, data["feature_set"], funding=funding, timeframe=market.timeframe)

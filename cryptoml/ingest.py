@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_ingest.ipynb #539c5cde
 from __future__ import annotations
-import dataclasses, difflib, fcntl, io, json, logging, os, time, warnings, zipfile
+import dataclasses, difflib, fcntl, io, json, logging, os, re, time, warnings, zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,22 +18,28 @@ from scipy.signal import lfilter
 from scipy.stats import norm
 from tqdm.auto import tqdm
 
-from .core import (ConfigError, DataError, ExchangeError, Market, atomic_write_parquet, data_home, funding_dir,
-                           month_file, raw_dir, read_parquet_file, shared_data, timeframe_ms, timeframe_seconds, to_ms, to_utc)
+from .core import (ConfigError, CryptomlError, DataError, ExchangeError, Market, atomic_write_parquet, data_home,
+                           funding_dir, month_file, pair_id, raw_dir, read_parquet_file, shared_data, symbol_id, timeframe_ms,
+                           timeframe_seconds, to_ms, to_utc)
 
 _log = logging.getLogger(__name__)  # warnings (a replaced stored row, a file with no rows) reach stderr unless configured
 
 # %% auto #0
 __all__ = ['OHLCV_COLUMNS', 'EXTRA_COLUMNS', 'FUNDING_COLUMNS', 'PRICES', 'BOUNDS', 'COMMON_RULES', 'BAR_RULES', 'BARS',
-           'REPLACEMENTS', 'FUNDING_RULES', 'FUNDING', 'REGIMES', 'SYNTHETIC', 'HEAVY', 'BOUNCE',
-           'BINANCE_KLINE_COLUMNS', 'HEADERLESS', 'COLUMN_ALIASES', 'EXAMPLE', 'FUNDING_EXCHANGES', 'EXAMPLE_FILES',
-           'TRANSIENT', 'DEFAULT_HISTORY', 'as_utc_ms', 'Bounds', 'Check', 'Rule', 'refuse_bad_rows', 'as_bars',
-           'SeriesKind', 'check_rows', 'validate_bars', 'Written', 'store_rows', 'store_bars', 'write_bars',
-           'read_rows', 'read_bars', 'as_funding', 'validate_funding', 'store_funding', 'write_funding', 'read_funding',
-           'gap_report', 'IngestReport', 'synthetic_market', 'synthetic_funding', 'write_demo_market', 'read_csv_rows',
-           'import_csv', 'import_funding_csv', 'funding_exchange', 'example_market', 'StalePage', 'MalformedAnswer',
-           'Retry', 'make_exchange', 'ohlcv_pages', 'fetch_ohlcv', 'funding_pages', 'fetch_funding', 'stored_span',
-           'ingest']
+           'REPLACEMENTS', 'FUNDING_RULES', 'FUNDING', 'OPEN_INTEREST_COLUMNS', 'INTEREST_AMOUNTS',
+           'OPEN_INTEREST_RULES', 'OPEN_INTEREST', 'REGIMES', 'SYNTHETIC', 'HEAVY', 'BOUNCE', 'BINANCE_KLINE_COLUMNS',
+           'HEADERLESS', 'COLUMN_ALIASES', 'EXAMPLE', 'FUNDING_EXCHANGES', 'EXAMPLE_FILES', 'TRANSIENT',
+           'DEFAULT_HISTORY', 'RAW_KLINES', 'KLINE_FIELDS', 'OI_PERIODS', 'QUOTES', 'as_utc_ms', 'Bounds', 'Check',
+           'Rule', 'refuse_bad_rows', 'as_bars', 'SeriesKind', 'check_rows', 'validate_bars', 'Written', 'store_rows',
+           'store_bars', 'write_bars', 'read_rows', 'read_bars', 'as_funding', 'validate_funding', 'store_funding',
+           'write_funding', 'read_funding', 'as_open_interest', 'open_interest_dir', 'store_series',
+           'store_open_interest', 'read_open_interest', 'gap_report', 'IngestReport', 'synthetic_market',
+           'synthetic_funding', 'write_demo_market', 'synthetic_interest', 'read_csv_rows', 'import_csv',
+           'import_funding_csv', 'funding_exchange', 'example_market', 'StalePage', 'MalformedAnswer', 'Retry',
+           'make_exchange', 'raw_klines', 'ohlcv_pages', 'fetch_ohlcv', 'funding_pages', 'fetch_funding',
+           'interest_period', 'open_interest_pages', 'fetch_open_interest', 'stored_span', 'ingest', 'Universe',
+           'read_universe', 'ManyReport', 'check_symbols', 'ingest_many', 'market_of_file', 'import_many',
+           'import_open_interest_csv']
 
 # %% ../nbs/01_ingest.ipynb #2ed38302
 OHLCV_COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
@@ -232,13 +238,13 @@ def _still_open(bars: pd.DataFrame, check: Check) -> np.ndarray:
     closes = bars.ts + pd.Timedelta(milliseconds=timeframe_ms(check.timeframe))
     return ((closes > check.now) & (bars.ts <= check.now + check.bounds.clock_skew)).to_numpy()
 
-def _bad_extras(bars: pd.DataFrame, check: Check) -> pd.DataFrame:
-    "Per bar and optional column (quote volume, trades, taker buys): negative, infinite or above `max_volume`."
-    x = bars[[c for c in EXTRA_COLUMNS if c in bars.columns]].astype("float64")
+def _bad_extras(bars: pd.DataFrame, check: Check, columns=EXTRA_COLUMNS) -> pd.DataFrame:
+    "Per row and amount column it has of `columns` (quote volume, trades, taker buys): negative, infinite or above `max_volume`."
+    x = bars[[c for c in columns if c in bars.columns]].astype("float64")
     return (x < 0) | np.isinf(x) | (x > check.bounds.max_volume)
 
-def _why_extra(bars: pd.DataFrame, check: Check, i: int) -> str:
-    c = _bad_extras(bars, check).iloc[i].idxmax()
+def _why_extra(bars: pd.DataFrame, check: Check, i: int, columns=EXTRA_COLUMNS) -> str:
+    c = _bad_extras(bars, check, columns).iloc[i].idxmax()
     return f"implausible {c}: {float(bars[c].iloc[i]):g} (negative, infinite or above {check.bounds.max_volume:g})"
 
 BAR_RULES: dict[str, Rule] = COMMON_RULES | {
@@ -459,6 +465,45 @@ def read_funding(home, exchange: str, symbol: str, start=None, end=None) -> pd.D
     "Stored funding rates (ts, funding_rate) with `start <= ts < end`; an empty frame if there are none."
     return read_rows(funding_dir(home, exchange, symbol), FUNDING_COLUMNS, start, end)
 
+# %% ../nbs/01_ingest.ipynb #90ac589a
+OPEN_INTEREST_COLUMNS = ["ts", "open_interest", "open_interest_value"]
+INTEREST_AMOUNTS = OPEN_INTEREST_COLUMNS[1:]
+
+def as_open_interest(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
+    "`df` as the store's open-interest schema: ts (UTC ms), open_interest (base coin), open_interest_value (quote, if given)."
+    _require_columns(df, OPEN_INTEREST_COLUMNS[:2], source or "open interest")
+    rows = pd.DataFrame({"ts": as_utc_ms(df["ts"], source)})
+    for c in INTEREST_AMOUNTS:
+        if c in df.columns: rows[c] = _numbers(df[c], "float64", c, source)
+    return rows
+
+OPEN_INTEREST_RULES: dict[str, Rule] = COMMON_RULES | {
+    "nan_interest": Rule(lambda r, c: ~np.isfinite(r.open_interest), "NaN or infinite open interest"),
+    "interest_range": Rule(lambda r, c: _bad_extras(r, c, INTEREST_AMOUNTS).any(axis=1),
+                           lambda r, c, i: _why_extra(r, c, i, INTEREST_AMOUNTS)),
+}
+
+def open_interest_dir(home, exchange: str, symbol: str, timeframe: str | None = None) -> Path:
+    "Folder of a perpetual's open interest, one Parquet file per month, beside its funding rates."
+    return data_home(home)/"raw"/exchange/pair_id(symbol)/"open_interest"
+
+OPEN_INTEREST = SeriesKind("open_interest", OPEN_INTEREST_COLUMNS, as_open_interest, OPEN_INTEREST_RULES, open_interest_dir)
+
+def store_series(df: pd.DataFrame, kind: SeriesKind, home, exchange: str, symbol: str, *, replace: bool = False,
+                 bounds: Bounds = BOUNDS, source: str | None = None) -> Written:
+    "A perpetual's series `df` (funding rates, open interest) through the validation pass into the store; what the write did."
+    check = Check(source or f"{exchange} {symbol} {kind.name.replace('_', ' ')}", None, bounds, replace=replace)
+    return store_rows(df, kind, home, exchange, symbol, check=check)
+
+def store_open_interest(df: pd.DataFrame, home, exchange: str, symbol: str, *, replace: bool = False, bounds: Bounds = BOUNDS,
+                        source: str | None = None) -> Written:
+    "Open interest `df` (ts, open_interest[, open_interest_value]) through the validation pass into the store; what the write did."
+    return store_series(df, OPEN_INTEREST, home, exchange, symbol, replace=replace, bounds=bounds, source=source)
+
+def read_open_interest(home, exchange: str, symbol: str, start=None, end=None) -> pd.DataFrame:
+    "Stored open interest with `start <= ts < end`; an empty frame if there is none."
+    return read_rows(open_interest_dir(home, exchange, symbol), OPEN_INTEREST_COLUMNS, start, end)
+
 # %% ../nbs/01_ingest.ipynb #874b5764
 def gap_report(bars: pd.DataFrame, timeframe: str) -> pd.DataFrame:
     "Per UTC day (index `day`): the bars `timeframe` expects between the first and last bar, present, missing."
@@ -481,18 +526,19 @@ class IngestReport:
     funding_added: int = 0
     replaced: int = 0   # stored bars a `replace` write corrected
     dropped: int = 0    # repeated rows that agreed with their first copy
+    open_interest_added: int = 0
 
     @property
     def missing(self) -> int:
         "Bars missing between the first and the last stored bar."
         return int(self.gaps.missing.sum())
 
-def _report(home, market: Market, written: Written, funding_added: int = 0) -> IngestReport:
+def _report(home, market: Market, written: Written, funding_added: int = 0, open_interest_added: int = 0) -> IngestReport:
     "The IngestReport of `market`'s stored bars after a run that did `written`."
     bars = read_bars(home, *market)
     first, last = (bars.ts.iloc[0], bars.ts.iloc[-1]) if len(bars) else (None, None)
     return IngestReport(market, written.added, first, last, gap_report(bars, market.timeframe), written.paths, funding_added,
-                        written.replaced, written.dropped)
+                        written.replaced, written.dropped, open_interest_added)
 
 # %% ../nbs/01_ingest.ipynb #f0ae2b2f
 REGIMES = pd.DataFrame({"drift": [0.0, 1e-5, -1.5e-5], "vol": [0.7, 1.0, 2.2], "weight": [0.5, 0.3, 0.2]},
@@ -543,6 +589,17 @@ def write_demo_market(home=None, days: float = 30, seed: int = 0) -> Market:
     write_funding(synthetic_funding(bars, seed), home, SYNTHETIC.exchange, SYNTHETIC.symbol, replace=True)
     return SYNTHETIC
 
+# %% ../nbs/01_ingest.ipynb #1318a02e
+def synthetic_interest(bars: pd.DataFrame, seed: int = 0, period: str = "1h") -> pd.DataFrame:
+    "Synthetic open interest (ts, open_interest, open_interest_value) sampled every `period` over `bars`, known from its stamp on."
+    rng, step = np.random.default_rng(seed + 2), pd.Timedelta(milliseconds=timeframe_ms(period))
+    bar = bars.ts.iloc[1] - bars.ts.iloc[0]
+    times = pd.date_range((bars.ts.iloc[0] + bar).ceil(step), bars.ts.iloc[-1] + bar, freq=step, unit="ms")
+    known = bars.set_index(bars.ts + bar).close.asof(times).to_numpy()
+    moved = np.abs(np.log(known / np.r_[known[0], known[:-1]]))
+    amount = 2e4 * np.exp(np.cumsum(rng.normal(0, 0.004, len(times)) + 0.5 * moved - 0.5 * moved.mean()))
+    return pd.DataFrame({"ts": times, "open_interest": amount.round(3), "open_interest_value": (amount.round(3) * known).round(8)})
+
 # %% ../nbs/01_ingest.ipynb #c8e17b41
 BINANCE_KLINE_COLUMNS = ["ts", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "trades",
                          "taker_buy_base", "taker_buy_quote", "ignore"]
@@ -550,7 +607,9 @@ HEADERLESS = {len(BINANCE_KLINE_COLUMNS): BINANCE_KLINE_COLUMNS, len(OHLCV_COLUM
 COLUMN_ALIASES = {"open_time": "ts", "timestamp": "ts", "time": "ts", "date": "ts", "datetime": "ts", "fundingtime": "ts",
                   "calc_time": "ts", "quote_asset_volume": "quote_volume", "count": "trades", "number_of_trades": "trades",
                   "taker_buy_volume": "taker_buy_base", "taker_buy_base_asset_volume": "taker_buy_base",
-                  "fundingrate": "funding_rate", "last_funding_rate": "funding_rate"}
+                  "fundingrate": "funding_rate", "last_funding_rate": "funding_rate", "create_time": "ts",
+                  "sum_open_interest": "open_interest", "sumopeninterest": "open_interest", "openinterest": "open_interest",
+                  "sum_open_interest_value": "open_interest_value", "sumopeninterestvalue": "open_interest_value"}
 
 def _text(data: bytes, source: str) -> str:
     "`data` as CSV text, else a `DataError` saying what `source` holds instead."
@@ -686,9 +745,9 @@ class Retry:
                 if attempt == self.max_tries: raise ExchangeError(f"{what}: gave up after {self.max_tries} tries; last error {_brief(e)}") from e
                 time.sleep(min(self.delay * 2 ** (attempt - 1), self.max_delay))
 
-def _ask(client: ccxt.Exchange, method: str, *args, **kwargs):
-    "ccxt's `method` called; an answer ccxt fails to parse (an error inside ccxt that is not one of its own) is a `MalformedAnswer`."
-    try: return getattr(client, method)(*args, **kwargs)
+def _ask(client: ccxt.Exchange, method: str | Callable, *args, **kwargs):
+    "ccxt's `method` (a name, or a function of the client) called; an answer ccxt fails to parse (an error inside ccxt that is not one of its own) is a `MalformedAnswer`."
+    try: return (getattr(client, method) if isinstance(method, str) else partial(method, client))(*args, **kwargs)
     except ccxt.BaseError: raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
         answer = str(client.last_http_response)[:80]
@@ -780,12 +839,39 @@ def _ohlcv_page(client: ccxt.Exchange, symbol: str, timeframe: str, limit: int, 
     "One page of bars from `cursor` (ms): ts (ms), open, high, low, close, volume."
     return pd.DataFrame(_ask(client, "fetch_ohlcv", symbol, timeframe, since=cursor, limit=limit), columns=OHLCV_COLUMNS)
 
+RAW_KLINES = {"spot": "publicGetKlines", "linear": "fapiPublicGetKlines", "inverse": "dapiPublicGetKlines"}
+KLINE_FIELDS = {"open": 1, "high": 2, "low": 3, "close": 4, "volume": 5, "quote_volume": 7, "trades": 8, "taker_buy_base": 9}
+
+def raw_klines(client: ccxt.Exchange, market: dict) -> str | None:
+    "ccxt's method for the raw Binance kline endpoint of `market` (its rows carry taker buy volume); None for other exchanges."
+    kind = next((k for k in RAW_KLINES if market.get(k)), None)
+    return RAW_KLINES[kind] if kind and isinstance(client, ccxt.binance) and hasattr(client, RAW_KLINES[kind]) else None
+
+def _kline_rows(client: ccxt.Exchange, method: str, request: dict) -> list[list]:
+    "Binance's raw kline rows as ccxt treats its own: [ts, *KLINE_FIELDS], sorted by time, rows without a time or before it dropped."
+    rows = getattr(client, method)(request)
+    if not isinstance(rows, list):
+        _answer_rows(client)   # not JSON: a MalformedAnswer saying so
+        raise MalformedAnswer(f"{client.id} answered {type(rows).__name__}, not a list of klines: {str(rows)[:80]!r}")
+    rows = [[client.safe_integer(r, 0), *(r[i] for i in KLINE_FIELDS.values())] for r in rows]
+    return client.filter_by_since_limit(client.sort_by(rows, 0), request["startTime"], request["limit"], 0)
+
+def _kline_page(client: ccxt.Exchange, market: dict, timeframe: str, method: str, limit: int, cursor: int) -> pd.DataFrame:
+    "One page of bars from `cursor` (ms) from the raw kline endpoint: OHLCV, quote volume, trades and taker buy volume."
+    request = {"symbol": market["id"], "interval": client.timeframes.get(timeframe, timeframe), "limit": limit, "startTime": cursor}
+    if market.get("inverse"):   # as ccxt does: Binance's coin-margined klines need an end
+        request["endTime"] = min(client.milliseconds(), cursor + limit * timeframe_ms(timeframe) - 1)
+    rows = _ask(client, _kline_rows, method, request)
+    return pd.DataFrame(rows, columns=["ts", *KLINE_FIELDS], dtype=object).apply(partial(pd.to_numeric, errors="coerce"))
+
 def ohlcv_pages(client: ccxt.Exchange, symbol: str, timeframe: str, since=None, until=None, *, limit: int | None = None,
-                retry: Retry = Retry(), progress: bool = True, bounds: Bounds = BOUNDS) -> Iterator[pd.DataFrame]:
-    "Pages of closed bars of `symbol` from a ccxt client, validated, in order, with `since <= ts < until`."
+                retry: Retry = Retry(), progress: bool = True, bounds: Bounds = BOUNDS, taker: bool = True) -> Iterator[pd.DataFrame]:
+    "Pages of closed bars of `symbol` from a ccxt client, validated, in order, with `since <= ts < until` (with `taker`, from Binance's raw klines)."
     _check_timeframe(client, timeframe)
     market, step = _market(client, symbol, retry), timeframe_ms(timeframe)
-    fetch = partial(_ohlcv_page, client, symbol, timeframe, _page_limit(client, market, "fetchOHLCV", limit))
+    page_limit, method = _page_limit(client, market, "fetchOHLCV", limit), raw_klines(client, market) if taker else None
+    fetch = (partial(_kline_page, client, market, timeframe, method, page_limit) if method else
+             partial(_ohlcv_page, client, symbol, timeframe, page_limit))
     screen = partial(_screen, kind=BARS, timeframe=timeframe, bounds=bounds)
     what = f"{client.id} {symbol} {timeframe}"
     yield from _pages(client, fetch, *_window(client, since, until), step, what, retry, progress, ("bar", step), screen)
@@ -796,11 +882,12 @@ def _gathered(pages: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame
     return pd.concat(pages, ignore_index=True) if pages else _empty(columns)
 
 def fetch_ohlcv(exchange: str | ccxt.Exchange, symbol: str, timeframe: str, since=None, until=None, *, limit: int | None = None,
-                max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True, bounds: Bounds = BOUNDS) -> pd.DataFrame:
+                max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True, bounds: Bounds = BOUNDS,
+                taker: bool = True) -> pd.DataFrame:
     "Closed bars of `symbol` at `timeframe` with `since <= ts < until` (default: the last 30 days), validated."
     client = make_exchange(exchange)
     pages = ohlcv_pages(client, symbol, timeframe, since, until, limit=limit, retry=Retry(max_tries, retry_delay),
-                        progress=progress, bounds=bounds)
+                        progress=progress, bounds=bounds, taker=taker)
     return validate_bars(_gathered(pages, OHLCV_COLUMNS), f"{client.id} {symbol} {timeframe}", timeframe, bounds=bounds)
 
 # %% ../nbs/01_ingest.ipynb #aa188d56
@@ -811,11 +898,15 @@ def _perpetual(client: ccxt.Exchange, symbol: str, retry: Retry) -> str:
     if perp not in client.markets or not client.markets[perp].get("swap"): raise ConfigError(f"{client.id} lists no perpetual swap for {symbol!r} (tried {perp!r})")
     return perp
 
+def _records(rows: list[dict], fields: dict[str, str]) -> pd.DataFrame:
+    "ccxt's records as a frame: column -> the record's field; `ts` numeric epoch ms, missing where a record has none."
+    page = pd.DataFrame({column: [r[key] for r in rows] for column, key in fields.items()})
+    return page.assign(ts=pd.to_numeric(pd.Series(page.ts, dtype=object), errors="coerce"))
+
 def _funding_page(client: ccxt.Exchange, symbol: str, limit: int, cursor: int) -> pd.DataFrame:
     "One page of funding rates from `cursor` (ms): ts (ms, missing where the exchange gave none), funding_rate."
-    rows = _ask(client, "fetch_funding_rate_history", symbol, since=cursor, limit=limit)
-    return pd.DataFrame({"ts": pd.to_numeric(pd.Series([r["timestamp"] for r in rows], dtype=object), errors="coerce"),
-                         "funding_rate": [r["fundingRate"] for r in rows]})
+    return _records(_ask(client, "fetch_funding_rate_history", symbol, since=cursor, limit=limit),
+                    {"ts": "timestamp", "funding_rate": "fundingRate"})
 
 def funding_pages(client: ccxt.Exchange, symbol: str, since=None, until=None, *, limit: int | None = None,
                   retry: Retry = Retry(), progress: bool = True, bounds: Bounds = BOUNDS) -> Iterator[pd.DataFrame]:
@@ -834,6 +925,38 @@ def fetch_funding(exchange: str | ccxt.Exchange, symbol: str, since=None, until=
     pages = funding_pages(client, symbol, since, until, limit=limit, retry=Retry(max_tries, retry_delay),
                           progress=progress, bounds=bounds)
     return validate_funding(_gathered(pages, FUNDING_COLUMNS), f"{client.id} {symbol} funding", bounds=bounds)
+
+# %% ../nbs/01_ingest.ipynb #a9177d60
+OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
+
+def interest_period(timeframe: str) -> str:
+    "The open-interest statistics period for bars of `timeframe`: the longest of `OI_PERIODS` not longer than it (else the shortest)."
+    fits = [p for p in OI_PERIODS if timeframe_ms(p) <= timeframe_ms(timeframe)]
+    return fits[-1] if fits else OI_PERIODS[0]
+
+def _interest_page(client: ccxt.Exchange, symbol: str, period: str, limit: int, cursor: int) -> pd.DataFrame:
+    "One page of open interest from `cursor` (ms): ts (ms, missing where the exchange gave none), open_interest, open_interest_value."
+    rows = _ask(client, "fetch_open_interest_history", symbol, period, since=cursor, limit=limit)
+    return _records(rows, {"ts": "timestamp", "open_interest": "openInterestAmount", "open_interest_value": "openInterestValue"})
+
+def open_interest_pages(client: ccxt.Exchange, symbol: str, since=None, until=None, *, timeframe: str = "1h", limit: int | None = None,
+                        retry: Retry = Retry(), progress: bool = True, bounds: Bounds = BOUNDS) -> Iterator[pd.DataFrame]:
+    "Pages of open interest of `symbol`'s perpetual, sampled for bars of `timeframe`, validated, in order, with `since <= ts < until`."
+    _require(client, "fetchOpenInterestHistory")
+    perp, period = _perpetual(client, symbol, retry), interest_period(timeframe)
+    fetch = partial(_interest_page, client, perp, period, _page_limit(client, client.markets[perp], "fetchOpenInterestHistory", limit))
+    screen = partial(_screen, kind=OPEN_INTEREST, timeframe=None, bounds=bounds)
+    what = f"{client.id} {perp} open interest"
+    yield from _pages(client, fetch, *_window(client, since, until), 1, what, retry, progress, ("hour", 3_600_000), screen)
+
+def fetch_open_interest(exchange: str | ccxt.Exchange, symbol: str, since=None, until=None, *, timeframe: str = "1h",
+                        limit: int | None = None, max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True,
+                        bounds: Bounds = BOUNDS) -> pd.DataFrame:
+    "Open interest of `symbol`'s perpetual (sampled for bars of `timeframe`) with `since <= ts < until` (default: the last 30 days)."
+    client = make_exchange(exchange)
+    pages = open_interest_pages(client, symbol, since, until, timeframe=timeframe, limit=limit, retry=Retry(max_tries, retry_delay),
+                                progress=progress, bounds=bounds)
+    return check_rows(_gathered(pages, OPEN_INTEREST_COLUMNS), OPEN_INTEREST, Check(f"{client.id} {symbol} open interest", None, bounds))[0]
 
 # %% ../nbs/01_ingest.ipynb #ab06ccef
 def stored_span(folder: Path) -> tuple[pd.Timestamp, pd.Timestamp] | None:
@@ -862,21 +985,139 @@ def _store_pages(pages: Iterable[pd.DataFrame], store: Callable[[pd.DataFrame], 
     for batch in _batches(pages, rows): written += store(batch)
     return written
 
+def _series(client: ccxt.Exchange, symbol: str, timeframe: str, retry: Retry, funding: bool, open_interest: bool) -> list:
+    "The perpetual's series asked for, as (kind, its pages); ConfigError now, before anything is fetched, if the exchange lacks one."
+    offered = [(funding, FUNDING, "fetchFundingRateHistory", funding_pages),
+               (open_interest, OPEN_INTEREST, "fetchOpenInterestHistory", partial(open_interest_pages, timeframe=timeframe))]
+    asked = [(kind, method, pages) for wanted, kind, method, pages in offered if wanted]
+    for _, method, _ in asked: _require(client, method)
+    if asked: _perpetual(client, symbol, retry)
+    return [(kind, pages) for kind, _, pages in asked]
+
 def ingest(exchange: str | ccxt.Exchange, symbol: str, timeframe: str, since=None, until=None, *, home=None, funding: bool = False,
-           progress: bool = True, limit: int | None = None, max_tries: int = 5, retry_delay: float = 1.0, flush_rows: int = 50_000,
-           replace: bool = False, bounds: Bounds = BOUNDS) -> IngestReport:
-    "Fetch closed bars (and with `funding`, funding rates) from where the store ends into the raw store."
+           open_interest: bool = False, progress: bool = True, limit: int | None = None, max_tries: int = 5, retry_delay: float = 1.0,
+           flush_rows: int = 50_000, replace: bool = False, bounds: Bounds = BOUNDS, taker: bool = True) -> IngestReport:
+    "Fetch closed bars (and with `funding`, funding rates; with `open_interest`, open interest) from where the store ends into the raw store."
     client, retry = make_exchange(exchange), Retry(max_tries, retry_delay)
+    series = _series(client, symbol, timeframe, retry, funding, open_interest)
     bars_folder = raw_dir(home, client.id, symbol, timeframe)
     start = _resume_from(bars_folder, since, timeframe_ms(timeframe))
-    pages = ohlcv_pages(client, symbol, timeframe, start, until, limit=limit, retry=retry, progress=progress, bounds=bounds)
+    pages = ohlcv_pages(client, symbol, timeframe, start, until, limit=limit, retry=retry, progress=progress, bounds=bounds, taker=taker)
     store = partial(store_bars, home=home, exchange=client.id, symbol=symbol, timeframe=timeframe, replace=replace, bounds=bounds)
-    written, funding_added = _store_pages(pages, store, flush_rows), 0
-    if funding:
-        from_bars = since if since is not None else (stored_span(bars_folder) or (None,))[0]
-        since_funding = _resume_from(funding_dir(home, client.id, symbol), from_bars, 1)
-        rates = funding_pages(client, symbol, since_funding, until, limit=limit, retry=retry, progress=progress, bounds=bounds)
-        store = partial(store_funding, home=home, exchange=client.id, symbol=symbol, replace=replace, bounds=bounds)
-        more = _store_pages(rates, store, flush_rows)
-        written.paths, funding_added = written.paths + more.paths, more.added
-    return _report(home, Market(client.id, symbol, timeframe), written, funding_added)
+    written, added = _store_pages(pages, store, flush_rows), {FUNDING.name: 0, OPEN_INTEREST.name: 0}
+    from_bars = since if since is not None else (stored_span(bars_folder) or (None,))[0]
+    for kind, series_pages in series:
+        rows = series_pages(client, symbol, _resume_from(kind.folder(home, client.id, symbol), from_bars, 1), until, limit=limit,
+                            retry=retry, progress=progress, bounds=bounds)
+        store = partial(store_series, kind=kind, home=home, exchange=client.id, symbol=symbol, replace=replace, bounds=bounds)
+        more = _store_pages(rows, store, flush_rows)
+        written.paths, added[kind.name] = written.paths + more.paths, more.added
+    return _report(home, Market(client.id, symbol, timeframe), written, added[FUNDING.name], added[OPEN_INTEREST.name])
+
+# %% ../nbs/01_ingest.ipynb #1297f2d6
+@dataclass(frozen=True)
+class Universe:
+    "A named list of markets a desk trades together: ccxt symbols, and optionally the exchange and timeframe they are read at."
+    name: str
+    symbols: tuple[str, ...]
+    exchange: str | None = None
+    timeframe: str | None = None
+
+def _unique_symbols(symbols, source: str) -> tuple[str, ...]:
+    "`symbols` stripped, each a well-formed ccxt symbol, none twice; ConfigError naming the first that is not."
+    symbols = tuple(s.strip() for s in symbols if s.strip())
+    for s in symbols: symbol_id(s)
+    if twice := sorted({s for s in symbols if symbols.count(s) > 1}): raise ConfigError(f"{source}: {twice[0]!r} is listed twice")
+    if not symbols: raise ConfigError(f"{source}: no symbols")
+    return symbols
+
+def read_universe(path) -> Universe:
+    "The universe in the text file `path`: symbols one per line or comma-separated, `#` comments, `exchange = ` and `timeframe = ` lines."
+    path, symbols, settings = Path(path), [], {}
+    if not path.is_file(): raise ConfigError(f"no universe file {path}")
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if "=" in line:
+            key, value = (part.strip() for part in line.split("=", 1))
+            if key not in ("exchange", "timeframe"): raise ConfigError(f"{path}:{n}: unknown setting {key!r}; expected exchange or timeframe")
+            settings[key] = value
+        else:
+            for s in filter(None, map(str.strip, line.split(","))):
+                try: symbol_id(s)
+                except ConfigError as e: raise ConfigError(f"{path}:{n}: {e}") from None
+                symbols.append(s)
+    if "timeframe" in settings: timeframe_ms(settings["timeframe"])
+    return Universe(path.stem, _unique_symbols(symbols, str(path)), **settings)
+
+# %% ../nbs/01_ingest.ipynb #5478bea2
+@dataclass
+class ManyReport:
+    "What an ingest or import of many markets left: each market's `IngestReport`, and why each failed market failed."
+    reports: dict[Market, IngestReport] = field(default_factory=dict)
+    failures: dict[Market, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool: return not self.failures
+
+    def table(self) -> pd.DataFrame:
+        "One row a market: rows added, the span stored, missing bars, funding and open interest added, and the failure if any."
+        rows = [{"market": f"{k.exchange} {k.symbol} {k.timeframe}", "rows_added": r.rows_added, "first": r.first, "last": r.last,
+                 "missing": r.missing, "funding_added": r.funding_added, "open_interest_added": r.open_interest_added, "failure": ""}
+                for k, r in self.reports.items()]
+        return pd.DataFrame(rows + [{"market": f"{k.exchange} {k.symbol} {k.timeframe}", "failure": why} for k, why in self.failures.items()])
+
+def _each(markets: dict[Market, Callable[[], IngestReport]], what: str, progress: bool) -> ManyReport:
+    "Call each market's job in turn under one overall progress bar; a market's CryptomlError is its failure, and the others go on."
+    report = ManyReport()
+    for key, job in tqdm(markets.items(), desc=what, unit="market", disable=not progress):
+        try: report.reports[key] = job()
+        except CryptomlError as e: report.failures[key] = str(e)
+    return report
+
+def check_symbols(client: ccxt.Exchange, symbols, retry: Retry = Retry()) -> tuple[str, ...]:
+    "`symbols` if the exchange lists each one (markets loaded once); ConfigError naming every one it does not."
+    symbols = _unique_symbols(symbols, f"{client.id} symbols")
+    retry(client.load_markets, f"{client.id}: loading markets")
+    if unknown := [s for s in symbols if s not in client.markets]:
+        hints = "".join(f"; {s!r}: {_did_you_mean(s, client.markets)[2:]}" for s in unknown if _did_you_mean(s, client.markets))
+        raise ConfigError(f"{client.id} has no market {', '.join(map(repr, unknown))}{hints}")
+    return symbols
+
+def ingest_many(exchange: str | ccxt.Exchange, symbols, timeframe: str, since=None, until=None, *, home=None, funding: bool = False,
+                open_interest: bool = False, progress: bool = True, max_tries: int = 5, retry_delay: float = 1.0, **options) -> ManyReport:
+    "`ingest` for each of `symbols` in turn; unknown symbols and missing series refused first, then one market's failure reported, not fatal."
+    client, retry = make_exchange(exchange), Retry(max_tries, retry_delay)
+    symbols = check_symbols(client, symbols, retry)
+    for symbol in symbols: _series(client, symbol, timeframe, retry, funding, open_interest)
+    jobs = {Market(client.id, s, timeframe): partial(ingest, client, s, timeframe, since, until, home=home, funding=funding,
+                                                        open_interest=open_interest, progress=progress, max_tries=max_tries,
+                                                        retry_delay=retry_delay, **options) for s in symbols}
+    return _each(jobs, f"{client.id} {timeframe}: {len(symbols)} markets", progress)
+
+# %% ../nbs/01_ingest.ipynb #fd1d2ebf
+QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USDP", "USD", "DAI", "EUR", "TRY", "BRL", "BTC", "ETH", "BNB")
+
+def market_of_file(path) -> tuple[str, str | None]:
+    "The ccxt symbol and the timeframe (None if it names none) a dump's file name names: `BTCUSDT-1h-2023-03.zip` -> ('BTC/USDT', '1h')."
+    tokens = re.split(r"[_\-.]", Path(path).name)
+    pairs = [(t[:-len(q)], q) for t in tokens if re.fullmatch(r"[A-Z0-9]+", t) for q in QUOTES if t.endswith(q) and len(t) > len(q)]
+    if not pairs:
+        raise ConfigError(f"{path}: its name names no pair (such as BTCUSDT, with a quote currency among {', '.join(QUOTES)}): "
+                          "give --symbol")
+    return "/".join(pairs[0]), next((t for t in tokens if re.fullmatch(r"\d+[smhdw]", t)), None)
+
+def import_many(files, exchange: str, timeframe: str | None = None, *, symbol: str | None = None, home=None, replace: bool = False,
+                bounds: Bounds = BOUNDS, progress: bool = True) -> ManyReport:
+    "Import dumps of many markets, each file's market from `symbol` or its name (`market_of_file`); one market's refusal is reported."
+    markets: dict[Market, list[Path]] = {}
+    for file in _files(files):
+        named, named_timeframe = (symbol, None) if symbol else market_of_file(file)
+        if (frame := timeframe or named_timeframe) is None: raise ConfigError(f"{file}: its name names no timeframe (such as 1h): give --timeframe")
+        markets.setdefault(Market(exchange, named, frame), []).append(file)
+    jobs = {key: partial(import_csv, paths, *key[:3], home=home, replace=replace, bounds=bounds) for key, paths in markets.items()}
+    return _each(jobs, f"{len(markets)} markets", progress)
+
+def import_open_interest_csv(file, exchange: str, symbol: str, *, home=None, replace: bool = False, bounds: Bounds = BOUNDS) -> int:
+    "Import an open-interest CSV (ts, open_interest[, open_interest_value], or Binance's metrics dump) into the store; rows added."
+    rows, _ = _checked_file(Path(file), OPEN_INTEREST, None, bounds)
+    return store_open_interest(rows, home, exchange, symbol, replace=replace, bounds=bounds, source=str(file)).added

@@ -19,10 +19,11 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 # %% auto #0
-__all__ = ['METRICS', 'PROBABILISTIC', 'GAIN_SIGN', 'PLAUSIBLE_EDGES', 'LOPSIDED_SLOPE', 'MARGIN', 'STANDARD_ERRORS', 'MIN_ROWS',
-           'expected_calibration_error', 'reliability_curve', 'roc_auc', 'evaluate', 'block_bootstrap_weights',
-           'bootstrap', 'with_ci', 'resample', 'sign_forecasts', 'fit_logreg', 'baseline_forecasts', 'paired_gains',
-           'assess', 'shortfalls', 'verdict', 'information_coefficient', 'coverage_curve', 'honest_edges',
+__all__ = ['METRICS', 'PROBABILISTIC', 'GAIN_SIGN', 'CROSS_SECTION', 'PLAUSIBLE_EDGES', 'LOPSIDED_SLOPE', 'MARGIN',
+           'STANDARD_ERRORS', 'MIN_ROWS', 'expected_calibration_error', 'reliability_curve', 'roc_auc', 'evaluate',
+           'block_bootstrap_weights', 'bootstrap', 'with_ci', 'resample', 'sign_forecasts', 'fit_logreg',
+           'baseline_forecasts', 'paired_gains', 'assess', 'shortfalls', 'verdict', 'information_coefficient',
+           'coverage_curve', 'cross_section', 'cross_section_summary', 'scores_by_market', 'honest_edges',
            'plausible_bounds', 'implausible']
 
 # %% ../nbs/05_metrics.ipynb #8c610829
@@ -201,6 +202,61 @@ def coverage_curve(y, p, shares=None) -> pd.DataFrame:
     rows = np.clip(np.round(shares * len(y)).astype(int), 1, len(y))
     return pd.DataFrame({"share": shares, "rows": rows, "min_confidence": np.abs(p - 0.5)[order][rows - 1],
                          "accuracy": hits[rows - 1] / rows})
+
+# %% ../nbs/05_metrics.ipynb #5e3ac03e
+CROSS_SECTION = ("ic", "rank_ic", "icir", "rank_icir", "spread", "hit_rate")
+
+def _group_corr(a: pd.Series, b: pd.Series, groups: pd.Series) -> pd.Series:
+    "Pearson correlation of `a` with `b` within each group (NaN where either is constant)."
+    da, db = a - a.groupby(groups).transform("mean"), b - b.groupby(groups).transform("mean")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (da * db).groupby(groups).sum() / np.sqrt((da * da).groupby(groups).sum() * (db * db).groupby(groups).sum())
+
+def cross_section(ts, market, score, outcome, *, top: float = 1 / 3, min_markets: int = 3) -> pd.DataFrame:
+    "Per timestamp with `min_markets`+ markets: their count, IC and rank IC of `score` with `outcome`, and the top-less-bottom spread of `outcome`."
+    rows = pd.DataFrame({"ts": ts, "market": market, "score": score, "outcome": outcome}).dropna()
+    rows = rows[rows.groupby("ts").ts.transform("size") >= min_markets]
+    by = rows.groupby("ts").score
+    size, order = by.transform("size"), by.rank(method="first")
+    k = np.maximum(1, np.floor(size * top))
+    outcome_of = lambda chosen: rows.outcome.where(chosen).groupby(rows.ts).mean()
+    ranked = rows.assign(score=order, outcome=rows.groupby("ts").outcome.rank())
+    return pd.DataFrame({"markets": rows.groupby("ts").size(), "ic": _group_corr(rows.score, rows.outcome, rows.ts),
+                         "rank_ic": _group_corr(ranked.score, ranked.outcome, rows.ts),
+                         "spread": outcome_of(order > size - k) - outcome_of(order <= k)})
+
+def _summary_stats(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    "CROSS_SECTION statistics of per-timestamp (ic, rank_ic, spread) rows, one column per weighting (bootstrap resample)."
+    total = weights.sum(0)
+    mean = values.T @ weights / total
+    sd = np.sqrt(np.maximum((values**2).T @ weights / total - mean**2, 0) * total / np.maximum(total - 1, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.vstack([mean[0], mean[1], mean[0] / sd[0], mean[1] / sd[1], mean[2], (values[:, 0] > 0) @ weights / total])
+
+def cross_section_summary(per_ts: pd.DataFrame, n_boot: int = 1000, block: int | None = None, seed: int = 0) -> pd.DataFrame:
+    "Mean IC and rank IC, ICIR and rank ICIR, mean spread and IC hit rate over `cross_section`'s timestamps, with block-bootstrap 95% intervals."
+    values = per_ts[["ic", "rank_ic", "spread"]].dropna().to_numpy()
+    if (n := len(values)) < 2: raise DataError(f"cross-sectional scores need 2+ timestamps with enough markets; there are {n}")
+    point = _summary_stats(values, np.ones((n, 1)))[:, 0]
+    boots = resample(n, lambda weights: _summary_stats(values, weights).T, n_boot, block, seed)
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5], axis=0)
+    return pd.DataFrame({"value": point, "lo": lo, "hi": hi, "timestamps": n}, index=pd.Index(CROSS_SECTION, name="score"))
+
+# %% ../nbs/05_metrics.ipynb #c8edb9ba
+def scores_by_market(y, market, forecasts: dict, *, model: str | None = None, names: dict | None = None, n_boot: int = 1000,
+                     seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Each forecast's metrics (with 95% intervals) on each market's rows, and `model`'s paired gains over the others there: (scores, gains)."
+    y, market, model = np.asarray(y, float), np.asarray(market), model or next(iter(forecasts))
+    scores, gains = [], []
+    for code in pd.unique(market):
+        rows, name = market == code, (names or {}).get(code, code)
+        metrics, paired = assess(y[rows], {k: np.asarray(p)[rows] for k, p in forecasts.items()}, n_boot, seed, model=model,
+                                 probabilistic=[k for k in forecasts if k != model])
+        for forecast, m in metrics.items():
+            scores.append({"market": name, "forecast": forecast, "rows": int(rows.sum()),
+                           **{k: m[k] for k in METRICS}, **{f"{k}_ci": tuple(m["ci95"][k]) for k in ("accuracy", "roc_auc", "log_loss")}})
+        gains.append(paired.assign(market=name))
+    return pd.DataFrame(scores), pd.concat(gains, ignore_index=True)[["market", *paired.columns]]
 
 # %% ../nbs/05_metrics.ipynb #95797667
 # Best honest out-of-sample (accuracy over majority, ROC AUC edge) per label horizon in bars: bench/honest_ceiling.py

@@ -36,7 +36,7 @@ __all__ = ['CARD', 'SCHEMA_VERSION', 'ARTIFACTS', 'CARD_SCHEMA', 'CALIBRATOR', '
            'promotion_log', 'read_promotions', 'sweep', 'promotion_lock', 'commit', 'promote', 'best_history',
            'rollback', 'champion_markets', 'resolve_market', 'Comparison', 'compare', 'comparison_figure',
            'write_comparison', 'run_order', 'run_summary', 'list_runs', 'format_runs', 'metrics_table',
-           'calibration_summary', 'card_summary', 'describe_run', 'migrate', 'plot_runs']
+           'calibration_summary', 'card_summary', 'describe_run', 'metrics_with_intervals', 'migrate', 'plot_runs']
 
 # %% ../nbs/09_registry.ipynb #553345b2
 def runs_index(home=None) -> Path:
@@ -776,6 +776,15 @@ def describe_run(run_id: str | Run, home=None) -> str:
     aliases = _aliases_by_run(run.folder.parent.parent).get(run.id, [])
     return "\n".join([card_summary(run.card), f"folder     {run.folder}", f"table      {run.card['data']['feature_table']}",
                       f"aliases    {', '.join(aliases) or 'none'}", integrity])
+
+# %% ../nbs/09_registry.ipynb #24a1a430
+def metrics_with_intervals(card: dict, digits: int = 4) -> pd.DataFrame:
+    "`metrics_table` as text: each figure with its 95% block-bootstrap interval from the card, where it has one."
+    scores = {"lgbm": card["metrics"]["validation"], **card["metrics"]["baselines"]}
+    def text(s: dict, m: str) -> str:
+        ci = (s.get("ci95") or {}).get(m)
+        return "-" if s.get(m) is None else f"{s[m]:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+    return pd.DataFrame({name: {m: text(s, m) for m in METRICS} for name, s in scores.items()})
 
 # %% ../nbs/09_registry.ipynb #398a765d
 def _migrate_table(old: Path, root: Path) -> tuple[str, Path]:

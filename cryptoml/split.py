@@ -17,11 +17,12 @@ from .core import ConfigError, DataError, LeakageError
 from .features import FEATURES
 
 # %% auto #0
-__all__ = ['LABEL_COLUMNS', 'SPLIT_PARTS', 'SPLIT_KINDS', 'ORDER_RULES', 'PARTS', 'feature_columns', 'check_table', 'bar_length',
-           'Split', 'table_horizon', 'label_horizon', 'split_rows', 'window_split', 'time_split', 'walk_forward',
-           'feature_lookbacks', 'kfold_embargo', 'purged_kfold', 'time_order_problems', 'shared_row_problems',
-           'bars_to_validation', 'label_window_problems', 'lookback_problems', 'feature_auc', 'GuardReport',
-           'LeakageGuard', 'timeline']
+__all__ = ['LABEL_COLUMNS', 'SPLIT_PARTS', 'SPLIT_KINDS', 'ORDER_RULES', 'MARKET', 'PARTS', 'feature_columns', 'check_table',
+           'bar_length', 'Split', 'table_horizon', 'label_horizon', 'split_rows', 'window_split', 'time_split',
+           'walk_forward', 'feature_lookbacks', 'kfold_embargo', 'purged_kfold', 'time_order_problems',
+           'shared_row_problems', 'bars_to_validation', 'label_window_problems', 'lookback_problems', 'feature_auc',
+           'GuardReport', 'LeakageGuard', 'market_tables', 'market_names', 'check_panel', 'PanelSplit', 'panel_split',
+           'guard_panel', 'time_cut', 'check_split', 'timeline']
 
 # %% ../nbs/04_split.ipynb #c9f72b8e
 LABEL_COLUMNS = ("y", "fwd_ret")
@@ -404,6 +405,98 @@ class LeakageGuard:
             err.report = report
             raise err
         return report
+
+# %% ../nbs/04_split.ipynb #9b2b1c9f
+MARKET = "market"
+
+def market_tables(table: pd.DataFrame) -> dict[float, pd.DataFrame]:
+    "Each market's rows of a panel table, without the `market` column, under its code (the panel's index kept)."
+    if MARKET not in table.columns: raise DataError(f"a panel table has a {MARKET!r} column; this one has {list(table.columns)}")
+    return {code: rows.drop(columns=MARKET) for code, rows in table.groupby(MARKET, sort=True)}
+
+def market_names(table: pd.DataFrame) -> dict[float, str]:
+    "Each market code of a panel table and its name: its symbol from the table's metadata (`panel.markets`), else 'market {code}'."
+    listed = table.attrs.get("cryptoml", {}).get("panel", {}).get("markets", [])
+    return {code: listed[int(code)]["symbol"] if int(code) < len(listed) else f"market {code:g}" for code in sorted(table[MARKET].unique())}
+
+def check_panel(table: pd.DataFrame) -> pd.DataFrame:
+    "`table` if each market's rows pass `check_table` and the markets share one bar length; `DataError` naming the market otherwise."
+    names, lengths = market_names(table), {}
+    for code, rows in market_tables(table).items():
+        try: lengths[names[code]] = bar_length(check_table(rows))
+        except DataError as e: raise DataError(f"{names[code]}: {e}") from None
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"markets with different bar lengths in one panel: {', '.join(f'{n} {b}' for n, b in lengths.items())}")
+    return table
+
+@dataclass(repr=False)
+class PanelSplit(Split):
+    "A `Split` of a panel table's pooled rows (in time, then market order), one cut for all; `markets`: code -> that market's own split."
+    markets: dict = field(default_factory=dict)
+
+def _market_split(rows: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, purge: int, embargo: int, **fields) -> Split:
+    "One market's split at the panel's window `[start, end)`, purged and embargoed by its own rows; parts may be empty."
+    v0, v1 = np.searchsorted(_ns(rows.ts), _ns([start, end]))
+    cut_embargo, cut_purge = max(0, v0 - purge - embargo), max(0, v0 - purge)
+    return split_rows(rows, [("train", 0, cut_embargo), ("embargoed", cut_embargo, cut_purge), ("purged", cut_purge, v0),
+                             ("val", v0, v1)], purge=purge, embargo=embargo, **fields)
+
+def panel_split(table: pd.DataFrame, val_days: float = 14, purge: int | None = None, embargo: int | None = None, *,
+                horizon: int | None = None, val_start=None, val_end=None) -> PanelSplit:
+    "Validate every market on the same window (the last `val_days`, or `[val_start, val_end)`), purged and embargoed within each market."
+    table = check_panel(table)
+    horizon = label_horizon(table, horizon)
+    purge, embargo = horizon if purge is None else _count("purge", purge), _count("embargo", 0 if embargo is None else embargo)
+    end = pd.Timestamp(val_end) if val_end is not None else table.ts.max() + bar_length(market_tables(table)[table[MARKET].iloc[0]])
+    start = pd.Timestamp(val_start) if val_start is not None else end - _days("val_days", val_days)
+    days = (end - start) / pd.Timedelta(days=1)
+    markets = {code: _market_split(rows, start, end, purge, embargo, horizon=horizon, val_days=days)
+               for code, rows in market_tables(table).items()}
+    parts = {part: table.loc[np.concatenate([getattr(s, part).index for s in markets.values()])].sort_values(["ts", MARKET], kind="stable")
+             for part in SPLIT_PARTS}
+    span = f"the panel runs {table.ts.min()} .. {table.ts.max()}"
+    if parts["val"].empty: raise ConfigError(f"validation window {start} .. {end} has no labelled rows in any market: {span}")
+    if parts["train"].empty: raise ConfigError(f"no market has labelled training rows before {start} (less purge {purge} + embargo {embargo} bars): {span}")
+    return PanelSplit(**parts, horizon=horizon, purge=purge, embargo=embargo, val_days=days, markets=markets)
+
+# %% ../nbs/04_split.ipynb #d16bde3d
+def _merged(reports: dict[str, GuardReport]) -> GuardReport:
+    "One report of many markets' reports: each check's worst outcome, every problem, the mean feature AUCs, every cut."
+    outcomes = ("failed", "passed", "skipped")
+    checks = {k: min((r.checks[k] for r in reports.values()), key=outcomes.index) for k in next(iter(reports.values())).checks}
+    aucs = pd.concat([r.feature_auc for r in reports.values()]).groupby(level=0, sort=False).agg({"auc": "mean", "shifted_gap": "max"})
+    return GuardReport([p for r in reports.values() for p in r.problems], checks, aucs,
+                       sorted({c for r in reports.values() for c in r.cuts}), sum(r.seconds for r in reports.values()))
+
+def guard_panel(split: PanelSplit, table: pd.DataFrame, feature_fn: Callable | None = None,
+                guard: LeakageGuard | None = None) -> GuardReport:
+    "Run the leakage guard on each market of a panel split (with `feature_fn(market_code, cut)`, if given); `LeakageError` naming each market's problems."
+    guard, names, reports = guard or LeakageGuard(), market_names(table), {}
+    tables = market_tables(table)
+    for code, market_split in split.markets.items():
+        if market_split.train.empty or market_split.val.empty: continue   # nothing to hold against each other
+        fn = None if feature_fn is None else (lambda cut, code=code: feature_fn(code, cut))
+        try: reports[names[code]] = guard.check(market_split, tables[code], fn)
+        except LeakageError as e:
+            reports[names[code]] = e.report
+            e.report.problems[:] = [f"{names[code]}: {p}" for p in e.report.problems]
+    if not reports: return GuardReport([], {}, pd.DataFrame(columns=["auc", "shifted_gap"]), [], 0.0)
+    report = _merged(reports)
+    if report.problems:
+        err = LeakageError(f"leakage guard found {len(report.problems)} problem(s):\n" + "\n".join(f"- {p}" for p in report.problems))
+        err.report = report
+        raise err
+    return report
+
+# %% ../nbs/04_split.ipynb #28f2d7d4
+def time_cut(table: pd.DataFrame, val_days: float = 14, purge: int | None = None, embargo: int | None = None, *,
+             horizon: int | None = None) -> Split:
+    "`panel_split` for a panel table (one with a `market` column), else `time_split`."
+    return (panel_split if MARKET in table.columns else time_split)(table, val_days, purge, embargo, horizon=horizon)
+
+def check_split(split: Split, table: pd.DataFrame, feature_fn: Callable | None = None) -> GuardReport:
+    "`guard_panel` for a `PanelSplit`, else the `LeakageGuard`'s check; `LeakageError` naming every problem."
+    return guard_panel(split, table, feature_fn) if isinstance(split, PanelSplit) else LeakageGuard().check(split, table, feature_fn)
 
 # %% ../nbs/04_split.ipynb #b2798b01
 PARTS = {"train": "#4c78a8", "embargoed": "#f58518", "purged": "#e45756", "val": "#54a24b"}

@@ -12,7 +12,8 @@ from typing import Callable
 
 from .core import ConfigError, library_versions, symbol_id  # first: core sets OMP_WAIT_POLICY before lightgbm loads
 from .features import FEATURES, content_digest, feature_code_sha256, table_asof
-from .split import GuardReport, LeakageGuard, Split, bar_length, feature_columns, time_split
+from .panel import panel_table_asof
+from .split import MARKET, GuardReport, Split, bar_length, check_split, feature_columns, time_cut
 from .metrics import METRICS, assess, baseline_forecasts, evaluate, fit_logreg, implausible, verdict
 
 import lightgbm as lgb
@@ -34,12 +35,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # %% auto #0
 __all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES', 'FINISHED', 'CURVE', 'HEARTBEAT', 'GRACE',
-           'RETRIES', 'SERVER_REPORT_EVERY', 'MIN_VAL_ROWS', 'base_params', 'suggest_params', 'Objective', 'pick_trial',
-           'fail_stale', 'SeenTrials', 'TrialWindow', 'TrialSeededTPE', 'inner_split', 'trial_objective',
-           'WindowPruner', 'make_pruner', 'fingerprint', 'default_study_name', 'to_file', 'from_file', 'StudyFile',
-           'pool_settings', 'server_storage', 'on_one_machine', 'study_storage', 'open_study', 'finished_trials',
-           'trial_jobs', 'Surplus', 'run_trials', 'default_val_days', 'TuneResult', 'run_manifest', 'judge',
-           'point_in_time_fn', 'tune']
+           'RETRIES', 'SERVER_REPORT_EVERY', 'MIN_VAL_ROWS', 'base_params', 'suggest_params', 'categorical',
+           'Objective', 'pick_trial', 'fail_stale', 'SeenTrials', 'TrialWindow', 'TrialSeededTPE', 'inner_split',
+           'trial_objective', 'WindowPruner', 'make_pruner', 'fingerprint', 'default_study_name', 'to_file',
+           'from_file', 'StudyFile', 'pool_settings', 'server_storage', 'on_one_machine', 'study_storage', 'open_study',
+           'finished_trials', 'trial_jobs', 'Surplus', 'run_trials', 'default_val_days', 'TuneResult', 'run_manifest',
+           'judge', 'point_in_time_fn', 'tune']
 
 # %% ../nbs/06_tune.ipynb #8cf5eb92
 SKEWED = 0.1  # class weighting is searched when the base rate is further than this from 0.5
@@ -63,6 +64,11 @@ def suggest_params(trial: optuna.Trial, base_rate: float) -> dict:
     if abs(base_rate - 0.5) > SKEWED and trial.suggest_categorical("balance_classes", [False, True]):
         params["scale_pos_weight"] = (1 - base_rate) / base_rate
     return params
+
+# %% ../nbs/06_tune.ipynb #aca96d7f
+def categorical(features: list[str]) -> dict:
+    "LightGBM's setting that makes a panel's `market` column (by its position in `features`) a category; {} without one."
+    return {"categorical_column": str(features.index(MARKET))} if MARKET in features else {}
 
 # %% ../nbs/06_tune.ipynb #73f910d4
 @dataclass(frozen=True)
@@ -159,10 +165,10 @@ class TrialSeededTPE(BaseSampler):
 
 # %% ../nbs/06_tune.ipynb #75c21d4b
 def inner_split(split: Split, inner_days: float | None = None) -> Split:
-    "The last `inner_days` of `split.train` (default: its last fifth) as the study's validation slice, purged like `split`."
+    "The last `inner_days` of `split.train` (default: its last fifth) as the study's validation slice, purged like `split` (per market in a panel)."
     start, end = split.train_range
     days = inner_days or (end - start) / pd.Timedelta(days=1) / 5
-    return time_split(split.train, days, split.purge, split.embargo, horizon=split.horizon)
+    return time_cut(split.train, days, split.purge, split.embargo, horizon=split.horizon)
 
 # %% ../nbs/06_tune.ipynb #a19efba2
 def trial_objective(inner: Split, features: list[str], objective: str, base: dict,
@@ -434,11 +440,11 @@ MIN_VAL_ROWS = 2000  # the fewest labelled rows a default validation window, inn
 
 def default_val_days(table: pd.DataFrame, days: float = 14, min_rows: int = MIN_VAL_ROWS) -> float:
     "Days of validation at the end of `table`: `days`, or as many as hold `min_rows` labelled rows if that is longer."
-    labelled = table.ts[table.y.notna()]
+    labelled = table.ts[table.y.notna()].sort_values()   # a panel's rows are by market: its last rows are its latest in time
     if len(labelled) < 2 * min_rows:
         raise ConfigError(f"the table has {len(labelled):,} labelled rows: too few for a default validation window of "
                           f"{min_rows:,} rows after a training period as long; pass val_days explicitly")
-    end = table.ts.iloc[-1] + bar_length(table)
+    end = table.ts.max() + bar_length(table)
     return max(float(days), (end - labelled.iloc[-min_rows]) / pd.Timedelta(days=1))
 
 # %% ../nbs/06_tune.ipynb #82ff2311
@@ -500,7 +506,7 @@ def run_manifest(table: pd.DataFrame, table_meta: dict, features: list[str], spl
             "label": {"horizon": split.horizon, "dead_zone": table_meta.get("dead_zone")},
             "split": {"val_days": val_days, "inner_days": inner_days, "outer": split.summary(), "inner": inner.summary()},
             "seeds": {"sampler": seed, "lightgbm": seed, "bootstrap": seed}, "objective": objective, "guard": guard,
-            "versions": library_versions()}
+            "versions": library_versions(), **({"panel": table_meta["panel"]} if table_meta.get("panel") else {})}
 
 # %% ../nbs/06_tune.ipynb #d0e1023f
 def judge(booster: lgb.Booster, logreg: Pipeline, split: Split, features: list[str], n_boot: int = 1000,
@@ -510,7 +516,7 @@ def judge(booster: lgb.Booster, logreg: Pipeline, split: Split, features: list[s
     return assess(split.val.y, forecasts, n_boot, seed)
 
 def point_in_time_fn(table: pd.DataFrame, table_meta: dict, feature_fn: Callable | None, guard: bool, home=None) -> Callable | None:
-    "The guard's feature function: `feature_fn`, else `table_asof` from the table's metadata and `home`; None only when `guard=False`."
+    "The guard's feature function: `feature_fn`, else `table_asof` (`panel_table_asof` for a panel) from the table's metadata and `home`; None only when `guard=False`."
     if not guard:
         if feature_fn is not None: raise ConfigError("feature_fn is given but guard=False: pass one or the other")
         return None
@@ -519,31 +525,31 @@ def point_in_time_fn(table: pd.DataFrame, table_meta: dict, feature_fn: Callable
         raise ConfigError(f"tune checks that every feature is point-in-time by recomputing it from the stored bars, but the table's "
                           f"metadata names no {', '.join(missing)}: read the table with read_feature_table (or pass table_meta and "
                           "home), pass feature_fn, or opt out of the check with guard=False")
-    return table_asof({**table_meta, "features": feature_columns(table)}, home)
+    return (panel_table_asof if MARKET in table.columns else table_asof)({**table_meta, "features": feature_columns(table)}, home)
 
 def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: Callable | None = None, guard: bool = True,
          home=None, n_trials: int = 50, timeout: float | None = None, val_days: float | None = None, objective: str = "logloss",
          seed: int = 0, storage: str | None = None, study_name: str | None = None, num_threads: int = 1, progress: bool = True,
          table_meta: dict | None = None, inner_days: float | None = None, n_boot: int = 1000,
          n_jobs: int | None = None) -> TuneResult:
-    "Guard, tune on an inner slice, refit on the training period, judge once on the last `val_days` and check the scores are plausible."
+    "Guard, tune on an inner slice, refit on the training period, judge once on the last `val_days` and check the scores are plausible (a panel: pooled, one cut for all markets)."
     started = time.perf_counter()
     if objective not in OBJECTIVES: raise ConfigError(f"unknown objective {objective!r}: expected one of {list(OBJECTIVES)}")
     n_jobs = trial_jobs(n_jobs)
     table_meta = {**table.attrs.get("cryptoml", {}), **(table_meta or {})}
     features = list(features or feature_columns(table))
     val_days = default_val_days(table) if val_days is None else val_days
-    split = time_split(table, val_days, horizon=table_meta.get("horizon"))
+    split = time_cut(table, val_days, horizon=table_meta.get("horizon"))
     check_fn = point_in_time_fn(table, table_meta, feature_fn, guard, home)
-    guard_report = LeakageGuard().check(split, table, check_fn)
+    guard_report = check_split(split, table, check_fn)
     inner = inner_split(split, inner_days)
-    LeakageGuard().check(inner, split.train)
+    check_split(inner, split.train)
     digest = fingerprint(table, features, objective=objective, seed=seed, val_days=val_days, inner_days=inner_days)
     study_name = study_name or default_study_name(table_meta, objective, seed, digest)
     study = open_study(storage, study_name, objective, seed, digest, n_jobs)
     report_every = REPORT_EVERY if on_one_machine(storage) else SERVER_REPORT_EVERY
-    run_trials(study, trial_objective(inner, features, objective, base_params(seed, num_threads), report_every), n_trials,
-               timeout, progress, n_jobs)
+    base = {**base_params(seed, num_threads), **categorical(features)}
+    run_trials(study, trial_objective(inner, features, objective, base, report_every), n_trials, timeout, progress, n_jobs)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise ConfigError(f"no trial of study {study_name!r} completed within timeout={timeout} s")
     best = pick_trial(study)

@@ -1,21 +1,24 @@
 """A local Binance for tests and benchmarks: an HTTP server on 127.0.0.1 that answers the public REST endpoints the
-real `ccxt.binance` calls for bars and funding rates, and fails on demand.
+real `ccxt.binance` calls for bars, funding rates and open interest, and fails on demand.
 
-    with BinanceEmulator(bars={"BTC/USDT": df}, funding={"BTC/USDT": rates}) as exchange:
+    with BinanceEmulator(bars={"BTC/USDT": df}, funding={"BTC/USDT": rates}, open_interest={"BTC/USDT": oi}) as exchange:
         client = binance_client(exchange.url)          # the real ccxt.binance, pointed at the emulator
         exchange.inject("klines", "429", "slow")       # the next two klines requests fail so
         ingest(client, "BTC/USDT", "1m", ...)
 
 Endpoints: spot `/api/v3/exchangeInfo` and `/api/v3/klines`; USDT-M futures `/fapi/v1/exchangeInfo`,
-`/fapi/v1/klines` (the spot bars) and `/fapi/v1/fundingRate`. Each follows Binance's paging rules: rows from
-`startTime` (else the latest), at most `limit`, none after `endTime`.
+`/fapi/v1/klines` (the spot bars), `/fapi/v1/fundingRate` and `/futures/data/openInterestHist` (open interest
+statistics: ts, open interest in the base coin and its value in the quote). Klines carry Binance's 12 fields, taker
+buy volume among them (ccxt's `fetch_ohlcv` drops it; its raw `publicGetKlines`/`fapiPublicGetKlines` keep it). Each
+follows Binance's paging rules: rows from `startTime` (else the latest), at most `limit`, none after `endTime`.
 
-Faults (`inject(endpoint, *faults)`, applied to that endpoint's next requests in order):
+Faults (`inject(endpoint, *faults, symbol=None)`, applied to that endpoint's next requests in order, or with `symbol`
+(Binance's id, e.g. "ETHUSDT") to its next requests for that market only):
   "ok" a normal answer (to aim the next fault further on); "429" rate limited; "500", "502", "503" server errors; "401" rejected credentials (permanent);
   "slow" an answer after `slow_seconds` (longer than the client's timeout); "drop" the connection closed
   half-way through the body; "repeat" the previous answer again (rows before `startTime`);
   "overlap" a page starting half a page early; "corrupt" a page whose middle row has its high below its low
-  (klines) or a non-numeric rate (fundingRate): its ts is appended to `corrupted`.
+  (klines) or a non-numeric rate (fundingRate) or open interest (openInterestHist): its ts is appended to `corrupted`.
 Hostile answers, each stamped into `hostile` (fault, ts of the row it bent, or None):
   "418" the status Binance bans an IP with (I'm a teapot); "599" a status no table knows; "garbled" a 200 whose body
   is malformed JSON; "nulls" a page whose rows are all null; "future" a page whose last row opens on 2100-01-01;
@@ -42,6 +45,9 @@ ERRORS = {"429": {"code": -1003, "msg": "Too many requests; current limit is 600
 FUTURE_MS = 4_102_444_800_000  # 2100-01-01, the open of the "future" fault's bar
 HOSTILE = {"garbled", "nulls", "future", "open", "shuffle"}
 INTERVAL_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000, "4h": 14_400_000, "1d": 86_400_000}
+LIMITS = {"klines": (500, 1000), "fundingRate": (100, 1000), "openInterestHist": (30, 500)}   # (default, max) rows a page
+STAMP = {"fundingRate": "fundingTime", "openInterestHist": "timestamp"}                     # a dict row's time field
+CORRUPTED = {"fundingRate": "fundingRate", "openInterestHist": "sumOpenInterest"}           # the value a "corrupt" fault bends
 
 
 def _epoch_ms(ts: pd.Series) -> np.ndarray:
@@ -77,6 +83,14 @@ def _funding_rows(market_id: str, rates: pd.DataFrame) -> tuple[np.ndarray, list
                            separators=(",", ":")) for t, r in zip(ms, rates.funding_rate)]
 
 
+def _interest_rows(market_id: str, interest: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    "Binance's openInterestHist rows for `interest` (ts, open_interest, open_interest_value), pre-rendered as JSON, with their times."
+    ms = _epoch_ms(interest.ts)
+    return ms, [json.dumps({"symbol": market_id, "sumOpenInterest": f"{oi:.8f}", "sumOpenInterestValue": f"{value:.8f}",
+                            "timestamp": int(t)}, separators=(",", ":"))
+                for t, oi, value in zip(ms, interest.open_interest, interest.open_interest_value)]
+
+
 def _market_id(symbol: str) -> str: return symbol.replace("/", "")
 
 
@@ -97,16 +111,18 @@ def _perp_info(symbol: str) -> dict:
 
 
 class BinanceEmulator:
-    "A threaded HTTP server on 127.0.0.1 speaking Binance's public REST API for the given bars and funding rates."
+    "A threaded HTTP server on 127.0.0.1 speaking Binance's public REST API for the given bars, funding rates and open interest."
 
     def __init__(self, bars: dict[str, pd.DataFrame] | None = None, funding: dict[str, pd.DataFrame] | None = None, *,
-                 interval: str = "1m", delay: float = 0.0, slow_seconds: float = 1.0):
+                 open_interest: dict[str, pd.DataFrame] | None = None, interval: str = "1m", delay: float = 0.0,
+                 slow_seconds: float = 1.0):
         self.interval, self.delay, self.slow_seconds = interval, delay, slow_seconds
         self.klines = {_market_id(s): _kline_rows(b, INTERVAL_MS[interval]) for s, b in (bars or {}).items()}
         self.rates = {_market_id(s): _funding_rows(_market_id(s), r) for s, r in (funding or {}).items()}
+        self.interest = {_market_id(s): _interest_rows(_market_id(s), i) for s, i in (open_interest or {}).items()}
         self.spot = [_spot_info(s) for s in bars or {}]
-        self.perps = [_perp_info(s) for s in funding or {}]
-        self.faults: dict[str, deque] = defaultdict(deque)
+        self.perps = [_perp_info(s) for s in dict.fromkeys([*(funding or {}), *(open_interest or {})])]
+        self.faults: dict[str | tuple[str, str], deque] = defaultdict(deque)
         self.requests: list[tuple[str, dict]] = []
         self.request_times: list[float] = []
         self.corrupted: list[int] = []
@@ -118,11 +134,11 @@ class BinanceEmulator:
     @property
     def url(self) -> str: return f"http://127.0.0.1:{self._server.server_port}"
 
-    def inject(self, endpoint: str, *faults: str):
-        "Make the next requests to `endpoint` ('klines', 'fundingRate', 'exchangeInfo') fail with `faults`, in order."
+    def inject(self, endpoint: str, *faults: str, symbol: str | None = None):
+        "Make the next requests to `endpoint` ('klines', 'fundingRate', 'openInterestHist', 'exchangeInfo'), or only those for the market `symbol`, fail with `faults`, in order."
         unknown = set(faults) - FAULTS
         if unknown: raise ValueError(f"unknown fault(s) {sorted(unknown)}; known: {sorted(FAULTS)}")
-        self.faults[endpoint].extend(faults)
+        self.faults[endpoint if symbol is None else (endpoint, symbol)].extend(faults)
 
     def count(self, endpoint: str) -> int:
         "Requests made so far to `endpoint`."
@@ -147,13 +163,14 @@ class BinanceEmulator:
         self.requests.append((path, params))
         self.request_times.append(time.monotonic())
         endpoint = path.rsplit("/", 1)[-1]
-        fault = self.faults[endpoint].popleft() if self.faults[endpoint] else None
+        queue = next((q for q in (self.faults.get((endpoint, params.get("symbol"))), self.faults[endpoint]) if q), None)
+        fault = queue.popleft() if queue else None
         if fault in ERRORS: return int(fault), ERRORS[fault] if isinstance(ERRORS[fault], str) else json.dumps(ERRORS[fault]), fault
         if endpoint == "exchangeInfo":
             symbols = self.perps if path.startswith("/fapi/") else self.spot
             return 200, json.dumps({"timezone": "UTC", "serverTime": int(time.time() * 1000), "rateLimits": [], "exchangeFilters": [],
                                     "symbols": symbols}), fault
-        table = {"klines": self.klines, "fundingRate": self.rates}.get(endpoint)
+        table = {"klines": self.klines, "fundingRate": self.rates, "openInterestHist": self.interest}.get(endpoint)
         if table is None: return 404, json.dumps({"code": -1000, "msg": f"no endpoint {path} here"}), fault
         if endpoint == "klines" and params.get("interval") != self.interval:
             return 400, json.dumps({"code": -1120, "msg": "Invalid interval."}), fault
@@ -164,7 +181,8 @@ class BinanceEmulator:
     def _page(self, endpoint: str, data: tuple[np.ndarray, list[str]], params: dict, fault: str | None) -> str:
         "One page of rows by Binance's paging rules, bent by `fault`."
         ms, rows = data
-        limit = min(int(params.get("limit", 500 if endpoint == "klines" else 100)), 1000)
+        default, most = LIMITS[endpoint]
+        limit = min(int(params.get("limit", default)), most)
         end = np.searchsorted(ms, int(params["endTime"]), "right") if "endTime" in params else len(ms)
         start = np.searchsorted(ms, int(params["startTime"])) if "startTime" in params else max(end - limit, 0)
         if fault == "overlap": start = max(start - limit // 2, 0)
@@ -181,25 +199,25 @@ class BinanceEmulator:
         rows, bent = [json.loads(r) for r in page], None
         if fault == "nulls": rows = [[None] * len(r) if isinstance(r, list) else dict.fromkeys(r) for r in rows]
         elif fault == "shuffle": rows = rows[::-1]
-        elif fault == "future" and rows: bent = self._restamp(rows[-1], FUTURE_MS)
+        elif fault == "future" and rows: bent = self._restamp(rows[-1], FUTURE_MS, endpoint)
         elif fault == "open" and rows and endpoint == "klines":
             step = INTERVAL_MS[self.interval]
             bent = self._restamp(rows[-1], int(time.time() * 1000) // step * step)
         self.hostile.append((fault, bent))
         return [json.dumps(r, separators=(",", ":")) for r in rows]
 
-    def _restamp(self, row: list | dict, ms: int) -> int:
-        "Move a kline or funding `row` to open (or be stamped) at `ms`; returns `ms`."
-        if isinstance(row, dict): row["fundingTime"] = ms
+    def _restamp(self, row: list | dict, ms: int, endpoint: str = "klines") -> int:
+        "Move a kline, funding or open-interest `row` to open (or be stamped) at `ms`; returns `ms`."
+        if isinstance(row, dict): row[STAMP[endpoint]] = ms
         else: row[0], row[6] = ms, ms + INTERVAL_MS[self.interval] - 1
         return ms
 
     def _corrupt(self, endpoint: str, row: str) -> str:
-        "`row` made impossible: a kline's high below its low, or a funding rate that is not a number."
+        "`row` made impossible: a kline's high below its low, or a funding rate or open interest that is not a number."
         values = json.loads(row)
         if endpoint == "klines": values[2] = f"{float(values[3]) - 1:.8f}"
-        else: values["fundingRate"] = "not-a-number"
-        self.corrupted.append(values[0] if endpoint == "klines" else values["fundingTime"])
+        else: values[CORRUPTED[endpoint]] = "not-a-number"
+        self.corrupted.append(values[0] if endpoint == "klines" else values[STAMP[endpoint]])
         return json.dumps(values)
 
     def _handler(self):

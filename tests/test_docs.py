@@ -3,7 +3,7 @@ metrics table and the plots must be on the page as a reader sees it, with every 
 (an `svg.main-svg` inside each plot's div), not merely present in the HTML source. The browser runs offline,
 so the page must carry its own plotly.js. A notebook that fails to render is named, and the rest still render.
 """
-import os, shutil, subprocess
+import json, os, re, shutil, subprocess
 from pathlib import Path
 
 import nbformat
@@ -46,16 +46,19 @@ def test_the_model_card_page_shows_the_metrics_table_and_drawn_plots(page, tmp_p
     table = caption.find_parent("table")
     header = [th.get_text(strip=True) for th in table.thead.find_all("th")]
     assert header[1:] == ["lgbm", "majority", "momentum", "reversal", "logreg"]
-    rows = {tr.th.get_text(strip=True): [td.get_text(strip=True) for td in tr.find_all("td")] for tr in table.tbody.find_all("tr")}
+    rows = metrics_rows(dom)
     assert list(rows) == ["accuracy", "roc_auc", "log_loss", "brier", "ece", "base_rate"]
-    assert 0.5 < float(rows["log_loss"][0]) < 1.0  # the model's validation log loss: a real number near ln 2
+    assert 0.5 < float(rows["log_loss"][0].split()[0]) < 1.0  # the model's validation log loss: a real number near ln 2
+    assert re.fullmatch(r"0\.\d{4} \[0\.\d{4}, 0\.\d{4}\]", rows["log_loss"][0])  # with its 95% interval
     assert "Verdict." in dom.get_text()
 
     plots = dom.select("div.plotly-graph-div")
     titles = [p.select_one(".gtitle").get_text() for p in plots if p.select_one(".gtitle")]
-    assert len(plots) == 6 and all(p.select_one("svg.main-svg") for p in plots), titles
-    assert titles[0] == "Feature importance (total gain)" and titles[2] == "Calibration" and titles[3].startswith("PSI against")
-    assert titles[4].startswith("Equity net of") and titles[5].startswith("Out of sample per")  # the walk-forward section
+    assert len(plots) == len(titles) == 8 and all(p.select_one("svg.main-svg") for p in plots), titles
+    assert titles[0] == "Feature importance (total gain)" and titles[1] == "Optimization History Plot"
+    assert titles[2].startswith("Validation window, later half") and titles[3].startswith("Calibration")  # before/after
+    assert titles[4].startswith("Drift against the training window") and titles[5].startswith("Realised against expected")
+    assert titles[6].startswith("Equity net of") and titles[7].startswith("Out of sample per")  # the walk-forward section
     assert len(plots[0].select(".trace.bars .point")) == 5  # one bar per feature of the seed set
 
     drift = dom.find(string=lambda s: s and s.startswith("Report of "))
@@ -68,6 +71,33 @@ def test_the_model_card_page_shows_the_metrics_table_and_drawn_plots(page, tmp_p
     assets = [tag.get("src") or tag.get("href") for tag in dom.select("script[src], link[rel=stylesheet]")]
     assert all((page.parent/a).is_file() for a in assets if not a.startswith("http")), assets  # shared, beside the page
     assert page.stat().st_size < 1_000_000  # plotly.js and the stylesheet are shared, not inlined
+
+def metrics_rows(dom: BeautifulSoup) -> dict[str, list[str]]:
+    "The validation metrics table of a model card page: metric -> its cells (the model's first)."
+    table = dom.find("caption", string=lambda s: s and "Validation metrics" in s).find_parent("table")
+    return {tr.th.get_text(strip=True): [td.get_text(strip=True) for td in tr.find_all("td")] for tr in table.tbody.find_all("tr")}
+
+@needs_chromium
+def test_docs_home_documents_that_roots_champion_after_two_demo_runs(tmp_path):
+    home = tmp_path/"root"
+    for seed in (0, 1):
+        demo = subprocess.run(["cryptoml", "pipeline", "--demo", "--days", "12", "--trials", "6", "--val-days", "4", "--seed",
+                               str(seed), "--home", str(home), "--quiet"], capture_output=True, text=True, timeout=900)
+        assert demo.returncode in (0, 1), demo.stderr[-2000:]  # promoted, or refused by the gate
+    runs = sorted(p.name for p in home.glob("models/*/*/*/runs/*"))
+    champion = next(home.glob("models/*/*/*/best_lgbm.pkl")).resolve().parent.name
+    assert len(runs) == 2 and champion in runs
+    done = docs("model_card.ipynb", "--out", tmp_path/"site", "--home", home)
+    assert done.returncode == 0, done.stderr[-3000:]
+    dom = browse(tmp_path/"site"/"model_card.html", tmp_path/"profile")
+    assert f"Run {champion}, champion of" in dom.get_text()
+    card = json.loads((home.glob(f"models/*/*/*/runs/{champion}/model_card.json").__next__()).read_text())
+    assert metrics_rows(dom)["log_loss"][0].split()[0] == f"{card['metrics']['validation']['log_loss']:.4f}"
+    assert "Traceback" not in dom.get_text()
+
+def test_docs_home_without_a_champion_is_bad_input(tmp_path):
+    done = docs("model_card.ipynb", "--out", tmp_path/"site", "--home", tmp_path/"empty")
+    assert done.returncode == 2 and "has a champion to document" in done.stderr and "Traceback" not in done.stderr
 
 def test_a_notebook_that_fails_is_named_and_the_others_still_render(tmp_path):
     good, bad = nbformat.v4.new_notebook(), nbformat.v4.new_notebook()

@@ -2,10 +2,10 @@
 from its timestamp on, labels, bad input, and the feature table written, read back and queried with DuckDB.
 
 A feature is point-in-time when its value for bar t is the same whether it is computed from the bars up to t or from
-the whole history, and the online path (the last `lookback` bars only) gets that value too. Both are checked here at
-many cut points, for every registered feature, including the pieces (EMAs) no set uses directly.
+the whole history, and the online path (the last `lookback` bars only) gets that value too, to the last bit. Both are
+checked here at many cut points, for every registered feature, including the pieces (EMAs) no set uses directly.
 """
-import time
+import subprocess, sys, time
 
 import numpy as np
 import pandas as pd
@@ -15,12 +15,12 @@ import pytest
 import cryptoml.features as features
 from cryptoml.core import ConfigError, DataError, Market, feature_path, parquet_metadata
 from cryptoml.features import (FEATURES, FeatureSet, add_labels, bar_arrays, build_features, compute_features, connect,
-                               content_digest, feature_code_sha256, feature_matrix, feature_names, features_asof, lookback_bars,
-                               read_feature_table, register_feature, rolling_mean_std, rolling_sum, table_view, write_feature_table)
+                               content_digest, ema_alpha, ema_window, feature_code_sha256, feature_matrix, feature_names,
+                               features_asof, finite_ema, lookback_bars, read_feature_table, register_feature, rolling_mean_std,
+                               rolling_sum, table_view, write_feature_table)
 from cryptoml.ingest import example_market, funding_exchange, read_bars, read_funding, write_bars
 
 EVERY_FEATURE = FeatureSet("every", 0, tuple(FEATURES))
-ONLINE = 1e-9  # the online path's tolerance, of a feature's typical size: its EMA recursions restart at its first bar
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,9 @@ def every(market):
     return compute_features(bars, EVERY_FEATURE, funding=funding)
 
 
-def assert_close(got: pd.DataFrame, expected: pd.DataFrame, sizes: pd.DataFrame | None = None):
-    "`got` equals `expected` up to ONLINE times each feature's typical (median absolute) size in `sizes` (default `expected`)."
-    assert list(got.columns) == list(expected.columns) and (got.ts.to_numpy() == expected.ts.to_numpy()).all()
-    sizes = expected if sizes is None else sizes
-    for name in expected.columns[1:]:
-        typical = np.nanmedian(np.abs(sizes[name])) if sizes[name].notna().any() else 0
-        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=ONLINE * typical, err_msg=name)
+def assert_same_rows(got: pd.DataFrame, expected: pd.DataFrame):
+    "`got` has `expected`'s rows to the last bit (NaN where it has NaN), whatever their index."
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True), check_exact=True)
 
 
 def one(con, sql: str) -> tuple:
@@ -68,11 +64,10 @@ def test_each_feature_is_known_from_exactly_its_lookback_as_the_online_path_comp
     bars, funding, *_ = market
     for name, feature in FEATURES.items():
         one = FeatureSet(name, 0, (name,))
-        typical = np.nanmedian(np.abs(every[name])) if every[name].notna().any() else 0
         for cut in cut_points(len(bars), feature.lookback, count=25):
             window = bars.iloc[cut + 1 - feature.lookback:cut + 1]
             online = compute_features(window, one, funding=funding)[name].iloc[-1]
-            np.testing.assert_allclose(online, every[name].iloc[cut], rtol=0, atol=ONLINE * typical, err_msg=f"{name} at row {cut}")
+            np.testing.assert_array_equal(online, every[name].iloc[cut], err_msg=f"{name} at row {cut}")
             if feature.lookback > 1:
                 assert np.isnan(compute_features(window.iloc[1:], one, funding=funding)[name].iloc[-1]), f"{name} known from {feature.lookback - 1} bars"
 
@@ -103,7 +98,7 @@ def test_chunked_computation_is_prefix_exact_and_matches_one_pass(market, every,
     bars, funding, *_ = market
     monkeypatch.setattr(features, "CHUNK_ROWS", 4096)
     chunked = compute_features(bars, EVERY_FEATURE, funding=funding)
-    assert_close(chunked, every)
+    assert_same_rows(chunked, every)
     for cut in (4095, 4096, 4097, 8191 + 300, 3 * 4096 + EVERY_FEATURE.lookback):
         prefix = compute_features(bars.iloc[:cut + 1], EVERY_FEATURE, funding=funding)
         pd.testing.assert_frame_equal(prefix.iloc[[-1]], chunked.iloc[[cut]], check_exact=True)
@@ -111,10 +106,9 @@ def test_chunked_computation_is_prefix_exact_and_matches_one_pass(market, every,
 
 def test_the_table_is_streamed_in_row_groups_with_exactly_the_values_computed_in_memory(market, tmp_path, monkeypatch):
     bars, funding, *_ = market
-    monkeypatch.setattr(features, "CHUNK_ROWS", 3000)
-    monkeypatch.setattr(features, "TABLE_ROWS", 7000)
+    monkeypatch.setattr(features, "CHUNK_ROWS", 7000)
     path = write_feature_table(tmp_path/"t.parquet", bars, "rich", funding=funding, horizon=2, metadata={"note": "streamed"})
-    assert pq.ParquetFile(path).metadata.num_row_groups == 4 and parquet_metadata(path) == {"note": "streamed"}
+    assert pq.ParquetFile(path).metadata.num_row_groups == 5 and parquet_metadata(path) == {"note": "streamed"}
     group = pq.ParquetFile(path).metadata.row_group(0)
     assert all("BYTE_STREAM_SPLIT" in group.column(i).encodings and group.column(i).compression == "ZSTD" for i in range(group.num_columns))
     expected = add_labels(compute_features(bars, "rich", funding=funding), bars, horizon=2)
@@ -139,7 +133,7 @@ def test_windows_stay_exact_over_millions_of_bars_where_running_sums_do_not():
     n = lookback_bars("rich")
     for end in (close.size - 77_777, close.size):
         online = compute_features(bars.iloc[end - n:end], "rich")
-        assert_close(online.iloc[[-1]], full.iloc[[end - 1]], sizes=full.iloc[-5_000:])
+        assert_same_rows(online.iloc[[-1]], full.iloc[[end - 1]])
 
 
 def test_funding_is_invisible_before_its_timestamp(market):
@@ -291,3 +285,22 @@ def test_window_sums_match_brute_force_for_every_length():
         np.testing.assert_allclose(sums[w - 1:], brute.sum(axis=1), rtol=1e-13)
         np.testing.assert_allclose(std[w - 1:], brute.std(axis=1, ddof=1), rtol=1e-9)
         assert np.isnan(sums[:w - 1]).all() and np.isnan(mean[:w - 1]).all()
+
+
+def test_the_emas_are_the_recursion_they_replaced_to_twelve_digits(market):
+    "scipy's `lfilter` ran the finite EMA as a recursion; the window sums that replaced it give the same numbers."
+    from scipy.signal import lfilter
+    bars, *_ = market
+    x = bars.close.to_numpy()
+    for alpha in (ema_alpha(9), ema_alpha(12), ema_alpha(26), 1 / 14):
+        w, decay = ema_window(alpha), 1 - alpha
+        z = x * (alpha / (1 - decay ** w))
+        z[w:] -= x[:-w] * (alpha * decay ** w / (1 - decay ** w))
+        np.testing.assert_allclose(finite_ema(x, alpha)[w - 1:], lfilter([1.0], [1.0, -decay], z)[w - 1:], rtol=1e-12, atol=0)
+
+
+def test_importing_the_features_loads_no_scipy_duckdb_plotly_or_exchange_clients():
+    heavy = ("scipy", "duckdb", "plotly", "ccxt", "sklearn", "optuna", "tqdm")
+    code = f"import sys, cryptoml.features; print(*[m for m in {heavy!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == []

@@ -1,0 +1,166 @@
+"""Panel feature build speed and memory: many markets' cross-pair, multi-timeframe, open-interest and order-flow features.
+
+    python bench/bench_panel.py                          # 20 markets x 1 year of 1h bars (175 K rows), the issue's size
+    python bench/bench_panel.py --markets 6 --days 90    # quicker
+
+The panel is `cryptoml.panel.synthetic_panel` (bars with taker buys, 8-hourly funding, hourly open interest), one
+reference market (the first). The features are the `panel` set's own (`bench` below): hourly lagged returns, the
+default expansion (ret/vol/gap/flow/range x periods 6, 24 x 1h, 4h, 1d x shifts 0, 1), the reference's return,
+volatility, volume z-score, taker imbalance and funding rate as of each bar's close, the return over the reference's,
+and open-interest change and turnover: 76 features a row. Each step runs in a fresh subprocess on a panel already in
+memory, and measures:
+
+  compute    cryptoml.panel: every market's feature matrix, a market at a time (the way the table writer streams it);
+  build      cryptoml.panel.write_panel_table: the same, with labels, streamed to a zstd Parquet file, a row group a market;
+  reference  a straightforward pandas implementation of the same features (groupby, rolling, resample, merge_asof),
+             producing the whole table in memory; its values are checked against ours (largest relative difference).
+
+rows/s from wall seconds (CPU seconds beside them: this machine is shared). Peak memory is the process's peak resident
+set during the step (Linux VmHWM, reset before it) above its resident set before it, plus the raw panel (bars, funding
+and open interest frames): `peak / raw` is how many raw panels' worth of memory the step held, the larger of two runs,
+after a warm-up run on a tiny panel (so that libraries loading and their memory pools growing once per process are
+not counted as the panel's). Targets (issue 14): >= 1 M rows/s and peak <= 2x the raw panel.
+"""
+import argparse, json, os, subprocess, sys, tempfile
+from pathlib import Path
+
+from bench_features import measured   # the same clock and peak-memory reading as the feature store's benchmark
+
+TARGET = (1e6, 2.0)
+
+
+def bench_set():
+    from cryptoml.panel import CROSS, LAGS, MTF, OPEN_INTEREST_FEATURES, PanelSet, expand
+    return PanelSet("bench", 1, (*expand(LAGS), *expand(MTF), *CROSS, "rel_ret1", *OPEN_INTEREST_FEATURES))
+
+
+def synthetic(markets: int, days: float):
+    "The synthetic panel as frames (symbol -> bars, funding, open interest) and as a cryptoml Panel."
+    from cryptoml.core import Market
+    from cryptoml.panel import make_panel, market_data, synthetic_panel
+    frames = synthetic_panel(markets, days, seed=0)
+    panel = make_panel([market_data(Market("synthetic", s, "1h"), **f) for s, f in frames.items()], reference=next(iter(frames)))
+    return frames, panel
+
+
+# ---- the reference: pandas, the way one would write it first ----------------------------------------------------------
+def pandas_features(frames: dict, reference: str):
+    import numpy as np, pandas as pd
+    hour, spell = pd.Timedelta("1h"), {"1h": "1h", "4h": "4h", "1d": "1D"}   # pandas spells a day 1D
+
+    def own(bars, funding):
+        "The single-market pieces the cross-pair features read: return, 20-bar volatility, volume z-score, taker imbalance, funding."
+        f = pd.DataFrame({"close_time": (bars.ts + hour).astype("datetime64[ms, UTC]")})
+        f["ret1"] = bars.close.pct_change().to_numpy()
+        f["ret_vol20"] = f.ret1.rolling(20).std().to_numpy()
+        mean, std = bars.volume.rolling(20).mean(), bars.volume.rolling(20).std()
+        f["vol_z"] = ((bars.volume - mean) / std).where(std != 0, 0.0).to_numpy()
+        f["taker_imbalance"] = np.where(bars.volume == 0, 0.0, 2 * bars.taker_buy_base / bars.volume - 1)
+        rates = funding.rename(columns={"ts": "close_time"}).astype({"close_time": "datetime64[ms, UTC]"})
+        f["funding_rate"] = pd.merge_asof(f[["close_time"]], rates, on="close_time", tolerance=pd.Timedelta("1D")).funding_rate.to_numpy()
+        return f
+
+    def higher(bars, tf):
+        "Bars of `tf` from the base bars (first one dropped when partial), indicators over them, indexed by close time."
+        tf = spell[tf]
+        h = bars.set_index("ts").resample(tf).agg({"high": "max", "low": "min", "close": "last", "volume": "sum", "taker_buy_base": "sum"})
+        h.loc[h.close.isna(), ["volume", "taker_buy_base"]] = np.nan
+        if bars.ts.iloc[0] != h.index[0]: h.iloc[0] = np.nan
+        out = pd.DataFrame(index=h.index + pd.Timedelta(tf))
+        for p in (6, 24):
+            out[f"ret{p}"] = (h.close / h.close.shift(p) - 1).to_numpy()
+            out[f"vol{p}"] = (h.close / h.close.shift(1) - 1).rolling(p).std().to_numpy()
+            out[f"gap{p}"] = (h.close / h.close.rolling(p).mean() - 1).to_numpy()
+            volume = h.volume.rolling(p).sum()
+            out[f"flow{p}"] = ((2 * h.taker_buy_base.rolling(p).sum() - volume) / volume).where(volume != 0, 0.0).to_numpy()
+            out[f"range{p}"] = ((h.high - h.low) / h.close).rolling(p).mean().to_numpy()
+        return out
+
+    ref = own(frames[reference]["bars"], frames[reference]["funding"]).set_index("close_time")
+    tables = []
+    for code, (symbol, f) in enumerate(frames.items()):
+        bars = f["bars"]
+        t = pd.DataFrame({"market": float(code), "ts": bars.ts})
+        mine = own(bars, f["funding"])
+        for k in (1, 2, 3, 5, 11, 23): t[f"ret1_1h_s{k}"] = mine.ret1.shift(k).to_numpy()
+        for tf in ("1h", "4h", "1d"):
+            h = higher(bars, tf)
+            seen = (bars.ts + hour).dt.floor(spell[tf])   # the latest closed bar of tf, by its close time
+            for s in (0, 1):
+                at = h.reindex(seen - s * pd.Timedelta(spell[tf]))
+                for name in h.columns:
+                    t[f"{name}_{tf}_s{s}"] = at[name].to_numpy()
+        for name in ("ret1", "ret_vol20", "vol_z", "taker_imbalance", "funding_rate"):
+            t[f"ref_{name}"] = ref[name].reindex(mine.close_time).to_numpy()
+        t["rel_ret1"] = mine.ret1.to_numpy() - t.ref_ret1.to_numpy()
+        oi = f["open_interest"][["ts", "open_interest"]].astype({"ts": "datetime64[ms, UTC]"})
+        at = lambda times: pd.merge_asof(pd.DataFrame({"ts": times.astype("datetime64[ms, UTC]")}), oi, on="ts",
+                                         tolerance=pd.Timedelta("3h")).open_interest.to_numpy()
+        now = at(mine.close_time)
+        for span in ("1h", "4h", "24h"): t[f"oi_chg_{span}"] = np.log(now / at(mine.close_time - pd.Timedelta(span)))
+        t["oi_turnover24"] = bars.volume.rolling(24).sum().to_numpy() / now
+        tables.append(t)
+    return pd.concat(tables, ignore_index=True)
+
+
+# ---- one measured step in its own process -----------------------------------------------------------------------------------
+def child(step: str, markets: int, days: float) -> dict:
+    import numpy as np
+    from cryptoml.panel import market_contexts, market_matrix, write_panel_table, compute_panel
+    fs = bench_set()
+    with tempfile.TemporaryDirectory() as folder:
+        def run(frames, panel):
+            return {"compute": lambda: sum(market_matrix(m, fs).shape[1] for _, _, m in market_contexts(panel)),
+                    "build": lambda: write_panel_table(Path(folder)/"panel.parquet", panel, fs),
+                    "reference": lambda: pandas_features(frames, panel.reference)}[step]()
+        run(*synthetic(2, 3))   # warm-up on a tiny panel: libraries load and their pools grow once per process, not per panel
+        frames, panel = synthetic(markets, days)
+        raw = sum(int(f.memory_usage(index=True, deep=True).sum()) for series in frames.values() for f in series.values())
+        rows = sum(len(f["bars"]) for f in frames.values())
+        out = {"step": step, "rows": rows, "raw_mb": raw / 2**20, "features": len(fs.features)}
+        runs = [measured(lambda: run(frames, panel)) for _ in range(2)]
+        wall, cpu, _ = min(runs)
+        out |= {"s": wall, "cpu_s": cpu, "rows_s": rows / wall, "peak_x_raw": (raw + max(r[2] for r in runs)) / raw}
+        if step == "build": out["file_mb"] = (Path(folder)/"panel.parquet").stat().st_size / 2**20
+        if step == "reference":   # the same values as ours?
+            ours = compute_panel(panel, fs)
+            theirs = run(frames, panel)[list(ours.columns)]
+            a, b = ours[list(fs.features)].to_numpy(), theirs[list(fs.features)].to_numpy()
+            both = ~(np.isnan(a) | np.isnan(b))
+            out["nan_mismatch"] = int((np.isnan(a) != np.isnan(b)).sum())
+            out["max_rel_diff"] = float(np.max(np.abs(a[both] - b[both]) / np.maximum(np.abs(b[both]), 1e-12)))
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--markets", type=int, default=20)
+    parser.add_argument("--days", type=float, default=365)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], int(args.child[1]), float(args.child[2]))))
+        return
+    print(f"$ python bench/bench_panel.py --markets {args.markets} --days {args.days:g}")
+    print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    results = {}
+    for step in ("compute", "build", "reference"):
+        done = subprocess.run([sys.executable, __file__, "--child", step, str(args.markets), str(args.days)],
+                              capture_output=True, text=True, check=True)
+        results[step] = r = json.loads(done.stdout.splitlines()[-1])
+    r = results["compute"]
+    print(f"{r['rows']:,} rows ({args.markets} markets x {args.days:g} days of 1h bars), {r['features']} features a row; raw panel {r['raw_mb']:.1f} MB")
+    print(f"{'step':>10} {'wall s':>8} {'cpu s':>7} {'M rows/s':>9} {'peak/raw':>9} {'target':>18}")
+    for step, r in results.items():
+        ok = "" if step == "reference" else ("meets" if r["rows_s"] >= TARGET[0] and r["peak_x_raw"] <= TARGET[1] else "MISSES") + \
+             f" (>=1 M, <=2x)"
+        print(f"{step:>10} {r['s']:>8.3f} {r['cpu_s']:>7.3f} {r['rows_s'] / 1e6:>9.3f} {r['peak_x_raw']:>9.2f} {ok:>18}")
+    ref = results["reference"]
+    print(f"ratio (reference wall / ours): compute {ref['s'] / results['compute']['s']:.1f}x, build {ref['s'] / results['build']['s']:.1f}x; "
+          f"file {results['build']['file_mb']:.1f} MB")
+    print(f"reference values vs ours: largest relative difference {ref['max_rel_diff']:.2e}, NaN where the other is not: {ref['nan_mismatch']}")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
