@@ -115,7 +115,7 @@ def test_a_worker_killed_mid_trial_has_its_trial_failed_and_retried(table_file, 
 def small_server(request):
     "A PostgreSQL server of its own allowing `request.param` connections in all (the superuser's reserve included)."
     folder = tempfile.mkdtemp(prefix="cryptoml-pg-")
-    started = subprocess.run(["sh", str(REPO/"tests"/"pg.sh"), "start", folder], capture_output=True, text=True, check=True,
+    started = subprocess.run(["sh", str(REPO/"tests"/"pg.sh"), "start", folder], stdout=subprocess.PIPE, text=True, check=True,
                              env={**os.environ, "PG_MAX_CONNECTIONS": str(request.param)})
     yield started.stdout.strip().split("=", 1)[1], request.param
     subprocess.run(["sh", str(REPO/"tests"/"pg.sh"), "stop", folder], check=True)
