@@ -1,99 +1,144 @@
-"""Tuning benchmark: `cryptoml.tune` with 50 Optuna trials on 30 days of 1-minute seed features (43,200 rows of the
-synthetic market, the seed's own scale), four ways of using 2 cores, and the default way on the shared real BTC bars.
-Each figure is one whole `tune` call: the leakage guard's structural checks (the tables are in memory, so
-`guard=False`: no point-in-time recomputation), trials, final fit, and the bootstrap of the validation metrics.
+"""Tuning benchmark: 50 trials on 43,200 rows of 1-minute seed features (30 days of the synthetic market), `cryptoml.tune`
+beside Optuna's own recipe for LightGBM on two cores, interleaved in one run and repeated; medians, and each way's spread.
 
-    python bench/bench_tune.py [--trials 50] [--days 30]
+The reference is Optuna's recipe: `study.optimize(n_jobs=2)` (two threads), LightGBM `num_threads=1`, `LightGBMPruningCallback`
+reporting every round to `MedianPruner()` (5 start-up trials, no warm-up, every step) and a seeded `TPESampler`, on the same
+rows, inner slice, search space, early stopping and round cap as ours, a fresh `lgb.Dataset` per trial. Ours: `n_jobs`
+threads (two here, the default), one LightGBM thread each, trials windowed so that the same seed gives the same study.
+"trials" rows time the 50 trials alone, like the reference; "tune()" rows time a whole call: the leakage guard's structural
+checks (tables in memory, `guard=False`), the trials, the final fit and the 1000-resample bootstrap of the validation scores.
+
+    python bench/bench_tune.py [--trials 50] [--days 30] [--repeat 5]
 """
 import argparse, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
+import lightgbm as lgb
+import numpy as np
+import optuna
 import pandas as pd
+from optuna_integration import LightGBMPruningCallback
 
 from cryptoml.features import add_labels, compute_features
-from cryptoml.ingest import SYNTHETIC, example_market, read_bars, synthetic_market
-from cryptoml.tune import tune
+from cryptoml.ingest import synthetic_market
+from cryptoml.metrics import evaluate
+from cryptoml.split import feature_columns, time_split
+from cryptoml.tune import (EARLY_STOPPING, MAX_ROUNDS, REPORT_EVERY, StudyFile, TrialSeededTPE, TrialWindow, WindowPruner,
+                           base_params, inner_split, make_pruner, run_trials, suggest_params, trial_objective, tune)
 
+VAL_DAYS = 14
 
 def labelled(bars: pd.DataFrame) -> pd.DataFrame:
     "The labelled seed feature table of `bars`."
     return add_labels(compute_features(bars, "seed"), bars)
 
+def reference_objective(inner, features: list[str]):
+    "Optuna's LightGBM recipe on our search space: a fresh Dataset per trial, the pruning callback reporting every round."
+    X_train, y_train, X_val, y_val = inner.train[features], inner.train.y, inner.val[features], inner.val.y.to_numpy()
+    base_rate = y_train.mean()
 
-def real_table(home: Path) -> pd.DataFrame | None:
-    "The shared real 1-minute BTC/USDT bars as a seed feature table, or None on a fresh clone."
-    market = example_market(home)
-    return None if market == SYNTHETIC else labelled(read_bars(home, market.exchange, market.symbol, market.timeframe))
+    def run(trial: optuna.Trial) -> float:
+        params = {**base_params(0, 1), "metric": "binary_logloss", **suggest_params(trial, base_rate)}
+        train = lgb.Dataset(X_train, y_train)
+        booster = lgb.train(params, train, MAX_ROUNDS, valid_sets=[lgb.Dataset(X_val, y_val, reference=train)], valid_names=["inner"],
+                            callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False),
+                                       LightGBMPruningCallback(trial, "binary_logloss", valid_name="inner")])
+        return evaluate(y_val, booster.predict(X_val, num_iteration=booster.best_iteration))["log_loss"]
+    return run
 
-
-def one_process(table: pd.DataFrame, trials: int, **kw) -> dict:
-    "One `tune` call in this process."
+def reference(table, inner, features, trials, scratch) -> dict:
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0), pruner=optuna.pruners.MedianPruner())
     started = time.perf_counter()
-    result = tune(table, n_trials=trials, progress=False, guard=False, **kw)  # tables in memory: the structural checks only
-    return dict(seconds=time.perf_counter() - started, result=result)
+    study.optimize(reference_objective(inner, features), n_trials=trials, n_jobs=2)
+    return dict(seconds=time.perf_counter() - started, study=study)
 
+def our_trials(n_jobs: int, window: int | None = None, pruner=None, report_every: int = REPORT_EVERY):
+    "Our trials alone, `n_jobs` at a time, in memory (by default with `tune`'s window, pruner and reports)."
+    def run(table, inner, features, trials, scratch) -> dict:
+        seen = TrialWindow(window or n_jobs)
+        study = optuna.create_study(sampler=TrialSeededTPE(0, seen), pruner=pruner(seen) if pruner else make_pruner(seen))
+        started = time.perf_counter()
+        run_trials(study, trial_objective(inner, features, "logloss", base_params(), report_every), trials, progress=False,
+                   n_jobs=n_jobs)
+        return dict(seconds=time.perf_counter() - started, study=study)
+    return run
 
-def two_workers(table: pd.DataFrame, trials: int, scratch: Path) -> dict:
-    "Two worker processes, one thread per fit each, adding trials to one SQLite study until it holds `trials`."
-    table.to_parquet(scratch/"table.parquet")
-    storage = f"sqlite:///{scratch/'two.db'}"
-    start_at = time.time() + 8  # both tune together, after their imports
-    cmd = [sys.executable, __file__, "--worker", str(scratch/"table.parquet"), storage, str(trials), str(start_at)]
-    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    ends = [float(w.communicate()[0].split()[-1]) for w in workers]
-    assert all(w.returncode == 0 for w in workers), "a worker failed"
-    import optuna
-    study = optuna.load_study(study_name="two", storage=storage)
-    return dict(seconds=max(ends) - start_at, result=None, study=study)
+def todays_pruner(seen):
+    "This project's pruning before issue 16: every 5 rounds after a 20-round warm-up."
+    return WindowPruner(optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=20, interval_steps=5), seen)
 
+def our_tune(n_jobs: int, on_file: bool = False):
+    "A whole `tune` call, `n_jobs` trials at a time, in memory or on an SQLite study file (the command line's storage)."
+    def run(table, inner, features, trials, scratch) -> dict:
+        storage = f"sqlite:///{scratch/'optuna.db'}" if on_file else None  # made before the first repeat, as a data root's is
+        started = time.perf_counter()
+        result = tune(table, n_trials=trials, val_days=VAL_DAYS, progress=False, guard=False, storage=storage,
+                      study_name=f"bench-{time.time_ns()}", n_jobs=n_jobs)
+        return dict(seconds=time.perf_counter() - started, study=result.study, result=result)
+    return run
 
-def worker(table_file: str, storage: str, trials: str, start_at: str):
-    "The body of one of `two_workers`' processes: prints the time it finished."
-    rows = pd.read_parquet(table_file)
-    time.sleep(max(0.0, float(start_at) - time.time()))
-    tune(rows, n_trials=int(trials), storage=storage, study_name="two", progress=False, guard=False)
-    print(time.time())
+WAYS = {"reference: Optuna n_jobs=2 threads x LightGBM 1 thread, in memory (trials)": reference,
+        "cryptoml: 2 trials at a time (n_jobs=2, the default here), in memory (trials)": our_trials(2),
+        "cryptoml: tune(), n_jobs=2, in memory (whole call)": our_tune(2),
+        "cryptoml: tune(), n_jobs=2, on the SQLite study file the CLI uses (whole call)": our_tune(2, on_file=True),
+        "cryptoml: 1 trial at a time (n_jobs=1), in memory (trials)": our_trials(1),
+        "before issue 16's search: 1 at a time, pruning every 5 rounds after 20 (trials)": our_trials(1, pruner=todays_pruner,
+                                                                                                       report_every=5)}
 
+def rounds(study: optuna.Study) -> int:
+    "Boosting rounds the study's trials ran (a pruned trial: to its last report; a completed one: best round + patience)."
+    return sum(max(t.intermediate_values, default=-1) + 1 if t.state.name == "PRUNED" else
+               t.user_attrs.get("best_iteration", 0) + EARLY_STOPPING for t in study.trials)
 
-def row(way: str, rows: int, trials: int, run: dict) -> dict:
-    "One line of the table."
-    study = run["result"].study if run["result"] else run["study"]
-    states = [t.state.name for t in study.trials]
-    r = run["result"]
-    return {"way": way, "rows": rows, "trials": len(states), "pruned": states.count("PRUNED"), "wall s": run["seconds"],
-            "trials/s": len(states) / run["seconds"], "val log loss": r.metrics["log_loss"] if r else None,
-            "val accuracy": r.metrics["accuracy"] if r else None, "best iteration": r.best_iteration if r else None}
-
+def summary(name: str, runs: list[dict], reference_seconds: list[float]) -> dict:
+    "One line of the table: medians over the repeats, the spread of the times, and the distinct best log losses seen."
+    seconds = np.array([r["seconds"] for r in runs])
+    best = sorted({round(r["study"].best_value, 6) for r in runs})
+    val = [r["result"].metrics["log_loss"] for r in runs if "result" in r]
+    return {"way": name, "median s": np.median(seconds), "min-max s": f"{seconds.min():.1f}-{seconds.max():.1f}",
+            "ratio": np.median(seconds / np.array(reference_seconds)),
+            "pruned": int(np.median([sum(t.state.name == "PRUNED" for t in r["study"].trials) for r in runs])),
+            "rounds": int(np.median([rounds(r["study"]) for r in runs])),
+            "best inner log loss": (f"{best[0]:.5f}" if len(best) == 1 else f"{len(best)} values {best[0]:.5f}-{best[-1]:.5f}"),
+            "val log loss": f"{val[0]:.5f}" + ("" if len(set(val)) == 1 else " (varies)") if val else "-"}
 
 def markdown(df: pd.DataFrame) -> str:
-    "`df` as a Markdown table, numbers to 4 significant digits."
-    cells = df.map(lambda v: "-" if v is None or v != v else f"{v:.4g}" if isinstance(v, float) else str(v))
+    "`df` as a Markdown table, numbers to 3 significant digits."
+    cells = df.map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
     lines = [list(df.columns), ["---"] * len(df.columns), *cells.values.tolist()]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--days", type=float, default=30)
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    if args.worker: return worker(*args.worker)
-    synthetic, t = labelled(synthetic_market(days=args.days, seed=0)), args.trials
-    n = len(synthetic)
+    table = labelled(synthetic_market(days=args.days, seed=0))
+    table.attrs["cryptoml"] = {"feature_set": "seed", "horizon": 1}
+    features, split = feature_columns(table), time_split(table, VAL_DAYS, horizon=1)
+    inner, names = inner_split(split), list(WAYS)
+    before, loads, runs = uptime(), [], {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="bench_tune_") as scratch:
-        real = real_table(Path(scratch)/"home")
-        lines = [row("1 trial at a time, 1 thread per fit, in memory (default)", n, t, one_process(synthetic, t)),
-                 row("1 trial at a time, 1 thread per fit, SQLite (CLI default)", n, t,
-                     one_process(synthetic, t, storage=f"sqlite:///{scratch}/one.db")),
-                 row("1 trial at a time, 2 threads per fit, in memory", n, t, one_process(synthetic, t, num_threads=2)),
-                 row("2 worker processes x 1 thread, one SQLite study", n, t, two_workers(synthetic, t, Path(scratch)))]
-        if real is not None:
-            lines.append(row("real BTC 1m bars: 1 trial at a time, 1 thread, in memory", len(real), t, one_process(real, t)))
-    print(f"$ python bench/bench_tune.py --trials {args.trials} --days {args.days:g}")
-    print(f"{os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-          f"rows: synthetic market ({args.days:g} days) unless marked real; validation: the last 14 days; target <= 30 s\n")
-    print(markdown(pd.DataFrame(lines)))
-
+        StudyFile(f"sqlite:///{Path(scratch)/'optuna.db'}")  # the study file's tables, as an earlier run leaves them
+        for rep in range(args.repeat):
+            for name in names[rep % len(names):] + names[:rep % len(names)]:  # each repeat starts with another way
+                runs[name].append(WAYS[name](table, inner, features, args.trials, Path(scratch)))
+                loads.append(os.getloadavg()[0])
+            print(f"repeat {rep + 1}/{args.repeat} done, load {loads[-1]:.1f}", file=sys.stderr)
+    ref = [r["seconds"] for r in runs[names[0]]]
+    print(f"$ python bench/bench_tune.py --trials {args.trials} --days {args.days:g} --repeat {args.repeat}")
+    print(f"{os.cpu_count()} cores; {len(table):,} rows x {len(features)} features ({len(inner.train):,} inner training rows, "
+          f"{len(inner.val):,} inner validation rows); {args.trials} trials; {args.repeat} interleaved repeats per way")
+    print(f"before: {before}\nafter:  {uptime()}\n1-min load average over the run: median {np.median(loads):.1f}, "
+          f"range {min(loads):.1f}-{max(loads):.1f}")
+    print(f"pruning, reference: MedianPruner(n_startup_trials=5, n_warmup_steps=0, interval_steps=1), reports every round, "
+          f"sees whichever trials have finished\npruning, cryptoml: {make_pruner(TrialWindow(2))!r}, reports every "
+          f"{REPORT_EVERY} round(s) (every 10 on a server), sees the trials numbered t-n_jobs or less\n"
+          "ratio: median over repeats of (this way's seconds / the reference's seconds in the same repeat)\n")
+    print(markdown(pd.DataFrame([summary(name, runs[name], ref) for name in names])))
 
 if __name__ == "__main__": main()

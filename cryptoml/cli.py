@@ -28,13 +28,13 @@ from .docs import render_site
 
 # %% auto #0
 __all__ = ['REPORT_BUG', 'COMMANDS', 'run_command', 'add_exchange', 'add_symbol', 'add_market', 'market_arg', 'add_tuning',
-           'add_features', 'add_gate', 'utc_time', 'add_time_range', 'add_replace', 'existing_file', 'symbol_list',
-           'add_many', 'many_markets', 'print_many', 'cmd_panel', 'print_ingest', 'fetch', 'import_dumps', 'cmd_ingest',
-           'cmd_import', 'cmd_demo', 'cmd_features', 'tune_and_save', 'cmd_tune', 'print_decision', 'cmd_promote',
-           'cmd_rollback', 'cmd_runs', 'cmd_show', 'cmd_compare', 'cmd_migrate', 'cmd_predict', 'cmd_monitor',
-           'check_source', 'acquire', 'step', 'cmd_pipeline', 'add_cluster', 'distributed', 'markets_of',
-           'print_outcomes', 'pipeline_market', 'pipeline_markets', 'add_backtest', 'run_backtest', 'backtest_market',
-           'cmd_backtest', 'cmd_docs', 'parser', 'in_data_root', 'main']
+           'add_jobs', 'add_features', 'add_gate', 'utc_time', 'add_time_range', 'add_replace', 'existing_file',
+           'symbol_list', 'add_many', 'many_markets', 'print_many', 'cmd_panel', 'print_ingest', 'fetch',
+           'import_dumps', 'cmd_ingest', 'cmd_import', 'cmd_demo', 'cmd_features', 'tune_and_save', 'cmd_tune',
+           'print_decision', 'cmd_promote', 'cmd_rollback', 'cmd_runs', 'cmd_show', 'cmd_compare', 'cmd_migrate',
+           'cmd_predict', 'cmd_monitor', 'check_source', 'acquire', 'step', 'cmd_pipeline', 'add_cluster',
+           'distributed', 'markets_of', 'print_outcomes', 'pipeline_market', 'pipeline_markets', 'add_backtest',
+           'run_backtest', 'backtest_market', 'cmd_backtest', 'cmd_docs', 'parser', 'in_data_root', 'main']
 
 # %% ../nbs/15_cli.ipynb #fc6f9e4c
 REPORT_BUG = "this is a bug in cryptoml, not in your input; please report it with the traceback above"
@@ -95,6 +95,11 @@ def add_tuning(p: argparse.ArgumentParser):
     p.add_argument("--study", default=None, help="Optuna study name (default: one per market, feature set, objective, seed and "
                                                  "data, so a rerun on the same data resumes it)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+
+def add_jobs(p: argparse.ArgumentParser):
+    "Add `--jobs`, shared by `tune`, `backtest` and `pipeline`: how much of the work runs at once."
+    p.add_argument("--jobs", type=int, default=None, help="tuning trials (one thread each) and backtest folds (one worker process "
+                                                         "each) run at once (default: every core); a study depends on it, not on timing")
 
 def add_features(p: argparse.ArgumentParser):
     "Add the feature-table options shared by `features`, `tune` and `pipeline`."
@@ -231,7 +236,7 @@ def tune_and_save(args, path: Path) -> str:
     table, meta = read_feature_table(path)
     result = tune(table, home=args.home, n_trials=args.trials, timeout=args.timeout,
                   val_days=args.val_days, seed=args.seed, storage=args.storage or optuna_storage(args.home),
-                  study_name=args.study, progress=not args.quiet, table_meta=meta)
+                  study_name=args.study, progress=not args.quiet, table_meta=meta, n_jobs=args.jobs)
     return save_run(result, home=args.home, table_path=path)
 
 def cmd_tune(args) -> int:
@@ -418,7 +423,6 @@ def add_backtest(p: argparse.ArgumentParser):
                    help=f"fewest rows in an inner slice or scored period (default: {MIN_VAL_ROWS})")
     p.add_argument("--period", default="auto", choices=["auto", *PERIODS], help="scoring period (default: year, else month, week or day)")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval (default: 1000)")
-    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per core)")
 
 def run_backtest(args, market: Market, path: Path, pool: Callable | None = None, show: bool = True) -> Backtest:
     "Backtest `market`'s feature table at `path` with the command's options (leakage guard on, folds on `pool`); print it (`show`)."
@@ -480,7 +484,7 @@ def _features_args(p):
     add_market(p); add_features(p)
     p.add_argument("--funding-exchange", default=None, help="where this market's funding rates are stored (default: its own "
                                                             "exchange, or binance for binanceus)")
-def _tune_args(p): add_market(p); add_features(p); add_tuning(p)
+def _tune_args(p): add_market(p); add_features(p); add_tuning(p); add_jobs(p)
 def _promote_args(p):
     p.add_argument("run_id", help="run id, e.g. 2026-11-26T101500")
     alias = p.add_mutually_exclusive_group()
@@ -517,10 +521,10 @@ def _pipeline_args(p):
     add_time_range(p); add_replace(p)
     p.add_argument("--funding-csv", type=existing_file, help="with --import: funding rates to import too")
     p.add_argument("--days", type=float, default=30, help="with --demo: days of synthetic bars (default: 30)")
-    add_features(p); add_tuning(p); add_gate(p); add_backtest(p)
+    add_features(p); add_tuning(p); add_gate(p); add_backtest(p); add_jobs(p)
     p.add_argument("--backtest", action="store_true", help="then a walk-forward backtest of the market (see backtest --help)")
 def _backtest_args(p):
-    add_market(p, required=False); add_many(p); add_cluster(p); add_features(p); add_backtest(p)
+    add_market(p, required=False); add_many(p); add_cluster(p); add_features(p); add_backtest(p); add_jobs(p)
     p.add_argument("--trials", type=int, default=20, help="Optuna trials per tuning (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the models (default: 0)")
 def _panel_args(p):

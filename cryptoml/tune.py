@@ -4,7 +4,9 @@
 
 # %% ../nbs/06_tune.ipynb #485036f5
 from __future__ import annotations
-import hashlib, json, os, socket, time, warnings
+import copy, gc, hashlib, json, os, socket, threading, time, warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,30 +21,36 @@ import numpy as np
 import optuna
 import pandas as pd
 import sqlalchemy
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.samplers import BaseSampler, TPESampler
+from optuna.storages import InMemoryStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import LightGBMPruningCallback
 from sklearn.pipeline import Pipeline
+from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
 # The progress bar counts trials; Optuna's line per trial would bury it.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # %% auto #0
-__all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES', 'FINISHED', 'MIN_VAL_ROWS', 'base_params',
-           'suggest_params', 'categorical', 'Objective', 'pick_trial', 'TrialSeededTPE', 'inner_split',
-           'trial_objective', 'make_pruner', 'fingerprint', 'default_study_name', 'study_storage', 'open_study',
-           'finished_trials', 'run_trials', 'default_val_days', 'TuneResult', 'run_manifest', 'judge',
-           'point_in_time_fn', 'tune']
+__all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES', 'FINISHED', 'CURVE', 'HEARTBEAT', 'GRACE',
+           'RETRIES', 'SERVER_REPORT_EVERY', 'MIN_VAL_ROWS', 'base_params', 'suggest_params', 'categorical',
+           'Objective', 'pick_trial', 'fail_stale', 'SeenTrials', 'TrialWindow', 'TrialSeededTPE', 'inner_split',
+           'trial_objective', 'WindowPruner', 'make_pruner', 'fingerprint', 'default_study_name', 'to_file',
+           'from_file', 'StudyFile', 'pool_settings', 'server_storage', 'on_one_machine', 'study_storage', 'open_study',
+           'finished_trials', 'trial_jobs', 'Surplus', 'run_trials', 'default_val_days', 'TuneResult', 'run_manifest',
+           'judge', 'point_in_time_fn', 'tune']
 
 # %% ../nbs/06_tune.ipynb #8cf5eb92
 SKEWED = 0.1  # class weighting is searched when the base rate is further than this from 0.5
-MAX_ROUNDS, EARLY_STOPPING, REPORT_EVERY = 2000, 50, 5
+MAX_ROUNDS, EARLY_STOPPING, REPORT_EVERY = 2000, 50, 1
 
 def base_params(seed: int = 0, num_threads: int = 1) -> dict:
-    "The LightGBM settings every fit shares: binary, deterministic, seeded, an explicit thread count, silent."
+    "The LightGBM settings every fit shares: binary, deterministic, seeded, explicit threads, silent, reusable bins."
+    # feature_pre_filter off: one binned Dataset then serves trials of any min_child_samples (LightGBM refuses otherwise)
     return {"objective": "binary", "verbose": -1, "num_threads": num_threads, "deterministic": True,
-            "force_row_wise": True, "seed": seed, "bagging_freq": 1}
+            "force_row_wise": True, "seed": seed, "bagging_freq": 1, "feature_pre_filter": False}
 
 def suggest_params(trial: optuna.Trial, base_rate: float) -> dict:
     "One trial's LightGBM parameters; `scale_pos_weight` is searched only when `base_rate` is skewed."
@@ -80,10 +88,57 @@ def pick_trial(study: optuna.Study) -> FrozenTrial:
     return max(study.best_trials, key=lambda t: (t.values[0] - t.values[1], -t.number))
 
 # %% ../nbs/06_tune.ipynb #b8c7909a
+def fail_stale(study: optuna.Study):
+    "Mark failed the trials of `study` whose worker stopped beating (a server's storage only; retried if it says so)."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+class SeenTrials:
+    "A read-only view of `study` that holds only `trials`: what one trial's sampler and pruner may learn from."
+    def __init__(self, study: optuna.Study, trials: list[FrozenTrial]): self._study, self._trials = study, trials
+    def __getattr__(self, name): return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False) -> list[FrozenTrial]:
+        return [copy.deepcopy(t) if deepcopy else t for t in self._trials if states is None or t.state in states]
+    _get_trials = get_trials
+    trials = property(get_trials)
+
+class TrialWindow:
+    "Trial `t` sees the trials numbered `t - width` or less, once none of them runs; `width=None`: whatever has finished."
+    def __init__(self, width: int | None = 1): self.width, self._seen, self._lock = width, {}, threading.Lock()
+
+    def seen(self, study: optuna.Study, number: int) -> SeenTrials:
+        "What trial `number` learns from, taken when it is first asked for."
+        with self._lock: seen = self._seen.get(number)
+        if seen is None:
+            seen = SeenTrials(study, self._wait(study, number))
+            with self._lock:
+                self._seen[number] = seen
+                # a trial nobody forgets (a pruner without its sampler) is dropped: taking its view again changes nothing
+                if len(self._seen) > 256: self._seen.pop(min(self._seen))
+        return seen
+
+    def forget(self, number: int):
+        with self._lock: self._seen.pop(number, None)
+
+    def _wait(self, study: optuna.Study, number: int) -> list[FrozenTrial]:
+        pause = 0.002 if isinstance(study._storage, InMemoryStorage) else 0.2
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            if self.width is None: return [t for t in trials if t.state.is_finished()]
+            before = [t for t in trials if t.number <= number - self.width]
+            if not any(t.state == TrialState.RUNNING for t in before): return before
+            fail_stale(study)  # a killed worker's trial, on a server: failed once its heartbeat has stopped long enough
+            time.sleep(pause)
+
+    def __repr__(self): return f"TrialWindow({self.width})"
+
+# %% ../nbs/06_tune.ipynb #242c85a7
 class TrialSeededTPE(BaseSampler):
-    "TPE whose draws for a trial depend only on `seed`, the trial's number and the finished trials."
-    def __init__(self, seed: int = 0, **tpe):
-        self.seed, self.tpe, self._samplers = seed, tpe, {}
+    "TPE whose draws for a trial depend only on `seed`, the trial's number and the finished trials its `window` shows it."
+    def __init__(self, seed: int = 0, window: TrialWindow | None = None, **tpe):
+        self.seed, self.window, self.tpe, self._samplers = seed, window or TrialWindow(), tpe, {}
 
     def _for(self, trial: FrozenTrial) -> TPESampler:
         if trial.number not in self._samplers:
@@ -91,16 +146,22 @@ class TrialSeededTPE(BaseSampler):
             self._samplers[trial.number] = TPESampler(seed=trial_seed, **self.tpe)
         return self._samplers[trial.number]
 
-    def infer_relative_search_space(self, study, trial): return self._for(trial).infer_relative_search_space(study, trial)
-    def sample_relative(self, study, trial, search_space): return self._for(trial).sample_relative(study, trial, search_space)
-    def sample_independent(self, study, trial, name, dist): return self._for(trial).sample_independent(study, trial, name, dist)
-    def before_trial(self, study, trial): self._for(trial).before_trial(study, trial)
+    def _seen(self, study, trial): return self.window.seen(study, trial.number)
+    def before_trial(self, study, trial): self._for(trial).before_trial(self._seen(study, trial), trial)
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(self._seen(study, trial), trial)
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(self._seen(study, trial), trial, search_space)
+    def sample_independent(self, study, trial, name, dist):
+        return self._for(trial).sample_independent(self._seen(study, trial), trial, name, dist)
 
     def after_trial(self, study, trial, state, values):
         self._for(trial).after_trial(study, trial, state, values)
         del self._samplers[trial.number]
+        self.window.forget(trial.number)
 
-    def __repr__(self): return f"TrialSeededTPE(seed={self.seed})"
+    def reseed_rng(self): "Nothing to reseed (Optuna asks each thread to): every trial's draws are seeded by its number."
+    def __repr__(self): return f"TrialSeededTPE(seed={self.seed}, window={self.window.width})"
 
 # %% ../nbs/06_tune.ipynb #75c21d4b
 def inner_split(split: Split, inner_days: float | None = None) -> Split:
@@ -110,29 +171,51 @@ def inner_split(split: Split, inner_days: float | None = None) -> Split:
     return time_cut(split.train, days, split.purge, split.embargo, horizon=split.horizon)
 
 # %% ../nbs/06_tune.ipynb #a19efba2
-def trial_objective(inner: Split, features: list[str], objective: str, base: dict) -> Callable[[optuna.Trial], tuple]:
-    "The study's objective: fit on `inner.train`, stop early and score on `inner.val`."
+def trial_objective(inner: Split, features: list[str], objective: str, base: dict,
+                    report_every: int = REPORT_EVERY) -> Callable[[optuna.Trial], tuple]:
+    "The study's objective: fit on `inner.train`, report every `report_every` rounds, stop early, score on `inner.val`."
     spec, X_val, y_val = OBJECTIVES[objective], inner.val[features], inner.val.y.to_numpy()
     X_train, y_train = inner.train[features], inner.train.y
-    base_rate = y_train.mean()
+    base_rate, local, openmp = y_train.mean(), threading.local(), ThreadpoolController()
+
+    def datasets() -> tuple[lgb.Dataset, lgb.Dataset]:
+        "This thread's inner training and validation sets, binned at its first trial."
+        if not hasattr(local, "sets"):
+            train = lgb.Dataset(X_train, y_train, params=base, free_raw_data=False)
+            local.sets = train, lgb.Dataset(X_val, y_val, reference=train, free_raw_data=False)
+        return local.sets
 
     def run(trial: optuna.Trial) -> tuple:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {**base, "metric": spec.metric, **suggest_params(trial, base_rate)}
-        train = lgb.Dataset(X_train, y_train)
+        train, val = datasets()
         callbacks = [lgb.early_stopping(EARLY_STOPPING, verbose=False)]
         if len(spec.directions) == 1:
-            callbacks.append(LightGBMPruningCallback(trial, spec.metric, valid_name="inner", report_interval=REPORT_EVERY))
-        booster = lgb.train(params, train, MAX_ROUNDS, valid_sets=[lgb.Dataset(X_val, y_val, reference=train)],
-                            valid_names=["inner"], callbacks=callbacks)
+            callbacks.append(LightGBMPruningCallback(trial, spec.metric, valid_name="inner",
+                                                     report_interval=report_every))
+        # LightGBM scores the inner slice on the calling thread's OpenMP team, which in a new thread is every core
+        # whatever num_threads says: more threads, and sums in an order that changes the last digits from run to run
+        with openmp.limit(limits=base["num_threads"], user_api="openmp"):
+            booster = lgb.train(params, train, MAX_ROUNDS, valid_sets=[val], valid_names=["inner"], callbacks=callbacks,
+                                keep_training_booster=True)
+            p = booster.predict(X_val, num_iteration=booster.best_iteration)
         trial.set_user_attr("best_iteration", booster.best_iteration)
         trial.set_user_attr("params", params)
-        return spec.values(evaluate(y_val, booster.predict(X_val, num_iteration=booster.best_iteration)))
+        return spec.values(evaluate(y_val, p))
     return run
 
-def make_pruner() -> optuna.pruners.BasePruner:
-    "Median pruning, after 5 finished trials and 20 rounds, checked every `REPORT_EVERY` rounds."
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=20, interval_steps=REPORT_EVERY)
+class WindowPruner(optuna.pruners.BasePruner):
+    "`pruner`, judging each trial against the trials its `window` shows it (those its sampler learned from)."
+    def __init__(self, pruner: optuna.pruners.BasePruner, window: TrialWindow): self.pruner, self.window = pruner, window
+    def prune(self, study, trial) -> bool: return self.pruner.prune(self.window.seen(study, trial.number), trial)
+    def __repr__(self):
+        settings = ", ".join(f"{k.lstrip('_')}={v}" for k, v in vars(self.pruner).items())
+        return f"{type(self.pruner).__name__}({settings}) in {self.window}"
+
+def make_pruner(window: TrialWindow | None = None) -> optuna.pruners.BasePruner:
+    "Median pruning at every report from the first round, once 5 trials completed (Optuna's defaults), within `window`."
+    median = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0, interval_steps=1)
+    return WindowPruner(median, window or TrialWindow())
 
 # %% ../nbs/06_tune.ipynb #9afd3aa7
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -149,30 +232,133 @@ def default_study_name(table_meta: dict, objective: str, seed: int, digest: str)
               if table_meta.get("symbol") and table_meta.get("timeframe") else "table")
     return f"{market}-{table_meta.get('feature_set', 'features')}-{objective}-s{seed}-{digest}"
 
+# %% ../nbs/06_tune.ipynb #69295948
 def _write_ahead(connection, _):
     "SQLite: a write-ahead log, synced at checkpoints rather than at every commit."
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
 
-def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
-    storage = optuna.storages.RDBStorage(url)
+def _rdb_storage(url: str, **settings) -> RDBStorage:
+    storage = RDBStorage(url, **settings)
     if storage.engine.dialect.name == "sqlite":
         sqlalchemy.event.listen(storage.engine, "connect", _write_ahead)
         storage.engine.dispose()  # reconnect, through the listener
     return storage
 
-def study_storage(url: str | None, tries: int = 5) -> optuna.storages.BaseStorage | None:
-    "Optuna's storage at `url` (None: in memory); a worker that loses the race to create a fresh database's tables tries again."
-    for attempt in range(tries):
-        try: return url and _rdb_storage(url)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError):
-            if attempt == tries - 1: raise
-            time.sleep(0.2 * 2 ** attempt)
+CURVE = "cryptoml:curve"  # a trial's intermediate values in a study file: [[step, value], ...]
 
-def open_study(storage: str | None, study_name: str, objective: str, seed: int, digest: str) -> optuna.Study:
+def to_file(trial: FrozenTrial) -> FrozenTrial:
+    "`trial` as a study file keeps it: its learning curve in one attribute, only its last value as Optuna's own."
+    kept, steps = copy.copy(trial), trial.intermediate_values
+    kept.intermediate_values = {max(steps): steps[max(steps)]} if steps else {}
+    kept.system_attrs = {**trial.system_attrs, CURVE: [[step, value] for step, value in steps.items()]}
+    return kept
+
+def from_file(trial: FrozenTrial) -> FrozenTrial:
+    "`trial` read back from a study file: its learning curve restored; failed if a killed run left it running."
+    back, attrs = copy.copy(trial), dict(trial.system_attrs)
+    if CURVE in attrs: back.intermediate_values = {int(step): value for step, value in attrs.pop(CURVE)}
+    back.system_attrs, back.state = attrs, trial.state if trial.state.is_finished() else TrialState.FAIL
+    return back
+
+class StudyFile(InMemoryStorage):
+    "Studies in memory whose finished trials go to the SQLite file at `url` in number order, one transaction each."
+    def __init__(self, url: str):
+        super().__init__()
+        self.url, self.file = url, _rdb_storage(url)
+        self._file_id, self._written, self._study_of, self._writing = {}, {}, {}, threading.Lock()
+
+    def create_new_study(self, directions, study_name: str | None = None) -> int:
+        # DuplicatedStudyError if the file holds it: optuna.create_study(load_if_exists=True) then loads it
+        file_id = self.file.create_new_study(directions, study_name)
+        return self._pair(super().create_new_study(directions, self.file.get_study_name_from_id(file_id)), file_id, [])
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        try: return super().get_study_id_from_name(study_name)
+        except KeyError: file_id = self.file.get_study_id_from_name(study_name)  # KeyError if the file lacks it too
+        study_id = super().create_new_study(self.file.get_study_directions(file_id), study_name)
+        for key, value in self.file.get_study_user_attrs(file_id).items():
+            super().set_study_user_attr(study_id, key, value)
+        return self._pair(study_id, file_id, self.file.get_all_trials(file_id, deepcopy=False))
+
+    def _pair(self, study_id: int, file_id: int, trials: list[FrozenTrial]) -> int:
+        for t in trials: self.create_new_trial(study_id, from_file(t))
+        self._file_id[study_id], self._written[study_id] = file_id, len(trials)
+        return study_id
+
+    def set_study_user_attr(self, study_id: int, key: str, value):
+        super().set_study_user_attr(study_id, key, value)
+        self.file.set_study_user_attr(self._file_id[study_id], key, value)
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        trial_id = super().create_new_trial(study_id, template_trial)
+        self._study_of[trial_id] = study_id
+        return trial_id
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if changed and state.is_finished(): self._write(self._study_of[trial_id])
+        return changed
+
+    def _write(self, study_id: int):
+        "Write the finished trials the file lacks, in number order, up to the first one not finished."
+        with self._writing:
+            trials, file_id = self.get_all_trials(study_id, deepcopy=False), self._file_id[study_id]
+            while (done := self._written[study_id]) < len(trials) and trials[done].state.is_finished():
+                if self.file.get_trial_number_from_id(self.file.create_new_trial(file_id, to_file(trials[done]))) != done:
+                    raise ConfigError(f"another process added trials to study {self.get_study_name_from_id(study_id)!r} "
+                                      f"in {self.url} while this one ran: a study file is one process's; share a server "
+                                      "for many workers")
+                self._written[study_id] += 1
+
+# %% ../nbs/06_tune.ipynb #5cf6601e
+HEARTBEAT, GRACE, RETRIES = 2, 10, 3  # s between a trial's heartbeats; s of silence that means dead; retries of a dead trial
+SERVER_REPORT_EVERY = 10  # rounds between a trial's reports to a server (each one a round trip; in memory, every round)
+
+def pool_settings(url: str, n_jobs: int = 1) -> dict:
+    "SQLAlchemy's pool for a worker of `n_jobs` trials on a server: `n_jobs + 1` connections at most, kept open, shared."
+    named = {"connect_args": {"application_name": f"cryptoml-tune {socket.gethostname()}:{os.getpid()}"}}
+    return {"pool_size": n_jobs + 1, "max_overflow": 0, "pool_pre_ping": True, "pool_timeout": 120,
+            **(named if sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql" else {})}
+
+def server_storage(url: str, n_jobs: int = 1) -> RDBStorage:
+    "A server's storage: a killed worker's trial is marked failed after `GRACE` s of silence, and retried `RETRIES` times."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return _rdb_storage(url, engine_kwargs=pool_settings(url, n_jobs), heartbeat_interval=HEARTBEAT, grace_period=GRACE,
+                            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES))
+
+def on_one_machine(url: str | None) -> bool:
+    "Whether the study at `url` is one process's (in memory or an SQLite file) rather than a server's."
+    return url is None or _url(url).get_backend_name() == "sqlite"
+
+def _url(url: str) -> sqlalchemy.engine.URL:
+    try: return sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError as e:
+        raise ConfigError(f"{url!r} is not a storage URL (e.g. sqlite:///optuna.db, postgresql://user:pass@host/db)") from e
+
+def study_storage(url: str | None, tries: int = 5, n_jobs: int = 1) -> optuna.storages.BaseStorage | None:
+    "The storage at `url` (None: in memory); a worker that loses the race to make a new database's tables tries again."
+    if url is None: return None
+    shown = _url(url).render_as_string(hide_password=True)
+    for attempt in range(tries):
+        try: return StudyFile(url) if on_one_machine(url) else server_storage(url, n_jobs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
+            if attempt == tries - 1:
+                raise ConfigError(f"cannot open the study storage {shown}: {str(e.orig).strip().splitlines()[0]}") from e
+        except (sqlalchemy.exc.ArgumentError, ImportError) as e:
+            raise ConfigError(f"cannot use the study storage {shown}: {e}") from e
+        gc.collect()  # the failed attempt's engine and its connections: closed now, not whenever the collector runs
+        time.sleep(0.2 * 2 ** attempt)
+
+# %% ../nbs/06_tune.ipynb #8c84b65c
+def open_study(storage: str | None, study_name: str, objective: str, seed: int, digest: str,
+               n_jobs: int = 1) -> optuna.Study:
     "Create the study `study_name` in `storage`, or join it; `ConfigError` if its trials were made on other data or settings."
-    study = optuna.create_study(storage=study_storage(storage), study_name=study_name, directions=list(OBJECTIVES[objective].directions),
-                                sampler=TrialSeededTPE(seed), pruner=make_pruner(), load_if_exists=True)
+    window = TrialWindow(n_jobs if on_one_machine(storage) else None)
+    study = optuna.create_study(storage=study_storage(storage, n_jobs=n_jobs), study_name=study_name,
+                                directions=list(OBJECTIVES[objective].directions), sampler=TrialSeededTPE(seed, window),
+                                pruner=make_pruner(window), load_if_exists=True)
     made_for = study.user_attrs.get("fingerprint")
     if made_for is None: study.set_user_attr("fingerprint", digest)
     elif made_for != digest:
@@ -184,12 +370,70 @@ def finished_trials(study: optuna.Study) -> int:
     "Trials of `study` that ran to an end: completed or pruned (not failed, not still running)."
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
-def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout: float | None = None, progress: bool = True):
-    "Add trials until `study` holds `n_trials` finished ones, other workers' included, or `timeout` seconds pass."
+# %% ../nbs/06_tune.ipynb #0093edaa
+def trial_jobs(n_jobs: int | None = None) -> int:
+    "`n_jobs`, or the cores this process may use when None; `ConfigError` unless a whole number >= 1."
+    if n_jobs is None: return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
+        raise ConfigError(f"n_jobs (--jobs, trials run at once) must be a whole number >= 1, not {n_jobs!r}")
+    return int(n_jobs)
+
+class Surplus(Exception):
+    "A trial the study turned out not to need: as many trials numbered before it had been started."
+
+def _unless_surplus(objective: Callable, n_trials: int) -> Callable:
+    def run(trial: optuna.Trial):
+        before = trial.study.get_trials(deepcopy=False)
+        ahead = sum(t.state != TrialState.FAIL for t in before if t.number < trial.number)
+        if ahead >= n_trials:
+            trial.set_user_attr("surplus", True)
+            raise Surplus(f"trial {trial.number} is not needed: {ahead} trials before it did not fail")
+        return objective(trial)
+    return run
+
+def _next_step(study: optuna.Study, n_trials: int, starting: int) -> str:
+    "'done' once `study` holds `n_trials` finished trials; 'run' if it needs one more or a retry waits; else 'wait'."
+    states = Counter(t.state for t in study.get_trials(deepcopy=False))
+    finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
+    if finished >= n_trials: return "done"
+    needed = n_trials - finished - states[TrialState.RUNNING] - starting
+    return "run" if needed > 0 or states[TrialState.WAITING] > starting else "wait"
+
+def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout: float | None = None,
+               progress: bool = True, n_jobs: int = 1):
+    "Add trials, `n_jobs` at a time, until `study` holds `n_trials` finished ones (other workers' too) or `timeout` s pass."
+    deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+    guarded, lock, stop, starting = _unless_surplus(objective, n_trials), threading.Lock(), threading.Event(), [0]
+    alone = isinstance(study._storage, InMemoryStorage)  # no other process adds trials: nothing to wait for
     with tqdm(total=n_trials, initial=min(n_trials, finished_trials(study)), desc="trials", disable=not progress) as bar:
-        def tick(study, trial): bar.update(min(n_trials, finished_trials(study)) - bar.n)
-        study.optimize(objective, n_trials=n_trials - bar.n, timeout=timeout,
-                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), tick])
+        def tick(study, trial):
+            with lock: bar.update(min(n_trials, finished_trials(study)) - bar.n)
+
+        def work():
+            while not stop.is_set() and time.monotonic() < deadline:
+                with lock:
+                    step = _next_step(study, n_trials, starting[0])
+                    starting[0] += step == "run"
+                if step == "done" or step == "wait" and alone: return
+                if step == "wait":
+                    fail_stale(study)
+                    time.sleep(0.2)
+                    continue
+                pending = [1]  # this trial counts as starting until it exists
+
+                def started(trial):
+                    with lock: starting[0] -= pending.pop() if pending else 0
+                    return guarded(trial)
+                try: study.optimize(started, n_trials=1, callbacks=[tick])
+                except (Surplus, UpdateFinishedTrialError): pass  # not needed; or declared dead as it ran: retried elsewhere
+                finally:
+                    with lock: starting[0] -= pending.pop() if pending else 0
+
+        if n_jobs == 1: return work()
+        with ThreadPoolExecutor(n_jobs, thread_name_prefix="trial") as pool:
+            try:
+                for thread in [pool.submit(work) for _ in range(n_jobs)]: thread.result()
+            finally: stop.set()  # one thread's error (or Ctrl-C) ends the others after their trial
 
 # %% ../nbs/06_tune.ipynb #fb8a69a2
 MIN_VAL_ROWS = 2000  # the fewest labelled rows a default validation window, inner slice or scoring period holds
@@ -232,6 +476,7 @@ class TuneResult:
     manifest: dict = field(default_factory=dict)
     guard_ran: bool = False  # the point-in-time check ran (the structural checks always do)
     implausible: list[str] = field(default_factory=list)  # the plausibility alarm's findings: empty when plausible
+    n_jobs: int = 1  # trials that ran at once
 
     def scores(self) -> pd.DataFrame:
         "Validation metrics of the model and each baseline, one row each."
@@ -285,10 +530,12 @@ def point_in_time_fn(table: pd.DataFrame, table_meta: dict, feature_fn: Callable
 def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: Callable | None = None, guard: bool = True,
          home=None, n_trials: int = 50, timeout: float | None = None, val_days: float | None = None, objective: str = "logloss",
          seed: int = 0, storage: str | None = None, study_name: str | None = None, num_threads: int = 1, progress: bool = True,
-         table_meta: dict | None = None, inner_days: float | None = None, n_boot: int = 1000) -> TuneResult:
+         table_meta: dict | None = None, inner_days: float | None = None, n_boot: int = 1000,
+         n_jobs: int | None = None) -> TuneResult:
     "Guard, tune on an inner slice, refit on the training period, judge once on the last `val_days` and check the scores are plausible (a panel: pooled, one cut for all markets)."
     started = time.perf_counter()
     if objective not in OBJECTIVES: raise ConfigError(f"unknown objective {objective!r}: expected one of {list(OBJECTIVES)}")
+    n_jobs = trial_jobs(n_jobs)
     table_meta = {**table.attrs.get("cryptoml", {}), **(table_meta or {})}
     features = list(features or feature_columns(table))
     val_days = default_val_days(table) if val_days is None else val_days
@@ -299,9 +546,10 @@ def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: 
     check_split(inner, split.train)
     digest = fingerprint(table, features, objective=objective, seed=seed, val_days=val_days, inner_days=inner_days)
     study_name = study_name or default_study_name(table_meta, objective, seed, digest)
-    study = open_study(storage, study_name, objective, seed, digest)
+    study = open_study(storage, study_name, objective, seed, digest, n_jobs)
+    report_every = REPORT_EVERY if on_one_machine(storage) else SERVER_REPORT_EVERY
     base = {**base_params(seed, num_threads), **categorical(features)}
-    run_trials(study, trial_objective(inner, features, objective, base), n_trials, timeout, progress)
+    run_trials(study, trial_objective(inner, features, objective, base, report_every), n_trials, timeout, progress, n_jobs)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise ConfigError(f"no trial of study {study_name!r} completed within timeout={timeout} s")
     best = pick_trial(study)
@@ -315,7 +563,8 @@ def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: 
     manifest = run_manifest(table, table_meta, features, split, inner, seed=seed, val_days=val_days, inner_days=inner_days,
                             objective=objective, guard="off (guard=False)" if check_fn is None else
                             "the caller's feature_fn" if feature_fn is not None else "recomputed from the stored bars")
+    manifest["search"] = {"sampler": repr(study.sampler), "pruner": repr(study.pruner)}  # what each trial could see
     return TuneResult(booster, logreg, features, params, rounds, metrics, scores, split, study_name, storage,
                       finished_trials(study), best.number, repr(study.sampler), seed, objective, time.perf_counter() - started,
                       table_meta, "\n".join([*(f"SUSPECTED LEAK: {s}" for s in suspect), verdict(gains)]), study, inner,
-                      guard_report, gains, manifest, check_fn is not None, suspect)
+                      guard_report, gains, manifest, check_fn is not None, suspect, n_jobs)

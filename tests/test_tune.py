@@ -1,7 +1,7 @@
 """Tuning on the shared real BTC bars: a smoke run, the leakage guard (on by default, and the weak leak it used to miss),
-the plausibility alarm, reproducibility (on a snapshot, in another process), objectives, and a study that survives SIGKILL."""
-import json, subprocess, sys, time
-from collections import Counter
+the plausibility alarm, reproducibility (on a snapshot, in another process, two trials at a time), objectives, a study file
+that survives SIGKILL, and bad settings refused from the command line."""
+import itertools, json, subprocess, sys, time
 
 import numpy as np
 import optuna
@@ -13,7 +13,8 @@ from cryptoml.core import ConfigError, LeakageError, sha256_file
 from cryptoml.features import build_features, features_asof, read_feature_table, snapshot_table
 from cryptoml.ingest import example_market
 from cryptoml.metrics import METRICS
-from cryptoml.tune import FINISHED, finished_trials, pick_trial, tune
+from cryptoml.cli import main
+from cryptoml.tune import FINISHED, pick_trial, tune
 from tune_worker import result_of, seed_table, start_worker
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,25 @@ def test_a_named_study_refuses_trials_from_other_data(btc, tmp_path):
     with pytest.raises(ConfigError, match="'shared' holds trials made on other data"):
         quick(table.iloc[:-60], home, n_trials=2, storage=storage, study_name="shared")
 
+def trials_of(study) -> list[tuple]:
+    "What a study's trials drew, scored and became, in number order."
+    return [(t.number, t.state, t.params, t.values, t.intermediate_values) for t in study.trials]
+
+def test_two_trials_at_a_time_give_the_same_study_and_model_every_time(btc):
+    table, _, home = btc
+    first, again = (quick(table, home, n_trials=16, n_jobs=2, guard=False) for _ in range(2))
+    assert trials_of(first.study) == trials_of(again.study) and len(first.study.trials) == 16
+    assert (first.params, first.metrics, first.baselines) == (again.params, again.metrics, again.baselines)
+    spans = [(t.datetime_start, t.datetime_complete) for t in first.study.trials]
+    overlapping = sum(a[0] < b[1] and b[0] < a[1] for a, b in itertools.combinations(spans, 2))
+    print(f"\n16 trials, 2 at a time: {overlapping} pairs of trials overlapped in time; best trial {first.best_trial}")
+    assert overlapping >= 8  # they did run side by side, finishing in whatever order
+    assert first.sampler == "TrialSeededTPE(seed=0, window=2)" and first.n_jobs == 2
+    assert first.manifest["search"]["sampler"] == first.sampler and "TrialWindow(2)" in first.manifest["search"]["pruner"]
+    one = quick(table, home, n_trials=16, n_jobs=1, guard=False)  # one at a time, each trial sees every one before it
+    assert trials_of(one.study) != trials_of(first.study) and one.sampler == "TrialSeededTPE(seed=0, window=1)"
+    assert [t.params for t in one.study.trials][:5] == [t.params for t in first.study.trials][:5]  # random start-up draws
+
 def wait_for(condition, timeout=120.0):
     "Poll `condition` until it returns a truthy value."
     deadline = time.monotonic() + timeout
@@ -159,25 +179,41 @@ def wait_for(condition, timeout=120.0):
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout} s")
 
-def midway(storage, name, at_least):
-    "The study once it holds `at_least` finished trials and one running; None before."
-    try: study = optuna.load_study(study_name=name, storage=storage)
+def kept_trials(storage, name, at_least):
+    "The study file's trials once it holds `at_least`; None before."
+    try: trials = optuna.load_study(study_name=name, storage=storage).trials
     except KeyError: return None
-    states = Counter(t.state for t in study.get_trials(deepcopy=False))
-    return study if sum(states[s] for s in FINISHED) >= at_least and states[TrialState.RUNNING] else None
+    return trials if len(trials) >= at_least else None
 
-def test_a_study_killed_with_sigkill_resumes_to_exactly_the_requested_trials(btc, tmp_path):
+def test_a_run_killed_with_sigkill_resumes_to_the_study_an_uninterrupted_run_makes(btc, tmp_path):
     table_file, storage, n = tmp_path/"table.parquet", f"sqlite:///{tmp_path/'optuna.db'}", 20
     btc[0].to_parquet(table_file)
-    worker = start_worker(table_file, storage, "resume", n)
-    wait_for(lambda: midway(storage, "resume", 5))
+    worker = start_worker(table_file, storage, "resume", n, n_jobs=2)
+    wait_for(lambda: kept_trials(storage, "resume", 5))
     worker.kill()
     assert worker.wait() == -9
-    before = finished_trials(optuna.load_study(study_name="resume", storage=storage))
-    assert 5 <= before < n
-    assert result_of(start_worker(table_file, storage, "resume", n))["n_trials"] == n
+    kept = optuna.load_study(study_name="resume", storage=storage).trials
+    assert 5 <= len(kept) < n and [t.number for t in kept] == list(range(len(kept)))  # finished trials 0..k, in order
+    assert all(t.state in FINISHED for t in kept)  # and nothing left running
+    resumed = result_of(start_worker(table_file, storage, "resume", n, n_jobs=2))
     study = optuna.load_study(study_name="resume", storage=storage)
-    states = Counter(t.state for t in study.trials)
-    assert finished_trials(study) == n
-    assert states[TrialState.RUNNING] <= 1 and states[TrialState.FAIL] == 0  # at most the trial SIGKILL interrupted
-    assert len(study.trials) == n + states[TrialState.RUNNING]  # the restart added only the missing trials
+    assert resumed["n_trials"] == n == len(study.trials) and all(t.state in FINISHED for t in study.trials)
+    whole = tune(btc[0], n_trials=n, val_days=7, progress=False, n_boot=100, guard=False, n_jobs=2)  # never interrupted
+    print(f"\nkilled after {len(kept)} of {n} trials were kept; the resumed study equals an uninterrupted one")
+    assert [(t.params, t.values, t.state) for t in study.trials] == [(t.params, t.values, t.state) for t in whole.study.trials]
+    assert resumed["params"] == json.loads(json.dumps(whole.params)) and resumed["best_trial"] == whole.best_trial
+
+def test_bad_jobs_and_an_unreachable_storage_exit_2_naming_them(tmp_path, capsys):
+    market = ["--exchange", "synthetic", "--symbol", "SYNTH/USDT", "--timeframe", "1m", "--home", str(tmp_path), "--quiet"]
+    assert main(["demo", "--days", "3", "--home", str(tmp_path), "--quiet"]) == 0
+    assert main(["features", *market]) == 0
+    capsys.readouterr()
+    for args, reason in [(["--jobs", "0"], "n_jobs (--jobs, trials run at once) must be a whole number >= 1, not 0"),
+                         (["--jobs", "-2"], "not -2"),
+                         (["--storage", "postgresql://tuner:secret@127.0.0.1:1/optuna"],
+                          "cannot open the study storage postgresql://tuner:***@127.0.0.1:1/optuna: connection")]:
+        status = main(["tune", *market, "--trials", "2", "--val-days", "1", *args])
+        out, err = capsys.readouterr()
+        assert (status, out) == (2, "") and err.startswith("cryptoml tune: error: ") and reason in err, err
+        assert len(err.strip().splitlines()) == 1 and "secret" not in err
+    with pytest.raises(ConfigError, match="not 1.5"): tune(pd.DataFrame(), n_jobs=1.5)

@@ -1,7 +1,7 @@
 """Helpers for the tuning tests, and a tuning worker process:
-`python tests/tune_worker.py TABLE STORAGE STUDY N_TRIALS [START_AT]` tunes the feature table TABLE (Parquet) into
-the study STUDY in STORAGE, starting at the epoch time START_AT (so that workers start together), and prints the
-result as one JSON line."""
+`python tests/tune_worker.py TABLE STORAGE STUDY N_TRIALS [START_AT] [N_JOBS]` tunes the feature table TABLE (Parquet)
+into the study STUDY in STORAGE with N_JOBS trials at once (default: every core), starting at the epoch time START_AT
+(so that workers start together), and prints the result as one JSON line."""
 import json, os, subprocess, sys, time
 from pathlib import Path
 
@@ -19,9 +19,11 @@ def seed_table(home) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     table.attrs["cryptoml"] = meta = {**market._asdict(), "feature_set": "seed", "horizon": 1}
     return table, bars, meta
 
-def start_worker(table: Path, storage: str, study: str, n_trials: int, start_at: float = 0.0) -> subprocess.Popen:
+def start_worker(table: Path, storage: str, study: str, n_trials: int, start_at: float = 0.0,
+                 n_jobs: int | None = None) -> subprocess.Popen:
     "A worker process tuning the Parquet feature table `table` into `study`; its JSON result comes on stdout."
-    return subprocess.Popen([sys.executable, __file__, str(table), storage, study, str(n_trials), str(start_at)], cwd=REPO,
+    jobs = [] if n_jobs is None else [str(n_jobs)]
+    return subprocess.Popen([sys.executable, __file__, str(table), storage, study, str(n_trials), str(start_at), *jobs], cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 def result_of(worker: subprocess.Popen, timeout: float = 300) -> dict:
@@ -30,12 +32,13 @@ def result_of(worker: subprocess.Popen, timeout: float = 300) -> dict:
     assert worker.returncode == 0, f"worker {worker.pid} exited {worker.returncode}:\n{err[-3000:]}"
     return json.loads(out.strip().splitlines()[-1])
 
-def main(table, storage, study, n_trials, start_at="0"):
+def main(table, storage, study, n_trials, start_at="0", n_jobs=None):
     from cryptoml.tune import tune
     rows = pd.read_parquet(table)
     time.sleep(max(0.0, float(start_at) - time.time()))
     # the study's storage is under test here, not the features: the point-in-time check is tests/test_tune.py's
-    result = tune(rows, storage=storage, study_name=study, n_trials=int(n_trials), val_days=7, progress=False, n_boot=100, guard=False)
+    result = tune(rows, storage=storage, study_name=study, n_trials=int(n_trials), val_days=7, progress=False, n_boot=100, guard=False,
+                  n_jobs=None if n_jobs is None else int(n_jobs))
     print(json.dumps({"pid": os.getpid(), "n_trials": result.n_trials, "best_trial": result.best_trial,
                       "params": result.params, "metrics": {k: v for k, v in result.metrics.items() if k != "ci95"}}))
 
