@@ -432,7 +432,9 @@ def train_pooled(folder: str | os.PathLike, client: Client | None = None, *, par
                        features, params, cuts, where, rows, time.perf_counter() - started)
 
 # %% ../nbs/13_distributed.ipynb #66c53470
-POOLED_TOLERANCE = 0.002  # |log loss on the cluster - log loss in one process| on the same validation rows
+# trees: each worker bins and sums the histograms of the rows Dask placed on it, so the gap moves from run to run
+# (0.0003 to 0.004 measured on the tests' table, where the models beat a coin by about 0.01).
+POOLED_TOLERANCE = 0.005
 
 def validation_rows(model: PooledModel) -> pd.DataFrame:
     "The labelled rows of the pooled model's validation window, in time order."

@@ -206,7 +206,7 @@ def test_the_command_prints_the_tables_and_stores_the_report(demo_home):
 def test_bad_input_is_refused_in_one_line_and_nothing_is_written(demo_home, bad, says):
     before = sorted(demo_home.rglob("*"))
     done = cryptoml("backtest", *SYNTH, *SMALL, *bad, home=demo_home)
-    assert done.returncode == 2
+    assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.startswith("cryptoml backtest: error: ") and says in done.stderr and done.stderr.count("\n") == 1
     assert sorted(demo_home.rglob("*")) == before
 
