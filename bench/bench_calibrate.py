@@ -17,7 +17,7 @@ a Platt and an isotonic calibrator on its forecasts of bars it did not train on,
 
 Target (issue 15): a calibrator adds at most a couple of microseconds to the single-row path.
 """
-import argparse, json, os, shlex, shutil, sys, tempfile, time
+import argparse, json, os, shlex, shutil, sys, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +31,7 @@ from cryptoml.registry import CALIBRATOR, CARD, promote, run_dir, save_run, swit
 from cryptoml.split import time_split
 from cryptoml.tune import tune
 
-
-def timed_calls(call, inputs: list, calls: int) -> np.ndarray:
-    "Wall time of each of `calls` calls `call(x)`, cycling through `inputs`, in nanoseconds."
-    times, clock, n = np.empty(calls), time.perf_counter_ns, len(inputs)
-    for i in range(calls):
-        x = inputs[i % n]
-        start = clock()
-        call(x)
-        times[i] = clock() - start
-    return times
+from bench_infer import latencies_us, seconds  # this folder: the single-row timing loop and the clock
 
 
 def served(calibrator):
@@ -96,18 +87,18 @@ def report(home: Path, args):
     floats = p.tolist()
     alone = {"timer and loop only (no call)": lambda q: q,
              **{f"{name}.apply(float) alone": c.apply for name, c in calibrators.items()}}
-    for call in variants.values(): timed_calls(call, inputs, 2000)  # warm-up
-    for call in alone.values(): timed_calls(call, floats, 2000)
+    for call in variants.values(): latencies_us(call, inputs, 2000, warmup=0)  # warm-up
+    for call in alone.values(): latencies_us(call, floats, 2000, warmup=0)
     measured = {name: [] for name in [*variants, *alone]}
     for _ in range(args.rounds):
-        for name, call in variants.items(): measured[name].append(timed_calls(call, inputs, args.calls))
-        for name, call in alone.items(): measured[name].append(timed_calls(call, floats, args.calls))
-    measured = {name: np.concatenate(t) / 1000 for name, t in measured.items()}
+        for name, call in variants.items(): measured[name].append(latencies_us(call, inputs, args.calls, warmup=0))
+        for name, call in alone.items(): measured[name].append(latencies_us(call, floats, args.calls, warmup=0))
+    measured = {name: np.concatenate(t) for name, t in measured.items()}
 
     batch = np.resize(rows, (args.batch_rows, rows.shape[1]))
-    booster_s = min(_seconds(lambda: result.booster.predict(batch, num_threads=1)) for _ in range(3))
+    booster_s = min(seconds(lambda: result.booster.predict(batch, num_threads=1)) for _ in range(3))
     p_batch = result.booster.predict(batch, num_threads=1)
-    apply_s = {name: min(_seconds(lambda: c.apply(p_batch)) for _ in range(3)) for name, c in calibrators.items()}
+    apply_s = {name: min(seconds(lambda: c.apply(p_batch)) for _ in range(3)) for name, c in calibrators.items()}
 
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"cryptoml calibration benchmark: {market.exchange} {market.symbol} {market.timeframe}, booster of "
@@ -122,9 +113,9 @@ def report(home: Path, args):
         print(f"{name:40s} {len(t):7d} {p50:7.2f} {p95:7.2f} {p99:7.2f} {added}")
     print(f"\nbatch of {len(batch):,} rows, one thread: booster {len(batch) / booster_s / 1e3:,.0f} K rows/s "
           f"({booster_s * 1e9 / len(batch):.0f} ns/row)")
-    for name, seconds in apply_s.items():
-        print(f"  + {name}.apply(array): {seconds * 1e9 / len(batch):6.1f} ns/row added "
-              f"({seconds / booster_s:.1%} of the booster's time)")
+    for name, spent in apply_s.items():
+        print(f"  + {name}.apply(array): {spent * 1e9 / len(batch):6.1f} ns/row added "
+              f"({spent / booster_s:.1%} of the booster's time)")
     print(f"\ncommand: {shlex.join([sys.executable, *sys.argv])}")
 
 
@@ -153,12 +144,6 @@ def served_variants(home: Path, market, result, calibrators: dict, start_ms: int
     return {"LGBMProd, raw run (dict)": asked(model(None)), "LGBMProd, platt calibrator (dict)": asked(model(calibrators["platt"])),
             "LGBMProd, isotonic calibrator (dict)": asked(model(calibrators["isotonic"])),
             "LGBMProd, online over platt (dict, ts)": asked(model(calibrators["platt"], online=True), online=True)}
-
-
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

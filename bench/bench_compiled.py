@@ -29,7 +29,7 @@ from cryptoml.features import build_features, read_feature_table
 from cryptoml.tune import tune
 from cryptoml.registry import promote, run_dir, save_run
 from cryptoml.infer import FastBooster, LGBMProd, compile_model
-from bench_infer import latencies_us  # this folder: the single-row timing loop
+from bench_infer import latencies_us, seconds  # this folder: the single-row timing loop and the clock
 
 TREES = 136
 
@@ -47,12 +47,6 @@ def serve_model(home: Path):
     run_id = save_run(result, home=home, table_path=table_path, n_boot=20)
     promote(run_id, home=home, force=True, n_boot=20)  # forced: a model made to be timed
     return market, run_id, table[result.features].to_numpy(np.float64)
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def tl2cgen_call(text: str, folder: Path):
@@ -129,9 +123,9 @@ def report(home: Path, args):
     single = {"compiled": [], "raw": [], "tl2cgen": []}
     imports = {"infer": [], "reference": []}
     for _ in range(args.rounds):
-        batch_s["native"].append(timed(lambda: native.predict_proba(batch, num_threads=2)))
-        batch_s["compiled"].append(timed(lambda: compiled.predict_proba(batch, num_threads=2)))
-        if lleaves: batch_s["lleaves"].append(timed(lambda: lleaves.predict(batch, n_jobs=2)))
+        batch_s["native"].append(seconds(lambda: native.predict_proba(batch, num_threads=2)))
+        batch_s["compiled"].append(seconds(lambda: compiled.predict_proba(batch, num_threads=2)))
+        if lleaves: batch_s["lleaves"].append(seconds(lambda: lleaves.predict(batch, n_jobs=2)))
         single["compiled"].append(latencies_us(compiled.predict_proba, dicts, args.calls))
         single["raw"].append(latencies_us(raw.predict_row, rows, args.calls))
         single["tl2cgen"].append(latencies_us(tl2, rows, args.calls))

@@ -39,11 +39,12 @@ def latencies_us(call, inputs: list, calls: int, warmup: int = 2000) -> np.ndarr
 
 def batch_rows_per_s(model: LGBMProd, rows: np.ndarray, num_threads: int, repeat: int = 3) -> float:
     "Best of `repeat` timings of one `predict_proba` over all `rows`, as rows per second."
-    best = min(_timed(lambda: model.predict_proba(rows, num_threads=num_threads)) for _ in range(repeat))
+    best = min(seconds(lambda: model.predict_proba(rows, num_threads=num_threads)) for _ in range(repeat))
     return len(rows) / best
 
 
-def _timed(fn) -> float:
+def seconds(fn) -> float:
+    "Wall seconds of one call `fn()`."
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
