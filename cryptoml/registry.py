@@ -34,7 +34,7 @@ __all__ = ['CARD', 'SCHEMA_VERSION', 'ARTIFACTS', 'CARD_SCHEMA', 'CALIBRATOR', '
            'alias_run', 'best_run_id', 'Evidence', 'fresh_start', 'fresh_evidence', 'gate', 'judge', 'Decision',
            'promotion_log', 'read_promotions', 'sweep', 'promotion_lock', 'commit', 'promote', 'best_history',
            'rollback', 'champion_markets', 'resolve_market', 'Comparison', 'compare', 'comparison_figure',
-           'write_comparison', 'run_order', 'run_summary', 'list_runs', 'format_runs', 'metrics_table',
+           'write_comparison', 'run_order', 'run_summary', 'list_runs', 'format_runs', 'card_scores', 'metrics_table',
            'calibration_summary', 'card_summary', 'describe_run', 'metrics_with_intervals', 'migrate', 'plot_runs']
 
 # %% ../nbs/09_registry.ipynb #553345b2
@@ -745,11 +745,14 @@ def format_runs(runs: pd.DataFrame, width: int = 100) -> str:
     return "\n".join(_cut(line, width) for line in lines)
 
 # %% ../nbs/09_registry.ipynb #ec642e3f
+def card_scores(card: dict) -> dict[str, dict]:
+    "The validation scores in a model card, the model's (`lgbm`) first, then each baseline's."
+    return {"lgbm": card["metrics"]["validation"], **card["metrics"]["baselines"]}
+
 def metrics_table(card: dict) -> pd.DataFrame:
     "Validation metrics (rows) of the model and of each baseline (columns) from a model card."
-    scores = {"lgbm": card["metrics"]["validation"], **card["metrics"]["baselines"]}
     from cryptoml.metrics import METRICS
-    return pd.DataFrame({name: {m: s.get(m) for m in METRICS} for name, s in scores.items()}, dtype=float)
+    return pd.DataFrame({name: {m: s.get(m) for m in METRICS} for name, s in card_scores(card).items()}, dtype=float)
 
 def calibration_summary(card: dict) -> str:
     "What the run serves, raw or calibrated, why, and what its calibrator does on the rows nobody saw, in one line."
@@ -790,11 +793,10 @@ def describe_run(run_id: str | Run, home=None) -> str:
 def metrics_with_intervals(card: dict, digits: int = 4) -> pd.DataFrame:
     "`metrics_table` as text: each figure with its 95% block-bootstrap interval from the card, where it has one."
     from cryptoml.metrics import METRICS
-    scores = {"lgbm": card["metrics"]["validation"], **card["metrics"]["baselines"]}
     def text(s: dict, m: str) -> str:
         ci = (s.get("ci95") or {}).get(m)
         return "-" if s.get(m) is None else f"{s[m]:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
-    return pd.DataFrame({name: {m: text(s, m) for m in METRICS} for name, s in scores.items()})
+    return pd.DataFrame({name: {m: text(s, m) for m in METRICS} for name, s in card_scores(card).items()})
 
 # %% ../nbs/09_registry.ipynb #398a765d
 def _migrate_table(old: Path, root: Path) -> tuple[str, Path]:
