@@ -204,3 +204,7 @@ class EnsemblePredictor:
         def mean_loss(losses): return float(decay(len(losses)) @ np.asarray(losses) / decay(len(losses)).sum()) if losses else np.nan
         return pd.DataFrame([{"member": m, "role": "shadow" if m in self.shadow else "blended", "outcomes": len(self._losses[m]),
                               "log_loss": mean_loss(self._losses[m]), "weight": self.weights.get(m, 0.0)} for m in self.members])
+
+    def close(self):
+        "Write the queued shadow-log lines and stop the log's writer thread (call before removing the log's folder)."
+        if self.log: self.log.close()
