@@ -175,17 +175,20 @@ class FoldResult:
     test: pd.DataFrame
     inner: pd.DataFrame
 
+# %% ../nbs/07_backtest.ipynb #5c105d98
 def early_stopped(params: dict, inner: Split, features: list[str]) -> lgb.Booster:
     "A LightGBM model fitted on `inner.train`, stopped early on `inner.val`."
     train = lgb.Dataset(inner.train[features], inner.train.y)
     return lgb.train(params, train, MAX_ROUNDS, valid_sets=[lgb.Dataset(inner.val[features], inner.val.y, reference=train)],
                      valid_names=["inner"], callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False)])
 
+# %% ../nbs/07_backtest.ipynb #4e4913e1
 def model_time(table: pd.DataFrame, last_train: pd.Timestamp, horizon: int) -> pd.Timestamp:
     "When a model trained up to the row `last_train` could first exist: the close of the bar its label ends on."
     i = int(np.searchsorted(table.ts, last_train)) + horizon
     return table.ts.iloc[i] + bar_length(table)
 
+# %% ../nbs/07_backtest.ipynb #59bfc321
 def fit_fold(table: pd.DataFrame, plan: FoldPlan, fold: int, features: list[str], params: dict,
              feature_fn: Callable | None = None, guard: bool = True) -> FoldResult:
     "Guard fold `fold`, early-stop on its inner slice, refit on its training window and predict its test segment."
@@ -228,6 +231,7 @@ def tune_fold(table: pd.DataFrame, plan: FoldPlan, fold: int, features: list[str
     run_trials(study, trial_objective(inner, features, objective, base_params(seed, 1)), n_trials, progress=False)
     return pick_trial(study).user_attrs["params"]
 
+# %% ../nbs/07_backtest.ipynb #e8678987
 def _whole(name: str, value, minimum: int = 1) -> int:
     "`value` as a whole number >= `minimum`; `ConfigError` naming `name` otherwise."
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
@@ -293,6 +297,7 @@ class InlineExecutor:
 
     def shutdown(self, cancel_futures: bool = False): pass
 
+# %% ../nbs/07_backtest.ipynb #89fed2a9
 class WorkerPool:
     "`n` worker processes from a fork server, each given the job once."
     def __init__(self, job: FoldJob, n: int):
@@ -307,6 +312,7 @@ class WorkerPool:
     def submit(self, task: str, *args) -> Future: return self.pool.submit(self.module._in_worker, task, *args)
     def shutdown(self, cancel_futures: bool = False): self.pool.shutdown(wait=True, cancel_futures=cancel_futures)
 
+# %% ../nbs/07_backtest.ipynb #3bbb9dcb
 def executor(job: FoldJob, n_jobs: int | None, tasks: int):
     "A `WorkerPool` of `n_jobs` (default: every core) processes, or an `InlineExecutor` where one process is enough."
     n = min(_whole("n_jobs", n_jobs) if n_jobs is not None else mp.cpu_count(), tasks)
@@ -401,6 +407,7 @@ class WalkForward:
         return (f"WalkForward({len(self.folds)} folds, {len(p):,} predictions {p.ts.iloc[0]} .. {p.ts.iloc[-1]}, "
                 f"{len(self.params)} parameter set(s), {self.seconds:.1f} s{resumed})")
 
+# %% ../nbs/07_backtest.ipynb #d8930e8d
 def stitch(table: pd.DataFrame, results: dict[int, FoldResult]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "The folds' predictions in time order with the table's labels and last return, the folds table, and the inner predictions."
     folds = pd.DataFrame([results[k].record for k in sorted(results)])
@@ -410,6 +417,7 @@ def stitch(table: pd.DataFrame, results: dict[int, FoldResult]) -> tuple[pd.Data
     rest = [c for c in predictions.columns if c not in PREDICTION_COLUMNS]
     return predictions[PREDICTION_COLUMNS + rest], folds, pd.concat([results[k].inner for k in sorted(results)], ignore_index=True)
 
+# %% ../nbs/07_backtest.ipynb #4abee87c
 def walk_forward_predictions(table: pd.DataFrame, *, plan: FoldPlan | None = None, features: list[str] | None = None,
                              params: dict | None = None, tune_every: int | None = None, n_trials: int = 20,
                              objective: str = "logloss", seed: int = 0, feature_fn: Callable | None = None, guard: bool = True,
@@ -454,6 +462,7 @@ def check_period(unit: str) -> str:
     if unit != "auto" and unit not in PERIODS: raise ConfigError(f"period must be 'auto' or one of {list(PERIODS)}, not {unit!r}")
     return unit
 
+# %% ../nbs/07_backtest.ipynb #8c94dead
 def periods(ts: pd.Series, counted: pd.Series, unit: str = "auto", min_rows: int = MIN_VAL_ROWS) -> tuple[str, pd.Series]:
     "The calendar unit (`auto`: the coarsest giving 3+ periods) and each row's period, short periods joined to a neighbour."
     check_period(unit)
@@ -470,6 +479,7 @@ def oos_forecasts(rows: pd.DataFrame) -> dict:
     return {"lgbm": rows.p_up.to_numpy(), "majority": rows.p_majority.to_numpy(), **sign_forecasts(rows.ret1),
             "logreg": rows.p_logreg.to_numpy()}
 
+# %% ../nbs/07_backtest.ipynb #9f7e5bbe
 def _interval(values) -> list[float]:
     return [float(v) for v in np.nanpercentile(values, [2.5, 97.5])]
 
@@ -521,12 +531,14 @@ def trading_cost(fee_bps: float = FEE_BPS, slippage_bps: float = SLIPPAGE_BPS) -
         raise ConfigError(f"fee_bps + slippage_bps = {fee_bps + slippage_bps} would cost the whole trade")
     return (fee_bps + slippage_bps) / 10_000
 
+# %% ../nbs/07_backtest.ipynb #aa0d6398
 def check_threshold(threshold) -> float | None:
     "`threshold` if it is None (choose one) or in [0, 0.5); `ConfigError` naming it otherwise."
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 0.5):
         raise ConfigError(f"threshold must be in [0, 0.5) (a distance from p_up = 0.5), not {threshold!r}")
     return threshold
 
+# %% ../nbs/07_backtest.ipynb #2e1bed0b
 def positions(p, threshold, short: bool = True) -> np.ndarray:
     "+1 where `p` > 0.5 + `threshold`, -1 where `p` < 0.5 - `threshold` and `short`, else 0 (`threshold`: a number or one per row)."
     p, t = np.asarray(p, float), np.asarray(threshold, float)
@@ -569,6 +581,7 @@ def sharpe(r, periods_per_year: float = 1.0, weights=None):
     with np.errstate(invalid="ignore", divide="ignore"): out = np.where(sd > 0, mean / sd, 0.0) * math.sqrt(periods_per_year)
     return float(out[0]) if weights is None else out
 
+# %% ../nbs/07_backtest.ipynb #287e9088
 def _sharpe_variance(r: np.ndarray) -> float:
     "The variance of a per-period Sharpe estimate from `r`: Mertens' formula with the sample's skew and kurtosis."
     sr = sharpe(r)
@@ -580,6 +593,7 @@ def probabilistic_sharpe(r, benchmark: float = 0.0) -> float:
     if len(r) < 3 or np.std(r) == 0: return float("nan")
     return float(norm.cdf((sharpe(r) - benchmark) / math.sqrt(_sharpe_variance(r))))
 
+# %% ../nbs/07_backtest.ipynb #a9674b6d
 def deflated_sharpe(r, n_trials: int = 1, trial_variance: float | None = None) -> tuple[float, float]:
     "The probabilistic Sharpe against the best per-period Sharpe `n_trials` unskilled tries would reach, and that benchmark."
     r = np.asarray(r, float)
@@ -616,12 +630,14 @@ def periods_per_year(bar: pd.Timedelta, horizon: int = 1) -> float:
     "Holding periods of `horizon` bars of length `bar` in a year of 365.25 days (crypto never closes)."
     return pd.Timedelta(days=365.25) / (bar * horizon)
 
+# %% ../nbs/07_backtest.ipynb #2b4260c8
 def best_threshold(rows: pd.DataFrame, horizon: int, cost: float, short: bool = True, grid=THRESHOLDS) -> float:
     "The `grid` threshold whose rule had the best net Sharpe on predictions `rows` (`p_up`, `fwd_ret`); ties go to the larger."
     rows = rows[rows.fwd_ret.notna()].iloc[::horizon]
     scores = [sharpe(period_returns(simulate(positions(rows.p_up, t, short), rows.fwd_ret, cost)[0])) for t in grid]
     return float(grid[len(grid) - 1 - int(np.argmax(scores[::-1]))])
 
+# %% ../nbs/07_backtest.ipynb #6fc0f74b
 def choose_thresholds(predictions: pd.DataFrame, inner: pd.DataFrame, folds: pd.DataFrame, horizon: int, cost: float,
                       short: bool = True, min_rows: int = MIN_VAL_ROWS, grid=THRESHOLDS) -> dict[int, float]:
     "Each fold's threshold, chosen on the earlier folds' predictions inside its training window (if `min_rows`), else its inner slice."
@@ -632,6 +648,7 @@ def choose_thresholds(predictions: pd.DataFrame, inner: pd.DataFrame, folds: pd.
         chosen[fold.fold] = best_threshold(rows, horizon, cost, short, grid)
     return chosen
 
+# %% ../nbs/07_backtest.ipynb #f233f9df
 def strategy_positions(rows: pd.DataFrame, short: bool = True) -> dict:
     "Positions at decision `rows` of the model's threshold rule, buy-and-hold, and the reversal rule."
     return {"lgbm": positions(rows.p_up, rows.threshold, short), "buy_and_hold": np.ones(len(rows)),
@@ -688,6 +705,7 @@ def over_time(report: dict) -> list[str]:
                      f"(95% CI {row['lo']:+.4f} to {row['hi']:+.4f}): {row['outcome']}")
     return lines
 
+# %% ../nbs/07_backtest.ipynb #1dfaf1ec
 def trading_lines(trading: dict) -> list[str]:
     "Each strategy's result net of costs, and whether the model's trading has an edge and beats the others."
     s, lines = trading["strategies"], []
@@ -709,6 +727,7 @@ def trading_lines(trading: dict) -> list[str]:
                            for b, g in trading["gains"].items()) + ".")
     return lines
 
+# %% ../nbs/07_backtest.ipynb #e7fe543c
 def summary_text(doc: dict) -> str:
     "The backtest in a few plain sentences: what ran, how the model fares against each baseline over time, and net of fees."
     st, rep, tr, m = doc["settings"], doc["report"], doc["trading"], doc["market"]
@@ -736,6 +755,7 @@ def backtests_dir(home, market: Market) -> Path:
     "The folder of a market's backtests under the data root, `backtests/{exchange}/{SYMBOL}/{timeframe}`."
     return data_home(home)/"backtests"/market.path_parts
 
+# %% ../nbs/07_backtest.ipynb #27e6c296
 def _plain(value):
     "A JSON value for numpy scalars and arrays, timestamps and other objects."
     if isinstance(value, (np.generic, np.ndarray)): return value.tolist()
@@ -812,6 +832,7 @@ def backtest(table: pd.DataFrame, *, home=None, market: dict | None = None, feat
             atomic_write_json(folder/"backtest.json", doc)
     return Backtest(doc, predictions, folder)
 
+# %% ../nbs/07_backtest.ipynb #0d5e5924
 def load_backtest(folder: str | Path) -> Backtest:
     "A stored backtest, its predictions checked against the sha256 its document records."
     folder = Path(folder)
@@ -821,6 +842,7 @@ def load_backtest(folder: str | Path) -> Backtest:
         raise ArtifactError(f"{folder/'predictions.parquet'} does not match the sha256 in its backtest.json")
     return Backtest(doc, read_parquet_file(folder/"predictions.parquet"), folder)
 
+# %% ../nbs/07_backtest.ipynb #b7354420
 def latest_backtest(home, market: Market) -> Backtest | None:
     "The market's most recently finished backtest under the data root, or None."
     docs = sorted(backtests_dir(home, market).glob("*/backtest.json"),
@@ -841,6 +863,7 @@ def scores_table(bt: Backtest, metrics=("accuracy", "roc_auc", "log_loss", "brie
     return pd.DataFrame({name: {m: _with_ci(s[m], s["ci95"][m]) for m in metrics}
                          for name, s in bt.report["overall"]["scores"].items()}).T
 
+# %% ../nbs/07_backtest.ipynb #0ad6c906
 GAIN_COLUMNS = {"log loss vs majority": ("majority", "log_loss"), "log loss vs logreg": ("logreg", "log_loss"),
                 "accuracy vs reversal": ("reversal", "accuracy"), "accuracy vs logreg": ("logreg", "accuracy")}
 
@@ -858,6 +881,7 @@ def gains_table(bt: Backtest, kind: str = "periods") -> pd.DataFrame:
         table["buy & hold"] = [f"{returns[k]['buy_and_hold']:+.1%}" for k in table.index]
     return table
 
+# %% ../nbs/07_backtest.ipynb #842155b2
 def threshold_table(bt: Backtest) -> pd.DataFrame:
     "How often each threshold was chosen, and its Sharpe net of costs had it been fixed for the whole run (hindsight: context only)."
     t = bt.trading["threshold"]
@@ -866,6 +890,7 @@ def threshold_table(bt: Backtest) -> pd.DataFrame:
                          "Sharpe if fixed (hindsight)": [f"{s:.2f}" for s in bt.trading["trial_sharpes"]]},
                         index=pd.Index(t["grid"], name="threshold"))
 
+# %% ../nbs/07_backtest.ipynb #db71676e
 def trading_table(bt: Backtest) -> pd.DataFrame:
     "The trading table net of costs: the model's rule, buy-and-hold and the reversal rule."
     return pd.DataFrame({NAMES[name]: {
@@ -876,6 +901,7 @@ def trading_table(bt: Backtest) -> pd.DataFrame:
         "trades": f"{s['trades']:,}", "turnover/yr": f"{s['turnover']:,.0f}", "exposure": f"{s['exposure']:.0%}"}
         for name, s in bt.trading["strategies"].items()}).T
 
+# %% ../nbs/07_backtest.ipynb #130b0a2b
 def backtest_text(bt: Backtest) -> str:
     "The tables and the summary, as `cryptoml backtest` prints them."
     top = bt.report["coverage"]["top"]
@@ -898,6 +924,7 @@ def equity_figure(bt: Backtest) -> go.Figure:
     return fig.update_layout(title=f"Equity net of {bt.trading['fee_bps']:g} + {bt.trading['slippage_bps']:g} bps per side",
                              yaxis_type="log", yaxis_title="equity (start = 1)", legend_orientation="h", height=420)
 
+# %% ../nbs/07_backtest.ipynb #49969700
 def period_figure(bt: Backtest, kind: str = "periods") -> go.Figure:
     "Per period (or fold): the model's ROC AUC, and its log-loss gain over majority and logreg, with 95% interval bars."
     parts = bt.report[kind]
@@ -918,6 +945,7 @@ def period_figure(bt: Backtest, kind: str = "periods") -> go.Figure:
     per = bt.report["period"] if kind == "periods" else "fold"
     return fig.update_layout(height=560, legend_orientation="h", title=f"Out of sample per {per}")
 
+# %% ../nbs/07_backtest.ipynb #cb1a6415
 def coverage_figure(bt: Backtest) -> go.Figure:
     "Accuracy of the most confident k% of calls against k, with the top share's 95% interval and all calls' accuracy."
     c, top = pd.DataFrame(bt.report["coverage"]["curve"]), bt.report["coverage"]["top"]
@@ -929,6 +957,7 @@ def coverage_figure(bt: Backtest) -> go.Figure:
     return fig.update_layout(title="Coverage curve", xaxis_title="share of calls kept, most confident first (%)",
                              yaxis_title="accuracy", height=400)
 
+# %% ../nbs/07_backtest.ipynb #6f9f4362
 def reliability_figure(bt: Backtest, bins: int = 50) -> go.Figure:
     "Observed frequency of up bars against the mean forecast, zoomed to the forecasts' range, with binomial 95% bars."
     known = bt.predictions[bt.predictions.y.notna()]

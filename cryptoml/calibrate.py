@@ -195,6 +195,7 @@ def equal_count_bins(p, y, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     kept = rows > 0
     return (np.bincount(where, p, size)[kept] / rows[kept], np.bincount(where, y, size)[kept] / rows[kept], rows[kept])
 
+# %% ../nbs/08_calibrate.ipynb #50d2bdc5
 def fit_platt(p, y, eps: float = EPS) -> Platt:
     "Platt scaling fitted by scikit-learn: unpenalised logistic regression of `y` on the log-odds of `p`, slope >= 0."
     from sklearn.linear_model import LogisticRegression
@@ -204,6 +205,7 @@ def fit_platt(p, y, eps: float = EPS) -> Platt:
     if a < 0: a, b = 0.0, math.log(y.mean() / (1 - y.mean()))
     return Platt(a, b, eps)
 
+# %% ../nbs/08_calibrate.ipynb #aea84bc5
 def fit_isotonic(p, y, eps: float = EPS, bin_rows: int = MIN_ROWS) -> Isotonic:
     "Isotonic regression fitted by scikit-learn on equal-count bins of about `bin_rows` forecasts, as its breakpoints."
     from sklearn.isotonic import IsotonicRegression
@@ -378,6 +380,7 @@ def epoch_ms(ts) -> int:
     if type(ts) is int: return ts
     return int(ts) if isinstance(ts, np.integer) else to_ms(ts)
 
+# %% ../nbs/08_calibrate.ipynb #da10cff8
 def _iso(ms: int | None) -> str:
     return "not yet" if ms is None else pd.Timestamp(ms, unit="ms", tz="UTC").isoformat()
 

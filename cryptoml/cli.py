@@ -70,21 +70,25 @@ def add_exchange(p: argparse.ArgumentParser, default: str | None = "binance"):
     p.add_argument("--exchange", default=default,
                    help=f"ccxt exchange id (default: {default or 'the one champion matching the other options'})")
 
+# %% ../nbs/15_cli.ipynb #58ed4fda
 def add_symbol(p: argparse.ArgumentParser, required: bool = True):
     "Add `--symbol` and `--timeframe` to `p`."
     also = "" if required else " (default: the one champion matching the other options)"
     p.add_argument("--symbol", required=required, help="ccxt unified symbol, e.g. BTC/USDT" + also)
     p.add_argument("--timeframe", required=required, help="ccxt timeframe, e.g. 1m, 1h" + also)
 
+# %% ../nbs/15_cli.ipynb #99fc29ab
 def add_market(p: argparse.ArgumentParser, required: bool = True):
     "Add `--exchange`, `--symbol` and `--timeframe` to `p`, needed or optional."
     add_exchange(p, "binance" if required else None); add_symbol(p, required)
 
+# %% ../nbs/15_cli.ipynb #b6b76f0f
 def market_arg(args) -> Market:
     "The market the command names, checked once: the market options given, or the one champion matching them."
     if args.exchange and args.symbol and args.timeframe: return Market(args.exchange, args.symbol, args.timeframe)
     return resolve_market(args.home, args.exchange, args.symbol, args.timeframe)
 
+# %% ../nbs/15_cli.ipynb #6de58524
 def add_tuning(p: argparse.ArgumentParser):
     "Add the tuning options shared by `tune` and `pipeline`."
     p.add_argument("--trials", type=int, default=50, help="finished Optuna trials the study must hold (default: 50)")
@@ -96,28 +100,33 @@ def add_tuning(p: argparse.ArgumentParser):
                                                  "data, so a rerun on the same data resumes it)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
 
+# %% ../nbs/15_cli.ipynb #f87793dc
 def add_jobs(p: argparse.ArgumentParser):
     "Add `--jobs`, shared by `tune`, `backtest` and `pipeline`: how much of the work runs at once."
     p.add_argument("--jobs", type=int, default=None, help="tuning trials (one thread each) and backtest folds (one worker process "
                                                          "each) run at once (default: every core); a study depends on it, not on timing")
 
+# %% ../nbs/15_cli.ipynb #200f2f0e
 def add_features(p: argparse.ArgumentParser):
     "Add the feature-table options shared by `features`, `tune` and `pipeline`."
     p.add_argument("--feature-set", default="seed", choices=sorted({*FEATURE_SETS, *PANEL_SETS}),
                    help="feature set (default: seed); a panel's table is built with a panel set (`cryptoml panel`)")
     p.add_argument("--horizon", type=int, default=1, help="label horizon in bars (default: 1)")
 
+# %% ../nbs/15_cli.ipynb #4970870f
 def add_gate(p: argparse.ArgumentParser):
     "Add the promotion gate's options shared by `promote` and `pipeline`."
     p.add_argument("--min-improvement", type=float, default=0.0, help="log loss the candidate must gain over the champion, "
                                                                       "by its whole 95%% interval (default: 0)")
     p.add_argument("--min-rows", type=int, default=MIN_ROWS, help=f"fresh rows the gate needs to judge (default: {MIN_ROWS})")
 
+# %% ../nbs/15_cli.ipynb #50bb08da
 def utc_time(text: str) -> pd.Timestamp:
     "`text` read as a UTC time, refused (exit 2) with `to_utc`'s reason otherwise."
     try: return to_utc(text)
     except ConfigError as e: raise argparse.ArgumentTypeError(str(e)) from e
 
+# %% ../nbs/15_cli.ipynb #a1c3dec7
 def add_time_range(p: argparse.ArgumentParser):
     "Add `--since`, `--until`, `--funding` and `--open-interest` for fetching from an exchange."
     p.add_argument("--since", type=utc_time, default=None, help="first bar to fetch, e.g. 2023-03-01 (default: resume the store)")
@@ -125,11 +134,13 @@ def add_time_range(p: argparse.ArgumentParser):
     p.add_argument("--funding", action="store_true", help="also fetch the perpetual's funding rates")
     p.add_argument("--open-interest", action="store_true", help="also fetch the perpetual's open interest (Binance keeps 30 days)")
 
+# %% ../nbs/15_cli.ipynb #3b91ee9d
 def add_replace(p: argparse.ArgumentParser):
     "Add `--replace`: rows that differ from stored ones correct them (and are logged), where a difference is otherwise refused."
     p.add_argument("--replace", action="store_true",
                    help="let rows that differ from stored ones replace them (logged in raw/replacements.jsonl); without it, refused")
 
+# %% ../nbs/15_cli.ipynb #9a227a9d
 def existing_file(name: str) -> Path:
     "`name` as a Path, refused (exit 2) unless it is a readable file."
     path = Path(name)
@@ -141,6 +152,7 @@ def symbol_list(text: str) -> list[str]:
     "`--symbols`: comma-separated ccxt symbols."
     return [s.strip() for s in text.split(",") if s.strip()]
 
+# %% ../nbs/15_cli.ipynb #22b77545
 def add_many(p: argparse.ArgumentParser):
     "Add `--symbols` and `--universe`: several markets at once."
     many = p.add_mutually_exclusive_group()
@@ -148,6 +160,7 @@ def add_many(p: argparse.ArgumentParser):
     many.add_argument("--universe", type=existing_file, help="a universe file: symbols one a line or comma-separated, # comments, "
                                                              "optional 'exchange = ...' and 'timeframe = ...' lines")
 
+# %% ../nbs/15_cli.ipynb #1fb4d7f2
 def many_markets(args) -> tuple[str, list[str], str]:
     "(exchange, symbols, timeframe) of `--symbols` or `--universe`, the options overriding the universe's settings."
     universe = read_universe(args.universe) if args.universe else None
@@ -156,6 +169,7 @@ def many_markets(args) -> tuple[str, list[str], str]:
     if not timeframe: raise ConfigError("give --timeframe (or a 'timeframe = ...' line in the universe file)")
     return exchange, list(universe.symbols if universe else args.symbols), timeframe
 
+# %% ../nbs/15_cli.ipynb #77230a9a
 def print_many(args, report: ManyReport) -> int:
     "Print each market's outcome (a failed market on stderr, named, with why); exit status 2 when any failed."
     for r in report.reports.values(): print_ingest(r)
@@ -186,12 +200,14 @@ def print_ingest(report) -> int:
           + (f"; {report.replaced} stored bars replaced" if report.replaced else ""))
     return 0
 
+# %% ../nbs/15_cli.ipynb #750cfeb0
 def fetch(args, market: Market | None = None) -> IngestReport:
     "Fetch the bars (and funding) of `market` (default: the command's) from its exchange into the store."
     exchange, symbol, timeframe = market or (args.exchange, args.symbol, args.timeframe)
     return ingest(exchange, symbol, timeframe, args.since, args.until, home=args.home,
                   funding=args.funding, open_interest=args.open_interest, progress=not args.quiet, replace=args.replace)
 
+# %% ../nbs/15_cli.ipynb #c45de8ce
 def import_dumps(args, files: list[Path]) -> IngestReport:
     "Import the CSV dumps `files` of the command's market (and `--funding-csv`, as its funding exchange's) into the store."
     report = import_csv(files, args.exchange, args.symbol, args.timeframe, home=args.home, replace=args.replace)
@@ -199,6 +215,7 @@ def import_dumps(args, files: list[Path]) -> IngestReport:
         import_funding_csv(args.funding_csv, funding_exchange(report.market), args.symbol, home=args.home, replace=args.replace)
     return report
 
+# %% ../nbs/15_cli.ipynb #1a9be595
 def cmd_ingest(args) -> int:
     "Fetch bars (and funding, open interest) of one market or many (--symbols, --universe) from an exchange into the store."
     if not (args.symbols or args.universe):
@@ -209,6 +226,7 @@ def cmd_ingest(args) -> int:
     return print_many(args, ingest_many(exchange, symbols, timeframe, args.since, args.until, home=args.home, funding=args.funding,
                                         open_interest=args.open_interest, progress=not args.quiet, replace=args.replace))
 
+# %% ../nbs/15_cli.ipynb #ce8e5fca
 def cmd_import(args) -> int:
     "Import CSV or zipped CSV dumps into the store: of one market (--symbol), or of each file's market, read from its name."
     if args.symbol:
@@ -218,6 +236,7 @@ def cmd_import(args) -> int:
     return print_many(args, import_many(args.files, args.exchange, args.timeframe, home=args.home, replace=args.replace,
                                         progress=not args.quiet))
 
+# %% ../nbs/15_cli.ipynb #0f2f652a
 def cmd_demo(args) -> int:
     "Write the embedded synthetic market into the store."
     m = write_demo_market(args.home, days=args.days, seed=args.seed)
@@ -231,6 +250,7 @@ def cmd_features(args) -> int:
                          funding_exchange=args.funding_exchange, progress=not args.quiet))
     return 0
 
+# %% ../nbs/15_cli.ipynb #229bcc5a
 def tune_and_save(args, path: Path) -> str:
     "Tune on the feature table at `path` with the command's options (leakage guard on), save the run; its id."
     table, meta = read_feature_table(path)
@@ -239,6 +259,7 @@ def tune_and_save(args, path: Path) -> str:
                   study_name=args.study, progress=not args.quiet, table_meta=meta, n_jobs=args.jobs)
     return save_run(result, home=args.home, table_path=path)
 
+# %% ../nbs/15_cli.ipynb #2379c89f
 def cmd_tune(args) -> int:
     "Tune a model on a feature table and save it as a run (not promoted)."
     print(tune_and_save(args, feature_path(args.home, market_arg(args), args.feature_set, args.horizon)))
@@ -251,27 +272,32 @@ def print_decision(decision) -> int:
           f"({decision.reason}); {decision.alias} is now {decision.best}")
     return 0 if decision.promoted else 1
 
+# %% ../nbs/15_cli.ipynb #572e3707
 def cmd_promote(args) -> int:
     "Name a run its market's champion if it passes the gate (or --force), or its challenger or shadow."
     market = market_arg(args) if (args.exchange or args.symbol or args.timeframe) else None
     return print_decision(promote(args.run_id, home=args.home, alias=args.alias, force=args.force, market=market,
                                   min_improvement=args.min_improvement, min_rows=args.min_rows))
 
+# %% ../nbs/15_cli.ipynb #31df222b
 def cmd_rollback(args) -> int:
     "Point a market's champion back at the one before it."
     return print_decision(rollback(home=args.home, market=market_arg(args)))
 
+# %% ../nbs/15_cli.ipynb #00ac100d
 def cmd_runs(args) -> int:
     "List the runs with their validation metrics and aliases."
     runs = list_runs(home=args.home, exchange=args.exchange, symbol=args.symbol, timeframe=args.timeframe)
     print(format_runs(runs) if len(runs) else f"no runs under {args.home}")
     return 0
 
+# %% ../nbs/15_cli.ipynb #f856b3ea
 def cmd_show(args) -> int:
     "Print a run's card, where it lives, its aliases and whether its artifacts match the card."
     print(describe_run(args.run_id, args.home))
     return 0
 
+# %% ../nbs/15_cli.ipynb #006f6b9f
 def cmd_compare(args) -> int:
     "Two runs on the same rows neither trained on: a table, and a plotly figure written beside them."
     comparison = compare(args.run_a, args.run_b, home=args.home, min_rows=args.min_rows)
@@ -279,6 +305,7 @@ def cmd_compare(args) -> int:
     print(f"figure: {write_comparison(comparison)}")
     return 0
 
+# %% ../nbs/15_cli.ipynb #f550aee7
 def cmd_migrate(args) -> int:
     "Move a data root from cryptoml 0.1's layout into per-market folders."
     moved = migrate(args.home)
@@ -315,6 +342,7 @@ def check_source(args):
         raise ConfigError("pipeline needs --demo, or --symbol and --timeframe, or --symbols or --universe (with --import FILE..., "
                           "--stored, or an --exchange to fetch from)")
 
+# %% ../nbs/15_cli.ipynb #d4e84029
 def acquire(args, market: Market | None = None) -> Market:
     "Fill the store with `market`'s bars from the pipeline's source (--demo, --import FILE..., --stored: none, else its exchange)."
     if args.demo and not args.symbols: return write_demo_market(args.home, days=args.days, seed=args.seed)
@@ -324,10 +352,12 @@ def acquire(args, market: Market | None = None) -> Market:
     elif not args.stored: fetch(args, market)
     return market
 
+# %% ../nbs/15_cli.ipynb #5bcd4f97
 def step(n: int, what: str, steps: int = 5):
     "Announce pipeline step `n` of `steps` on stderr."
     print(f"[{n}/{steps}] {what}", file=sys.stderr, flush=True)
 
+# %% ../nbs/15_cli.ipynb #9d892d63
 def cmd_pipeline(args) -> int:
     "Market data, features, leak-checked split, tuning, save and promotion; prints the model card summary."
     check_source(args)
@@ -356,11 +386,13 @@ def add_cluster(p: argparse.ArgumentParser):
                        help="run the tasks on this Dask cluster (the data root must be one every worker sees)")
     where.add_argument("--cluster", default=None, metavar="local[N]", help="run the tasks on a Dask cluster of N worker processes here")
 
+# %% ../nbs/15_cli.ipynb #e04270d6
 def distributed():
     "The `cryptoml.distributed` stage, imported only by the commands that use Dask (it takes a second or two to import)."
     from cryptoml import distributed
     return distributed
 
+# %% ../nbs/15_cli.ipynb #3300a1e2
 def markets_of(args) -> list[Market]:
     "The command's markets: `--symbols` or `--universe` (`many_markets`), else `--symbol`; with `--demo`, synthetic ones (1m)."
     demo = getattr(args, "demo", False)
@@ -370,6 +402,7 @@ def markets_of(args) -> list[Market]:
     exchange, symbols, timeframe = many_markets(args)
     return [Market(exchange, s, timeframe) for s in symbols]
 
+# %% ../nbs/15_cli.ipynb #3dd55f62
 def print_outcomes(args, outcomes: list, seconds: float) -> int:
     "A line a market (outcome, run, why), a failed market's error also on stderr, a count; the command's exit status."
     for o in outcomes:
@@ -424,6 +457,7 @@ def add_backtest(p: argparse.ArgumentParser):
     p.add_argument("--period", default="auto", choices=["auto", *PERIODS], help="scoring period (default: year, else month, week or day)")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval (default: 1000)")
 
+# %% ../nbs/15_cli.ipynb #5a662915
 def run_backtest(args, market: Market, path: Path, pool: Callable | None = None, show: bool = True) -> Backtest:
     "Backtest `market`'s feature table at `path` with the command's options (leakage guard on, folds on `pool`); print it (`show`)."
     table, _ = read_feature_table(path)
@@ -438,12 +472,14 @@ def run_backtest(args, market: Market, path: Path, pool: Callable | None = None,
     if show: print(backtest_text(result))
     return result
 
+# %% ../nbs/15_cli.ipynb #c3142688
 def backtest_market(args, market: Market) -> dict:
     "One market's backtest as a task (its folds one after another on the worker; a rerun resumes from its stored folds)."
     quiet = argparse.Namespace(**{**vars(args), "quiet": True, "jobs": 1})
     bt = run_backtest(quiet, market, feature_path(args.home, market, args.feature_set, args.horizon), show=False)
     return {"outcome": "done", "status": 0, "run_id": bt.id, "detail": bt.summary.splitlines()[0]}
 
+# %% ../nbs/15_cli.ipynb #3144206a
 def cmd_backtest(args) -> int:
     "Walk-forward retraining and a cost-aware backtest of a market's feature table; of many markets' as tasks, or its folds as tasks."
     if args.symbols or args.universe:
@@ -570,6 +606,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
     return top
 
+# %% ../nbs/15_cli.ipynb #2c4c823d
 def in_data_root(command: Callable[[argparse.Namespace], int], check: bool = True) -> Callable[[argparse.Namespace], int]:
     "`command`, run once `--home` is resolved to the data root and (with `check`) the root is checked to be in this layout."
     def run(args) -> int:
@@ -578,6 +615,7 @@ def in_data_root(command: Callable[[argparse.Namespace], int], check: bool = Tru
         return command(args)
     return run
 
+# %% ../nbs/15_cli.ipynb #9c81d63c
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `cryptoml` console script; returns the exit status."
     args = parser().parse_args(argv)

@@ -33,22 +33,28 @@ class CryptomlError(Exception):
     "Base class of the errors a user can act on."
     exit_code = 2
 
+# %% ../nbs/00_core.ipynb #c70f6f73
 class ConfigError(CryptomlError, ValueError):
     "A bad argument or setting: an unknown timeframe, a malformed symbol, an unwritable data root."
 
+# %% ../nbs/00_core.ipynb #0b52d536
 class DataError(CryptomlError, ValueError):
     "Input data that breaks a data contract: a bad row, a missing column, unsorted timestamps."
 
+# %% ../nbs/00_core.ipynb #8ea857be
 class ExchangeError(CryptomlError):
     "An exchange failed a request permanently, or after every retry."
 
+# %% ../nbs/00_core.ipynb #fdb2c8aa
 class ArtifactError(CryptomlError):
     "A model artifact that is missing, truncated, tampered with or out of step with its model card."
 
+# %% ../nbs/00_core.ipynb #be788349
 class LeakageError(CryptomlError):
     "The leakage guard found information from the future in a split or a feature."
     exit_code = 1
 
+# %% ../nbs/00_core.ipynb #752554d0
 class PromotionRefused(CryptomlError):
     "A candidate model did not beat the current best."
     exit_code = 1
@@ -97,10 +103,12 @@ def to_utc(when: Any) -> pd.Timestamp:
     if ts is pd.NaT: raise ConfigError(f"cannot read {when!r} as a time")
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
+# %% ../nbs/00_core.ipynb #b0394a3b
 def to_ms(when: Any) -> int:
     "`when` as epoch milliseconds, ccxt's time unit."
     return to_utc(when).value // 1_000_000
 
+# %% ../nbs/00_core.ipynb #a20aaa5f
 def bar_close(ts: Any, timeframe: str) -> pd.Timestamp:
     "The moment the bar that opened at `ts` closes."
     return to_utc(ts) + pd.Timedelta(seconds=timeframe_seconds(timeframe))
@@ -111,12 +119,14 @@ def shaped(value: Any, pattern: re.Pattern, what: str, expected: str) -> str:
     if not (isinstance(value, str) and pattern.fullmatch(value)): raise ConfigError(f"malformed {what} {value!r}: expected {expected}")
     return value
 
+# %% ../nbs/00_core.ipynb #407f718f
 _EXCHANGE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 def check_exchange(exchange: str) -> str:
     "`exchange` if it has the shape of a ccxt exchange id (`binance`, `binanceus`, `okx`); ConfigError naming it otherwise."
     return shaped(exchange, _EXCHANGE, "exchange id", "a ccxt id such as 'binance' (lower-case letters and digits)")
 
+# %% ../nbs/00_core.ipynb #4e9f594a
 class Market(NamedTuple("MarketFields", [("exchange", str), ("symbol", str), ("timeframe", str)])):
     "One market: a ccxt exchange id, a ccxt unified symbol and a timeframe, each checked."
     __slots__ = ()
@@ -143,31 +153,38 @@ def raw_dir(home, exchange: str, symbol: str, timeframe: str) -> Path:
     timeframe_seconds(timeframe)
     return data_home(home)/"raw"/exchange/symbol_id(symbol)/timeframe
 
+# %% ../nbs/00_core.ipynb #21fa5593
 def funding_dir(home, exchange: str, symbol: str) -> Path:
     "Folder of a pair's perpetual funding rates (spot pair and perpetual alike), one Parquet file per month."
     return data_home(home)/"raw"/exchange/pair_id(symbol)/"funding"
 
+# %% ../nbs/00_core.ipynb #732f63d1
 def month_file(folder: Path, ts: Any) -> Path:
     "The monthly Parquet file in `folder` that holds time `ts`."
     return Path(folder)/f"{to_utc(ts):%Y-%m}.parquet"
 
+# %% ../nbs/00_core.ipynb #3bee67e4
 def feature_path(home, market: Market, feature_set: str = "seed", horizon: int = 1) -> Path:
     "The current feature table of `market` for `feature_set` with labels `horizon` bars ahead."
     if not re.fullmatch(r"[a-z][a-z0-9_]*", str(feature_set)): raise ConfigError(f"malformed feature set name {feature_set!r}")
     return data_home(home)/"feature_store"/market.path_parts/f"{feature_set}-h{int(horizon)}.parquet"
 
+# %% ../nbs/00_core.ipynb #a6ec1396
 def models_dir(home) -> Path:
     "Folder of every market's runs and aliases."
     return data_home(home)/"models"
 
+# %% ../nbs/00_core.ipynb #4fb6029b
 def market_dir(home, market: Market) -> Path:
     "Folder of one market's runs (`runs/`), its alias links, its promotion log and its lock."
     return models_dir(home)/market.path_parts
 
+# %% ../nbs/00_core.ipynb #1043c73c
 def best_link(home, market: Market) -> Path:
     "The symlink to `market`'s champion, `models/{exchange}/{SYMBOL}/{timeframe}/best_lgbm.pkl`."
     return market_dir(home, market)/"best_lgbm.pkl"
 
+# %% ../nbs/00_core.ipynb #b586dcd8
 def optuna_storage(home) -> str:
     "URL of the embedded Optuna study storage (SQLite) under the data root."
     return f"sqlite:///{data_home(home)/'optuna.db'}"
@@ -230,10 +247,12 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     "Write `data` to `path` atomically."
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
+# %% ../nbs/00_core.ipynb #9609026f
 def atomic_write_json(path, obj: Any) -> Path:
     "Write `obj` as indented JSON to `path` atomically."
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
+# %% ../nbs/00_core.ipynb #11cb6696
 def atomic_write_parquet(path, df: pd.DataFrame, metadata: dict | None = None) -> Path:
     "Write `df` to `path` atomically as zstd Parquet, with `metadata` (JSON) under the key `cryptoml`."
     table = pa.Table.from_pandas(df, preserve_index=False)
@@ -241,6 +260,7 @@ def atomic_write_parquet(path, df: pd.DataFrame, metadata: dict | None = None) -
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"cryptoml": json.dumps(metadata, default=str).encode()})
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
+# %% ../nbs/00_core.ipynb #49941626
 def parquet_metadata(path) -> dict:
     "The `cryptoml` metadata a Parquet file (a path or an open binary file) was written with (empty if none)."
     raw = (pq.read_schema(path).metadata or {}).get(b"cryptoml")

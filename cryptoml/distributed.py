@@ -95,6 +95,7 @@ class ClusterPool:
         self.executor.shutdown(wait=not cancel_futures)
         self.job.release()
 
+# %% ../nbs/13_distributed.ipynb #15fffc2f
 def cluster_pool(client: Client) -> Callable[[FoldJob, int], ClusterPool]:
     "The `pool=` of `walk_forward_predictions` and `backtest` that runs their folds on `client`'s cluster."
     return partial(ClusterPool, client)
@@ -114,10 +115,12 @@ class Outcome:
     @property
     def ok(self) -> bool: return self.error is None
 
+# %% ../nbs/13_distributed.ipynb #34dd82ab
 def failed(market: Market, error: BaseException, **where) -> Outcome:
     "The outcome of a task stopped by `error`: its type and message, exit status 2 for a user's error and 1 for a bug."
     return Outcome(market, error=f"{type(error).__name__}: {error}", exit_code=getattr(error, "exit_code", 1), **where)
 
+# %% ../nbs/13_distributed.ipynb #c099dbaa
 def market_outcome(task: Callable[[Market], Any], market: Market) -> Outcome:
     "Run `task(market)` and keep how it ended (on a worker, or here)."
     where = {"started": time.time(), "worker": f"{socket.gethostname()}:{os.getpid()}"}
@@ -169,11 +172,13 @@ def invocation_id() -> str:
     "A new command run's id: its UTC start time and a random suffix."
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
+# %% ../nbs/13_distributed.ipynb #897cb97d
 def tasks_dir(home, invocation: str) -> Path:
     "The folder of one command run's claims."
     if not (isinstance(invocation, str) and _INVOCATION.fullmatch(invocation)): raise ConfigError(f"malformed invocation id {invocation!r}")
     return data_home(home)/"tasks"/invocation
 
+# %% ../nbs/13_distributed.ipynb #ce6176f2
 @dataclass
 class Claim:
     "What the attempts of one market's task in one command run recorded, so that a rerun picks up where a killed one stopped."
@@ -187,6 +192,7 @@ class Claim:
         self.values |= values
         atomic_write_json(self.path, self.values)
 
+# %% ../nbs/13_distributed.ipynb #e045436a
 @contextmanager
 def market_task(home, market: Market, invocation: str) -> Iterator[Claim]:
     "Hold `market`'s task lock for one attempt of its task in `invocation`; the claim earlier attempts left."
@@ -197,6 +203,7 @@ def market_task(home, market: Market, invocation: str) -> Iterator[Claim]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield Claim(path, root, market, json.loads(path.read_text()) if path.exists() else {})
 
+# %% ../nbs/13_distributed.ipynb #da38080a
 def forget(home, invocation: str):
     "Remove a finished command run's claims."
     shutil.rmtree(tasks_dir(home, invocation), ignore_errors=True)
@@ -227,6 +234,7 @@ def saved_run(claim: Claim, save: Callable[[], str], ours: Callable[[dict], bool
     claim.record(run_id=save())
     return claim.values["run_id"]
 
+# %% ../nbs/13_distributed.ipynb #3c165447
 def decided(claim: Claim, run_id: str, promote: Callable[[], Any]) -> dict:
     "The gate's decision on this task's run: as recorded, as an earlier attempt logged or carried it out, or asked now."
     if "decision" in claim.values: return claim.values["decision"]
@@ -273,6 +281,7 @@ def parts_dir(table_path: str | os.PathLike) -> Path:
     "The folder of the pooled table at `table_path` partitioned by market and month."
     return Path(table_path).with_suffix(".parts")
 
+# %% ../nbs/13_distributed.ipynb #39814435
 def partition_market(table_path: Path, code: int) -> list[dict]:
     "Write market `code`'s rows (its row group) of the pooled table into month files of the table's `.parts` folder; each file's entry."
     meta = json.loads(pq.read_schema(table_path).metadata[b"cryptoml"])
@@ -283,6 +292,7 @@ def partition_market(table_path: Path, code: int) -> list[dict]:
         entries.append({"path": str(path.relative_to(parts_dir(table_path))), "market": code, "month": month, "rows": len(part)})
     return entries
 
+# %% ../nbs/13_distributed.ipynb #950516a0
 def write_partitions(table_path: str | os.PathLike, client: Client | None = None, *, progress: bool = True) -> Path:
     "Partition the pooled table at `table_path` by market and month (a task a market on `client`'s cluster); the folder."
     table_path, folder = Path(table_path), parts_dir(table_path)
@@ -297,6 +307,7 @@ def write_partitions(table_path: str | os.PathLike, client: Client | None = None
     atomic_write_json(folder/"dataset.json", manifest)
     return folder
 
+# %% ../nbs/13_distributed.ipynb #b24b4737
 def read_partitions(folder: str | os.PathLike) -> tuple[dd.DataFrame, dict]:
     "A partitioned pooled table as a `dask.dataframe` (a partition a market-month) and its manifest; ArtifactError if unfinished."
     folder = Path(folder)
@@ -304,6 +315,7 @@ def read_partitions(folder: str | os.PathLike) -> tuple[dd.DataFrame, dict]:
     manifest = json.loads((folder/"dataset.json").read_text())
     return dd.read_parquet([str(folder/f["path"]) for f in manifest["files"]]), manifest
 
+# %% ../nbs/13_distributed.ipynb #f21608ed
 def table_bytes(manifest: dict) -> int:
     "Bytes the partitioned table takes in memory as float64."
     return manifest["rows"] * len(manifest["columns"]) * 8
@@ -341,6 +353,7 @@ def round_losses(rows: pd.DataFrame, booster: lgb.Booster, features: list[str], 
         losses[k - start] = (np.logaddexp(0, raw) - y * raw).sum()
     return losses
 
+# %% ../nbs/13_distributed.ipynb #66f03878
 def held_back_curve(client: Client, stop: dd.DataFrame, booster: lgb.Booster, features: list[str], start: int) -> np.ndarray:
     "Mean log loss of the held-back rows `stop` after each of `booster`'s rounds from `start + 1`, over all partitions."
     shared, n = client.scatter(booster, broadcast=True), booster.current_iteration()
@@ -378,6 +391,7 @@ class PooledModel:
         return (f"PooledModel({self.trained_on}: {self.train_rows:,} training rows, best round {self.best_iteration} "
                 f"(held-back log loss {self.curve[self.best_iteration - 1]:.5f}), {self.seconds:.1f} s)")
 
+# %% ../nbs/13_distributed.ipynb #4de27818
 def _local_fit(parts: dd.DataFrame, cuts: PooledCuts, features, params, patience, max_rounds) -> tuple[lgb.Booster, np.ndarray, int]:
     "Early-stopped LightGBM in this process, on the partitions read whole."
     rows = parts.compute()
@@ -397,6 +411,7 @@ class QuietLightGBM(WorkerPlugin):
     "Send a worker's LightGBM messages (a line per socket it binds) to the `lightgbm` logger, which shows warnings only."
     def setup(self, worker): lgb.register_logger(logging.getLogger("lightgbm"))
 
+# %% ../nbs/13_distributed.ipynb #0940a4e0
 def _cluster_fit(client: Client, parts: dd.DataFrame, cuts: PooledCuts, features, params, patience, max_rounds,
                  chunk) -> tuple[lgb.Booster, np.ndarray, int]:
     "Early-stopped data-parallel LightGBM on the cluster, trained in stages of `chunk` rounds."

@@ -87,6 +87,7 @@ def origin_url(root: Path) -> str | None:
     done = subprocess.run(["git", "-C", str(root), "remote", "get-url", "origin"], capture_output=True, text=True)
     return _normalised(done.stdout) if done.returncode == 0 and done.stdout.strip() else None
 
+# %% ../nbs/14_docs.ipynb #0e759924
 def real_links(html: str, settings: dict, origin: str | None) -> str:
     "`html` with links to the configured doc site made relative, and source links dropped unless `git_url` is `origin`."
     site = _normalised(settings.get("doc_host", "") + settings.get("doc_baseurl", ""))

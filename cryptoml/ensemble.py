@@ -100,10 +100,12 @@ def log_odds(p):
     p = min(max(p, _EPS), 1 - _EPS)  # plain floats skip numpy: a ufunc call on one float costs a microsecond
     return math.log(p / (1 - p))
 
+# %% ../nbs/11_ensemble.ipynb #845c7de5
 def probability(z):
     "The sigmoid of log-odds `z`, a float or an array."
     return expit(z) if isinstance(z, np.ndarray) else _sigmoid(z)
 
+# %% ../nbs/11_ensemble.ipynb #7f799d19
 BLENDS = {"linear": (lambda p: p, lambda s: s), "logit": (log_odds, probability)}
 
 class EnsemblePrediction(NamedTuple):
@@ -138,6 +140,7 @@ class DynamicWeights:
         best = min(total.values())
         return _sum_to_one({m: base[m] * math.exp(-self.eta * (total[m] - best)) for m in base})
 
+# %% ../nbs/11_ensemble.ipynb #3a29048c
 def log_losses(y, p) -> np.ndarray:
     "Log loss of each prediction `p` of the outcomes `y` (1.0 up, 0.0 not), with p kept away from 0 and 1."
     y, p = np.atleast_1d(np.asarray(y, float)), np.clip(np.atleast_1d(np.asarray(p, float)), _EPS, 1 - _EPS)

@@ -72,15 +72,18 @@ def rolling_sum(x: np.ndarray, w: int) -> np.ndarray:
     "Sum of each `w`-value window ending at a row, NaN before the first full window (or where it holds a NaN)."
     return _padded(window_reduce((x,), w, _add)[0], len(x))
 
+# %% ../nbs/02_features.ipynb #eca55c3b
 def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
     "Mean of each `w`-value window ending at a row, NaN before the first full window."
     return rolling_sum(x, w) / w
 
+# %% ../nbs/02_features.ipynb #55142d0a
 def rolling_mean_std(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
     "Mean and sample standard deviation (ddof=1, as pandas) of each `w`-value window; exactly 0 std where a window is constant."
     mean, squares = window_reduce((x, np.zeros_like(x)), w, _merge_moments)
     return _padded(mean, len(x)), _padded(np.sqrt(squares / (w - 1)), len(x))
 
+# %% ../nbs/02_features.ipynb #7d14d659
 def rolling_std(x: np.ndarray, w: int) -> np.ndarray:
     "Sample standard deviation (ddof=1) of each `w`-value window ending at a row, NaN before the first full window."
     return rolling_mean_std(x, w)[1]
@@ -92,10 +95,12 @@ def ema_alpha(span: int) -> float:
     "The smoothing factor of an EMA over `span` bars, `2 / (span + 1)` (pandas' `span`)."
     return 2 / (span + 1)
 
+# %% ../nbs/02_features.ipynb #be7200b3
 def ema_window(alpha: float) -> int:
     "The finite window of an EMA with factor `alpha`: the fewest bars whose dropped tail weight is below `EMA_TAIL`."
     return math.ceil(math.log(EMA_TAIL) / math.log1p(-alpha))
 
+# %% ../nbs/02_features.ipynb #d1a7fefd
 def finite_ema(x: np.ndarray, alpha: float) -> np.ndarray:
     "EMA of `x` over its finite window `ema_window(alpha)`; NaN until the window is full (or where it holds a NaN)."
     w, decay = ema_window(alpha), 1 - alpha
@@ -117,6 +122,7 @@ class Feature:
     doc: str
     stationary: bool = True  # False: its level wanders with the market (a price level, a price difference)
 
+# %% ../nbs/02_features.ipynb #ef1aa334
 FEATURES: dict[str, Feature] = {}
 
 def register_feature(name: str, lookback: int, *, doc: str | None = None) -> Callable:
@@ -130,10 +136,12 @@ def register_feature(name: str, lookback: int, *, doc: str | None = None) -> Cal
         return fn
     return register
 
+# %% ../nbs/02_features.ipynb #1795f284
 def mark_nonstationary(*names: str) -> None:
     "Record that the registered features `names` wander with the market (price levels, price differences)."
     for name in names: FEATURES[name] = replace(_feature(name), stationary=False)
 
+# %% ../nbs/02_features.ipynb #fa9cabac
 def stationary(name: str) -> bool:
     "Whether the feature `name` keeps one distribution over time; a column the registry does not know counts as stationary."
     return FEATURES[name].stationary if name in FEATURES else True
@@ -208,6 +216,7 @@ def funding_arrays(funding: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray
     ms = _ts_ms(funding, "funding")
     return ms, _finite(funding, "funding_rate", ms, "funding")
 
+# %% ../nbs/02_features.ipynb #f2028c0c
 def bar_arrays(bars: pd.DataFrame, *, funding: pd.DataFrame | None = None, timeframe: str = "1m", last: int | None = None) -> BarArrays:
     "Check `bars` (only its `last` rows, if given) and `funding`, and return them as `BarArrays`; DataError naming a missing column or the first bad row."
     _missing(bars, ("ts", *OHLCV), "bars")
@@ -293,6 +302,7 @@ def ret_vol(w: int) -> Callable:
     vol.__doc__ = f"Standard deviation (ddof=1) of the one-bar return over {w} bars."
     return vol
 
+# %% ../nbs/02_features.ipynb #e4532bc1
 for _w in (20, 60): register_feature(f"ret_vol{_w}", lookback=_w + 1)(ret_vol(_w))
 
 def ret_lag(k: int) -> Callable:
@@ -411,6 +421,7 @@ class FeatureSet:
         "Raw bars needed for the newest row: the longest lookback of its features (1 for none)."
         return max((_feature(f).lookback for f in self.features), default=1)
 
+# %% ../nbs/02_features.ipynb #8fa02634
 FEATURE_SETS: dict[str, FeatureSet] = {}
 
 def define_feature_set(name: str, version: int, features: list[str]) -> FeatureSet:
@@ -420,6 +431,7 @@ def define_feature_set(name: str, version: int, features: list[str]) -> FeatureS
     FEATURE_SETS[name] = FeatureSet(name, version, tuple(features))
     return FEATURE_SETS[name]
 
+# %% ../nbs/02_features.ipynb #73fd8b30
 SEED = ["close", "ret1", "sma20_gap", "sma50_gap", "vol_z"]
 define_feature_set("seed", 1, SEED)
 define_feature_set("rich", 1, [*SEED, "ema_cross_gap", "macd", "macd_signal", "macd_hist", "ret_vol20", "ret_vol60",
@@ -432,10 +444,12 @@ def get_feature_set(feature_set: str | FeatureSet = "seed") -> FeatureSet:
     if feature_set not in FEATURE_SETS: raise ConfigError(f"unknown feature set {feature_set!r}; known: {', '.join(FEATURE_SETS)}")
     return FEATURE_SETS[feature_set]
 
+# %% ../nbs/02_features.ipynb #1baa74b2
 def feature_names(feature_set: str | FeatureSet = "seed") -> list[str]:
     "The ordered feature names of a feature set."
     return list(get_feature_set(feature_set).features)
 
+# %% ../nbs/02_features.ipynb #be634cfa
 def lookback_bars(feature_set: str | FeatureSet = "seed") -> int:
     "N: the newest row of the set is known from the last N bars (the online path computes it from exactly those)."
     return get_feature_set(feature_set).lookback
@@ -451,6 +465,7 @@ def feature_chunks(b: BarArrays, feature_set: str | FeatureSet = "seed") -> Iter
         chunk = b if (lo, end) == (0, n) else b.slice(lo, end)
         yield start, end, [chunk[name][start - lo:] for name in fs.features]
 
+# %% ../nbs/02_features.ipynb #033856b6
 def feature_matrix(b: BarArrays, feature_set: str | FeatureSet = "seed") -> np.ndarray:
     "The set's features for every bar of `b` as one (features x bars) float64 array."
     values = np.empty((len(feature_names(feature_set)), len(b)))
@@ -458,6 +473,7 @@ def feature_matrix(b: BarArrays, feature_set: str | FeatureSet = "seed") -> np.n
         for row, column in zip(values, columns): row[start:end] = column
     return values
 
+# %% ../nbs/02_features.ipynb #501996af
 def _frame(ts_ms: np.ndarray, values: np.ndarray, names: list[str], index=None) -> pd.DataFrame:
     "A feature table: `ts` (from epoch ms) and one column per row of `values`."
     table = pd.DataFrame(values.T, columns=names, index=index, copy=False)
@@ -628,6 +644,7 @@ def feature_code_sha256(features) -> str:
     parts += _code_text(label_arrays, seen)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
+# %% ../nbs/02_features.ipynb #c8860f49
 def table_provenance(bars: pd.DataFrame, funding: pd.DataFrame | None, features) -> dict:
     "What a feature table is made of, for its metadata: the bars' and funding rates' `content_digest`s and the code's hash."
     return {"bars": content_digest(bars), "funding": content_digest(funding), "code_sha256": feature_code_sha256(features)}
@@ -689,6 +706,7 @@ def snapshot_dir(home=None) -> Path:
     "The folder of immutable feature-table snapshots, `feature_store/snapshots/`."
     return data_home(home)/"feature_store"/"snapshots"
 
+# %% ../nbs/02_features.ipynb #5e834dc9
 def _link_or_copy(source: Path, target: Path):
     "`target`: the bytes of `source` as they are now, by hard link when the file system allows, else by copy (fsynced)."
     try: os.link(source, target)
@@ -716,6 +734,7 @@ def snapshot_table(path, home=None) -> Path:
     fsync_dir(folder)
     return snapshot
 
+# %% ../nbs/02_features.ipynb #33230ff6
 def prune_snapshots(home=None, keep: set[str] = frozenset(), *, max_age_days: float = 30, now: float | None = None,
                     dry_run: bool = False) -> list[Path]:
     "Remove every snapshot not in `keep` (sha256s) and older than `max_age_days`, and stale temporary files; the paths removed."
@@ -746,6 +765,7 @@ def table_view(path: Path) -> str:
     "The DuckDB view `connect` makes for the feature table at `path`: `features_{exchange}_{SYMBOL}_{timeframe}_{table}`."
     return "_".join(["features", *Path(path).parts[-4:-1], Path(path).stem])
 
+# %% ../nbs/02_features.ipynb #39d1c8b5
 def connect(home=None) -> duckdb.DuckDBPyConnection:
     "An in-memory DuckDB connection with views `bars`, `funding`, `features` and one per feature table over the stores."
     import duckdb  # the query layer loads only when asked for

@@ -139,6 +139,7 @@ def model_trees(text: str) -> tuple[dict, list[dict]]:
     if bad := [why for why, yes in problems.items() if yes]: raise ConfigError(f"cannot compile this LightGBM model: {'; '.join(bad)}")
     return header, trees
 
+# %% ../nbs/10_infer.ipynb #d7f690bd
 def _tree_c(k: int, tree: dict) -> str:
     "Tree `k` as the C function `t{k}`: nested ifs down to its leaves."
     leaves = [float(v) for v in tree["leaf_value"].split()]
@@ -210,6 +211,7 @@ def probe_rows(text: str, n: int = 4096, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.column_stack([rng.choice(np.array(v), n) for v in values])
 
+# %% ../nbs/10_infer.ipynb #8e06c3da
 def _load_library(path: Path, sha256: str) -> ctypes.CDLL:
     "The shared library `path`, loaded from the very bytes that hash to `sha256` (an in-memory file where the system has one)."
     data = verified_bytes(path, sha256)
@@ -551,6 +553,7 @@ def shadow_log_path(home, market: Market) -> Path:
     "The market's shadow log, `models/{exchange}/{SYMBOL}/{timeframe}/shadow.jsonl`."
     return market_dir(home, market)/"shadow.jsonl"
 
+# %% ../nbs/10_infer.ipynb #a06f2bf1
 def _rows(X, features: list) -> np.ndarray:
     "`X` (a dict, frame, row or rows) as a 2-D array of `features`."
     if type(X) is dict:
@@ -567,6 +570,7 @@ def shadow_lines(shadow: ServedModel, batch: list) -> list[dict]:
     return [{"at": log_time(at), "champion": champion, "p": p, "shadow": run.run_id, "p_shadow": next(answers), "x": x}
             for (at, _, ps, champion), block in zip(batch, rows) for p, x in zip(np.atleast_1d(ps).tolist(), block.tolist())]
 
+# %% ../nbs/10_infer.ipynb #29041514
 def read_shadow_log(path: str | os.PathLike) -> pd.DataFrame:
     "The lines of a shadow log as a frame (`attrs['skipped']`: lines cut short by a crash, skipped)."
     good, skipped = [], 0

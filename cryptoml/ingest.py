@@ -311,6 +311,7 @@ def as_bars(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
         if c in df.columns: bars[c] = _numbers(df[c], dtype, c, source)
     return bars
 
+# %% ../nbs/01_ingest.ipynb #22e22056
 @dataclass(frozen=True)
 class SeriesKind:
     "A kind of series the raw store keeps: its columns, how a frame is brought to them, its rules, and its folder."
@@ -320,6 +321,7 @@ class SeriesKind:
     rules: dict[str, Rule]
     folder: Callable[..., Path]   # (home, exchange, symbol, timeframe) -> the folder of its month files
 
+# %% ../nbs/01_ingest.ipynb #5ceae2e7
 BARS = SeriesKind("bars", [*OHLCV_COLUMNS, *EXTRA_COLUMNS], as_bars, BAR_RULES, raw_dir)
 
 def check_rows(df: pd.DataFrame, kind: SeriesKind, check: Check | None = None, sort: bool = False) -> tuple[pd.DataFrame, int]:
@@ -330,6 +332,7 @@ def check_rows(df: pd.DataFrame, kind: SeriesKind, check: Check | None = None, s
     rows, dropped = _drop_repeats(rows, check.bounds.rtol)
     return refuse_bad_rows(rows, kind.rules, check), dropped
 
+# %% ../nbs/01_ingest.ipynb #59612348
 def validate_bars(df: pd.DataFrame, source: str = "", timeframe: str | None = None, *, bounds: Bounds = BOUNDS) -> pd.DataFrame:
     "`df` in the store's schema if every bar is sound, else a `DataError` naming the first bad bars' ts, reason and rule."
     return check_rows(df, BARS, Check(source or "bars", timeframe, bounds))[0]
@@ -365,6 +368,7 @@ class Written:
         return Written(self.added + other.added, sorted({*self.paths, *other.paths}), self.replaced + other.replaced,
                        self.dropped + other.dropped)
 
+# %% ../nbs/01_ingest.ipynb #14d8f28e
 REPLACEMENTS = "replacements.jsonl"   # in raw/: one line per write that replaced stored rows
 
 def _near(folder: Path, kind: SeriesKind, rows: pd.DataFrame, check: Check) -> pd.DataFrame:
@@ -400,12 +404,14 @@ def store_rows(df: pd.DataFrame, kind: SeriesKind, home, exchange: str, symbol: 
     written = {path: n for path, n in added.items() if n is not None}
     return Written(sum(written.values()), list(written), len(replaced), dropped)
 
+# %% ../nbs/01_ingest.ipynb #460930ff
 def store_bars(df: pd.DataFrame, home, exchange: str, symbol: str, timeframe: str, *, replace: bool = False,
                bounds: Bounds = BOUNDS, source: str | None = None) -> Written:
     "Bars `df` through the validation pass into the raw store of `symbol` at `timeframe`; what the write did."
     check = Check(source or f"{exchange} {symbol} {timeframe}", timeframe, bounds, replace=replace)
     return store_rows(df, BARS, home, exchange, symbol, timeframe, check)
 
+# %% ../nbs/01_ingest.ipynb #663882d3
 def write_bars(df: pd.DataFrame, home, exchange: str, symbol: str, timeframe: str, *, replace: bool = False,
                bounds: Bounds = BOUNDS) -> int:
     "Bars `df` through the validation pass into the raw store of `symbol` at `timeframe`; rows added."
@@ -426,6 +432,7 @@ def read_rows(folder: Path, columns: list[str], start=None, end=None) -> pd.Data
     keep = (rows.ts >= lo if lo is not None else True) & (rows.ts < hi if hi is not None else True)
     return rows[keep].reset_index(drop=True) if keep is not True else rows
 
+# %% ../nbs/01_ingest.ipynb #898ae099
 def read_bars(home, exchange: str, symbol: str, timeframe: str, start=None, end=None) -> pd.DataFrame:
     "Stored bars of `symbol` at `timeframe` with `start <= ts < end`: OHLCV_COLUMNS (+ optional columns), sorted."
     return read_rows(raw_dir(home, exchange, symbol, timeframe), OHLCV_COLUMNS, start, end)
@@ -437,6 +444,7 @@ def as_funding(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
     return pd.DataFrame({"ts": as_utc_ms(df["ts"], source),
                          "funding_rate": _numbers(df["funding_rate"], "float64", "funding_rate", source)})
 
+# %% ../nbs/01_ingest.ipynb #677ef71d
 FUNDING_RULES: dict[str, Rule] = COMMON_RULES | {
     "nan_rate": Rule(lambda f, c: ~np.isfinite(f.funding_rate), "NaN or infinite funding rate"),
     "rate_range": Rule(lambda f, c: np.isfinite(f.funding_rate) & (f.funding_rate.abs() > c.bounds.max_funding_rate),
@@ -451,16 +459,19 @@ def validate_funding(df: pd.DataFrame, source: str = "", *, bounds: Bounds = BOU
     "`df` as ts, funding_rate if every row is sound, else a `DataError` naming the first bad rows' ts, reason and rule."
     return check_rows(df, FUNDING, Check(source or "funding", None, bounds))[0]
 
+# %% ../nbs/01_ingest.ipynb #fda45ed2
 def store_funding(df: pd.DataFrame, home, exchange: str, symbol: str, *, replace: bool = False, bounds: Bounds = BOUNDS,
                   source: str | None = None) -> Written:
     "Funding rates `df` (ts, funding_rate) through the validation pass into the store; what the write did."
     check = Check(source or f"{exchange} {symbol} funding", None, bounds, replace=replace)
     return store_rows(df, FUNDING, home, exchange, symbol, check=check)
 
+# %% ../nbs/01_ingest.ipynb #6ebeeb89
 def write_funding(df: pd.DataFrame, home, exchange: str, symbol: str, *, replace: bool = False, bounds: Bounds = BOUNDS) -> int:
     "Funding rates `df` (ts, funding_rate) through the validation pass into the store; rows added."
     return store_funding(df, home, exchange, symbol, replace=replace, bounds=bounds).added
 
+# %% ../nbs/01_ingest.ipynb #0e7cbad7
 def read_funding(home, exchange: str, symbol: str, start=None, end=None) -> pd.DataFrame:
     "Stored funding rates (ts, funding_rate) with `start <= ts < end`; an empty frame if there are none."
     return read_rows(funding_dir(home, exchange, symbol), FUNDING_COLUMNS, start, end)
@@ -477,6 +488,7 @@ def as_open_interest(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
         if c in df.columns: rows[c] = _numbers(df[c], "float64", c, source)
     return rows
 
+# %% ../nbs/01_ingest.ipynb #94fcbf3a
 OPEN_INTEREST_RULES: dict[str, Rule] = COMMON_RULES | {
     "nan_interest": Rule(lambda r, c: ~np.isfinite(r.open_interest), "NaN or infinite open interest"),
     "interest_range": Rule(lambda r, c: _bad_extras(r, c, INTEREST_AMOUNTS).any(axis=1),
@@ -487,6 +499,7 @@ def open_interest_dir(home, exchange: str, symbol: str, timeframe: str | None = 
     "Folder of a perpetual's open interest, one Parquet file per month, beside its funding rates."
     return data_home(home)/"raw"/exchange/pair_id(symbol)/"open_interest"
 
+# %% ../nbs/01_ingest.ipynb #4999f693
 OPEN_INTEREST = SeriesKind("open_interest", OPEN_INTEREST_COLUMNS, as_open_interest, OPEN_INTEREST_RULES, open_interest_dir)
 
 def store_series(df: pd.DataFrame, kind: SeriesKind, home, exchange: str, symbol: str, *, replace: bool = False,
@@ -495,11 +508,13 @@ def store_series(df: pd.DataFrame, kind: SeriesKind, home, exchange: str, symbol
     check = Check(source or f"{exchange} {symbol} {kind.name.replace('_', ' ')}", None, bounds, replace=replace)
     return store_rows(df, kind, home, exchange, symbol, check=check)
 
+# %% ../nbs/01_ingest.ipynb #d5ffb88c
 def store_open_interest(df: pd.DataFrame, home, exchange: str, symbol: str, *, replace: bool = False, bounds: Bounds = BOUNDS,
                         source: str | None = None) -> Written:
     "Open interest `df` (ts, open_interest[, open_interest_value]) through the validation pass into the store; what the write did."
     return store_series(df, OPEN_INTEREST, home, exchange, symbol, replace=replace, bounds=bounds, source=source)
 
+# %% ../nbs/01_ingest.ipynb #a913cdbd
 def read_open_interest(home, exchange: str, symbol: str, start=None, end=None) -> pd.DataFrame:
     "Stored open interest with `start <= ts < end`; an empty frame if there is none."
     return read_rows(open_interest_dir(home, exchange, symbol), OPEN_INTEREST_COLUMNS, start, end)
@@ -677,6 +692,7 @@ def import_csv(files, exchange: str, symbol: str, timeframe: str, *, home=None, 
     written.dropped += sum(n for _, n in parts)
     return _report(home, Market(exchange, symbol, timeframe), written)
 
+# %% ../nbs/01_ingest.ipynb #8916d534
 def import_funding_csv(file, exchange: str, symbol: str, *, home=None, replace: bool = False, bounds: Bounds = BOUNDS) -> int:
     "Import a funding-rate CSV (timestamp,funding_rate, or Binance's funding dump) into the store; rows added."
     rates, _ = _checked_file(Path(file), FUNDING, None, bounds)
@@ -706,9 +722,11 @@ TRANSIENT = (ccxt.OperationFailed,)  # ccxt: may succeed later. NetworkError (ti
 class StalePage(ccxt.NetworkError):
     "An exchange answered rows, none of them from the requested start on (cached, repeated or unreadable): worth asking again."
 
+# %% ../nbs/01_ingest.ipynb #24e1ece4
 class MalformedAnswer(ccxt.BadResponse):
     "An exchange answered what is no answer (malformed JSON, a shape ccxt cannot parse): worth asking again."
 
+# %% ../nbs/01_ingest.ipynb #524c7001
 def _http_status(e: Exception) -> int | None:
     "The HTTP status of the answer behind a ccxt error, when an answer caused it."
     return getattr(getattr(e.__cause__ or e.__context__, "response", None), "status_code", None)
@@ -847,6 +865,7 @@ def raw_klines(client: ccxt.Exchange, market: dict) -> str | None:
     kind = next((k for k in RAW_KLINES if market.get(k)), None)
     return RAW_KLINES[kind] if kind and isinstance(client, ccxt.binance) and hasattr(client, RAW_KLINES[kind]) else None
 
+# %% ../nbs/01_ingest.ipynb #755fad7d
 def _kline_rows(client: ccxt.Exchange, method: str, request: dict) -> list[list]:
     "Binance's raw kline rows as ccxt treats its own: [ts, *KLINE_FIELDS], sorted by time, rows without a time or before it dropped."
     rows = getattr(client, method)(request)
@@ -876,6 +895,7 @@ def ohlcv_pages(client: ccxt.Exchange, symbol: str, timeframe: str, since=None, 
     what = f"{client.id} {symbol} {timeframe}"
     yield from _pages(client, fetch, *_window(client, since, until), step, what, retry, progress, ("bar", step), screen)
 
+# %% ../nbs/01_ingest.ipynb #fbe2c9b6
 def _gathered(pages: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     "Pages joined (each starts past the last one, so they are in order and disjoint)."
     pages = list(pages)
@@ -918,6 +938,7 @@ def funding_pages(client: ccxt.Exchange, symbol: str, since=None, until=None, *,
     what = f"{client.id} {perp} funding"
     yield from _pages(client, fetch, *_window(client, since, until), 1, what, retry, progress, ("hour", 3_600_000), screen)
 
+# %% ../nbs/01_ingest.ipynb #caa0327d
 def fetch_funding(exchange: str | ccxt.Exchange, symbol: str, since=None, until=None, *, limit: int | None = None,
                   max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True, bounds: Bounds = BOUNDS) -> pd.DataFrame:
     "Funding rates (ts, funding_rate) of `symbol`'s perpetual with `since <= ts < until` (default: the last 30 days)."
@@ -934,6 +955,7 @@ def interest_period(timeframe: str) -> str:
     fits = [p for p in OI_PERIODS if timeframe_ms(p) <= timeframe_ms(timeframe)]
     return fits[-1] if fits else OI_PERIODS[0]
 
+# %% ../nbs/01_ingest.ipynb #d9bb6998
 def _interest_page(client: ccxt.Exchange, symbol: str, period: str, limit: int, cursor: int) -> pd.DataFrame:
     "One page of open interest from `cursor` (ms): ts (ms, missing where the exchange gave none), open_interest, open_interest_value."
     rows = _ask(client, "fetch_open_interest_history", symbol, period, since=cursor, limit=limit)
@@ -949,6 +971,7 @@ def open_interest_pages(client: ccxt.Exchange, symbol: str, since=None, until=No
     what = f"{client.id} {perp} open interest"
     yield from _pages(client, fetch, *_window(client, since, until), 1, what, retry, progress, ("hour", 3_600_000), screen)
 
+# %% ../nbs/01_ingest.ipynb #128d8459
 def fetch_open_interest(exchange: str | ccxt.Exchange, symbol: str, since=None, until=None, *, timeframe: str = "1h",
                         limit: int | None = None, max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True,
                         bounds: Bounds = BOUNDS) -> pd.DataFrame:
@@ -965,6 +988,7 @@ def stored_span(folder: Path) -> tuple[pd.Timestamp, pd.Timestamp] | None:
     if not files: return None
     return read_parquet_file(files[0], ["ts"]).ts.min(), read_parquet_file(files[-1], ["ts"]).ts.max()
 
+# %% ../nbs/01_ingest.ipynb #2f32a7a7
 def _resume_from(folder: Path, since, step: int):
     "Where to start: `step` ms after the last stored row when the store covers `since` (or since is None), else `since`."
     span = stored_span(folder)
@@ -1023,6 +1047,7 @@ class Universe:
     exchange: str | None = None
     timeframe: str | None = None
 
+# %% ../nbs/01_ingest.ipynb #64527561
 def _unique_symbols(symbols, source: str) -> tuple[str, ...]:
     "`symbols` stripped, each a well-formed ccxt symbol, none twice; ConfigError naming the first that is not."
     symbols = tuple(s.strip() for s in symbols if s.strip())
@@ -1066,6 +1091,7 @@ class ManyReport:
                 for k, r in self.reports.items()]
         return pd.DataFrame(rows + [{"market": f"{k.exchange} {k.symbol} {k.timeframe}", "failure": why} for k, why in self.failures.items()])
 
+# %% ../nbs/01_ingest.ipynb #cc85a08e
 def _each(markets: dict[Market, Callable[[], IngestReport]], what: str, progress: bool) -> ManyReport:
     "Call each market's job in turn under one overall progress bar; a market's CryptomlError is its failure, and the others go on."
     report = ManyReport()
@@ -1083,6 +1109,7 @@ def check_symbols(client: ccxt.Exchange, symbols, retry: Retry = Retry()) -> tup
         raise ConfigError(f"{client.id} has no market {', '.join(map(repr, unknown))}{hints}")
     return symbols
 
+# %% ../nbs/01_ingest.ipynb #a47ba0af
 def ingest_many(exchange: str | ccxt.Exchange, symbols, timeframe: str, since=None, until=None, *, home=None, funding: bool = False,
                 open_interest: bool = False, progress: bool = True, max_tries: int = 5, retry_delay: float = 1.0, **options) -> ManyReport:
     "`ingest` for each of `symbols` in turn; unknown symbols and missing series refused first, then one market's failure reported, not fatal."
@@ -1106,6 +1133,7 @@ def market_of_file(path) -> tuple[str, str | None]:
                           "give --symbol")
     return "/".join(pairs[0]), next((t for t in tokens if re.fullmatch(r"\d+[smhdw]", t)), None)
 
+# %% ../nbs/01_ingest.ipynb #5deb4fa9
 def import_many(files, exchange: str, timeframe: str | None = None, *, symbol: str | None = None, home=None, replace: bool = False,
                 bounds: Bounds = BOUNDS, progress: bool = True) -> ManyReport:
     "Import dumps of many markets, each file's market from `symbol` or its name (`market_of_file`); one market's refusal is reported."
@@ -1117,6 +1145,7 @@ def import_many(files, exchange: str, timeframe: str | None = None, *, symbol: s
     jobs = {key: partial(import_csv, paths, *key[:3], home=home, replace=replace, bounds=bounds) for key, paths in markets.items()}
     return _each(jobs, f"{len(markets)} markets", progress)
 
+# %% ../nbs/01_ingest.ipynb #bb320614
 def import_open_interest_csv(file, exchange: str, symbol: str, *, home=None, replace: bool = False, bounds: Bounds = BOUNDS) -> int:
     "Import an open-interest CSV (ts, open_interest[, open_interest_value], or Binance's metrics dump) into the store; rows added."
     rows, _ = _checked_file(Path(file), OPEN_INTEREST, None, bounds)

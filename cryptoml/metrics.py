@@ -50,6 +50,7 @@ def expected_calibration_error(y, p, bins: int = 10, weights=None):
     gaps = (np.eye(bins)[_bins(p, bins)] * (y - p)[:, None]).T @ w
     return _one_or_many(np.abs(gaps).sum(0) / w.sum(0), weights)
 
+# %% ../nbs/05_metrics.ipynb #3b54e868
 def reliability_curve(y, p, bins: int = 10) -> pd.DataFrame:
     "Mean forecast, observed frequency and row count in each non-empty equal-width probability bin."
     y, p = np.asarray(y, float), np.asarray(p, float)
@@ -57,6 +58,7 @@ def reliability_curve(y, p, bins: int = 10) -> pd.DataFrame:
              .agg(p_mean=("p", "mean"), y_mean=("y", "mean"), count=("y", "size")).reset_index())
     return curve.assign(lower=curve.bin / bins, upper=(curve.bin + 1) / bins)
 
+# %% ../nbs/05_metrics.ipynb #c1745fdf
 def roc_auc(y, p, weights=None):
     "Chance that an up bar gets a higher forecast than a down bar (ties count half)."
     y, p, w = _weighted(y, p, weights)
@@ -67,6 +69,7 @@ def roc_auc(y, p, weights=None):
     with np.errstate(invalid="ignore", divide="ignore"):
         return _one_or_many((w[up] * (below[lo] + below[hi])).sum(0) / 2 / (w[up].sum(0) * below[-1]), weights)
 
+# %% ../nbs/05_metrics.ipynb #a3aa6ad4
 def evaluate(y, p, weights=None) -> dict:
     "Accuracy, ROC AUC, log loss, Brier score, ECE and base rate of forecasts `p` for labels `y`."
     y, p, w = _weighted(y, p, weights)
@@ -84,6 +87,7 @@ def block_bootstrap_weights(n: int, n_boot: int, block: int, rng: np.random.Gene
     rows = (starts[:, :, None] + np.arange(block)).reshape(n_boot, -1)[:, :n] % n
     return np.bincount((rows + n * np.arange(n_boot)[:, None]).ravel(), minlength=n * n_boot).reshape(n_boot, n).T
 
+# %% ../nbs/05_metrics.ipynb #b2a560fe
 def bootstrap(y, forecasts: dict, n_boot: int = 1000, block: int | None = None, seed: int = 0) -> dict:
     "Every forecast's metrics on the same `n_boot` block-bootstrap resamples: name -> metric -> array."
     rng, n = np.random.default_rng(seed), len(y)
@@ -95,6 +99,7 @@ def bootstrap(y, forecasts: dict, n_boot: int = 1000, block: int | None = None, 
             for name, p in forecasts.items(): runs[name].append(evaluate(y, p, w))
     return {name: {m: np.concatenate([r[m] for r in rs]) for m in METRICS} for name, rs in runs.items()}
 
+# %% ../nbs/05_metrics.ipynb #d83b5b2f
 def with_ci(point: dict, replicates: dict) -> dict:
     "The metrics `point`, with each one's bootstrap 95% interval under `ci95`."
     return {**point, "ci95": {m: [float(v) for v in np.nanpercentile(replicates[m], [2.5, 97.5])] for m in METRICS}}
@@ -115,12 +120,14 @@ def sign_forecasts(last_return) -> dict:
     momentum = np.where(r > 0, 1.0, np.where(r < 0, 0.0, 0.5))
     return {"momentum": momentum, "reversal": 1 - momentum}
 
+# %% ../nbs/05_metrics.ipynb #c9a1bc69
 def fit_logreg(train: pd.DataFrame, features: list[str], C: float = 0.1) -> Pipeline:
     "The logistic-regression baseline: median-imputed, standardised `features`, L2 penalty `C`, fitted on `train`."
     model = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
                       ("logreg", LogisticRegression(C=C, max_iter=1000))])
     return model.fit(train[features], train.y)
 
+# %% ../nbs/05_metrics.ipynb #a677f4f4
 def baseline_forecasts(val: pd.DataFrame, train: pd.DataFrame, logreg: Pipeline, features: list[str]) -> dict:
     "The baselines' probabilities of an up bar on the rows `val`; momentum and reversal read the last return `ret1`."
     if "ret1" not in val.columns:
@@ -161,6 +168,7 @@ def shortfalls(gains: pd.DataFrame) -> list[str]:
     short = gains[((gains.metric == "accuracy") & (gains.outcome != "better")) | (gains.outcome == "worse")]
     return [f"{r.outcome} than {r.baseline} in {r.metric.replace('_', ' ')}" for r in short.itertuples()]
 
+# %% ../nbs/05_metrics.ipynb #d8669ffa
 def _and(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else items[0]
 
@@ -225,6 +233,7 @@ def cross_section(ts, market, score, outcome, *, top: float = 1 / 3, min_markets
                          "rank_ic": _group_corr(ranked.score, ranked.outcome, rows.ts),
                          "spread": outcome_of(order > size - k) - outcome_of(order <= k)})
 
+# %% ../nbs/05_metrics.ipynb #d59eb2c0
 def _summary_stats(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     "CROSS_SECTION statistics of per-timestamp (ic, rank_ic, spread) rows, one column per weighting (bootstrap resample)."
     total = weights.sum(0)

@@ -37,15 +37,18 @@ def finite_values(values, name: str = "values") -> np.ndarray:
     if not len(x): raise DataError(f"{name} has no finite values to compare")
     return x
 
+# %% ../nbs/12_monitor.ipynb #fc337b9f
 def quantile_edges(reference, bins: int = 10) -> np.ndarray:
     "Bin edges at the reference's quantiles (minimum and maximum included, ties merged)."
     return np.unique(np.quantile(finite_values(reference, "reference"), np.linspace(0, 1, bins + 1), method="inverted_cdf"))
 
+# %% ../nbs/12_monitor.ipynb #95ee9220
 def bin_shares(values, edges: np.ndarray, floor: float = 1e-4) -> np.ndarray:
     "Share of `values` in each bin `(-inf, e0], (e0, e1], ..., (e_last, inf)`, floored at `floor`."
     counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
     return np.maximum(counts / counts.sum(), floor)
 
+# %% ../nbs/12_monitor.ipynb #ecd3c808
 def psi(reference, current, bins: int = 10) -> float:
     "Population stability index of `current` against `reference`, binned at the reference's quantiles."
     ref, cur = finite_values(reference, "reference"), finite_values(current, "current")
@@ -61,10 +64,12 @@ def drift_level(value: float, natural: float | None = None, warn: float = PSI_WA
     if value >= alert and (natural is None or value > natural): return "alert"
     return "warn" if value >= warn else "ok"
 
+# %% ../nbs/12_monitor.ipynb #328cf4e5
 def worst_level(levels) -> str:
     "The most severe of `levels` (`ok` when there are none; levels outside `LEVELS`, such as `not enough data`, count as ok)."
     return max((level for level in levels if level in LEVELS), key=LEVELS.index, default="ok")
 
+# %% ../nbs/12_monitor.ipynb #ca6ae725
 def natural_psi(reference, window: int, step: int, bins: int = 10) -> float | None:
     "The largest PSI of a `window`-row stretch of `reference` (sliding `step` rows) against the rest of it; None if under two."
     x = np.asarray(reference, dtype=float)
@@ -83,6 +88,7 @@ def rolling_zscore(values, bars: int = ZSCORE_BARS) -> np.ndarray:
     mean, sd = s.rolling(bars).mean(), s.rolling(bars).std()
     return ((s - mean) / sd.where(sd > 0)).to_numpy()
 
+# %% ../nbs/12_monitor.ipynb #fc6ae7d4
 def _finite(x: np.ndarray) -> np.ndarray: return x[np.isfinite(x)]
 
 def column_drift(reference, current, name: str = "values", bins: int = 10, natural: float | None = None) -> dict:
@@ -131,6 +137,7 @@ def card_figures(card: dict) -> dict:
         return {**c["validation"]["metrics"][name], "forecast": name, "window": [c["validation"]["start"], c["validation"]["end"]]}
     return {**card["metrics"]["validation"], "forecast": "raw", "window": card["data"]["validation"]}
 
+# %% ../nbs/12_monitor.ipynb #b02a901d
 def _se(ci: list) -> float: return (ci[1] - ci[0]) / (2 * 1.96)
 
 def realised(y, p, card: dict, *, n_boot: int = 1000) -> dict:
@@ -198,6 +205,7 @@ def findings(report: dict) -> list[str]:
                     f"({r['ece_level']})")
     return said
 
+# %% ../nbs/12_monitor.ipynb #df9b37ac
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], p_current, *, p_validation=None,
                  card: dict | None = None, warmup: int = 0, bins: int = 10, step: int = 1440, n_boot: int = 1000) -> dict:
     "Feature drift, drift of the served P(up) (`p_current` on the window), realised metrics against `card`, label-free estimate."
@@ -222,6 +230,7 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[
                                                          report.get("realised", {}).get("level", "ok")]
     return {**report, "status": worst_level(levels), "findings": findings(report)}
 
+# %% ../nbs/12_monitor.ipynb #6dc678dc
 def window_summary(table: pd.DataFrame) -> dict:
     "First and last `ts`, rows and labelled rows of a window."
     return {"start": str(table.ts.min()), "end": str(table.ts.max()), "rows": len(table), "labelled": int(table.y.notna().sum())}
@@ -237,6 +246,7 @@ def promoted_run(home=None, market: Market | None = None) -> Run:
                             "run `cryptoml pipeline` or `cryptoml promote RUN_ID` first")
     return Run.open(run_id, root)
 
+# %% ../nbs/12_monitor.ipynb #547f6054
 def _rows_between(table: pd.DataFrame, window: list) -> pd.DataFrame:
     start, end = (to_utc(t) for t in window)
     return table[(table.ts >= start) & (table.ts <= end)]
@@ -282,10 +292,12 @@ def monitor(run: str | Run | None = None, *, home=None, market: Market | None = 
     path = atomic_write_json(run.folder/"monitor"/f"{stamp:%Y-%m-%dT%H%M%S.%f}-{os.urandom(3).hex()}.json", report)
     return {**report, "path": str(path)}
 
+# %% ../nbs/12_monitor.ipynb #ec0e9d5d
 def latest_report(run: str | Run | None = None, *, home=None, market: Market | None = None) -> dict | None:
     "The newest monitor report of `run` (default: the champion of `market`), or `None` if there is none."
     return (history(run, home=home, market=market) or [None])[-1]
 
+# %% ../nbs/12_monitor.ipynb #422fa8bf
 def history(run: str | Run | None = None, *, home=None, market: Market | None = None) -> list[dict]:
     "Every monitor report of `run` (default: the champion of `market`), oldest first."
     if run is None and market is None and not champion_markets(home): return []
@@ -343,6 +355,7 @@ def drift_figure(report: dict) -> go.Figure:
                                    f"{report['current']['end'][:10]})", yaxis_title="PSI (log scale)", yaxis_type="log",
                              height=420, legend={"orientation": "h", "y": -0.25})
 
+# %% ../nbs/12_monitor.ipynb #da92433d
 def over_time_figure(report: dict) -> go.Figure:
     "Realised accuracy and log loss day by day against the label-free estimate and the card's figures."
     from plotly.subplots import make_subplots
@@ -357,6 +370,7 @@ def over_time_figure(report: dict) -> go.Figure:
                                          annotation_text="card")
     return fig.update_layout(title="Realised against expected, day by day", height=400, legend={"orientation": "h", "y": -0.2})
 
+# %% ../nbs/12_monitor.ipynb #1209af6e
 def reliability_figure(report: dict) -> go.Figure:
     "Reliability of the raw and the served probabilities on the window's labelled bars, zoomed to where they lie."
     return calibration_figure(report["calibration"], "Calibration on the monitored window")

@@ -83,6 +83,7 @@ def interest_arrays(open_interest: pd.DataFrame | None) -> tuple[np.ndarray, np.
     if open_interest is None or len(open_interest) == 0: return np.empty(0, np.int64), np.empty(0)
     return funding_arrays(open_interest.rename(columns={"open_interest": "funding_rate"})[["ts", "funding_rate"]])
 
+# %% ../nbs/03_panel.ipynb #2cb217f1
 @dataclass
 class MarketData:
     "One market's raw series for a panel: bars and funding rates as `BarArrays`, open interest as (times, amounts)."
@@ -109,6 +110,7 @@ class MarketData:
         start = min(int(np.searchsorted(b.ts, b.ts[-1] + b.bar_ms - span_ms)), len(b) - bars) if len(b) else 0
         return MarketData(self.market, b.slice(max(start, 0), len(b)), self.oi_ts, self.oi)
 
+# %% ../nbs/03_panel.ipynb #ab206fee
 def market_data(market: Market, bars: pd.DataFrame, funding: pd.DataFrame | None = None,
                 open_interest: pd.DataFrame | None = None) -> MarketData:
     "A market's bars, funding rates and open interest, checked, as `MarketData`; DataError naming the market and the fault."
@@ -137,18 +139,21 @@ class Panel:
     @property
     def labels(self) -> list[str]: return list(self.markets)
 
+# %% ../nbs/03_panel.ipynb #5503753b
 def make_panel(data: list[MarketData], reference: str | None = None, name: str = "panel") -> Panel:
     "A `Panel` of `data`, each market labelled by its symbol; ConfigError if two markets share a symbol."
     labels = [d.label for d in data]
     if twice := sorted({l for l in labels if labels.count(l) > 1}): raise ConfigError(f"panel {name!r} holds {twice[0]!r} twice")
     return Panel(dict(zip(labels, data)), reference, name)
 
+# %% ../nbs/03_panel.ipynb #829f2037
 def panel_markets(universe: Universe, exchange: str | None = None, timeframe: str | None = None) -> list[Market]:
     "The markets of `universe` on `exchange` at `timeframe` (each defaulting to the universe's own); ConfigError when neither says."
     exchange, timeframe = exchange or universe.exchange, timeframe or universe.timeframe
     if not exchange or not timeframe: raise ConfigError(f"universe {universe.name!r} names no {'exchange' if not exchange else 'timeframe'}: give one")
     return [Market(exchange, s, timeframe) for s in universe.symbols]
 
+# %% ../nbs/03_panel.ipynb #18d7bd50
 def load_panel(home, markets: list[Market], reference: str | None = None, name: str = "panel") -> Panel:
     "The markets' stored bars, funding rates and open interest (both from the market's funding exchange) as a `Panel`."
     data = []
@@ -170,6 +175,7 @@ class PanelFeature:
     bars: int = 1
     reads_reference: bool = False
 
+# %% ../nbs/03_panel.ipynb #2c754227
 PANEL_FEATURES: dict[str, PanelFeature] = {}
 
 def register_panel_feature(name: str, *, span: str | pd.Timedelta | int = 0, bars: int = 1, reads_reference: bool = False,
@@ -185,6 +191,7 @@ def register_panel_feature(name: str, *, span: str | pd.Timedelta | int = 0, bar
         return fn
     return register
 
+# %% ../nbs/03_panel.ipynb #fda50106
 def history(name: str) -> tuple[int, int]:
     "(span in ms, bars) of history the feature `name` (a panel or a feature-store feature) needs, back from the newest close."
     if name in PANEL_FEATURES: return PANEL_FEATURES[name].span_ms, PANEL_FEATURES[name].bars
@@ -210,11 +217,13 @@ class MarketArrays:
         if key not in self.memo: self.memo[key] = compute()
         return self.memo[key]
 
+# %% ../nbs/03_panel.ipynb #73cd9ad0
 def take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     "`values` at `index`, NaN where the index is negative (nothing known)."
     if len(values) == 0: return np.full(len(index), np.nan)
     return np.where(index >= 0, values[np.maximum(index, 0)], np.nan)
 
+# %% ../nbs/03_panel.ipynb #a66a0a21
 def asof_index(source_ms: np.ndarray, target_ms: np.ndarray, max_age_ms: int) -> np.ndarray:
     "For each target time, the index of the latest source time at or before it and less than `max_age_ms` older; -1 if none."
     i = np.searchsorted(source_ms, target_ms, side="right") - 1
@@ -227,16 +236,19 @@ def reference_of(m: MarketArrays) -> MarketArrays:
     if m.reference is None: raise ConfigError("cross-pair features need a reference market: give the panel one (reference=...)")
     return m.reference
 
+# %% ../nbs/03_panel.ipynb #68390148
 def ref_index(m: MarketArrays) -> np.ndarray:
     "For each bar of `m`, the reference's bar closed by its close and within it (-1: none)."
     return m.cached("ref_index", lambda: asof_index(reference_of(m).close_ms, m.close_ms, m.b.bar_ms))
 
+# %% ../nbs/03_panel.ipynb #79404e5d
 def cross(name: str) -> Callable:
     "The feature function 'the reference market's `name` as of the bar's close'."
     def referenced(m): return take(reference_of(m)[name], ref_index(m))
     referenced.__doc__ = f"The reference market's {name!r} as of the bar's close; NaN where the reference has no bar closing within it."
     return referenced
 
+# %% ../nbs/03_panel.ipynb #2548da8e
 def register_cross(name: str) -> str:
     "Register `ref_{name}`, the reference market's `name` as of each bar's close, with the history `name` needs (and a bar more)."
     span, bars = history(name)
@@ -300,6 +312,7 @@ def higher(m: MarketArrays, timeframe: str) -> tuple[dict[str, np.ndarray], np.n
     "`higher_bars` of `m`'s bars at `timeframe`, once per market."
     return m.cached(("higher", timeframe), lambda: higher_bars(m.b, timeframe))
 
+# %% ../nbs/03_panel.ipynb #18f3f96f
 def _shifted(m: MarketArrays, timeframe: str, shift: int) -> np.ndarray:
     "For each bar of `m`, the `timeframe` bar `shift` before the latest closed one (-1: none), once per market, timeframe and shift."
     def index():
@@ -314,6 +327,7 @@ def expanded(indicator: Callable, period: int, timeframe: str, shift: int) -> Ca
         return values[_shifted(m, timeframe, shift)]  # -1 picks the NaN appended
     return feature
 
+# %% ../nbs/03_panel.ipynb #132233ab
 @dataclass(frozen=True)
 class Expansion:
     "A FreqAI-like product: each of `indicators` over each of `periods` bars of each of `timeframes`, shifted back each of `shifts` bars."
@@ -336,8 +350,10 @@ class Expansion:
                 for p in self.periods:
                     if p >= INDICATORS[indicator][0]: yield from ((indicator, p, tf, s) for s in self.shifts)
 
+# %% ../nbs/03_panel.ipynb #5b94000b
 def expansion_name(indicator: str, period: int, timeframe: str, shift: int) -> str: return f"{indicator}{period}_{timeframe}_s{shift}"
 
+# %% ../nbs/03_panel.ipynb #acce58fe
 def expand(spec: Expansion) -> list[str]:
     "Register the features `spec` defines (again is harmless) and return their names, in order."
     names = []
@@ -354,6 +370,7 @@ def interest_at(m: MarketArrays, times_ms: np.ndarray) -> np.ndarray:
     "Open interest known at each of `times_ms` (the latest sample stamped by then, at most OI_MAX_AGE old; NaN otherwise)."
     return take(m.data.oi, asof_index(m.data.oi_ts, times_ms, OI_MAX_AGE // pd.Timedelta("1ms") + 1))
 
+# %% ../nbs/03_panel.ipynb #4ac63d18
 def interest_change(span: str) -> Callable:
     "The feature function 'log change of open interest over `span`, as known at the bar's close'."
     def change(m):
@@ -391,6 +408,7 @@ class PanelSet(FeatureSet):
         "Whether any feature reads the reference market."
         return any(f in PANEL_FEATURES and PANEL_FEATURES[f].reads_reference for f in self.features)
 
+# %% ../nbs/03_panel.ipynb #41a91362
 PANEL_SETS: dict[str, PanelSet] = {}
 
 def define_panel_set(name: str, version: int, features: list[str]) -> PanelSet:
@@ -400,6 +418,7 @@ def define_panel_set(name: str, version: int, features: list[str]) -> PanelSet:
     PANEL_SETS[name] = PanelSet(name, version, tuple(features))
     return PANEL_SETS[name]
 
+# %% ../nbs/03_panel.ipynb #a11f246c
 def get_panel_set(panel_set: str | PanelSet = "panel") -> PanelSet:
     "The `PanelSet` named `panel_set` (a `PanelSet` passes through); ConfigError naming the known sets."
     if isinstance(panel_set, PanelSet): return panel_set
@@ -421,6 +440,7 @@ def market_contexts(panel: Panel) -> Iterator[tuple[int, str, MarketArrays]]:
     for code, (label, data) in enumerate(panel.markets.items()):
         yield code, label, reference if label == panel.reference else MarketArrays(data, reference)
 
+# %% ../nbs/03_panel.ipynb #0547aa31
 def market_matrix(m: MarketArrays, panel_set: str | PanelSet = "panel") -> np.ndarray:
     "The set's features of every bar of `m` as one (features x bars) float64 array, filled a feature at a time."
     names = get_panel_set(panel_set).features
@@ -428,6 +448,7 @@ def market_matrix(m: MarketArrays, panel_set: str | PanelSet = "panel") -> np.nd
     for row, name in enumerate(names): values[row] = m[name]
     return values
 
+# %% ../nbs/03_panel.ipynb #96b9b192
 def _usable(panel: Panel, panel_set: str | PanelSet) -> PanelSet:
     "The set, if the panel can compute it; ConfigError when it reads a reference the panel lacks."
     ps = get_panel_set(panel_set)
@@ -470,6 +491,7 @@ def panel_market(name: str, markets: list[Market]) -> Market:
     if not name.isalnum(): raise ConfigError(f"panel name {name!r}: letters and digits only (it names folders)")
     return Market(exchanges.pop() if len(exchanges) == 1 else "mixed", f"{name.upper()}/PANEL", markets[0].timeframe)
 
+# %% ../nbs/03_panel.ipynb #9e847b49
 def _panel_text(name: str, seen: set) -> list[str]:
     "The code behind feature `name`: the feature store's text of it, or a panel feature's function and the features it reads by name."
     if name in FEATURES: return _feature_text(FEATURES[name], seen)
@@ -487,6 +509,7 @@ def panel_code_sha256(features) -> str:
     for name in features: parts += _panel_text(name, seen)
     return hashlib.sha256("\n".join(parts + _code_text(label_arrays, seen)).encode()).hexdigest()
 
+# %% ../nbs/03_panel.ipynb #f40356d2
 def _market_rows(code: int, m: MarketArrays, ps: PanelSet, schema: pa.Schema, horizon: int, dead_zone) -> pa.Table:
     "One market's rows (market code, ts, features, labels) as an Arrow table of `schema`; NaN becomes null."
     columns = [np.full(len(m), float(code)), m.b.ts, *market_matrix(m, ps), *label_arrays(m.b.close, horizon, dead_zone)]
@@ -531,10 +554,12 @@ def build_panel(markets: list[Market], *, home=None, reference: str | None = Non
     return write_panel_table(feature_path(home, key, ps.name, horizon), panel, ps, horizon=horizon, dead_zone=dead_zone,
                              metadata=meta, progress=progress)
 
+# %% ../nbs/03_panel.ipynb #2a01a231
 def panel_labels(meta: dict) -> list[str]:
     "The labels (symbols) of a panel table's markets, in the order of their codes in its `market` column."
     return [m["symbol"] for m in meta["panel"]["markets"]]
 
+# %% ../nbs/03_panel.ipynb #e3766a8e
 def panel_table_asof(meta: dict, home=None) -> Callable[[str | int, pd.Timestamp], pd.DataFrame]:
     "The guard's `(market, cut) -> features` for a stored panel table, from the stored data it was built from (checked unchanged)."
     if not meta.get("panel"): raise ConfigError("the table's metadata names no panel: build it with build_panel")

@@ -89,12 +89,14 @@ def table_ref(table: Path, home=None) -> str:
     "How a card names the feature table `table`: its path relative to the data root (it must lie inside)."
     return str(inside(table, data_home(home)).relative_to(data_home(home)))
 
+# %% ../nbs/09_registry.ipynb #bc23b873
 def label_definition(horizon: int, dead_zone) -> str:
     "The label `y` in words."
     ahead = "the next bar" if horizon == 1 else f"the bar {horizon} bars ahead"
     zone = f"; moves within +/-{dead_zone} are left unlabelled" if dead_zone else ""
     return f"y = 1 when {ahead} closes above this bar's close, else 0{zone}"
 
+# %% ../nbs/09_registry.ipynb #03e1974b
 def model_card(result, run_id: str, snapshot: Path, artifacts: dict, home=None, source: Path | None = None,
                calibration: dict | None = None) -> dict:
     "The model card of the tuned `result` saved as `run_id`, trained on the feature table snapshot `snapshot`."
@@ -152,6 +154,7 @@ def schema_problems(obj, schema=CARD_SCHEMA, where: str = "card") -> list[str]:
     return [p for k, sub in schema.items()
             for p in (schema_problems(obj[k], sub, f"{where}.{k}") if k in obj else [f"{where}.{k} is missing"])]
 
+# %% ../nbs/09_registry.ipynb #7963088e
 def _market_of_card(card: dict) -> str:
     try: return str(Market.of(card["data"]).path_parts)
     except ConfigError as e: return f"no market ({e})"
@@ -180,6 +183,7 @@ def backtest_forecasts(predictions, train_end) -> pd.DataFrame:
     rows = frame[(frame.ts <= to_utc(train_end)) & frame.y.notna()].drop_duplicates("ts", keep="last").sort_values("ts")
     return rows[["ts", "p_up", "y"]].reset_index(drop=True)
 
+# %% ../nbs/09_registry.ipynb #5fdeac38
 def calibration_forecasts(result, source="inner") -> tuple[pd.DataFrame, str]:
     "Out-of-sample forecasts (`ts, p_up, y`) a calibrator of the tuned `result` may be fitted on, and where they come from."
     if isinstance(source, str) and source == "inner":
@@ -187,6 +191,7 @@ def calibration_forecasts(result, source="inner") -> tuple[pd.DataFrame, str]:
     name = str(source) if isinstance(source, (str, os.PathLike)) else "a frame"
     return backtest_forecasts(source, result.split.train_range[1]), f"backtest predictions ({name}) up to the training window's end"
 
+# %% ../nbs/09_registry.ipynb #8064c4d9
 def validation_halves(result):
     "The labelled rows of `result`'s validation window cut in two in time, purged: the check window and the report window."
     val = result.split.val[result.split.val.y.notna()]
@@ -379,6 +384,7 @@ def alias_link(home, market: Market, alias: str = "champion") -> Path:
     if alias not in ALIASES: raise ConfigError(f"unknown alias {alias!r}: expected one of {', '.join(ALIASES)}")
     return market_dir(home, market)/ALIASES[alias]
 
+# %% ../nbs/09_registry.ipynb #ac091d4a
 def link_run(link: Path) -> str | None:
     "The id of the run an alias `link` names (`runs/{run_id}/lgbm.pkl`), None when unset; `ArtifactError` if it leads elsewhere."
     try: target = Path(os.readlink(link))
@@ -389,10 +395,12 @@ def link_run(link: Path) -> str | None:
         raise ArtifactError(f"{link} points to {target}, not into its own market's runs (runs/RUN_ID/lgbm.pkl): refused")
     return target.parts[1]
 
+# %% ../nbs/09_registry.ipynb #ae245460
 def alias_run(home, market: Market, alias: str = "champion") -> str | None:
     "The id of the run `market`'s `alias` names, None when unset."
     return link_run(alias_link(home, market, alias))
 
+# %% ../nbs/09_registry.ipynb #4d39cb99
 def best_run_id(*, home=None, market: Market) -> str | None:
     "The id of `market`'s champion, or None before its first promotion."
     return alias_run(home, market, "champion")
@@ -411,11 +419,13 @@ class Evidence:
     @property
     def window(self) -> list[str]: return [str(self.ts.iloc[0]), str(self.ts.iloc[-1])] if len(self.ts) else []
 
+# %% ../nbs/09_registry.ipynb #76cf727c
 def fresh_start(runs: list[Run]) -> pd.Timestamp:
     "The first bar no run of `runs` learnt from: after the latest training window (or calibrator check window) and its purge."
     bar = pd.Timedelta(seconds=timeframe_seconds(runs[0].market.timeframe))
     return max(r.seen_until + (r.purge + 1) * bar for r in runs)
 
+# %% ../nbs/09_registry.ipynb #29375710
 def fresh_evidence(candidate: Run, champion: Run | None = None) -> Evidence:
     "The candidate, the champion (if any) and the baselines on the labelled rows of the candidate's table neither trained on."
     table, runs = candidate.table(), [candidate, *([champion] if champion else [])]
@@ -497,10 +507,12 @@ class Decision:
         if self.action == "rollback": return "restored"
         return ("forced" if self.forced else "promoted") if self.promoted else "refused"
 
+# %% ../nbs/09_registry.ipynb #2350c5c2
 def promotion_log(home, market: Market) -> Path:
     "The market's promotion log, one JSON `Decision` per line."
     return market_dir(home, market)/"promotions.jsonl"
 
+# %% ../nbs/09_registry.ipynb #9629a874
 def read_promotions(*, home=None, market: Market) -> list[dict]:
     "Every decision in `market`'s promotion log, oldest first."
     log = promotion_log(home, market)
@@ -511,6 +523,7 @@ def sweep(folder: Path, name: str):
     "Remove the temporary files atomic writers of `name` in `folder` left behind when they were killed."
     for tmp in folder.glob(f".{name}.*.tmp"): tmp.unlink(missing_ok=True)
 
+# %% ../nbs/09_registry.ipynb #588b2be1
 @contextmanager
 def promotion_lock(home, market: Market):
     "Hold the exclusive lock on the market's `.promote.lock` for the duration of one promotion or rollback."
@@ -521,6 +534,7 @@ def promotion_lock(home, market: Market):
         for name in (*ALIASES.values(), "promotions.jsonl"): sweep(folder, name)
         yield
 
+# %% ../nbs/09_registry.ipynb #dfe3a129
 def commit(decision: Decision, root: Path, market: Market):
     "Carry out `decision`: move its alias if it changed, log it, and write it into the run's card (unless it changed nothing)."
     if decision.best != decision.previous:
@@ -586,6 +600,7 @@ def best_history(*, home=None, market: Market) -> list[str]:
     _settle(stack, best_run_id(home=home, market=market))
     return stack
 
+# %% ../nbs/09_registry.ipynb #0be29afc
 def rollback(*, home=None, market: Market, why: str | None = None) -> Decision:
     "Point `market`'s champion back at the one before it, as the promotion log records it (`why`: the reason given)."
     root = data_home(home)
@@ -641,6 +656,7 @@ class Comparison:
                           f"log-loss gain of {b} over {a}: {gain.gain:+.5f} (95% CI {gain.lo:+.5f} to {gain.hi:+.5f}, {gain.outcome})",
                           f"agreement: same side of 0.5 on {s['agreement']:.1%} of rows; correlation of P(up) {s['correlation']:.3f}"])
 
+# %% ../nbs/09_registry.ipynb #6de76435
 def compare(run_a: str | Run, run_b: str | Run, *, home=None, min_rows: int = MIN_ROWS, n_boot: int = 1000) -> Comparison:
     "Runs `run_a` and `run_b` of one market on the same rows neither trained on, with the baselines beside them."
     a, b = Run.open(run_a, home), Run.open(run_b, home)
@@ -665,6 +681,7 @@ def compare(run_a: str | Run, run_b: str | Run, *, home=None, min_rows: int = MI
     curves = {name: reliability_curve(evidence.y, p[name]) for name in (a.id, b.id)}
     return Comparison(table, gains, scores, curves, forecasts, market_dir(a.root, a.market))
 
+# %% ../nbs/09_registry.ipynb #e0b889f8
 def comparison_figure(c: Comparison):
     "Calibration of the two runs, and their P(up) against each other, side by side (plotly)."
     import plotly.graph_objects as go
@@ -684,6 +701,7 @@ def comparison_figure(c: Comparison):
     fig.update_xaxes(title_text=f"{a}", row=1, col=2).update_yaxes(title_text=f"{b}", row=1, col=2)
     return fig.update_layout(title=f"{b} against {a} on {c.scores['rows']} fresh rows", height=420)
 
+# %% ../nbs/09_registry.ipynb #b11ea676
 def write_comparison(c: Comparison) -> Path:
     "Write `c`'s figure as a self-contained HTML page in its market's `compare/` folder; the page's path."
     a, b = c.scores["runs"]
@@ -699,6 +717,7 @@ def run_order(folder: Path) -> tuple:
     stem, _, n = folder.name.partition("T")[2].partition("-")
     return folder.name[:10], stem, int(n or 0)
 
+# %% ../nbs/09_registry.ipynb #4f484e9e
 def run_summary(folder: Path, root: Path, aliases: list[str]) -> dict:
     "One row of `list_runs`: the key facts and validation metrics of the run in `folder`, and the aliases naming it."
     named = {"aliases": ",".join(aliases), "best": "champion" in aliases}
@@ -711,6 +730,7 @@ def run_summary(folder: Path, root: Path, aliases: list[str]) -> dict:
             "trials": card["tuning"]["trials"], **{m: val.get(m) for m in ("log_loss", "accuracy", "roc_auc")},
             "majority_log_loss": majority.get("log_loss"), "decision": card["promotion"]["decision"], **named, "problem": None}
 
+# %% ../nbs/09_registry.ipynb #d96e282a
 def _aliases_by_run(market_folder: Path) -> dict[str, list[str]]:
     "run id -> the aliases of the market in `market_folder` that name it (links that lead elsewhere name none)."
     named = {}
@@ -749,11 +769,13 @@ def card_scores(card: dict) -> dict[str, dict]:
     "The validation scores in a model card, the model's (`lgbm`) first, then each baseline's."
     return {"lgbm": card["metrics"]["validation"], **card["metrics"]["baselines"]}
 
+# %% ../nbs/09_registry.ipynb #9d96b2fd
 def metrics_table(card: dict) -> pd.DataFrame:
     "Validation metrics (rows) of the model and of each baseline (columns) from a model card."
     from cryptoml.metrics import METRICS
     return pd.DataFrame({name: {m: s.get(m) for m in METRICS} for name, s in card_scores(card).items()}, dtype=float)
 
+# %% ../nbs/09_registry.ipynb #13b07d0b
 def calibration_summary(card: dict) -> str:
     "What the run serves, raw or calibrated, why, and what its calibrator does on the rows nobody saw, in one line."
     c = card.get("calibration")
@@ -766,6 +788,7 @@ def calibration_summary(card: dict) -> str:
             f"{ci(m['calibrated']['ci95']['ece'])} calibrated; log loss change {change['log_loss']['value']:+.5f} "
             f"{ci(change['log_loss']['ci95'])}")
 
+# %% ../nbs/09_registry.ipynb #d5714d41
 def card_summary(card: dict) -> str:
     "The model card in a few lines: data, split, tuning, metrics against the baselines, verdict, calibration, promotion."
     d, t, p = card["data"], card["tuning"], card["promotion"]
@@ -780,6 +803,7 @@ def card_summary(card: dict) -> str:
              f"promotion: {p['decision']} ({p['reason']})"]
     return "\n".join(lines)
 
+# %% ../nbs/09_registry.ipynb #6c8f6f96
 def describe_run(run_id: str | Run, home=None) -> str:
     "`run_id`'s card summary, where it lives, the aliases naming it and whether its artifacts match its card."
     run = Run.open(run_id, home)

@@ -48,6 +48,7 @@ def check_table(table: pd.DataFrame) -> pd.DataFrame:
         raise DataError(f"feature table 'ts' is not strictly increasing: row {i} ({table.ts.iloc[i]}) follows {table.ts.iloc[i-1]}")
     return table
 
+# %% ../nbs/04_split.ipynb #caf6949e
 def bar_length(table: pd.DataFrame) -> pd.Timedelta:
     "The table's bar length: the most common gap between consecutive `ts`."
     return pd.Timedelta(table.ts.diff().mode().iloc[0])
@@ -113,6 +114,7 @@ def table_horizon(table: pd.DataFrame) -> int | None:
     "The label horizon in the table's metadata (`table.attrs['cryptoml']`), if it records one."
     return table.attrs.get("cryptoml", {}).get("horizon")
 
+# %% ../nbs/04_split.ipynb #9166b9b5
 def label_horizon(table: pd.DataFrame, horizon: int | None = None) -> int:
     "`horizon` if given, else the table's metadata's, else 1 bar."
     return _count("horizon", table_horizon(table) or 1 if horizon is None else horizon, 1)
@@ -237,6 +239,7 @@ def time_order_problems(split: Split, table: pd.DataFrame) -> list[str]:
     "Breaks of the split's time order: training at or after validation (`time`), or inside its window or embargo (`kfold`)."
     return ORDER_RULES[split.kind](split, table)
 
+# %% ../nbs/04_split.ipynb #0a22baf0
 def shared_row_problems(split: Split, table: pd.DataFrame) -> list[str]:
     "Timestamps that are in both training and validation."
     shared = split.train.ts[split.train.ts.isin(split.val.ts)]
@@ -257,6 +260,7 @@ def bars_to_validation(split: Split, table: pd.DataFrame) -> tuple[pd.Series, np
     v, t = np.concatenate([[-np.inf], np.sort(vpos[vfound]), [np.inf]]), tpos[tfound]
     return split.train.ts[tfound], t - v[np.searchsorted(v, t, "left") - 1], v[np.searchsorted(v, t, "right")] - t
 
+# %% ../nbs/04_split.ipynb #a77369f3
 def label_window_problems(split: Split, table: pd.DataFrame) -> list[str]:
     "Label windows joining the sets (a training label reaching validation, a validation label made of training bars), or rows not in the table."
     problems, h = [], split.horizon
@@ -414,11 +418,13 @@ def market_tables(table: pd.DataFrame) -> dict[float, pd.DataFrame]:
     if MARKET not in table.columns: raise DataError(f"a panel table has a {MARKET!r} column; this one has {list(table.columns)}")
     return {code: rows.drop(columns=MARKET) for code, rows in table.groupby(MARKET, sort=True)}
 
+# %% ../nbs/04_split.ipynb #2a3600d7
 def market_names(table: pd.DataFrame) -> dict[float, str]:
     "Each market code of a panel table and its name: its symbol from the table's metadata (`panel.markets`), else 'market {code}'."
     listed = table.attrs.get("cryptoml", {}).get("panel", {}).get("markets", [])
     return {code: listed[int(code)]["symbol"] if int(code) < len(listed) else f"market {code:g}" for code in sorted(table[MARKET].unique())}
 
+# %% ../nbs/04_split.ipynb #6036c617
 def check_panel(table: pd.DataFrame) -> pd.DataFrame:
     "`table` if each market's rows pass `check_table` and the markets share one bar length; `DataError` naming the market otherwise."
     names, lengths = market_names(table), {}
@@ -429,11 +435,13 @@ def check_panel(table: pd.DataFrame) -> pd.DataFrame:
         raise DataError(f"markets with different bar lengths in one panel: {', '.join(f'{n} {b}' for n, b in lengths.items())}")
     return table
 
+# %% ../nbs/04_split.ipynb #45a3ac9b
 @dataclass(repr=False)
 class PanelSplit(Split):
     "A `Split` of a panel table's pooled rows (in time, then market order), one cut for all; `markets`: code -> that market's own split."
     markets: dict = field(default_factory=dict)
 
+# %% ../nbs/04_split.ipynb #383458c6
 def _market_split(rows: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, purge: int, embargo: int, **fields) -> Split:
     "One market's split at the panel's window `[start, end)`, purged and embargoed by its own rows; parts may be empty."
     v0, v1 = np.searchsorted(_ns(rows.ts), _ns([start, end]))

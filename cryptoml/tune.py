@@ -94,6 +94,7 @@ def fail_stale(study: optuna.Study):
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
 
+# %% ../nbs/06_tune.ipynb #5b332f80
 class SeenTrials:
     "A read-only view of `study` that holds only `trials`: what one trial's sampler and pruner may learn from."
     def __init__(self, study: optuna.Study, trials: list[FrozenTrial]): self._study, self._trials = study, trials
@@ -104,6 +105,7 @@ class SeenTrials:
     _get_trials = get_trials
     trials = property(get_trials)
 
+# %% ../nbs/06_tune.ipynb #0a2c2d73
 class TrialWindow:
     "Trial `t` sees the trials numbered `t - width` or less, once none of them runs; `width=None`: whatever has finished."
     def __init__(self, width: int | None = 1): self.width, self._seen, self._lock = width, {}, threading.Lock()
@@ -204,6 +206,7 @@ def trial_objective(inner: Split, features: list[str], objective: str, base: dic
         return spec.values(evaluate(y_val, p))
     return run
 
+# %% ../nbs/06_tune.ipynb #ec664cef
 class WindowPruner(optuna.pruners.BasePruner):
     "`pruner`, judging each trial against the trials its `window` shows it (those its sampler learned from)."
     def __init__(self, pruner: optuna.pruners.BasePruner, window: TrialWindow): self.pruner, self.window = pruner, window
@@ -212,6 +215,7 @@ class WindowPruner(optuna.pruners.BasePruner):
         settings = ", ".join(f"{k.lstrip('_')}={v}" for k, v in vars(self.pruner).items())
         return f"{type(self.pruner).__name__}({settings}) in {self.window}"
 
+# %% ../nbs/06_tune.ipynb #218a31e0
 def make_pruner(window: TrialWindow | None = None) -> optuna.pruners.BasePruner:
     "Median pruning at every report from the first round, once 5 trials completed (Optuna's defaults), within `window`."
     median = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0, interval_steps=1)
@@ -254,6 +258,7 @@ def to_file(trial: FrozenTrial) -> FrozenTrial:
     kept.system_attrs = {**trial.system_attrs, CURVE: [[step, value] for step, value in steps.items()]}
     return kept
 
+# %% ../nbs/06_tune.ipynb #0a89d91d
 def from_file(trial: FrozenTrial) -> FrozenTrial:
     "`trial` read back from a study file: its learning curve restored; failed if a killed run left it running."
     back, attrs = copy.copy(trial), dict(trial.system_attrs)
@@ -261,6 +266,7 @@ def from_file(trial: FrozenTrial) -> FrozenTrial:
     back.system_attrs, back.state = attrs, trial.state if trial.state.is_finished() else TrialState.FAIL
     return back
 
+# %% ../nbs/06_tune.ipynb #db06e087
 class StudyFile(InMemoryStorage):
     "Studies in memory whose finished trials go to the SQLite file at `url` in number order, one transaction each."
     def __init__(self, url: str):
@@ -321,6 +327,7 @@ def pool_settings(url: str, n_jobs: int = 1) -> dict:
     return {"pool_size": n_jobs + 1, "max_overflow": 0, "pool_pre_ping": True, "pool_timeout": 120,
             **(named if sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql" else {})}
 
+# %% ../nbs/06_tune.ipynb #7a476a26
 def server_storage(url: str, n_jobs: int = 1) -> RDBStorage:
     "A server's storage: a killed worker's trial is marked failed after `GRACE` s of silence, and retried `RETRIES` times."
     with warnings.catch_warnings():
@@ -328,10 +335,12 @@ def server_storage(url: str, n_jobs: int = 1) -> RDBStorage:
         return _rdb_storage(url, engine_kwargs=pool_settings(url, n_jobs), heartbeat_interval=HEARTBEAT, grace_period=GRACE,
                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES))
 
+# %% ../nbs/06_tune.ipynb #27683d9c
 def on_one_machine(url: str | None) -> bool:
     "Whether the study at `url` is one process's (in memory or an SQLite file) rather than a server's."
     return url is None or _url(url).get_backend_name() == "sqlite"
 
+# %% ../nbs/06_tune.ipynb #7f5171eb
 def _url(url: str) -> sqlalchemy.engine.URL:
     try: return sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError as e:
@@ -378,9 +387,11 @@ def trial_jobs(n_jobs: int | None = None) -> int:
         raise ConfigError(f"n_jobs (--jobs, trials run at once) must be a whole number >= 1, not {n_jobs!r}")
     return int(n_jobs)
 
+# %% ../nbs/06_tune.ipynb #4113bdf6
 class Surplus(Exception):
     "A trial the study turned out not to need: as many trials numbered before it had been started."
 
+# %% ../nbs/06_tune.ipynb #2d46c890
 def _unless_surplus(objective: Callable, n_trials: int) -> Callable:
     def run(trial: optuna.Trial):
         before = trial.study.get_trials(deepcopy=False)
@@ -515,6 +526,7 @@ def judge(booster: lgb.Booster, logreg: Pipeline, split: Split, features: list[s
     forecasts = {"lgbm": booster.predict(split.val[features]), **baseline_forecasts(split.val, split.train, logreg, features)}
     return assess(split.val.y, forecasts, n_boot, seed)
 
+# %% ../nbs/06_tune.ipynb #92ba3ed2
 def point_in_time_fn(table: pd.DataFrame, table_meta: dict, feature_fn: Callable | None, guard: bool, home=None) -> Callable | None:
     "The guard's feature function: `feature_fn`, else `table_asof` (`panel_table_asof` for a panel) from the table's metadata and `home`; None only when `guard=False`."
     if not guard:
@@ -527,6 +539,7 @@ def point_in_time_fn(table: pd.DataFrame, table_meta: dict, feature_fn: Callable
                           "home), pass feature_fn, or opt out of the check with guard=False")
     return (panel_table_asof if MARKET in table.columns else table_asof)({**table_meta, "features": feature_columns(table)}, home)
 
+# %% ../nbs/06_tune.ipynb #6e736b0f
 def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: Callable | None = None, guard: bool = True,
          home=None, n_trials: int = 50, timeout: float | None = None, val_days: float | None = None, objective: str = "logloss",
          seed: int = 0, storage: str | None = None, study_name: str | None = None, num_threads: int = 1, progress: bool = True,
