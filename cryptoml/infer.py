@@ -16,7 +16,7 @@ import pandas as pd
 
 from .core import (ArtifactError, ConfigError, DataError, Market, atomic_write_bytes, atomic_write_json, data_home, inside,
                            market_dir, to_ms, to_utc)
-from .registry import Run, alias_link, online_settings, resolve_market, verified_bytes
+from .registry import SAVED, Run, alias_link, online_settings, resolve_market, verified_bytes
 from .calibrate import OnlineCalibrator, epoch_ms
 # Serving stays lean (issue 16): no `lightgbm` package (it imports scikit-learn; its C library is loaded with ctypes), and
 # features (DuckDB, SciPy) only inside the online-feature functions that need it.
@@ -25,11 +25,11 @@ if TYPE_CHECKING: from cryptoml.features import BarArrays, FeatureSet
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['COMPILE_FLAGS', 'COMPILED', 'feature_mismatch', 'check_features', 'lightgbm_lib', 'FastBooster', 'model_trees',
-           'model_c_source', 'compile_model', 'probe_rows', 'CompiledBooster', 'compiled_model', 'compiled_or_native',
-           'path_stamp', 'LoadedRun', 'ServedModel', 'LGBMProd', 'OnlineServing', 'ShadowLog', 'log_time',
-           'shadow_log_path', 'shadow_lines', 'read_shadow_log', 'online_features', 'latest_bars', 'predict_latest',
-           'OnlineFeatures']
+__all__ = ['CODEGEN', 'COMPILED', 'feature_mismatch', 'check_features', 'lightgbm_lib', 'FastBooster', 'model_trees',
+           'model_c_source', 'compile_flags', 'compile_model', 'probe_rows', 'CompiledBooster', 'compiled_model',
+           'compiled_or_native', 'path_stamp', 'LoadedRun', 'ServedModel', 'LGBMProd', 'compile_run', 'OnlineServing',
+           'ShadowLog', 'log_time', 'shadow_log_path', 'shadow_lines', 'read_shadow_log', 'online_features',
+           'latest_bars', 'predict_latest', 'OnlineFeatures']
 
 # %% ../nbs/10_infer.ipynb #f3b90cdf
 def feature_mismatch(given, expected) -> str:
@@ -118,10 +118,11 @@ def _c_number(v: float) -> str:
     "`v` as an exact C literal: a hexadecimal float."
     return ("-INFINITY" if v < 0 else "INFINITY") if math.isinf(v) else float(v).hex()
 
-def _c_left(feature: int, threshold: float, decision_type: int) -> str:
-    "The C condition for going left at a numerical split, as LightGBM's `NumericalDecision` decides."
-    missing, default_left, x, t = (decision_type >> 2) & 3, decision_type & 2, f"x[{feature}]", _c_number(threshold)
-    if missing == 1: return f"(ZERO({x}) ? {int(bool(default_left))} : {x} <= {t})"  # Zero: NaN counts as 0, 0 goes the default side
+def _c_left(feature: int, threshold: float, decision_type: int, x: str = "x[{}]") -> str:
+    "The C condition for going left at a numerical split, as LightGBM's `NumericalDecision` decides (`x`: how C reads a feature)."
+    missing, default_left, x, t = (decision_type >> 2) & 3, decision_type & 2, x.format(feature), _c_number(threshold)
+    if missing == 1:  # Zero: NaN counts as 0, and 0 goes the default side
+        return f"(ZERO({x}) ? {int(bool(default_left))} : {x} <= {t})"
     left_on_nan = default_left if missing == 2 else threshold >= 0  # NaN: the default side; None: NaN counts as 0
     return f"!({x} > {t})" if left_on_nan else f"{x} <= {t}"
 
@@ -136,16 +137,21 @@ def model_trees(text: str) -> tuple[dict, list[dict]]:
                 "it averages its trees (a random forest)": "\naverage_output" in head,
                 "it has categorical splits": any(int(t.get("num_cat", 0)) for t in trees),
                 "it has linear trees": any(t.get("is_linear", "0") != "0" for t in trees)}
-    if bad := [why for why, yes in problems.items() if yes]: raise ConfigError(f"cannot compile this LightGBM model: {'; '.join(bad)}")
+    if bad := [why for why, yes in problems.items() if yes]:
+        raise ConfigError(f"cannot compile this LightGBM model: {'; '.join(bad)}")
     return header, trees
 
 # %% ../nbs/10_infer.ipynb #d7f690bd
+def _splits(tree: dict) -> tuple[list, ...]:
+    "A tree's split features, thresholds, decision types, left and right children (a leaf `l` as `~l`)."
+    return tuple([cast(v) for v in tree[name].split()] for name, cast in (
+        ("split_feature", int), ("threshold", float), ("decision_type", int), ("left_child", int), ("right_child", int)))
+
 def _tree_c(k: int, tree: dict) -> str:
-    "Tree `k` as the C function `t{k}`: nested ifs down to its leaves."
+    "Tree `k` as the C function `t{k}` of one row: nested ifs down to its leaves."
     leaves = [float(v) for v in tree["leaf_value"].split()]
     if int(tree["num_leaves"]) == 1: return f"static double t{k}(const double* x) {{ return {_c_number(leaves[0])}; }}\n"
-    feature, threshold, kind, left, right = ([cast(v) for v in tree[name].split()] for name, cast in (
-        ("split_feature", int), ("threshold", float), ("decision_type", int), ("left_child", int), ("right_child", int)))
+    feature, threshold, kind, left, right = _splits(tree)
     def node(n: int, depth: int) -> str:
         pad = " " * depth
         if n < 0: return f"{pad}return {_c_number(leaves[~n])};\n"
@@ -153,51 +159,95 @@ def _tree_c(k: int, tree: dict) -> str:
                 f"{pad}}} else {{\n{node(right[n], depth + 1)}{pad}}}\n")
     return f"static double t{k}(const double* x) {{\n{node(0, 1)}}}\n"
 
+# %% ../nbs/10_infer.ipynb #b10c0c02
+def _block_c(k: int, tree: dict) -> str:
+    "Tree `k` as the C function `b{k}` adding its leaf to `acc` for each row of a block: branch-free leaf masks."
+    leaves = [float(v) for v in tree["leaf_value"].split()]
+    head = (f"static void b{k}(const double* restrict c, const double* restrict xs, int64_t m, "
+            "double* restrict acc) {\n")
+    if len(leaves) == 1: return f"{head}  for (int64_t i = 0; i < m; ++i) acc[i] += {_c_number(leaves[0])};\n}}\n"
+    if len(leaves) > 64:  # more than one mask word: row by row
+        return f"{head}  for (int64_t i = 0; i < m; ++i) acc[i] += t{k}(xs + i * N_FEATURES);\n}}\n"
+    feature, threshold, kind, left, right = _splits(tree)
+    order, spans = [], {}  # the leaves left to right; each split's left subtree as its range of them
+    def walk(n: int) -> tuple[int, int]:
+        if n < 0:
+            order.append(~n)
+            return len(order) - 1, len(order)
+        (lo, mid), (_, hi) = walk(left[n]), walk(right[n])
+        spans[n] = lo, mid
+        return lo, hi
+    walk(0)
+    full = (1 << len(leaves)) - 1
+    masks = "".join(f"    in &= {full & ~(((1 << (mid - lo)) - 1) << lo):#x}ull | -(uint64_t)("
+                    f"{_c_left(feature[n], threshold[n], kind[n], 'c[{} * BLOCK + i]')});\n"
+                    for n, (lo, mid) in spans.items())
+    return (f"{head}  static const double leaf[] = {{{', '.join(_c_number(leaves[l]) for l in order)}}};\n"
+            f"  uint64_t left[BLOCK];\n  for (int64_t i = 0; i < m; ++i) {{\n    uint64_t in = {full:#x}ull;\n{masks}"
+            "    left[i] = in;\n  }\n  for (int64_t i = 0; i < m; ++i) acc[i] += leaf[__builtin_ctzll(left[i])];\n}\n")
+
+# %% ../nbs/10_infer.ipynb #b10c0c03
 _C_SCORING = """
 static double p_up(double raw) { return 1.0 / (1.0 + exp(-SIGMOID * raw)); }  /* LightGBM's binary ConvertOutput */
 static void snap(const double* x, double* to) {  /* LightGBM reads |x| <= kZeroThreshold as 0 */
   for (int f = 0; f < N_FEATURES; ++f) to[f] = ZERO(x[f]) && !isnan(x[f]) ? 0.0 : x[f];
 }
 int32_t cml_num_feature(void) { return N_FEATURES; }
-double cml_predict_row(const double* x) {
-  double r = 0.0, xs[N_FEATURES]; snap(x, xs);
-  for (int t = 0; t < N_TREES; ++t) r += TREES[t](xs);
-  return p_up(r);
-}
-void cml_predict_rows(const double* X, int64_t n, double* out) {  /* tree by tree over blocks of rows: one tree's code in cache */
-  enum { BLOCK = 64 }; double acc[BLOCK], xs[BLOCK * N_FEATURES];
-  for (int64_t start = 0; start < n; start += BLOCK) {
-    int64_t m = n - start < BLOCK ? n - start : BLOCK;
-    for (int64_t i = 0; i < m; ++i) { acc[i] = 0.0; snap(X + (start + i) * N_FEATURES, xs + i * N_FEATURES); }
-    for (int t = 0; t < N_TREES; ++t) { double (*tree)(const double*) = TREES[t]; for (int64_t i = 0; i < m; ++i) acc[i] += tree(xs + i * N_FEATURES); }
-    for (int64_t i = 0; i < m; ++i) out[start + i] = p_up(acc[i]);
+static void score_block(const double* X, int64_t m, double* out) {  /* tree by tree: one tree's code in cache */
+  double acc[BLOCK], xs[BLOCK * N_FEATURES], c[N_FEATURES * BLOCK];  /* the block by row, and by feature */
+  for (int64_t i = 0; i < m; ++i) {
+    acc[i] = 0.0; snap(X + i * N_FEATURES, xs + i * N_FEATURES);
+    for (int f = 0; f < N_FEATURES; ++f) c[f * BLOCK + i] = xs[i * N_FEATURES + f];
   }
+  for (int t = 0; t < N_TREES; ++t) BLOCKS[t](c, xs, m, acc);
+  for (int64_t i = 0; i < m; ++i) out[i] = p_up(acc[i]);
+}
+void cml_predict_rows(const double* X, int64_t n, double* out) {
+  for (int64_t s = 0; s < n; s += BLOCK) score_block(X + s * N_FEATURES, n - s < BLOCK ? n - s : BLOCK, out + s);
 }
 """
 
 def model_c_source(text: str) -> str:
-    "C source scoring the binary LightGBM model `text` exactly as LightGBM does: `cml_predict_row`, `cml_predict_rows`."
+    "C scoring the binary LightGBM model `text` exactly as LightGBM does: `cml_predict_row`, `cml_predict_rows`."
     header, trees = model_trees(text)
     sigmoid = next((float(o.split(":")[1]) for o in header["objective"].split() if o.startswith("sigmoid:")), 1.0)
+    features = int(header["max_feature_idx"]) + 1
+    calls = "".join(f"  r += t{k}(xs);\n" for k in range(len(trees)))  # direct calls, in LightGBM's order: inlined
     return "".join([
-        "#include <math.h>\n#include <stdint.h>\n#define ZERO(v) (isnan(v) || ((v) >= -(double)1e-35f && (v) <= (double)1e-35f))\n",
-        f"#define N_FEATURES {int(header['max_feature_idx']) + 1}\n#define N_TREES {len(trees)}\n#define SIGMOID {_c_number(sigmoid)}\n",
+        "#include <math.h>\n#include <stdint.h>\n",
+        "#define ZERO(v) (isnan(v) || ((v) >= -(double)1e-35f && (v) <= (double)1e-35f))\n",
+        f"#define N_FEATURES {features}\n#define N_TREES {len(trees)}\n#define SIGMOID {_c_number(sigmoid)}\n",
+        f"#define BLOCK {max(8, min(256, 2048 // features) // 8 * 8)}\n",  # rows a block: 2 x 16 KiB at most
         f'const char cml_model_sha256[] = "{hashlib.sha256(text.encode()).hexdigest()}";\n',
-        *(_tree_c(k, t) for k, t in enumerate(trees)),
-        f"static double (*const TREES[])(const double*) = {{{', '.join(f't{k}' for k in range(len(trees)))}}};\n", _C_SCORING])
+        *(_tree_c(k, t) for k, t in enumerate(trees)), *(_block_c(k, t) for k, t in enumerate(trees)),
+        "static void (*const BLOCKS[])(const double*, const double*, int64_t, double*) = {",
+        ", ".join(f"b{k}" for k in range(len(trees))), "};\n", _C_SCORING,
+        "double cml_predict_row(const double* x) {\n  double r = 0.0, xs[N_FEATURES]; snap(x, xs);\n", calls,
+        "  return p_up(r);\n}\n"])
 
 # %% ../nbs/10_infer.ipynb #82edfb0d
-COMPILE_FLAGS = ("-O2", "-shared", "-fPIC")
+CODEGEN = 2  # the version of `model_c_source`'s C: a library another version made is compiled anew
+_X86_64_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}  # the CPU flags x86-64-v3 needs
+
+@functools.cache
+def compile_flags() -> tuple[str, ...]:
+    "The C compiler's flags for a model library on this machine: `-O3`, no fused multiply-add, AVX2 if the CPU has it."
+    try: cpu = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration): cpu = ""
+    avx2 = ["-march=x86-64-v3"] if _X86_64_V3 <= set(cpu.partition(":")[2].split()) else []
+    return ("-O3", "-ffp-contract=off", *avx2, "-shared", "-fPIC")
 
 def compile_model(text: str, path: str | os.PathLike, *, timeout: float = 600) -> Path:
     "Compile the LightGBM model `text` (see `model_c_source`) into the shared library `path`, written atomically."
     compiler = shutil.which(os.environ.get("CC") or "cc")
-    if compiler is None: raise ConfigError(f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH to compile the model with")
+    if compiler is None:
+        raise ConfigError(f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH to compile the model with")
     with tempfile.TemporaryDirectory(prefix="cryptoml-compile-") as tmp:
         (Path(tmp)/"model.c").write_text(model_c_source(text))
-        done = subprocess.run([compiler, *COMPILE_FLAGS, "-o", "model.so", "model.c", "-lm"], cwd=tmp, capture_output=True, text=True,
-                              timeout=timeout)  # relative names: the same model compiles to the same bytes
-        if done.returncode: raise ConfigError(f"{compiler} failed ({done.returncode}) compiling the model: {done.stderr[-2000:]}")
+        done = subprocess.run([compiler, *compile_flags(), "-o", "model.so", "model.c", "-lm"], cwd=tmp,
+                              capture_output=True, text=True, timeout=timeout)  # relative names: the same bytes each time
+        if done.returncode:
+            raise ConfigError(f"{compiler} failed ({done.returncode}) compiling the model: {done.stderr[-2000:]}")
         return atomic_write_bytes(path, (Path(tmp)/"model.so").read_bytes())
 
 # %% ../nbs/10_infer.ipynb #11006b99
@@ -266,19 +316,29 @@ class CompiledBooster:
 # %% ../nbs/10_infer.ipynb #cef7f784
 COMPILED = "compiled.json"
 
-def compiled_model(run: Run, native: FastBooster) -> CompiledBooster:
-    "The run's compiled model: the library its `compiled.json` names, when that matches; else compiled now and filed there."
-    source_sha = run.card["artifacts"]["lgbm.txt"]
+def _cached_model(run: Run, native: FastBooster, key: dict) -> CompiledBooster | None:
+    "The library the run's `compiled.json` names when its record matches `key`, checked; None when there is none."
     try:
         record = json.loads(inside(run.folder/COMPILED, run.folder).read_bytes())
-        if record.get("lgbm.txt") == source_sha: return CompiledBooster(inside(run.folder/record["library"], run.folder), record["sha256"], native)
-    except (OSError, ValueError, KeyError, TypeError, ArtifactError) as e: _log.info("%s: compiling anew: %s", run.folder/COMPILED, e)
+        if all(record.get(k) == v for k, v in key.items()):
+            return CompiledBooster(inside(run.folder/record["library"], run.folder), record["sha256"], native)
+        _log.info("%s: compiled for %s, not %s: compiling anew", run.folder/COMPILED, record, key)
+    except (OSError, ValueError, KeyError, TypeError, ArtifactError) as e:
+        _log.info("%s: compiling anew: %s", run.folder/COMPILED, e)
+    return None
+
+def compiled_model(run: Run, native: FastBooster) -> CompiledBooster:
+    "The run's compiled model: the library its `compiled.json` names, when that matches; else compiled now and filed there."
+    key = {"lgbm.txt": run.card["artifacts"]["lgbm.txt"], "codegen": CODEGEN, "flags": list(compile_flags())}
+    if model := _cached_model(run, native, key): return model
     with tempfile.TemporaryDirectory(prefix="cryptoml-compile-") as tmp:
         data = compile_model(native.text, Path(tmp)/"model.so").read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     library = atomic_write_bytes(run.folder/f"lgbm-{sha[:16]}.so", data)
     model = CompiledBooster(library, sha, native)  # checked before it is filed
-    atomic_write_json(run.folder/COMPILED, {"library": library.name, "sha256": sha, "lgbm.txt": source_sha, "flags": list(COMPILE_FLAGS)})
+    atomic_write_json(run.folder/COMPILED, {"library": library.name, "sha256": sha, **key})
+    for old in set(run.folder.glob("lgbm-*.so")) - {library}:  # replaced: a process serving it holds its own copy
+        old.unlink(missing_ok=True)
     return model
 
 def compiled_or_native(run: Run, native: FastBooster) -> CompiledBooster | FastBooster:
@@ -335,6 +395,7 @@ class ServedModel:
     "A model served from the run that a market's alias (or a path) points to: one per link, loaded lazily, swapped when it moves."
     _instances, _instances_lock = {}, threading.Lock()
     artifacts: tuple = ()  # the run's files this model is made from: each must match the card before the run is served
+    recheck_ns = 1_000_000  # `predict_proba` looks where the path points at most once a millisecond (a readlink: 1-5 us)
 
     def __new__(cls, market: Market | None = None, *, home=None, alias: str = "champion", path=None):
         if market is not None and not isinstance(market, Market):
@@ -352,6 +413,7 @@ class ServedModel:
     def _setup(self, path: Path, root: Path, market: Market | None, alias: str):
         self.path, self.link, self.root, self.market, self.alias, self.last_refusal = path, str(path), root, market, alias, None
         self._run, self._refused, self._loading, self.shadow_log = None, set(), threading.Lock(), None
+        self._due = 0  # time.monotonic_ns() after which `predict_proba` looks at the path again
         return self
 
     def load_model(self, run: Run):
@@ -422,9 +484,16 @@ class ServedModel:
         except ArtifactError: raise
         except Exception as e: raise ArtifactError(f"cannot load {self.path} (run folder {folder}): {e}") from e
 
+    def answering(self) -> LoadedRun:
+        "The run to answer a call with: `current()`, looking at the path only when `recheck_ns` have passed since it last did."
+        now, run = time.monotonic_ns(), self._run
+        if run is not None and now < self._due: return run
+        self._due = now + self.recheck_ns
+        return self.serving(path_stamp(self.link))
+
     def predict_proba(self, X, *, num_threads: int = 1, ts=None):
-        "P(up) from the serving run (see `LoadedRun.predict`): a float for a dict or 1-D array, an array for a DataFrame or 2-D array."
-        return self.serving(path_stamp(self.link)).predict(X, num_threads, ts)
+        "P(up) from the answering run (see `LoadedRun.predict`): a float for a dict or 1-D array, else an array."
+        return self.answering().predict(X, num_threads, ts)
 
     @property
     def features(self) -> list: return self.current().features
@@ -463,7 +532,7 @@ class LGBMProd(ServedModel):
 
     def predict_proba(self, X, *, num_threads: int = 1, ts=None):
         "P(up) from the serving run (see `LoadedRun.predict`); with `log_shadow` on, the row is queued for the shadow."
-        run = self.serving(path_stamp(self.link))
+        run = self.answering()
         p = run.predict(X, num_threads, ts)
         if self.shadow_log is not None: self.shadow_log.record(time.time(), X, p, run.run_id)
         return p
@@ -479,6 +548,15 @@ class LGBMProd(ServedModel):
             self.shadow_log.close()
             self.shadow_log = None
         return self.shadow_log
+
+# %% ../nbs/10_infer.ipynb #b10c0c05
+def compile_run(folder: str | os.PathLike, home=None) -> CompiledBooster | FastBooster | None:
+    "Compile the model of the run saved in `folder` ahead of its first load; None when `LGBMProd.compiled` is off."
+    if not LGBMProd.compiled: return None
+    run = Run.at(Path(folder), data_home(home))
+    return compiled_or_native(run, FastBooster(run.artifact("lgbm.txt").decode()))
+
+SAVED.append(compile_run)
 
 # %% ../nbs/10_infer.ipynb #94b3c495
 class OnlineServing:
