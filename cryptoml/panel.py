@@ -299,6 +299,7 @@ def higher_bars(b: BarArrays, timeframe: str) -> tuple[dict[str, np.ndarray], np
     closed = (b.ts + base) // size - 1 - k[0]
     return grid, np.where(closed >= 0, closed, -1)
 
+# %% ../nbs/03_panel.ipynb #8d37b32f
 def _returns(close: np.ndarray) -> np.ndarray:
     out = np.full(len(close), np.nan)
     out[1:] = close[1:] / close[:-1] - 1
@@ -448,6 +449,7 @@ def get_panel_set(panel_set: str | PanelSet = "panel") -> PanelSet:
         raise ConfigError(f"unknown panel feature set {panel_set!r}; known: {', '.join(PANEL_SETS)}")
     return PANEL_SETS[panel_set]
 
+# %% ../nbs/03_panel.ipynb #fbff3cbf
 LAGS = Expansion(("ret",), (1,), ("1h",), (1, 2, 3, 5, 11, 23))
 MTF = Expansion()
 OPEN_INTEREST_FEATURES = ["oi_chg_1h", "oi_chg_4h", "oi_chg_24h", "oi_turnover24"]
@@ -633,7 +635,8 @@ class PanelFeed:
                  funding: dict[str, pd.DataFrame] | None = None, open_interest: dict[str, pd.DataFrame] | None = None):
         self.markets, self.panel_set = {m.symbol: m for m in markets}, get_panel_set(panel_set)
         self.reference = reference
-        _usable(make_panel([market_data(m, _no_bars()) for m in markets], reference), self.panel_set)  # as a table's
+        # the checks a panel table's markets get
+        _usable(make_panel([market_data(m, _no_bars()) for m in markets], reference), self.panel_set)
         self.codes = {label: float(code) for code, label in enumerate(self.markets)}
         self.bars = {label: _no_bars() for label in self.markets}
         # label -> every rate / sample known
