@@ -304,13 +304,15 @@ class CompiledBooster:
 
     def predict_row(self, values: list) -> float:
         "P(up) of one row: `values`, a list of floats in the model's feature order."
-        row = getattr(self._slots, "row", None) or self._new_row()
+        row, address = getattr(self._slots, "row", None) or self._new_row()
         row[:] = values
-        return self._row(row)
+        return self._row(address)
 
-    def _new_row(self):
-        self._slots.row = row = (ctypes.c_double * self.num_feature)()
-        return row
+    def _new_row(self) -> tuple:
+        "This thread's input row, and its address as a ready `c_void_p` (ctypes converts an array to one in ~1.5 us)."
+        row = (ctypes.c_double * self.num_feature)()
+        self._slots.row = slot = row, ctypes.c_void_p(ctypes.addressof(row))
+        return slot
 
     def predict_batch(self, X: np.ndarray, num_threads: int = 1) -> np.ndarray:
         "P(up) of each row of the 2-D array `X`, in `num_threads` blocks of rows at once."
