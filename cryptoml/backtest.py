@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .core import (ArtifactError, ConfigError, DataError, LeakageError, atomic_write_json, atomic_write_parquet,
-                           Market, data_home, parquet_metadata, read_parquet_file, sha256_file, to_utc)
+                           Market, data_home, display_rows, parquet_metadata, read_parquet_file, sha256_file, to_utc)
 from .ingest import _folder_lock
 from .split import LeakageGuard, Split, _count, _days, bar_length, check_table, feature_columns, label_horizon, window_split
 from .metrics import (assess, coverage_curve, information_coefficient, reliability_curve, resample, sign_forecasts,
@@ -917,12 +917,14 @@ def backtest_text(bt: Backtest) -> str:
     return "\n".join(text + [bt.summary, *([f"\nstored in {bt.path}"] if bt.path else [])])
 
 # %% ../nbs/07_backtest.ipynb #de084a9c
-def equity_figure(bt: Backtest) -> go.Figure:
-    "Equity net of costs of the model's rule, buy-and-hold and the reversal rule (log scale)."
+def equity_figure(bt: Backtest, n: int = 2000) -> go.Figure:
+    "Equity net of costs of the model's rule, buy-and-hold and the reversal rule (log scale), ~`n` points a line."
     d = bt.predictions.dropna(subset=["equity_lgbm"])
+    d = d.iloc[display_rows(d, n)]  # each bucket's last row: the curve's shape and its final value
     fig = go.Figure([go.Scatter(x=d.ts, y=d[f"equity_{k}"], name=name, mode="lines") for k, name in NAMES.items()])
-    return fig.update_layout(title=f"Equity net of {bt.trading['fee_bps']:g} + {bt.trading['slippage_bps']:g} bps per side",
-                             yaxis_type="log", yaxis_title="equity (start = 1)", legend_orientation="h", height=420)
+    cost = f"{bt.trading['fee_bps']:g} + {bt.trading['slippage_bps']:g} bps per side"
+    return fig.update_layout(title=f"Equity net of {cost}", yaxis_type="log", yaxis_title="equity (start = 1)",
+                             legend_orientation="h", height=420)
 
 # %% ../nbs/07_backtest.ipynb #49969700
 def period_figure(bt: Backtest, kind: str = "periods") -> go.Figure:
