@@ -53,8 +53,8 @@ def new_run_dir(market: Market, home=None, now: datetime | None = None) -> Path:
         try: os.symlink(Path("..", market.path_parts, "runs", run_id), index/run_id)
         except FileExistsError: continue
         try: (runs/run_id).mkdir()
-        # a run folder copied in without its link: the link now names it, the id is taken
-        except FileExistsError: continue
+        except FileExistsError:  # a run folder copied in without its link: the link now names it, the id is taken
+            continue
         return runs/run_id
 
 # %% ../nbs/09_registry.ipynb #89853585
@@ -272,8 +272,7 @@ def save_run(result, *, home=None, table_path=None, calibration="inner", n_boot:
     "Write `result`'s models, calibrator (`calibrate_run`; `calibration=None`: none) and card into a new run folder; its id."
     meta = {**(parquet_metadata(table_path) if table_path and Path(table_path).is_file() else {}), **(result.table_meta or {})}
     try: market = Market.of(meta)
-    except ConfigError as e:
-        raise ConfigError(f"the tuned model names no market ({e}): pass the feature table as table_path") from e
+    except ConfigError as e: raise ConfigError(f"the tuned model names no market ({e}): pass the feature table as table_path") from e
     table = Path(table_path or feature_path(home, market, meta.get("feature_set", "seed"), meta.get("horizon", 1)))
     if not table.is_file():
         raise ArtifactError(f"feature table {table} does not exist: pass the table the model was tuned on as table_path")
