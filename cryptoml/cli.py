@@ -423,8 +423,8 @@ def markets_of(args) -> list[Market]:
 def print_outcomes(args, outcomes: list, seconds: float) -> int:
     "A line a market (outcome, run, why), a failed market's error also on stderr, a count; the command's exit status."
     for o in outcomes:
-        outcome, run_id, why = (o.value["outcome"], o.value.get("run_id", "-"),
-                                o.value["detail"]) if o.ok else ("failed", "-", o.error)
+        outcome, run_id, why = ((o.value["outcome"], o.value.get("run_id", "-"), o.value["detail"]) if o.ok
+                                else ("failed", "-", o.error))
         print(f"{str(o.market):32} {outcome:9} {run_id:19} {why}")
         if not o.ok: _say(args, f"error: {o.market}: {o.error}", o.exit_code)
     counts = pd.Series(["failed" if not o.ok else o.value["outcome"] for o in outcomes]).value_counts()
@@ -520,8 +520,8 @@ def cmd_backtest(args) -> int:
                                         progress=not args.quiet, desc="backtests")
         return print_outcomes(args, outcomes, time.monotonic() - started)
     market = market_arg(args)
-    with distributed().connect(args.scheduler,
-                               args.cluster) if args.scheduler or args.cluster else nullcontext() as client:
+    with (distributed().connect(args.scheduler, args.cluster) if args.scheduler or args.cluster
+          else nullcontext()) as client:
         run_backtest(args, market, feature_path(args.home, market, args.feature_set, args.horizon),
                      pool=client and distributed().cluster_pool(client))
     return 0
