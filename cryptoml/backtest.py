@@ -170,7 +170,7 @@ def inner_slice(split: Split, inner_days: float | None = None, min_rows: int = M
     return inner
 
 def guard_fold(split: Split, table: pd.DataFrame, fold: int, feature_fn: Callable | None = None) -> dict:
-    "The leakage guard's checks on fold `fold`'s rows to its test segment's end (point in time there at its train end)."
+    "The leakage guard's checks on fold `fold`'s rows to its test segment's end (point in time there and at train end)."
     try: return LeakageGuard(n_cuts=0).check(split, table[table.ts <= split.val.ts.max()], feature_fn).checks
     except LeakageError as e:
         (a, b), (c, d) = split.train_range, split.val_range
@@ -433,8 +433,8 @@ def stitch(table: pd.DataFrame, results: dict[int, FoldResult]) -> tuple[pd.Data
                    .merge(labels, on="ts", how="left")
                    .assign(model_time=lambda d: d.fold.map(folds.set_index("fold").model_time).astype(d.ts.dtype)))
     rest = [c for c in predictions.columns if c not in PREDICTION_COLUMNS]
-    return predictions[PREDICTION_COLUMNS + rest], folds, pd.concat([results[k].inner for k in sorted(results)],
-                                                                    ignore_index=True)
+    return (predictions[PREDICTION_COLUMNS + rest], folds,
+            pd.concat([results[k].inner for k in sorted(results)], ignore_index=True))
 
 # %% ../nbs/07_backtest.ipynb #4abee87c
 def walk_forward_predictions(table: pd.DataFrame, *, plan: FoldPlan | None = None, features: list[str] | None = None,
@@ -453,8 +453,8 @@ def walk_forward_predictions(table: pd.DataFrame, *, plan: FoldPlan | None = Non
     features = list(features or feature_columns(table))
     groups = tune_groups(len(plan.folds), tune_every)
     store = None if checkpoint is None else FoldStore(checkpoint)
-    params_of = {g: fold_params(params, seed)
-                 for g in range(len(groups))} if params is not None else store.params() if store else {}
+    params_of = ({g: fold_params(params, seed) for g in range(len(groups))} if params is not None
+                 else store.params() if store else {})
     done = store.folds() if store else {}
     resumed = len(done)
     job = FoldJob(table, plan, features, feature_fn, guard, n_trials, objective, seed)
@@ -631,9 +631,8 @@ def deflated_sharpe(r, n_trials: int = 1, trial_variance: float | None = None) -
     r = np.asarray(r, float)
     if len(r) < 3 or np.std(r) == 0: return float("nan"), float("nan")
     spread = math.sqrt(_sharpe_variance(r) if trial_variance is None else trial_variance)
-    expected_max = (1 - EULER) * norm.ppf(1 -
-                                          1 / n_trials) + EULER * norm.ppf(1 - 1 /
-                                                                           (n_trials * math.e)) if n_trials > 1 else 0.0
+    expected_max = ((1 - EULER) * norm.ppf(1 - 1 / n_trials) + EULER * norm.ppf(1 - 1 / (n_trials * math.e))
+                    if n_trials > 1 else 0.0)
     best = spread * expected_max
     return probabilistic_sharpe(r, best), best
 
@@ -700,8 +699,7 @@ def trade_predictions(walk: WalkForward, bar: pd.Timedelta, *, threshold: float 
     cost, grid = trading_cost(fee_bps, slippage_bps), THRESHOLDS if check_threshold(threshold) is None else (threshold,)
     predictions, horizon = walk.predictions, walk.plan.horizon
     chosen = (choose_thresholds(predictions, walk.inner, walk.folds, horizon, cost, short, walk.plan.min_rows)
-              if threshold is None else {fold: threshold
-                                         for fold in walk.folds.fold})
+              if threshold is None else {fold: threshold for fold in walk.folds.fold})
     decisions = predictions[predictions.fwd_ret.notna()].iloc[::horizon].assign(threshold=lambda d: d.fold.map(chosen))
     ppy, moves = periods_per_year(bar, horizon), decisions.fwd_ret.to_numpy()
     tries = [sharpe(period_returns(simulate(positions(decisions.p_up, t, short), moves, cost)[0])) for t in grid]
@@ -840,8 +838,8 @@ def backtest(table: pd.DataFrame, *, home=None, market: dict | None = None, feat
              **fold_settings) -> Backtest:
     "Walk-forward retraining, the out-of-sample report and the trading backtest of `table`, stored under `home`."
     started = time.perf_counter()
-    trading_cost(fee_bps, slippage_bps), check_threshold(threshold), _whole("n_boot",
-                                                                            n_boot), _whole("n_configs", n_configs)
+    (trading_cost(fee_bps, slippage_bps), check_threshold(threshold), _whole("n_boot", n_boot),
+     _whole("n_configs", n_configs))
     check_period(period)
     if "ret1" not in table.columns:
         raise DataError("the momentum and reversal baselines need the last return, column 'ret1'")
@@ -979,7 +977,7 @@ def backtest_text(bt: Backtest) -> str:
     return "\n".join(text + [bt.summary, *([f"\nstored in {bt.path}"] if bt.path else [])])
 
 # %% ../nbs/07_backtest.ipynb #de084a9c
-def equity_figure(bt: Backtest, n: int = 2000) -> go.Figure:
+def equity_figure(bt: Backtest, n: int = 1000) -> go.Figure:
     "Equity net of costs of the model's rule, buy-and-hold and the reversal rule (log scale), ~`n` points a line."
     d = bt.predictions.dropna(subset=["equity_lgbm"])
     d = d.iloc[display_rows(d, n)]  # each bucket's last row: the curve's shape and its final value

@@ -321,7 +321,7 @@ def shared_data(name: str = "") -> Path | None:
     return next((r/name for r in roots if (r/name).exists()), None)
 
 # %% ../nbs/00_core.ipynb #369361aa
-def display_rows(values, n: int = 2000, extremes: bool = False) -> np.ndarray:
+def display_rows(values, n: int = 1000, extremes: bool = False) -> np.ndarray:
     "Positions of at most about `n` of `values` that keep a curve's shape: each bucket's last row, or its min and max."
     if len(values) <= n: return np.arange(len(values))
     size = -(-len(values) * (1 + extremes) // n)  # rows per bucket
