@@ -22,14 +22,15 @@ from .core import (ConfigError, DataError, Market, atomic_write, data_home, feat
 
 # %% auto #0
 __all__ = ['EMA_TAIL', 'FEATURES', 'OHLCV', 'W9', 'W12', 'W26', 'W14', 'DAY_MS', 'WEEK_MS', 'FUNDING_MAX_AGE', 'FEATURE_SETS',
-           'SEED', 'CHUNK_ROWS', 'VOL_BARS', 'PARQUET_OPTIONS', 'SYNC_BYTES', 'SNAPSHOT_NAME', 'window_reduce',
-           'rolling_sum', 'rolling_mean', 'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window', 'finite_ema',
-           'Feature', 'register_feature', 'mark_nonstationary', 'stationary', 'BarArrays', 'funding_arrays',
-           'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag', 'rolling_changes', 'cyclic', 'feature_docs',
-           'FeatureSet', 'define_feature_set', 'get_feature_set', 'feature_names', 'lookback_bars', 'feature_chunks',
-           'feature_matrix', 'compute_features', 'features_asof', 'label_arrays', 'add_labels', 'write_feature_table',
-           'content_digest', 'feature_code_sha256', 'table_provenance', 'build_features', 'read_feature_table',
-           'table_asof', 'snapshot_dir', 'snapshot_table', 'prune_snapshots', 'table_view', 'connect']
+           'SEED', 'CHUNK_ROWS', 'VOL_BARS', 'PARQUET_OPTIONS', 'TABLE_PARQUET', 'SYNC_BYTES', 'SNAPSHOT_NAME',
+           'window_reduce', 'rolling_sum', 'rolling_mean', 'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window',
+           'finite_ema', 'Feature', 'register_feature', 'mark_nonstationary', 'stationary', 'BarArrays',
+           'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag', 'rolling_changes', 'cyclic',
+           'feature_docs', 'FeatureSet', 'define_feature_set', 'get_feature_set', 'feature_names', 'lookback_bars',
+           'feature_chunks', 'feature_matrix', 'compute_features', 'features_asof', 'label_arrays', 'add_labels',
+           'write_feature_table', 'content_digest', 'feature_code_sha256', 'table_provenance', 'build_features',
+           'read_feature_table', 'table_asof', 'snapshot_dir', 'snapshot_table', 'prune_snapshots', 'table_view',
+           'connect']
 
 # %% ../nbs/02_features.ipynb #4ad825fd
 def window_reduce(leaf: tuple, w: int, merge: Callable) -> tuple:
@@ -526,36 +527,44 @@ def add_labels(table: pd.DataFrame, bars: pd.DataFrame, *, horizon: int = 1, dea
 # %% ../nbs/02_features.ipynb #a212e1ae
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=-1, use_dictionary=False, use_byte_stream_split=True,
                        write_batch_size=CHUNK_ROWS)
+TABLE_PARQUET = {**PARQUET_OPTIONS, "compression": "lz4", "compression_level": None}  # feature tables: see above
 
-def _labels_of(close: np.ndarray, start: int, end: int, horizon: int, dead_zone: float | None) -> tuple[np.ndarray, np.ndarray]:
+def _labels_of(close: np.ndarray, start: int, end: int, horizon: int,
+               dead_zone: float | None) -> tuple[np.ndarray, np.ndarray]:
     "`label_arrays` of rows `start:end`, from only the closes they need: `VOL_BARS` before and `horizon` after."
     lo = max(0, start - VOL_BARS)
     return tuple(a[start - lo:end - lo] for a in label_arrays(close[lo:end + horizon], horizon, dead_zone))
 
 def _arrow(values: np.ndarray, type: pa.DataType) -> pa.Array:
-    "`values` as an Arrow array of `type`, sharing their memory; NaN becomes null (looked for by a sum, which a NaN makes NaN)."
+    "`values` as an Arrow array of `type`, sharing their memory; NaN becomes null (a sum, which NaN makes NaN, finds one)."
     return pa.array(values, type, from_pandas=values.dtype.kind == "f" and bool(np.isnan(np.add.reduce(values))))
 
-def _row_groups(b: BarArrays, fs: FeatureSet, schema: pa.Schema, horizon: int, dead_zone: float | None) -> Iterator[pa.Table]:
+def _row_groups(b: BarArrays, fs: FeatureSet, schema: pa.Schema, horizon: int,
+                dead_zone: float | None) -> Iterator[pa.Table]:
     "One table of `schema` (ts, features, labels) per chunk of `feature_chunks`: the file's row groups."
     for start, end, columns in feature_chunks(b, fs):
         columns = [b.ts[start:end], *columns, *_labels_of(b.close, start, end, horizon, dead_zone)]
         yield pa.Table.from_arrays([_arrow(c, field.type) for c, field in zip(columns, schema)], schema=schema)
 
-def _in_background(items: Iterator, consume: Callable):
-    "`consume(item)` for each of `items`, in a second thread, while the next item is being produced; one item waits at most."
+def _ahead(items: Iterator, fn: Callable) -> Iterator:
+    "`fn(item)` for each of `items`, in order, each computed in a second thread while the next item is produced."
     with ThreadPoolExecutor(1) as thread:
         pending = None
         for item in items:
-            if pending is not None: pending.result()
-            pending = thread.submit(consume, item)
-        if pending is not None: pending.result()
+            if pending is not None: yield pending.result()
+            pending = thread.submit(fn, item)
+        if pending is not None: yield pending.result()
 
+def _in_background(items: Iterator, consume: Callable):
+    "`consume(item)` for each of `items` in a second thread, while the next item is produced; one item waits at most."
+    for _ in _ahead(items, consume): pass
+
+# %% ../nbs/02_features.ipynb #181579ce
 SYNC_BYTES = 1 << 26
 
 @contextmanager
 def _synced_behind(path: Path) -> Iterator[Callable[[], None]]:
-    "A function that starts syncing `path` to disk in a thread once `SYNC_BYTES` more are written, unless a sync is running."
+    "A function that starts an fsync of `path` in a thread once `SYNC_BYTES` more are written, unless one is running."
     fd, pending, synced = os.open(path, os.O_RDONLY), None, 0
     with ThreadPoolExecutor(1) as thread:
         def sync():
@@ -568,24 +577,47 @@ def _synced_behind(path: Path) -> Iterator[Callable[[], None]]:
             if pending is not None: pending.result()
             os.close(fd)
 
-def write_feature_table(path, bars: pd.DataFrame, feature_set: str | FeatureSet = "seed", *, funding: pd.DataFrame | None = None,
-                        timeframe: str = "1m", horizon: int = 1, dead_zone: float | None = None, metadata: dict | None = None,
-                        progress: bool = False) -> Path:
-    "Stream `bars`' features and labels to the Parquet file `path` atomically, `metadata` (JSON) under the key `cryptoml`."
+class _Pieces:
+    "A sink for `pq.ParquetWriter` that keeps the bytes written to it until `take` hands them on."
+    closed = False  # what Arrow asks of a Python file object before writing to it
+    def __init__(self): self.pieces = []
+    def write(self, data: bytes) -> int:
+        self.pieces.append(data)
+        return len(data)
+    def flush(self): pass
+    def take(self) -> list[bytes]:
+        "The bytes written since the last `take`."
+        pieces, self.pieces = self.pieces, []
+        return pieces
+
+# %% ../nbs/02_features.ipynb #7d993083
+def write_feature_table(path, bars: pd.DataFrame, feature_set: str | FeatureSet = "seed", *,
+                        funding: pd.DataFrame | None = None, timeframe: str = "1m", horizon: int = 1,
+                        dead_zone: float | None = None, metadata: dict | None = None, progress: bool = False) -> Path:
+    "Stream `bars`' features and labels to the Parquet file `path` atomically, `metadata` (JSON) under `cryptoml`."
     fs, b = get_feature_set(feature_set), bar_arrays(bars, funding=funding, timeframe=timeframe)
     names, no_rows = list(fs.features), np.empty(0)
     label_arrays(no_rows, horizon, dead_zone)  # refuses a bad horizon or dead zone before the file is touched
-    schema = pa.Schema.from_pandas(_frame(b.ts[:0], np.empty((len(names), 0)), names).assign(fwd_ret=no_rows, y=no_rows), preserve_index=False)
+    empty = _frame(b.ts[:0], np.empty((len(names), 0)), names).assign(fwd_ret=no_rows, y=no_rows)
+    schema = pa.Schema.from_pandas(empty, preserve_index=False)
     schema = schema.with_metadata({**schema.metadata, b"cryptoml": json.dumps(metadata or {}, default=str).encode()})
     def write(tmp: Path):
         from tqdm.auto import tqdm
-        with (pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS) as writer, _synced_behind(tmp) as sync,
+        sink = _Pieces()
+        with (open(tmp, "wb") as file, _synced_behind(tmp) as sync,
               tqdm(total=len(b), unit="bar", disable=not progress) as bar):
-            def put(table: pa.Table):
+            def encode(table: pa.Table) -> tuple[int, list[bytes]]:  # the encoder's thread
                 writer.write_table(table, row_group_size=len(table))
+                return len(table), sink.take()
+            def put(encoded: tuple[int, list[bytes]]):  # the writer's thread
+                rows, pieces = encoded
+                file.writelines(pieces)
+                file.flush()
                 sync()
-                bar.update(len(table))
-            _in_background(_row_groups(b, fs, schema, horizon, dead_zone), put)
+                bar.update(rows)
+            with pq.ParquetWriter(sink, schema, **TABLE_PARQUET) as writer:
+                _in_background(_ahead(_row_groups(b, fs, schema, horizon, dead_zone), encode), put)
+            put((0, sink.take()))  # the footer
     return atomic_write(path, write)
 
 # %% ../nbs/02_features.ipynb #2808ea55
