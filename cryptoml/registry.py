@@ -271,13 +271,16 @@ def _artifact_writers(result, calibrator: Calibrator | None = None) -> dict:
 SAVED: list = []  # called as hook(run folder, home) after each save: later stages' work (`cryptoml.infer` compiles)
 
 def save_run(result, *, home=None, table_path=None, calibration="inner", n_boot: int = 1000) -> str:
-    "Write `result`'s models, calibrator (`calibrate_run`; `calibration=None`: none) and card into a new run folder; its id."
-    meta = {**(parquet_metadata(table_path) if table_path and Path(table_path).is_file() else {}), **(result.table_meta or {})}
+    "Write `result`'s models, calibrator (`calibrate_run`; None: none) and card into a new run folder; its id."
+    stored = parquet_metadata(table_path) if table_path and Path(table_path).is_file() else {}
+    meta = {**stored, **(result.table_meta or {})}
     try: market = Market.of(meta)
-    except ConfigError as e: raise ConfigError(f"the tuned model names no market ({e}): pass the feature table as table_path") from e
+    except ConfigError as e:
+        raise ConfigError(f"the tuned model names no market ({e}): pass the feature table as table_path") from e
     table = Path(table_path or feature_path(home, market, meta.get("feature_set", "seed"), meta.get("horizon", 1)))
     if not table.is_file():
-        raise ArtifactError(f"feature table {table} does not exist: pass the table the model was tuned on as table_path")
+        raise ArtifactError(f"feature table {table} does not exist: "
+                            "pass the table the model was tuned on as table_path")
     from cryptoml.features import snapshot_table
     snapshot = snapshot_table(table, home)
     calibrator, section = calibrate_run(result, calibration, n_boot=n_boot) if calibration is not None else (None, None)
