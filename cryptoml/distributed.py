@@ -4,16 +4,18 @@
 
 # %% ../nbs/13_distributed.ipynb #88d18c50
 from __future__ import annotations
-import fcntl, json, logging, os, re, shutil, socket, time, traceback, uuid, warnings, zlib
+import fcntl, json, logging, os, re, shutil, socket, time, traceback, uuid, zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlparse
 
 from .core import (ArtifactError, ConfigError, CryptomlError, DataError, Market, RUN_ID, atomic_write,
-                           atomic_write_json, atomic_write_parquet, data_home, feature_path, market_dir, sha256_file,
+                           atomic_write_json, data_home, feature_path, market_dir, sha256_file,
                            symbol_id, timeframe_seconds)
 from .ingest import synthetic_funding, synthetic_market, write_bars, write_funding
 from .features import read_feature_table
@@ -25,7 +27,6 @@ from .backtest import FIXED_PARAMS, FoldJob
 from .registry import alias_run, read_json_card, read_promotions, runs_index
 
 import cloudpickle
-import dask
 import dask.dataframe as dd
 import lightgbm as lgb
 import numpy as np
@@ -33,18 +34,18 @@ import pandas as pd
 import plotly.graph_objects as go
 import pyarrow as pa
 import pyarrow.parquet as pq
-from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+from distributed import Client, Future, LocalCluster, Lock, WorkerPlugin, as_completed
 from distributed.cfexecutor import ClientExecutor
-from lightgbm.dask import DaskLGBMClassifier
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['WORKER_ENV', 'POOLED_THRESHOLD', 'POOLED_PARAMS', 'POOLED_TOLERANCE', 'check_cluster', 'connect', 'ClusterPool',
-           'cluster_pool', 'Outcome', 'failed', 'market_outcome', 'run_markets', 'outcomes_status', 'symbol_seed',
-           'write_synthetic', 'invocation_id', 'tasks_dir', 'Claim', 'market_task', 'forget', 'saved_run', 'decided',
-           'pooled_table', 'parts_dir', 'partition_market', 'write_partitions', 'read_partitions', 'table_bytes',
-           'PooledCuts', 'pooled_cuts', 'round_losses', 'held_back_curve', 'PooledModel', 'QuietLightGBM',
-           'train_pooled', 'validation_rows', 'pooled_scores', 'pooled_result', 'timeline_figure']
+__all__ = ['WORKER_ENV', 'PART_ROWS', 'TRAINING_LOCK', 'NETWORK', 'POOLED_THRESHOLD', 'POOLED_PARAMS', 'POOLED_TOLERANCE',
+           'check_cluster', 'connect', 'ClusterPool', 'cluster_pool', 'Outcome', 'failed', 'market_outcome',
+           'run_markets', 'outcomes_status', 'symbol_seed', 'write_synthetic', 'invocation_id', 'tasks_dir', 'Claim',
+           'market_task', 'forget', 'saved_run', 'decided', 'pooled_table', 'parts_dir', 'partition_market',
+           'write_partitions', 'read_partitions', 'table_bytes', 'PooledCuts', 'pooled_cuts', 'round_losses',
+           'held_back_curve', 'deal', 'placed', 'HeldPort', 'PooledModel', 'QuietLightGBM', 'train_pooled',
+           'validation_rows', 'pooled_scores', 'held_back_forecasts', 'pooled_result', 'timeline_figure']
 
 # %% ../nbs/13_distributed.ipynb #42055d2c
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}  # idle OpenMP threads sleep; one LightGBM thread a task
@@ -282,14 +283,18 @@ def parts_dir(table_path: str | os.PathLike) -> Path:
     return Path(table_path).with_suffix(".parts")
 
 # %% ../nbs/13_distributed.ipynb #39814435
+PART_ROWS = 8192  # rows a row group of a partition file: the blocks dealt to the workers
+
 def partition_market(table_path: Path, code: int) -> list[dict]:
-    "Write market `code`'s rows (its row group) of the pooled table into month files of the table's `.parts` folder; each file's entry."
+    "Write market `code`'s rows of the pooled table into month files of its `.parts` folder (row groups of `PART_ROWS`); each file's entry."
     meta = json.loads(pq.read_schema(table_path).metadata[b"cryptoml"])
-    rows = pq.ParquetFile(table_path).read_row_group(code).to_pandas()
+    rows = pq.read_table(table_path, filters=[("market", "==", float(code))]).to_pandas()  # its row groups, however many
     folder, entries = parts_dir(table_path)/symbol_id(meta["panel"]["markets"][code]["symbol"]), []
     for month, part in rows.groupby(rows.ts.dt.strftime("%Y-%m"), sort=True):
-        path = atomic_write_parquet(folder/f"{month}.parquet", part.reset_index(drop=True))
-        entries.append({"path": str(path.relative_to(parts_dir(table_path))), "market": code, "month": month, "rows": len(part)})
+        arrow = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False)
+        path = atomic_write(folder/f"{month}.parquet", lambda tmp: pq.write_table(arrow, tmp, compression="zstd", row_group_size=PART_ROWS))
+        entries.append({"path": str(path.relative_to(parts_dir(table_path))), "market": code, "month": month, "rows": len(part),
+                        "row_groups": pq.ParquetFile(path).num_row_groups})
     return entries
 
 # %% ../nbs/13_distributed.ipynb #950516a0
@@ -354,16 +359,70 @@ def round_losses(rows: pd.DataFrame, booster: lgb.Booster, features: list[str], 
     return losses
 
 # %% ../nbs/13_distributed.ipynb #66f03878
-def held_back_curve(client: Client, stop: dd.DataFrame, booster: lgb.Booster, features: list[str], start: int) -> np.ndarray:
-    "Mean log loss of the held-back rows `stop` after each of `booster`'s rounds from `start + 1`, over all partitions."
+def held_back_curve(client: Client, stop: list[Future], booster: lgb.Booster, features: list[str], start: int) -> np.ndarray:
+    "Mean log loss of the held-back rows (`stop`: a frame a worker) after each of `booster`'s rounds from `start + 1`."
     shared, n = client.scatter(booster, broadcast=True), booster.current_iteration()
-    sums = [dask.delayed(round_losses)(part, shared, features, start, n) for part in stop.to_delayed()]
-    return np.sum(client.compute(sums, sync=True), axis=0) / len(stop)
+    sums = client.gather([client.submit(round_losses, part, shared, features, start, n, pure=False) for part in stop])
+    return np.sum(sums, axis=0) / sum(client.gather([client.submit(len, part, pure=False) for part in stop]))
 
 def _best(curve: np.ndarray, patience: int, max_rounds: int) -> int | None:
     "The best round (1-based) once `patience` rounds have passed it or `max_rounds` are done; None to go on."
     best = int(np.argmin(curve)) + 1
     return best if len(curve) - best >= patience or len(curve) >= max_rounds else None
+
+# %% ../nbs/13_distributed.ipynb #c1a0d002
+def deal(manifest: dict, workers: int) -> list[list[tuple[str, int]]]:
+    "The partitioned table's row groups (path, index), a block of one market each, dealt round robin in table order to `workers`."
+    pieces = [(f["path"], group) for f in manifest["files"] for group in range(f["row_groups"])]
+    return [share for share in (pieces[k::workers] for k in range(workers)) if share]
+
+# %% ../nbs/13_distributed.ipynb #c1a0d005
+def _share_rows(folder: Path, share: list[tuple[str, int]], cuts: PooledCuts, part: str, columns: list[str]) -> pd.DataFrame:
+    "A worker's rows of `part`: its row groups of the partitioned table in `folder`, read and cut, in table order."
+    groups = [pq.ParquetFile(folder/path).read_row_group(group, columns=columns).to_pandas() for path, group in share]
+    return pd.concat([cuts.in_part(rows, part) for rows in groups], ignore_index=True)
+
+def placed(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, part: str, columns: list[str],
+           workers: list[str]) -> list[Future]:
+    "The rows of `part`, the k-th worker's share (`deal`) read on it and kept there: a future a worker, in rank order."
+    return [client.submit(_share_rows, folder, share, cuts, part, columns, workers=[w], allow_other_workers=False, pure=False)
+            for w, share in zip(workers, deal(manifest, len(workers)))]
+
+# %% ../nbs/13_distributed.ipynb #c1a0d007
+TRAINING_LOCK = "cryptoml-data-parallel-lightgbm"  # one data-parallel training at a time on a cluster
+NETWORK = ("machines", "num_machines", "local_listen_port", "tree_learner")
+
+class HeldPort:
+    "A free port on this host, held (bound) until `release` hands it to LightGBM."
+    def __init__(self):
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind(("", 0))
+        self.port = self.socket.getsockname()[1]
+
+    def release(self) -> int:
+        self.socket.close()
+        return self.port
+
+def _train_rank(rows: pd.DataFrame, held: HeldPort, machines: str, features, params, rounds, init_model) -> str:
+    "One rank of data-parallel LightGBM on this worker's rows: `rounds` more rounds after `init_model`; the model's text."
+    network = {"machines": machines, "num_machines": machines.count(",") + 1, "tree_learner": "data"}
+    data = lgb.Dataset(rows[features], rows.y, categorical_feature=["market"])
+    booster = lgb.train({**params, **network, "local_listen_port": held.release()}, data, rounds, init_model=init_model)
+    try: return re.sub(rf"\[({'|'.join(NETWORK)}): [^\]]*\]\n", "", booster.model_to_string())  # the same text from every run
+    finally: booster.free_network()
+
+# %% ../nbs/13_distributed.ipynb #c1a0d008
+def _train_stage(client: Client, shares: list[Future], workers: list[str], features, params, rounds, init_model) -> lgb.Booster:
+    "`rounds` more rounds of data-parallel LightGBM, rank k on `workers[k]` with its share `shares[k]`; the booster."
+    pin = lambda w: dict(workers=[w], allow_other_workers=False, pure=False)
+    with Lock(TRAINING_LOCK, scheduler_rpc=client.scheduler, loop=client.loop):
+        held = [client.submit(HeldPort, **pin(w)) for w in workers]
+        ports = client.gather([client.submit(attrgetter("port"), h, **pin(w)) for h, w in zip(held, workers)])
+        machines = ",".join(f"{urlparse(w).hostname}:{port}" for w, port in zip(workers, ports))
+        init = None if init_model is None else client.scatter(init_model, broadcast=True)
+        texts = client.gather([client.submit(_train_rank, share, h, machines, features, params, rounds, init, **pin(w))
+                               for share, h, w in zip(shares, held, workers)])
+    return lgb.Booster(model_str=texts[0])
 
 # %% ../nbs/13_distributed.ipynb #1aedd81a
 POOLED_THRESHOLD = 2 * 2**30  # tables above 2 GiB (as float64) train on the cluster
@@ -401,55 +460,47 @@ def _local_fit(parts: dd.DataFrame, cuts: PooledCuts, features, params, patience
                         valid_names=["stop"], callbacks=[lgb.early_stopping(patience, verbose=False), lgb.record_evaluation(curve)])
     return booster, np.asarray(curve["stop"]["binary_logloss"]), len(train)
 
-def _on_workers(client: Client, rows: dd.DataFrame) -> dd.DataFrame:
-    "`rows` persisted in the workers' memory, without the partitions a filter emptied (a worker cannot train on no rows)."
-    rows = client.persist(rows)
-    sizes = client.compute(rows.map_partitions(len), sync=True).to_numpy()
-    return rows.partitions[[i for i, n in enumerate(sizes) if n]]
-
 class QuietLightGBM(WorkerPlugin):
     "Send a worker's LightGBM messages (a line per socket it binds) to the `lightgbm` logger, which shows warnings only."
     def setup(self, worker): lgb.register_logger(logging.getLogger("lightgbm"))
 
 # %% ../nbs/13_distributed.ipynb #0940a4e0
-def _cluster_fit(client: Client, parts: dd.DataFrame, cuts: PooledCuts, features, params, patience, max_rounds,
+def _cluster_fit(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, features, params, patience, max_rounds,
                  chunk) -> tuple[lgb.Booster, np.ndarray, int]:
-    "Early-stopped data-parallel LightGBM on the cluster, trained in stages of `chunk` rounds."
+    "Early-stopped data-parallel LightGBM on the cluster, each worker its dealt share, trained in stages of `chunk` rounds."
     client.register_plugin(QuietLightGBM(), name="cryptoml-quiet-lightgbm")
-    train, stop = (_on_workers(client, cuts.in_part(parts, part)) for part in ("train", "stop"))
-    booster, curve, best = None, np.empty(0), None
-    params = {k: v for k, v in params.items() if k != "num_threads"}  # lightgbm.dask uses the worker's threads: one
+    workers, columns = sorted(client.scheduler_info()["workers"]), ["ts", *features, "y"]
+    train, stop = (placed(client, folder, manifest, cuts, part, columns, workers) for part in ("train", "stop"))
+    workers, booster, curve, best = workers[:len(train)], None, np.empty(0), None
     while best is None:
-        model = DaskLGBMClassifier(client=client, n_estimators=min(chunk, max_rounds - len(curve)), tree_learner="data", **params)
-        with warnings.catch_warnings():  # about n_jobs, which the scikit-learn interface always sets
-            warnings.filterwarnings("ignore", "Parameter n_jobs will be ignored")
-            model.fit(train[features], train.y, categorical_feature=["market"], init_model=booster)
-        booster = model.booster_
+        booster = _train_stage(client, train, workers, features, params, min(chunk, max_rounds - len(curve)), booster)
         curve = np.r_[curve, held_back_curve(client, stop, booster, features, len(curve))]
         best = _best(curve, patience, max_rounds)
-    return booster, curve, len(train)
+    return booster, curve, sum(client.gather([client.submit(len, share, pure=False) for share in train]))
 
 def train_pooled(folder: str | os.PathLike, client: Client | None = None, *, params: dict | None = None,
                  threshold: int = POOLED_THRESHOLD, val_days: float = 3, stop_days: float = 3, seed: int = 0,
                  patience: int = EARLY_STOPPING, max_rounds: int = MAX_ROUNDS, chunk: int = 100) -> PooledModel:
     "A pooled LightGBM on the partitioned table in `folder`: on `client`'s cluster above `threshold` bytes, else here."
-    started = time.perf_counter()
+    started, folder = time.perf_counter(), Path(folder)
     parts, manifest = read_partitions(folder)
     meta = manifest["meta"]
     features = meta["features"]
     cuts = pooled_cuts(parts.ts.max().compute(), meta["timeframe"], meta["horizon"], val_days=val_days, stop_days=stop_days)
     params = {**base_params(seed, 1), **(POOLED_PARAMS if params is None else params), "metric": "binary_logloss", "verbose": -1}
-    fit = (partial(_cluster_fit, client, chunk=chunk) if client is not None and table_bytes(manifest) > threshold else _local_fit)
-    booster, curve, rows = fit(parts, cuts, features, params, patience=patience, max_rounds=max_rounds)
+    on_cluster = client is not None and table_bytes(manifest) > threshold
+    fit = partial(_cluster_fit, client, folder, manifest, chunk=chunk) if on_cluster else partial(_local_fit, parts)
+    booster, curve, rows = fit(cuts, features, params, patience=patience, max_rounds=max_rounds)
     best = int(np.argmin(curve)) + 1
-    where = f"Dask, {len(client.scheduler_info()['workers'])} workers" if fit is not _local_fit else "one process"
-    return PooledModel(lgb.Booster(model_str=booster.model_to_string(num_iteration=best)), curve, Path(folder), manifest,
+    where = f"Dask, {len(client.scheduler_info()['workers'])} workers" if on_cluster else "one process"
+    return PooledModel(lgb.Booster(model_str=booster.model_to_string(num_iteration=best)), curve, folder, manifest,
                        features, params, cuts, where, rows, time.perf_counter() - started)
 
 # %% ../nbs/13_distributed.ipynb #66c53470
-# trees: each worker bins and sums the histograms of the rows Dask placed on it, so the gap moves from run to run
-# (0.0003 to 0.004 measured on the tests' table, where the models beat a coin by about 0.01).
-POOLED_TOLERANCE = 0.005
+# the gap no longer moves from run to run (two runs: the same model text, a spread of 0): it is the cost of each rank
+# binning its features from its own half of the rows. Measured on 2 workers: 0.0005 on three markets' stacked 1m
+# tables, 0.0009 on a 4-market hourly panel (placed as Dask chose, it was 0.0003 to 0.004 and 0.0185).
+POOLED_TOLERANCE = 0.002
 
 def validation_rows(model: PooledModel) -> pd.DataFrame:
     "The labelled rows of the pooled model's validation window, in time order."
@@ -461,19 +512,26 @@ def pooled_scores(model: PooledModel, rows: pd.DataFrame) -> dict:
     return evaluate(rows.y.to_numpy(), model.booster.predict(rows[model.features], num_threads=1))
 
 # %% ../nbs/13_distributed.ipynb #8de40e57
+def held_back_forecasts(model: PooledModel) -> pd.DataFrame:
+    "The pooled booster's forecasts (`ts, market, p_up, y`) of its held-back slice, in time order: its calibration source."
+    rows = model.cuts.in_part(read_partitions(model.folder)[0], "stop").compute().sort_values(["ts", "market"], kind="stable")
+    return pd.DataFrame({"ts": rows.ts.to_numpy(), "market": rows.market.to_numpy(), "y": rows.y.to_numpy(),
+                         "p_up": model.booster.predict(rows[model.features], num_threads=1)})
+
 def pooled_result(model: PooledModel, *, n_boot: int = 1000, seed: int = 0, sample_rows: int = 200_000) -> TuneResult:
     "`model` as a `TuneResult` for `save_run`: its booster, a logistic baseline on a sample of its training rows, its scores."
     meta, parts = model.manifest["meta"], read_partitions(model.folder)[0]
-    train = model.cuts.in_part(parts, "train")
+    train, held_back = (model.cuts.in_part(parts, part) for part in ("train", "stop"))
     sample = train.sample(frac=min(1.0, sample_rows / model.train_rows), random_state=seed).compute()
-    spans = train[["ts", "y"]].compute().sort_values("ts", kind="stable")  # the card counts and spans the training rows
+    before = dd.concat([train[["ts", "y"]], held_back[["ts", "y"]]]).compute()  # the training window: up to the validation
     val = validation_rows(model)
     val_days = (val.ts.iloc[-1] - model.cuts.val_start) / pd.Timedelta(days=1)
-    split = Split(spans, val, horizon=meta["horizon"], purge=meta["horizon"], val_days=val_days)
+    split = Split(before.sort_values("ts", kind="stable"), val, horizon=meta["horizon"], purge=meta["horizon"], val_days=val_days)
     logreg = fit_logreg(sample, model.features)
     scores, gains = judge(model.booster, logreg, split, model.features, n_boot, seed)
     manifest = {"pooled": {"trained_on": model.trained_on, "table_sha256": model.manifest["table_sha256"],
                            "partitions": len(model.manifest["files"]), "cuts": {k: str(v) for k, v in vars(model.cuts).items()},
+                           "train_rows": model.train_rows, "held_back_rows": len(before) - model.train_rows,
                            "held_back_log_loss": float(model.curve[model.best_iteration - 1]), "logreg_sample_rows": len(sample)},
                 "market": {k: meta.get(k) for k in ("exchange", "symbol", "timeframe")}, "panel": meta["panel"]}
     return TuneResult(model.booster, logreg, model.features, model.params, model.best_iteration, scores.pop("lgbm"), scores,
