@@ -544,10 +544,10 @@ def train_pooled(folder: str | os.PathLike, client: Client | None = None, *, par
                        features, params, cuts, where, rows, time.perf_counter() - started)
 
 # %% ../nbs/13_distributed.ipynb #66c53470
-# two runs give the same model text (a spread of 0), so the gap is fixed by the data: the cost of each rank binning its
-# features from its own share of the rows. Measured on 2 workers: 0.0005 on three markets' stacked 1m tables, 0.0009 on
-# the 4-market hourly panel here (0.0003 with whole markets on each rank). Placed as Dask chose, it moved from run to run:
-# 0.0003 to 0.004 on the stacked tables, 0.0004 to 0.0009 on this panel.
+# ranks, two runs give the same model text (a spread of 0), so the gap is fixed by the data: the cost of each rank
+# binning its features from its own share of the rows. Measured on 2 workers: 0.0005 on three markets' stacked 1m
+# tables, 0.0009 on the 4-market hourly panel here (0.0003 with whole markets on each rank). Placed as Dask chose,
+# it moved from run to run: 0.0003 to 0.004 on the stacked tables, 0.0004 to 0.0009 on this panel.
 POOLED_TOLERANCE = 0.002
 
 def validation_rows(model: PooledModel) -> pd.DataFrame:
