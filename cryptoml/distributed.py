@@ -396,7 +396,7 @@ def round_losses(rows: pd.DataFrame, booster: lgb.Booster, features: list[str], 
 def held_back_curve(client: Client, stop: list[Future], booster: lgb.Booster, features: list[str],
                     start: int) -> np.ndarray:
     "Mean log loss of the held-back rows (`stop`: a frame a worker) after each of `booster`'s rounds from `start + 1`."
-    shared, n = client.scatter(booster, broadcast=True), booster.current_iteration()
+    shared, n = client.scatter(booster, broadcast=True, hash=False), booster.current_iteration()
     sums = client.gather([client.submit(round_losses, part, shared, features, start, n, pure=False) for part in stop])
     return np.sum(sums, axis=0) / sum(client.gather([client.submit(len, part, pure=False) for part in stop]))
 
@@ -460,7 +460,7 @@ def _train_stage(client: Client, shares: list[Future], workers: list[str], featu
         held = [client.submit(HeldPort, **pin(w)) for w in workers]
         ports = client.gather([client.submit(attrgetter("port"), h, **pin(w)) for h, w in zip(held, workers)])
         machines = ",".join(f"{urlparse(w).hostname}:{port}" for w, port in zip(workers, ports))
-        init = None if init_model is None else client.scatter(init_model, broadcast=True)
+        init = None if init_model is None else client.scatter(init_model, broadcast=True, hash=False)
         texts = client.gather([client.submit(_train_rank, share, h, machines, features, params, rounds, init, **pin(w))
                                for share, h, w in zip(shares, held, workers)])
     return lgb.Booster(model_str=texts[0])
