@@ -49,9 +49,9 @@ def row(what: str, table, feature_fn, target: str, repeats: int, **kw) -> tuple[
             "reference / project": reference / project, "target": target}, walk
 
 
-def markdown(df: pd.DataFrame) -> str:
-    "`df` as a Markdown table, numbers to 4 significant digits."
-    cells = df.map(lambda v: f"{v:.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
+def markdown(df: pd.DataFrame, digits: int = 4) -> str:
+    "`df` as a Markdown table, floats to `digits` significant digits, integers with thousands separators."
+    cells = df.map(lambda v: f"{v:.{digits}g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
     return "\n".join("| " + " | ".join(line) + " |" for line in [list(df.columns), ["---"] * len(df.columns), *cells.values.tolist()])
 
 

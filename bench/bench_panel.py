@@ -11,17 +11,27 @@ and open-interest change and turnover: 76 features a row. Each step runs in a fr
 memory, and measures:
 
   compute    cryptoml.panel: every market's feature matrix, a market at a time (the way the table writer streams it);
-  build      cryptoml.panel.write_panel_table: the same, with labels, streamed to a zstd Parquet file, a row group a market;
+  build      cryptoml.panel.write_panel_table: the same, with labels, streamed to an lz4 Parquet file, a row group a
+             market, fsynced behind the writer and once more at the end, then renamed into place (durable and atomic);
+  no fsync   the same build with os.fsync made a no-op in that process: what the durable sync costs;
   reference  a straightforward pandas implementation of the same features (groupby, rolling, resample, merge_asof),
              producing the whole table in memory; its values are checked against ours (largest relative difference).
 
-rows/s from wall seconds (CPU seconds beside them: this machine is shared). Peak memory is the process's peak resident
-set during the step (Linux VmHWM, reset before it) above its resident set before it, plus the raw panel (bars, funding
-and open interest frames): `peak / raw` is how many raw panels' worth of memory the step held, the larger of two runs,
-after a warm-up run on a tiny panel (so that libraries loading and their memory pools growing once per process are
-not counted as the panel's). Targets (issue 14): >= 1 M rows/s and peak <= 2x the raw panel.
+rows/s from wall seconds (CPU seconds beside them, every thread's: this machine is shared), the best of `--repeat`
+runs. Peak memory is the process's peak resident set during the step (Linux VmHWM, reset before it) above its
+resident set before it, plus the raw panel (bars, funding and open interest frames): `peak / raw` is how many raw
+panels' worth of memory the step held, the largest over the runs, after a warm-up run on a tiny panel (so that
+libraries loading and their memory pools growing once per process are not counted as the panel's).
+Targets (issue 14): >= 1 M rows/s and peak <= 2x the raw panel.
+
+The profile then runs the build's phases one after another in one process (the build overlaps them in two threads
+and a third for the fsync): every market's features; the labels and the zero-copy Arrow tables; the Parquet
+encoding into memory, under the settings compared (the feature store's zstd with byte-stream split, zstd without it,
+Arrow's dictionary default, lz4 (the panel's), uncompressed); the file write into the page cache; its fsync; the
+rename and the folder's fsync. Features stay float64: the tables' contract (DESIGN.md) and their content digests are
+float64, so float32 is not among the settings.
 """
-import argparse, json, os, subprocess, sys, tempfile
+import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 from bench_features import measured   # the same clock and peak-memory reading as the feature store's benchmark
@@ -104,24 +114,83 @@ def pandas_features(frames: dict, reference: str):
 
 
 # ---- one measured step in its own process -----------------------------------------------------------------------------------
-def child(step: str, markets: int, days: float) -> dict:
+def clocked(fn, repeat: int = 2) -> tuple[float, float]:
+    "(wall, CPU) seconds of `fn()`, the best of `repeat` calls."
+    best = (float("inf"), float("inf"))
+    for _ in range(repeat):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        best = min(best, (time.perf_counter() - t, time.process_time() - c))
+    return best
+
+
+def profile(panel, fs, folder: Path) -> dict:
+    "The build's phases one after another: (wall, CPU) seconds of each, and each encoding's (wall, CPU, MB)."
+    import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
+    from cryptoml.core import fsync_dir
+    from cryptoml.features import PARQUET_OPTIONS
+    from cryptoml.panel import PANEL_PARQUET, _market_rows, market_contexts, market_matrix, write_panel_table
+    schema = pq.read_schema(write_panel_table(folder/"schema.parquet", panel, fs))
+    rows = lambda: (_market_rows(code, m, fs, schema, 1, None) for code, _, m in market_contexts(panel))
+    out = {"features": clocked(lambda: [market_matrix(m, fs).shape for _, _, m in market_contexts(panel)])}
+    with_rows = clocked(lambda: [t.num_rows for t in rows()])   # a table at a time, as the build holds them
+    out["labels + Arrow tables"] = tuple(a - b for a, b in zip(with_rows, out["features"]))
+    tables = list(rows())
+    single = pa.schema([f.with_type(pa.float32()) if f.type == pa.float64() else f for f in schema])
+    as_float32 = [pa.Table.from_arrays([pc.cast(c, f.type) for c, f in zip(t.columns, single)], schema=single)
+                  for t in tables]
+
+    def encode(where, options, tables=tables):
+        with pq.ParquetWriter(where, tables[0].schema, **options) as writer:
+            for t in tables: writer.write_table(t, row_group_size=len(t))
+    zstd_plain = {**PARQUET_OPTIONS, "use_byte_stream_split": False}
+    settings = {"zstd -1, byte-stream split (feature store)": (PARQUET_OPTIONS, tables),
+                "zstd -1, no split (panel before)": (zstd_plain, tables),
+                "zstd -1, dictionary (Arrow's default)": ({**zstd_plain, "use_dictionary": True}, tables),
+                "lz4, all statistics": ({**PANEL_PARQUET, "write_statistics": True}, tables),
+                "lz4, statistics of market, ts (panel now)": (PANEL_PARQUET, tables),
+                "uncompressed": ({**PANEL_PARQUET, "compression": "none"}, tables),
+                "lz4, features float32 (not used: tables are float64)": (PANEL_PARQUET, as_float32)}
+    encodings = {}
+    for name, (options, which) in settings.items():   # into a stream that only counts the bytes: the CPU's work alone
+        sink = [None]
+        def counted():
+            sink[0] = pa.MockOutputStream()
+            encode(sink[0], options, which)
+        encodings[name] = (*clocked(counted), sink[0].size() / 2**20)
+    out["Parquet encoding"] = encodings["lz4, statistics of market, ts (panel now)"][:2]
+    data = pa.BufferOutputStream()
+    encode(data, PANEL_PARQUET)
+    path, moved, data = folder/"profiled.parquet", folder/"renamed.parquet", data.getvalue()
+    out["file write (page cache)"] = clocked(lambda: path.write_bytes(data), 1)
+    def sync():
+        with open(path, "rb") as f: os.fsync(f.fileno())
+    out["fsync of the file"] = clocked(sync, 1)
+    out["rename + folder fsync"] = clocked(lambda: (os.replace(path, moved), fsync_dir(folder)), 1)
+    return {"phases": out, "encodings": encodings, "file_mb": moved.stat().st_size / 2**20}
+
+
+def child(step: str, markets: int, days: float, repeat: int) -> dict:
     import numpy as np
     from cryptoml.panel import market_contexts, market_matrix, write_panel_table, compute_panel
+    if step == "no fsync": os.fsync = lambda fd: None   # this process only: the build without its durable sync
     fs = bench_set()
     with tempfile.TemporaryDirectory() as folder:
         def run(frames, panel):
-            return {"compute": lambda: sum(market_matrix(m, fs).shape[1] for _, _, m in market_contexts(panel)),
-                    "build": lambda: write_panel_table(Path(folder)/"panel.parquet", panel, fs),
-                    "reference": lambda: pandas_features(frames, panel.reference)}[step]()
+            if step == "compute": return sum(market_matrix(m, fs).shape[1] for _, _, m in market_contexts(panel))
+            if step == "reference": return pandas_features(frames, panel.reference)
+            return write_panel_table(Path(folder)/"panel.parquet", panel, fs)
         run(*synthetic(2, 3))   # warm-up on a tiny panel: libraries load and their pools grow once per process, not per panel
         frames, panel = synthetic(markets, days)
         raw = sum(int(f.memory_usage(index=True, deep=True).sum()) for series in frames.values() for f in series.values())
         rows = sum(len(f["bars"]) for f in frames.values())
         out = {"step": step, "rows": rows, "raw_mb": raw / 2**20, "features": len(fs.features)}
-        runs = [measured(lambda: run(frames, panel)) for _ in range(2)]
+        runs = [measured(lambda: run(frames, panel)) for _ in range(repeat)]
         wall, cpu, _ = min(runs)
         out |= {"s": wall, "cpu_s": cpu, "rows_s": rows / wall, "peak_x_raw": (raw + max(r[2] for r in runs)) / raw}
-        if step == "build": out["file_mb"] = (Path(folder)/"panel.parquet").stat().st_size / 2**20
+        if step == "build":
+            out["file_mb"] = (Path(folder)/"panel.parquet").stat().st_size / 2**20
+            out["profile"] = profile(panel, fs, Path(folder))
         if step == "reference":   # the same values as ours?
             ours = compute_panel(panel, fs)
             theirs = run(frames, panel)[list(ours.columns)]
@@ -136,29 +205,45 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--markets", type=int, default=20)
     parser.add_argument("--days", type=float, default=365)
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each step; the fastest is reported (default 3)")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), float(args.child[2]))))
+        step, markets, days, repeat = args.child
+        print(json.dumps(child(step, int(markets), float(days), int(repeat))))
         return
-    print(f"$ python bench/bench_panel.py --markets {args.markets} --days {args.days:g}")
+    print(f"$ python bench/bench_panel.py --markets {args.markets} --days {args.days:g} --repeat {args.repeat}")
     print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results = {}
-    for step in ("compute", "build", "reference"):
-        done = subprocess.run([sys.executable, __file__, "--child", step, str(args.markets), str(args.days)],
+    for step in ("compute", "build", "no fsync", "reference"):
+        done = subprocess.run([sys.executable, __file__, "--child", step, str(args.markets), str(args.days), str(args.repeat)],
                               capture_output=True, text=True, check=True)
         results[step] = r = json.loads(done.stdout.splitlines()[-1])
     r = results["compute"]
-    print(f"{r['rows']:,} rows ({args.markets} markets x {args.days:g} days of 1h bars), {r['features']} features a row; raw panel {r['raw_mb']:.1f} MB")
-    print(f"{'step':>10} {'wall s':>8} {'cpu s':>7} {'M rows/s':>9} {'peak/raw':>9} {'target':>18}")
+    print(f"{r['rows']:,} rows ({args.markets} markets x {args.days:g} days of 1h bars), {r['features']} features a row; "
+          f"raw panel {r['raw_mb']:.1f} MB")
+    print(f"{'step':>10} {'wall s':>8} {'cpu s':>7} {'M rows/s':>9} {'M rows/cpu s':>13} {'peak/raw':>9} "
+          f"{'target (>=1 M rows/s, <=2x)':>29}")
     for step, r in results.items():
-        ok = "" if step == "reference" else ("meets" if r["rows_s"] >= TARGET[0] and r["peak_x_raw"] <= TARGET[1] else "MISSES") + \
-             f" (>=1 M, <=2x)"
-        print(f"{step:>10} {r['s']:>8.3f} {r['cpu_s']:>7.3f} {r['rows_s'] / 1e6:>9.3f} {r['peak_x_raw']:>9.2f} {ok:>18}")
-    ref = results["reference"]
-    print(f"ratio (reference wall / ours): compute {ref['s'] / results['compute']['s']:.1f}x, build {ref['s'] / results['build']['s']:.1f}x; "
-          f"file {results['build']['file_mb']:.1f} MB")
-    print(f"reference values vs ours: largest relative difference {ref['max_rel_diff']:.2e}, NaN where the other is not: {ref['nan_mismatch']}")
+        verdict = "" if step == "reference" else "; ".join(
+            f"{what} {'meets' if ok else 'MISSES'}" for what, ok in (("speed", r["rows_s"] >= TARGET[0]),
+                                                                     ("memory", r["peak_x_raw"] <= TARGET[1])))
+        print(f"{step:>10} {r['s']:>8.3f} {r['cpu_s']:>7.3f} {r['rows_s'] / 1e6:>9.3f} {r['rows'] / r['cpu_s'] / 1e6:>13.3f} "
+              f"{r['peak_x_raw']:>9.2f} {verdict:>29}")
+    ref, build = results["reference"], results["build"]
+    print(f"ratio (reference wall / ours): compute {ref['s'] / results['compute']['s']:.1f}x, build {ref['s'] / build['s']:.1f}x, "
+          f"build without fsync {ref['s'] / results['no fsync']['s']:.1f}x; file {build['file_mb']:.1f} MB")
+    print(f"reference values vs ours: largest relative difference {ref['max_rel_diff']:.2e}, "
+          f"NaN where the other is not: {ref['nan_mismatch']}")
+    prof = build["profile"]
+    print(f"where the build's time goes, its phases one after another (best of {args.repeat}; the build overlaps them):")
+    for phase, (wall, cpu) in prof["phases"].items():
+        print(f"  {phase:<34} wall {wall:>6.3f} s  cpu {cpu:>6.3f} s")
+    print(f"  {'sum':<34} wall {sum(w for w, _ in prof['phases'].values()):>6.3f} s  "
+          f"cpu {sum(c for _, c in prof['phases'].values()):>6.3f} s")
+    print("Parquet encoding of the same Arrow tables, by setting (no dictionary unless said; bytes counted, not kept):")
+    for name, (wall, cpu, mb) in prof["encodings"].items():
+        print(f"  {name:<52} wall {wall:>6.3f} s  cpu {cpu:>6.3f} s  {mb:>6.1f} MB")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

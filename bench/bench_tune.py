@@ -26,6 +26,8 @@ from cryptoml.split import feature_columns, time_split
 from cryptoml.tune import (EARLY_STOPPING, MAX_ROUNDS, REPORT_EVERY, StudyFile, TrialSeededTPE, TrialWindow, WindowPruner,
                            base_params, inner_split, make_pruner, run_trials, suggest_params, trial_objective, tune)
 
+from bench_backtest import markdown  # this folder's: a table of figures
+
 VAL_DAYS = 14
 
 def labelled(bars: pd.DataFrame) -> pd.DataFrame:
@@ -102,12 +104,6 @@ def summary(name: str, runs: list[dict], reference_seconds: list[float]) -> dict
             "best inner log loss": (f"{best[0]:.5f}" if len(best) == 1 else f"{len(best)} values {best[0]:.5f}-{best[-1]:.5f}"),
             "val log loss": f"{val[0]:.5f}" + ("" if len(set(val)) == 1 else " (varies)") if val else "-"}
 
-def markdown(df: pd.DataFrame) -> str:
-    "`df` as a Markdown table, numbers to 3 significant digits."
-    cells = df.map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
-    lines = [list(df.columns), ["---"] * len(df.columns), *cells.values.tolist()]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
-
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -139,6 +135,6 @@ def main():
           f"sees whichever trials have finished\npruning, cryptoml: {make_pruner(TrialWindow(2))!r}, reports every "
           f"{REPORT_EVERY} round(s) (every 10 on a server), sees the trials numbered t-n_jobs or less\n"
           "ratio: median over repeats of (this way's seconds / the reference's seconds in the same repeat)\n")
-    print(markdown(pd.DataFrame([summary(name, runs[name], ref) for name in names])))
+    print(markdown(pd.DataFrame([summary(name, runs[name], ref) for name in names]), digits=3))
 
 if __name__ == "__main__": main()

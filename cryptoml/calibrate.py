@@ -170,7 +170,8 @@ def _labelled(p, y) -> tuple[np.ndarray, np.ndarray]:
     "Forecasts and 0/1 labels as float arrays of one length; `DataError` naming the first bad value."
     p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
     if p.ndim != 1 or p.shape != y.shape:
-        raise DataError(f"forecasts of shape {p.shape} and labels of shape {y.shape}: need two 1-D arrays of one length")
+        raise DataError(f"forecasts of shape {p.shape} and labels of shape {y.shape}: "
+                        "need two 1-D arrays of one length")
     if (bad := np.flatnonzero(~((p >= 0) & (p <= 1)))).size:
         raise DataError(f"forecast {_plain(p[bad[0]])!r} at row {bad[0]} is not a probability in [0, 1]")
     if (bad := np.flatnonzero((y != 0) & (y != 1))).size:
@@ -187,7 +188,7 @@ def _fittable(p, y, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 # %% ../nbs/08_calibrate.ipynb #d0faedb4
 def equal_count_bins(p, y, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Mean forecast, mean label and rows of up to `bins` equal-count bins of the forecasts `p`; equal forecasts share a bin."
+    "Mean forecast, mean label and rows of up to `bins` equal-count bins of forecasts `p`; equal forecasts share a bin."
     p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
     edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)[1:-1])) if len(p) else np.empty(0)
     where, size = np.searchsorted(edges, p, side="right"), len(edges) + 1
@@ -200,7 +201,8 @@ def fit_platt(p, y, eps: float = EPS) -> Platt:
     "Platt scaling fitted by scikit-learn: unpenalised logistic regression of `y` on the log-odds of `p`, slope >= 0."
     from sklearn.linear_model import LogisticRegression
     p, y = _fittable(p, y, "Platt scaling")
-    model = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-10, max_iter=1000).fit(log_odds(p)[:, None], y)
+    model = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-10,
+                               max_iter=1000).fit(log_odds(p)[:, None], y)
     a, b = float(model.coef_[0, 0]), float(model.intercept_[0])
     if a < 0: a, b = 0.0, math.log(y.mean() / (1 - y.mean()))
     return Platt(a, b, eps)
@@ -235,7 +237,8 @@ def fit_calibrator(p, y, *, ts=None, kinds=("platt", "isotonic"), folds: int = 5
     "Score `kinds` and the identity forward in time over `folds` parts, keep the lowest log loss, refit it on all rows."
     p, y = _labelled(p, y)
     n, span = len(p), _span(ts, len(p))
-    if not isinstance(folds, int) or folds < 2: raise ConfigError(f"folds must be an integer of at least 2, not {folds!r}")
+    if not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"folds must be an integer of at least 2, not {folds!r}")
     edges = np.linspace(0, n, folds + 1).round().astype(int)
     if edges[1] - gap < MIN_ROWS:
         raise DataError(f"choosing a calibrator needs {folds} parts of at least {MIN_ROWS + gap} rows; "
@@ -253,7 +256,7 @@ def fit_calibrator(p, y, *, ts=None, kinds=("platt", "isotonic"), folds: int = 5
 
 # %% ../nbs/08_calibrate.ipynb #3ca12b6c
 def reliability_bins(y, p, bins: int = 12) -> pd.DataFrame:
-    "Mean forecast, observed up-share (95% Wilson interval) and rows in up to `bins` equal-count bins; ties share a bin."
+    "Mean forecast, observed up-share (95% Wilson interval) and rows of up to `bins` equal-count bins; ties share one."
     p_mean, share, rows = equal_count_bins(p, y, bins)
     n, z2 = rows.astype(float), 1.96 ** 2
     centre = (share + z2 / (2 * n)) / (1 + z2 / n)
@@ -265,14 +268,15 @@ CHANGES = ("log_loss", "brier", "ece", "accuracy", "roc_auc")
 
 def calibration_report(y, forecasts: dict, *, n_boot: int = 1000, block: int | None = None, seed: int = 0,
                        bins: int = 12) -> dict:
-    "Each forecast's metrics (block-bootstrap 95% CIs), its paired change from the first forecast, and reliability bins."
+    "Each forecast's metrics (block-bootstrap 95% CIs), paired change from the first forecast, and reliability bins."
     from cryptoml.metrics import bootstrap, evaluate, with_ci
     forecasts = {name: _labelled(p, y)[0] for name, p in forecasts.items()}
     y, names = np.asarray(y, dtype=float), list(forecasts)
     if not len(y) or not names: raise DataError(f"nothing to report on: {len(y)} labelled rows, forecasts {names}")
     point, replicates = {n: evaluate(y, p) for n, p in forecasts.items()}, bootstrap(y, forecasts, n_boot, block, seed)
     change = {n: {m: {"value": point[n][m] - point[names[0]][m],
-                      "ci95": [float(v) for v in np.nanpercentile(replicates[n][m] - replicates[names[0]][m], [2.5, 97.5])]}
+                      "ci95": [float(v) for v in np.nanpercentile(replicates[n][m] - replicates[names[0]][m],
+                                                                  [2.5, 97.5])]}
                   for m in CHANGES} for n in names[1:]}
     return {"rows": len(y), "n_boot": n_boot, "reference": names[0],
             "metrics": {n: with_ci(point[n], replicates[n]) for n in names}, "change": change,
@@ -308,7 +312,7 @@ def calibration_figure(report: dict, title: str = "Reliability"):
 
 # %% ../nbs/08_calibrate.ipynb #3db3b79c
 def ece_noise(p, *, bins: int = 10, draws: int = 200, seed: int = 0) -> dict:
-    "Mean, 95th and 99th percentile of the ECE of forecasts `p` when labels are drawn from `p` itself (perfect calibration)."
+    "Mean, 95th and 99th percentile of the ECE of `p` when labels are drawn from `p` itself (perfect calibration)."
     from cryptoml.metrics import expected_calibration_error
     p, rng = np.asarray(p, dtype=float), np.random.default_rng(seed)
     eces = [expected_calibration_error(rng.uniform(size=len(p)) < p, p, bins) for _ in range(draws)]
@@ -317,7 +321,7 @@ def ece_noise(p, *, bins: int = 10, draws: int = 200, seed: int = 0) -> dict:
 
 # %% ../nbs/08_calibrate.ipynb #a68539c4
 def inner_predictions(result) -> pd.DataFrame:
-    "Out-of-sample `ts, p_up, y` on a `tune` result's inner slice: its best parameters refitted on the inner training rows."
+    "Out-of-sample `ts, p_up, y` on a `tune` result's inner slice, its best parameters refitted on inner training rows."
     import lightgbm as lgb
     inner, features = result.inner_split, result.features
     booster = lgb.train(result.params, lgb.Dataset(inner.train[features], inner.train.y), result.best_iteration)
@@ -327,7 +331,7 @@ def inner_predictions(result) -> pd.DataFrame:
 # %% ../nbs/08_calibrate.ipynb #71f23416
 def platt_newton(x, y, *, slope_prior: float = 0.0, intercept_prior: float = 0.0, start=(1.0, 0.0),
                  iterations: int = 50, tol: float = 1e-12) -> tuple[float, float]:
-    "(a, b) minimising the log loss of σ(a·x + b) plus pulls toward `start` worth `slope_prior`, `intercept_prior` rows."
+    "(a, b) minimising the log loss of σ(a·x + b) plus pulls to `start` worth `slope_prior`, `intercept_prior` rows."
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     X = np.column_stack([x, np.ones_like(x)])
     origin = theta = np.asarray(start, dtype=float)
@@ -342,10 +346,11 @@ def platt_newton(x, y, *, slope_prior: float = 0.0, intercept_prior: float = 0.0
 
 # %% ../nbs/08_calibrate.ipynb #316374f7
 class RunningPlatt:
-    "The correction, one Newton step per label on an age-weighted log loss (`half_life` labels), pulled toward identity."
+    "The correction: a Newton step per label on an age-weighted log loss (`half_life` labels), pulled toward identity."
     def __init__(self, half_life: float = 1440, slope_prior: float = 1000, intercept_prior: float = 20):
         self.decay, self.slope_prior, self.intercept_prior = 0.5 ** (1 / half_life), slope_prior, intercept_prior
-        self.a, self.b, self.info, self.xx, self.n = 1.0, 0.0, [0.0] * 3, 0.0, 0.0  # info: age-weighted q(1-q)·(x², x, 1)
+        # info: age-weighted q(1-q)·(x², x, 1)
+        self.a, self.b, self.info, self.xx, self.n = 1.0, 0.0, [0.0] * 3, 0.0, 0.0
 
     def learn(self, x: float, y: float):
         "Take the label `y` of a forecast whose log-odds were `x`."
@@ -362,7 +367,8 @@ class RunningPlatt:
 
 class RollingPlatt:
     "The correction refitted (`platt_newton`) on the last `window` labels every `refit_every`, pulled toward identity."
-    def __init__(self, window: int = 1440, slope_prior: float = 1000, intercept_prior: float = 20, refit_every: int = 1):
+    def __init__(self, window: int = 1440, slope_prior: float = 1000, intercept_prior: float = 20,
+                 refit_every: int = 1):
         self.rows, self.refit_every, self.count = deque(maxlen=window), refit_every, 0
         self.priors, self.a, self.b = {"slope_prior": slope_prior, "intercept_prior": intercept_prior}, 1.0, 0.0
 
@@ -387,7 +393,7 @@ def _iso(ms: int | None) -> str:
 PENDING = 10_000  # forecasts kept waiting for their labels, at the least
 
 class OnlineCalibrator:
-    "A learnt Platt correction over a static calibrator: `predict` at a bar's close, `observe` its label once it is known."
+    "A learnt Platt correction over a static calibrator: `predict` at a bar's close, `observe` its label once known."
     def __init__(self, timeframe: str, *, base: Calibrator | None = None, learner: str = "running", horizon: int = 1,
                  clock: Callable[[], int] | None = None, eps: float = EPS, **settings):
         if learner not in LEARNERS:
@@ -411,7 +417,7 @@ class OnlineCalibrator:
         self.stream_now = now if self.stream_now is None else max(self.stream_now, now)
 
     def predict(self, ts, p: float) -> float:
-        "Calibrated P(up) for the bar that opened at `ts`, asked at its close: the static map, then the learnt correction."
+        "Calibrated P(up) of the bar that opened at `ts`, asked at its close: the static map, then the correction."
         t = epoch_ms(ts)
         close = t + self.bar
         if self.learnt_until is not None and close < self.learnt_until:
@@ -423,16 +429,17 @@ class OnlineCalibrator:
             raise LeakageError(f"the bar at {_iso(t)} closes at {_iso(close)}, after now ({_iso(now)}): "
                                "its features are not known yet")
         self.pending[t] = q = self.base.one(float(p))
-        if len(self.pending) > 2 * PENDING:  # forecasts whose label never came: keep the newest, at a cost per call of O(1)
+        # forecasts whose label never came: keep the newest, at a cost per call of O(1)
+        if len(self.pending) > 2 * PENDING:
             self.pending = dict(list(self.pending.items())[-PENDING:])
         return self.correction.one(q)
 
     def apply(self, p):
-        "The static map, then the correction learnt so far, for a float or an array; records nothing (no label will teach it)."
+        "The static map, then the correction learnt so far, for a float or an array; records nothing."
         return self.correction.apply(self.base.apply(p))
 
     def observe(self, ts, y) -> None:
-        "Learn from `y`, the label of the bar that opened at `ts`: only once it is known, and only for a recorded forecast."
+        "Learn from `y`, the label of the bar that opened at `ts`: once it is known, and only for a recorded forecast."
         t, now = epoch_ms(ts), self.now
         known = t + (self.horizon + 1) * self.bar
         if now is None or known > now:
@@ -440,7 +447,8 @@ class OnlineCalibrator:
                                f"(its close + {self.horizon} bar), after now ({_iso(now)})")
         if y not in (0, 1): raise DataError(f"label {_plain(y)!r} of the bar at {_iso(t)} is not 0 or 1")
         if t not in self.pending:
-            raise DataError(f"no forecast is waiting for the label of the bar at {_iso(t)}: predict it first, observe once")
+            raise DataError(f"no forecast is waiting for the label of the bar at {_iso(t)}: "
+                            "predict it first, observe once")
         q = self.pending.pop(t)
         self.learnt_until = known if self.learnt_until is None else max(self.learnt_until, known)
         self.learner.learn(math.log(q / (1 - q)), float(y))
@@ -462,7 +470,7 @@ class OnlineCalibrator:
 
 # %% ../nbs/08_calibrate.ipynb #a84093b1
 def replay(online: OnlineCalibrator, ts, p, y) -> np.ndarray:
-    "Online-calibrated forecasts of a time-ordered stream: at each bar's close, learn the labels known by then, predict."
+    "Online-calibrated forecasts of a time-ordered stream: at each bar's close, learn the labels known then, predict."
     t = pd.DatetimeIndex(pd.to_datetime(ts, utc=True)).as_unit("ms").asi8.tolist()
     p, y = np.asarray(p, dtype=float).tolist(), np.asarray(y, dtype=float).tolist()
     lag, out, j = (online.horizon + 1) * online.bar, np.empty(len(t)), 0

@@ -88,7 +88,8 @@ def timeframe_seconds(timeframe: str) -> int:
     "Length of a bar in seconds: `1m` -> 60, `2h` -> 7200."
     m = re.fullmatch(r"(\d+)([smhdw])", timeframe) if isinstance(timeframe, str) else None
     if m is None or int(m[1]) == 0:
-        raise ConfigError(f"unknown timeframe {timeframe!r}: expected a count and one of {'/'.join(_UNIT_SECONDS)}, e.g. '1m', '4h', '1d'")
+        raise ConfigError(f"unknown timeframe {timeframe!r}: expected a count and one of "
+                          f"{'/'.join(_UNIT_SECONDS)}, e.g. '1m', '4h', '1d'")
     return int(m[1]) * _UNIT_SECONDS[m[2]]
 
 def timeframe_ms(timeframe: str) -> int:
@@ -98,7 +99,9 @@ def timeframe_ms(timeframe: str) -> int:
 # %% ../nbs/00_core.ipynb #7b4514c1
 def to_utc(when: Any) -> pd.Timestamp:
     "`when` (ISO string, epoch ms, datetime or Timestamp) as a UTC `Timestamp`."
-    try: ts = pd.Timestamp(when, unit="ms") if isinstance(when, (int, float)) and not isinstance(when, bool) else pd.Timestamp(when)
+    try:
+        ts = (pd.Timestamp(when, unit="ms") if isinstance(when, (int, float)) and not isinstance(when, bool)
+              else pd.Timestamp(when))
     except (ValueError, TypeError) as e: raise ConfigError(f"cannot read {when!r} as a time: {e}") from e
     if ts is pd.NaT: raise ConfigError(f"cannot read {when!r} as a time")
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
@@ -115,15 +118,16 @@ def bar_close(ts: Any, timeframe: str) -> pd.Timestamp:
 
 # %% ../nbs/00_core.ipynb #7e0aedba
 def shaped(value: Any, pattern: re.Pattern, what: str, expected: str) -> str:
-    "`value` if it is a string that `pattern` matches whole; ConfigError 'malformed {what} {value!r}: expected {expected}' otherwise."
-    if not (isinstance(value, str) and pattern.fullmatch(value)): raise ConfigError(f"malformed {what} {value!r}: expected {expected}")
+    "`value` if `pattern` matches the whole string; else ConfigError 'malformed {what} {value!r}: expected {expected}'."
+    if not (isinstance(value, str) and pattern.fullmatch(value)):
+        raise ConfigError(f"malformed {what} {value!r}: expected {expected}")
     return value
 
 # %% ../nbs/00_core.ipynb #407f718f
 _EXCHANGE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 def check_exchange(exchange: str) -> str:
-    "`exchange` if it has the shape of a ccxt exchange id (`binance`, `binanceus`, `okx`); ConfigError naming it otherwise."
+    "`exchange` if it is shaped like a ccxt exchange id (`binance`, `binanceus`, `okx`); else a ConfigError naming it."
     return shaped(exchange, _EXCHANGE, "exchange id", "a ccxt id such as 'binance' (lower-case letters and digits)")
 
 # %% ../nbs/00_core.ipynb #4e9f594a
@@ -166,7 +170,8 @@ def month_file(folder: Path, ts: Any) -> Path:
 # %% ../nbs/00_core.ipynb #3bee67e4
 def feature_path(home, market: Market, feature_set: str = "seed", horizon: int = 1) -> Path:
     "The current feature table of `market` for `feature_set` with labels `horizon` bars ahead."
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", str(feature_set)): raise ConfigError(f"malformed feature set name {feature_set!r}")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", str(feature_set)):
+        raise ConfigError(f"malformed feature set name {feature_set!r}")
     return data_home(home)/"feature_store"/market.path_parts/f"{feature_set}-h{int(horizon)}.parquet"
 
 # %% ../nbs/00_core.ipynb #a6ec1396
@@ -257,7 +262,8 @@ def atomic_write_parquet(path, df: pd.DataFrame, metadata: dict | None = None) -
     "Write `df` to `path` atomically as zstd Parquet, with `metadata` (JSON) under the key `cryptoml`."
     table = pa.Table.from_pandas(df, preserve_index=False)
     if metadata is not None:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"cryptoml": json.dumps(metadata, default=str).encode()})
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               b"cryptoml": json.dumps(metadata, default=str).encode()})
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 # %% ../nbs/00_core.ipynb #49941626
@@ -316,5 +322,6 @@ def shared_data(name: str = "") -> Path | None:
     "Path of `name` in the shared real-data folder, or `None` where this machine has no such file."
     env = os.environ.get("CRYPTOML_SHARED_DATA")
     import cryptoml
-    roots = [Path(env)] if env else [r.parent/"shared"/"data" for r in (repo_root(), repo_root(Path(cryptoml.__file__).parent)) if r]
+    roots = [Path(env)] if env else [r.parent/"shared"/"data"
+                                     for r in (repo_root(), repo_root(Path(cryptoml.__file__).parent)) if r]
     return next((r/name for r in roots if (r/name).exists()), None)

@@ -18,7 +18,8 @@ __all__ = ['NAV_STYLE', 'PANDOC_LINK_ATTRIBUTES', 'docs_notebooks', 'page_file',
 def docs_notebooks(names: list[str], nbs: Path) -> list[Path]:
     "The notebooks to render: `names` (paths or names in `nbs`), else every notebook in `nbs`."
     paths = [Path(n) if Path(n).exists() else nbs/n for n in names] if names else sorted(nbs.glob("*.ipynb"))
-    if missing := [str(p) for p in paths if not p.is_file()]: raise ConfigError(f"no such notebook: {', '.join(missing)}")
+    if missing := [str(p) for p in paths if not p.is_file()]:
+        raise ConfigError(f"no such notebook: {', '.join(missing)}")
     return paths
 
 # %% ../nbs/14_docs.ipynb #131045d8
@@ -38,21 +39,24 @@ def _sidebar_files(entries) -> list[str]:
     names = []
     for entry in entries or []:
         if isinstance(entry, str): names.append(entry)
-        elif isinstance(entry, dict): names += _sidebar_files(entry.get("contents")) if "contents" in entry else [entry.get("href", "")]
+        elif isinstance(entry, dict):
+            names += _sidebar_files(entry.get("contents")) if "contents" in entry else [entry.get("href", "")]
     return [n for n in names if n.endswith(".ipynb")]
 
 def site_pages(nbs: Path) -> list[tuple[str, str]]:
     "(title, page file) of every notebook in `nbs`, in the order of `nbs/sidebar.yml`, then the rest by name."
     import yaml
     sidebar = nbs/"sidebar.yml"
-    listed = _sidebar_files(yaml.safe_load(sidebar.read_text())["website"]["sidebar"]["contents"]) if sidebar.exists() else []
+    listed = (_sidebar_files(yaml.safe_load(sidebar.read_text())["website"]["sidebar"]["contents"])
+              if sidebar.exists() else [])
     paths = [nbs/n for n in listed if (nbs/n).exists()]
     paths += [p for p in sorted(nbs.glob("*.ipynb")) if p not in paths]
     return [(page_title(p), page_file(p)) for p in paths]
 
 # %% ../nbs/14_docs.ipynb #39f9c7a2
-NAV_STYLE = ("<style>.cryptoml-nav{display:flex;flex-wrap:wrap;gap:.2em 1em;padding:.6em 1em;border-bottom:1px solid #ddd;"
-             "font:14px sans-serif}.cryptoml-nav a{text-decoration:none}.cryptoml-nav .here{font-weight:bold}"
+NAV_STYLE = ("<style>.cryptoml-nav{display:flex;flex-wrap:wrap;gap:.2em 1em;padding:.6em 1em;"
+             "border-bottom:1px solid #ddd;font:14px sans-serif}"
+             ".cryptoml-nav a{text-decoration:none}.cryptoml-nav .here{font-weight:bold}"
              ".cryptoml-pager{display:flex;justify-content:space-between;padding:1em;border-top:1px solid #ddd;"
              "font:14px sans-serif}</style>")
 
@@ -100,13 +104,15 @@ def real_links(html: str, settings: dict, origin: str | None) -> str:
 PANDOC_LINK_ATTRIBUTES = re.compile(r"(\]\([^)]*\))\{[^}]*\}")  # nbdev's `[source](url){target="_blank"}`
 
 def plain_cell(cell):
-    "Apply the Quarto cell options nbconvert does not know (`echo: false` hides the input), drop link attributes and stderr."
+    "Apply Quarto cell options nbconvert lacks (`echo: false` hides the input); drop link attributes and stderr."
     if cell.cell_type != "code": return
-    if re.search(r"^#\|\s*echo:\s*false", cell.source, re.MULTILINE): cell.metadata.setdefault("tags", []).append("remove_input")
+    if re.search(r"^#\|\s*echo:\s*false", cell.source, re.MULTILINE):
+        cell.metadata.setdefault("tags", []).append("remove_input")
     cell.source = "\n".join(l for l in cell.source.splitlines() if not l.startswith("#|"))
     cell.outputs = [o for o in cell.get("outputs", []) if o.get("name") != "stderr"]  # warnings and progress bars
     for out in cell.outputs:
-        if "text/markdown" in out.get("data", {}): out.data["text/markdown"] = PANDOC_LINK_ATTRIBUTES.sub(r"\1", out.data["text/markdown"])
+        if "text/markdown" in out.get("data", {}):
+            out.data["text/markdown"] = PANDOC_LINK_ATTRIBUTES.sub(r"\1", out.data["text/markdown"])
 
 # %% ../nbs/14_docs.ipynb #ed4c97d1
 def front_matter(nb) -> dict:
@@ -131,7 +137,8 @@ def _executed(path: Path, timeout: int):
     from nbconvert.preprocessors import ExecutePreprocessor
     from nbdev.config import get_config
     nb = nbformat.read(path, as_version=4)
-    for i in untested_cells(path, get_config().get("tst_flags", "").split()): nb.cells[i].metadata.setdefault("tags", []).append("skip-execution")
+    for i in untested_cells(path, get_config().get("tst_flags", "").split()):
+        nb.cells[i].metadata.setdefault("tags", []).append("skip-execution")
     os.environ["PLOTLY_RENDERER"] = "notebook"  # offline: plotly.js is in the page (then shared by `share_assets`)
     ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(path.parent)}})
     return nb
@@ -148,7 +155,7 @@ def _processed(nb, path: Path):
 
 # %% ../nbs/14_docs.ipynb #1840a515
 def render_notebook(path: Path, out: Path, timeout: int = 600, pages: list[tuple[str, str]] | None = None) -> Path:
-    "Execute the notebook at `path`, process it as nbdev does, and write it as an HTML page into `out`, linked to `pages`."
+    "Execute the notebook at `path`, process it as nbdev does, and write it into `out` as HTML linked to `pages`."
     import nbformat
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
@@ -156,7 +163,8 @@ def render_notebook(path: Path, out: Path, timeout: int = 600, pages: list[tuple
     nb = _processed(_executed(path, timeout), path)
     front = front_matter(nb)
     for cell in nb.cells: plain_cell(cell)
-    nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# {front.get('title', path.stem)}\n\n> {front.get('description', '')}"))
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# {front.get('title', path.stem)}\n\n"
+                                                     f"> {front.get('description', '')}"))
     exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True,
                             preprocessors=[TagRemovePreprocessor(remove_input_tags={"remove_input"})])
     html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": front.get("title", path.stem)}})
@@ -183,7 +191,7 @@ def _environment(**values: str | None):
 # %% ../nbs/14_docs.ipynb #ede0ce67
 def render_site(notebooks: list[str] | None = None, out: str | os.PathLike | None = None, timeout: int = 600,
                 home: Path | None = None) -> list[str]:
-    "Render `notebooks` (default: the checkout's `nbs/`) into `out` (default: `_docs`), pages reading data root `home`; those that failed."
+    "Render `notebooks` (default `nbs/`) into `out` (default `_docs`), reading data root `home`; those that failed."
     root = repo_root()
     if root is None: raise ConfigError("cryptoml docs runs inside a cryptoml checkout (no settings.ini here or above)")
     out, failed, pages = Path(out or root/"_docs"), [], site_pages(root/"nbs")

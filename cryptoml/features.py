@@ -554,14 +554,14 @@ def _in_background(items: Iterator, consume: Callable):
 SYNC_BYTES = 1 << 26
 
 @contextmanager
-def _synced_behind(path: Path) -> Iterator[Callable[[], None]]:
-    "A function that starts syncing `path` to disk in a thread once `SYNC_BYTES` more are written, unless a sync is running."
+def _synced_behind(path: Path, every: int = SYNC_BYTES) -> Iterator[Callable[[], None]]:
+    "A function that starts syncing `path` to disk in a thread once `every` more bytes are written, unless a sync is running."
     fd, pending, synced = os.open(path, os.O_RDONLY), None, 0
     with ThreadPoolExecutor(1) as thread:
         def sync():
             nonlocal pending, synced
             size = os.fstat(fd).st_size
-            if size - synced >= SYNC_BYTES and (pending is None or pending.done()):
+            if size - synced >= every and (pending is None or pending.done()):
                 pending, synced = thread.submit(os.fsync, fd), size
         try: yield sync
         finally:

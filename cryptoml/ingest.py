@@ -18,11 +18,12 @@ from scipy.signal import lfilter
 from scipy.stats import norm
 from tqdm.auto import tqdm
 
-from .core import (ConfigError, CryptomlError, DataError, ExchangeError, Market, atomic_write_parquet, data_home,
-                           funding_dir, month_file, pair_id, raw_dir, read_parquet_file, shared_data, symbol_id, timeframe_ms,
-                           timeframe_seconds, to_ms, to_utc)
+from .core import (ConfigError, CryptomlError, DataError, ExchangeError, Market,
+                           atomic_write_parquet, data_home, funding_dir, month_file, pair_id, raw_dir,
+                           read_parquet_file, shared_data, symbol_id, timeframe_ms, timeframe_seconds, to_ms, to_utc)
 
-_log = logging.getLogger(__name__)  # warnings (a replaced stored row, a file with no rows) reach stderr unless configured
+# warnings (a replaced stored row, a file with no rows) reach stderr unless configured
+_log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['OHLCV_COLUMNS', 'EXTRA_COLUMNS', 'FUNDING_COLUMNS', 'PRICES', 'BOUNDS', 'COMMON_RULES', 'BAR_RULES', 'BARS',
@@ -43,7 +44,8 @@ __all__ = ['OHLCV_COLUMNS', 'EXTRA_COLUMNS', 'FUNDING_COLUMNS', 'PRICES', 'BOUND
 
 # %% ../nbs/01_ingest.ipynb #2ed38302
 OHLCV_COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
-EXTRA_COLUMNS = {"quote_volume": "float64", "trades": "Int64", "taker_buy_base": "float64"}  # kept when a source has them
+# kept when a source has them
+EXTRA_COLUMNS = {"quote_volume": "float64", "trades": "Int64", "taker_buy_base": "float64"}
 FUNDING_COLUMNS = ["ts", "funding_rate"]
 PRICES = ["open", "high", "low", "close"]
 
@@ -53,7 +55,8 @@ _EPOCH_MS = (pd.Timestamp.min.value // 1_000_000 + 1, pd.Timestamp.max.value // 
 def _epoch_ms(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     "Epoch s/ms/us numbers as UTC times, told apart by size; (times, which values no timestamp can hold)."
     v = values.astype("float64").to_numpy()
-    with np.errstate(over="ignore"): ms = np.where(v > 1e14, v / 1000, np.where(v > 1e11, v, v * 1000))   # too far: refused below
+    # too far: refused below
+    with np.errstate(over="ignore"): ms = np.where(v > 1e14, v / 1000, np.where(v > 1e11, v, v * 1000))
     held = np.isnan(ms) | ((ms >= _EPOCH_MS[0]) & (ms <= _EPOCH_MS[1]))
     return pd.Series(pd.to_datetime(np.where(held, ms, np.nan), unit="ms", utc=True)), pd.Series(~held)
 
@@ -95,7 +98,7 @@ BOUNDS = Bounds()
 # %% ../nbs/01_ingest.ipynb #bf777951
 @dataclass(frozen=True, eq=False)
 class Check:
-    "What a validation pass knows besides the rows: their source, timeframe and bounds, now, and the stored rows they meet."
+    "What a validation pass knows besides the rows: source, timeframe, bounds, now, and the stored rows they meet."
     source: str = "data"
     timeframe: str | None = None
     bounds: Bounds = BOUNDS
@@ -113,7 +116,7 @@ class Check:
         return dataclasses.replace(self, stored=stored)
 
 class Rule(NamedTuple):
-    "A rule: `bad(rows, check)` marks the rows it refuses; `why` says why (a message formatted with `check.terms`, or a function)."
+    "A rule: `bad(rows, check)` marks the rows it refuses; `why` says why (a `check.terms` template, or a function)."
     bad: Callable[[pd.DataFrame, Check], pd.Series | np.ndarray]
     why: str | Callable[[pd.DataFrame, Check, int], str]
     reads_store: bool = False   # judges rows by `check.stored` too, so the writer runs it again against the store
@@ -152,7 +155,8 @@ def _why_duplicate(rows: pd.DataFrame, check: Check, i: int) -> str:
 
 def _why_conflict(rows: pd.DataFrame, check: Check, i: int) -> str:
     c, given, stored = _difference(rows.iloc[[i]], _stored_at(rows.iloc[[i]], check), check.bounds.rtol)
-    return f"differs from the stored row: {c} {stored:g} stored, {given:g} given (--replace, or replace=True, corrects the store)"
+    return (f"differs from the stored row: {c} {stored:g} stored, {given:g} given "
+            "(--replace, or replace=True, corrects the store)")
 
 COMMON_RULES: dict[str, Rule] = {
     "ts_missing": Rule(lambda r, c: r.ts.isna(), "ts missing"),
@@ -161,7 +165,8 @@ COMMON_RULES: dict[str, Rule] = {
     "future": Rule(lambda r, c: r.ts > c.now + c.bounds.clock_skew, "after now ({now:%Y-%m-%d %H:%M:%S} UTC)"),
     "out_of_order": Rule(lambda r, c: r.ts.diff() < pd.Timedelta(0), "before the previous row (out of order)"),
     "duplicate": Rule(lambda r, c: r.ts.duplicated() & r.ts.notna(), _why_duplicate),
-    "conflict": Rule(lambda r, c: np.zeros(len(r), bool) if c.replace else _conflicts(r, c), _why_conflict, reads_store=True),
+    "conflict": Rule(lambda r, c: np.zeros(len(r), bool) if c.replace else _conflicts(r, c),
+                     _why_conflict, reads_store=True),
 }
 
 # %% ../nbs/01_ingest.ipynb #b3b39cb4
@@ -188,7 +193,7 @@ def _neighbour_median(bars: pd.DataFrame, check: Check) -> np.ndarray:
     return median[rows >= 0][np.argsort(rows[rows >= 0])]
 
 def _orders_off(bars: pd.DataFrame, check: Check) -> np.ndarray:
-    "Per bar and price (open, high, low, close): how many orders of magnitude it lies from its neighbours' median close."
+    "Per bar and price (open, high, low, close): the orders of magnitude it lies from its neighbours' median close."
     return np.abs(np.log10(_plausible(bars[PRICES], check.bounds)) - _neighbour_median(bars, check)[:, None])
 
 def _spikes(bars: pd.DataFrame, check: Check) -> np.ndarray:
@@ -216,7 +221,7 @@ def _finest_grid(ts: pd.Series) -> tuple[int, int]:
     return len(times), int(np.gcd.reduce(np.diff(times))) if len(times) > 1 else 0
 
 def _off_grid(bars: pd.DataFrame, check: Check) -> np.ndarray:
-    "Bars off the timeframe's grid: the epoch's when the timeframe divides a day, else the first bar's (weekly bars open on Mondays)."
+    "Bars off the timeframe's grid: the epoch's if the timeframe divides a day, else the first bar's (weekly: Mondays)."
     if check.timeframe is None or bars.ts.isna().all(): return np.zeros(len(bars), bool)
     step, ms = timeframe_ms(check.timeframe), _ms(bars.ts)
     origin = 0 if 86_400_000 % step == 0 else ms[bars.ts.notna().to_numpy()][0]
@@ -239,7 +244,7 @@ def _still_open(bars: pd.DataFrame, check: Check) -> np.ndarray:
     return ((closes > check.now) & (bars.ts <= check.now + check.bounds.clock_skew)).to_numpy()
 
 def _bad_extras(bars: pd.DataFrame, check: Check, columns=EXTRA_COLUMNS) -> pd.DataFrame:
-    "Per row and amount column it has of `columns` (quote volume, trades, taker buys): negative, infinite or above `max_volume`."
+    "Per row and amount column of `columns` (quote volume, trades, taker buys): negative, inf or over `max_volume`."
     x = bars[[c for c in columns if c in bars.columns]].astype("float64")
     return (x < 0) | np.isinf(x) | (x > check.bounds.max_volume)
 
@@ -261,8 +266,8 @@ BAR_RULES: dict[str, Rule] = COMMON_RULES | {
     "spike": Rule(_spikes, _why_spike, reads_store=True),
     "off_grid": Rule(_off_grid, "ts not on the {timeframe} grid"),
     "spacing": Rule(_off_spacing, _why_spacing),
-    "still_open": Rule(_still_open,
-                       "still open at {now:%Y-%m-%d %H:%M:%S} UTC (a {timeframe} bar closes {timeframe} after it opens)"),
+    "still_open": Rule(_still_open, "still open at {now:%Y-%m-%d %H:%M:%S} UTC "
+                                    "(a {timeframe} bar closes {timeframe} after it opens)"),
 }
 
 # %% ../nbs/01_ingest.ipynb #20a1e4da
@@ -275,12 +280,13 @@ def refuse_bad_rows(rows: pd.DataFrame, rules: dict[str, Rule], check: Check, sh
         i, more = hits[name][0], len(hits[name]) - 1
         where = f"row {i}" if pd.isna(rows.ts.iloc[i]) else str(rows.ts.iloc[i])
         return f"{where}: {rules[name].reason(rows, check, i)} [{name}]" + (f" (and {more} more)" if more else "")
-    first = sorted(hits, key=lambda name: hits[name][0])[:shown]   # a stable sort: rules marking one row keep the table's order
+    # a stable sort: rules marking one row keep the table's order
+    first = sorted(hits, key=lambda name: hits[name][0])[:shown]
     bad = len(np.unique(np.concatenate(list(hits.values()))))
     raise DataError(f"{check.source}: refused {bad} bad row(s): {'; '.join(map(said, first))}")
 
 def _drop_repeats(rows: pd.DataFrame, rtol: float) -> tuple[pd.DataFrame, int]:
-    "`rows` without the repeats of a time that agree with its first row (a missing value agrees with any); (rows, dropped)."
+    "`rows` without repeats of a time agreeing with its first row (a missing value agrees with any); (rows, dropped)."
     repeat = (rows.ts.duplicated() & rows.ts.notna()).to_numpy()
     if not repeat.any(): return rows, 0
     firsts = rows[~rows.ts.duplicated() & rows.ts.notna()].set_index("ts").reindex(rows.ts).reset_index(drop=True)
@@ -293,10 +299,11 @@ def _require_columns(df: pd.DataFrame, columns: list[str], source: str):
     missing = [c for c in columns if c not in df.columns]
     if missing: raise DataError(f"{source}: missing column(s) {missing}; have {list(df.columns)}")
     twice = sorted({c for c in df.columns[df.columns.duplicated()] if c in columns})
-    if twice: raise DataError(f"{source}: column(s) {twice} given more than once (some header names mean the same column)")
+    if twice:
+        raise DataError(f"{source}: column(s) {twice} given more than once (some header names mean the same column)")
 
 def _numbers(values: pd.Series, dtype: str, name: str, source: str) -> pd.api.extensions.ExtensionArray | np.ndarray:
-    "A source column as `dtype`: what is not a number becomes missing, and a count that is not a whole number is refused."
+    "A source column as `dtype`: what is not a number becomes missing; a count that is not a whole number is refused."
     v = pd.to_numeric(values, errors="coerce").astype("float64").reset_index(drop=True)
     if dtype == "Int64" and (odd := v.notna() & ((v % 1 != 0) | (v.abs() > 2**53))).any():
         raise DataError(f"{source}: {name} {v[odd].iloc[0]:g} (row {odd.idxmax()}) is not a whole count")
@@ -324,8 +331,9 @@ class SeriesKind:
 # %% ../nbs/01_ingest.ipynb #5ceae2e7
 BARS = SeriesKind("bars", [*OHLCV_COLUMNS, *EXTRA_COLUMNS], as_bars, BAR_RULES, raw_dir)
 
-def check_rows(df: pd.DataFrame, kind: SeriesKind, check: Check | None = None, sort: bool = False) -> tuple[pd.DataFrame, int]:
-    "The validation pass: `df` in `kind`'s schema (sorted if `sort`), agreeing repeats dropped, the rules applied; (rows, dropped)."
+def check_rows(df: pd.DataFrame, kind: SeriesKind, check: Check | None = None,
+               sort: bool = False) -> tuple[pd.DataFrame, int]:
+    "The validation pass: `df` in `kind`'s schema (sorted if `sort`), agreeing repeats dropped, rules applied."
     check = check or Check(kind.name)
     rows = kind.schema(df, check.source)
     if sort: rows = rows.sort_values("ts", kind="stable", ignore_index=True)
@@ -333,8 +341,9 @@ def check_rows(df: pd.DataFrame, kind: SeriesKind, check: Check | None = None, s
     return refuse_bad_rows(rows, kind.rules, check), dropped
 
 # %% ../nbs/01_ingest.ipynb #59612348
-def validate_bars(df: pd.DataFrame, source: str = "", timeframe: str | None = None, *, bounds: Bounds = BOUNDS) -> pd.DataFrame:
-    "`df` in the store's schema if every bar is sound, else a `DataError` naming the first bad bars' ts, reason and rule."
+def validate_bars(df: pd.DataFrame, source: str = "", timeframe: str | None = None, *,
+                  bounds: Bounds = BOUNDS) -> pd.DataFrame:
+    "`df` in the store's schema if every bar is sound, else a `DataError` naming the first bad bars' ts, reason, rule."
     return check_rows(df, BARS, Check(source or "bars", timeframe, bounds))[0]
 
 # %% ../nbs/01_ingest.ipynb #a82da739
@@ -348,7 +357,7 @@ def _folder_lock(folder: Path):
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
 def _merge_month(path: Path, new: pd.DataFrame, columns: list[str]) -> int | None:
-    "Merge checked rows `new` into the month file `path` (a stored value they lack is kept); rows added, or None if nothing changed."
+    "Merge checked rows `new` into month file `path` (a stored value they lack is kept); rows added, None if unchanged."
     old = read_parquet_file(path) if path.exists() else new.iloc[:0]
     merged = new.set_index("ts").combine_first(old.set_index("ts")).reset_index()
     merged = merged[[c for c in columns if c in merged.columns]]
@@ -373,23 +382,24 @@ REPLACEMENTS = "replacements.jsonl"   # in raw/: one line per write that replace
 
 def _near(folder: Path, kind: SeriesKind, rows: pd.DataFrame, check: Check) -> pd.DataFrame:
     "The stored rows at `rows`' times and, with a timeframe, `neighbours` bars' time on either side."
-    margin = pd.Timedelta(milliseconds=timeframe_ms(check.timeframe) * check.bounds.neighbours if check.timeframe else 1)
+    margin = pd.Timedelta(milliseconds=timeframe_ms(check.timeframe) * check.bounds.neighbours
+                          if check.timeframe else 1)
     return read_rows(folder, kind.columns, rows.ts.min() - margin, rows.ts.max() + margin)
 
 def _log_replaced(home, folder: Path, replaced: pd.Series, source: str):
-    "Log (a warning: a line on the command's stderr) and record in `raw/replacements.jsonl` that `source` replaced stored rows."
+    "Log (a warning: a line on stderr) and record in `raw/replacements.jsonl` that `source` replaced stored rows."
     root = data_home(home)
     entry = {"at": str(pd.Timestamp.now(tz="UTC")), "folder": str(folder.relative_to(root)), "rows": len(replaced),
              "first": str(replaced.min()), "last": str(replaced.max()), "source": source}
     with open(root/"raw"/REPLACEMENTS, "a") as f:
         f.write(json.dumps(entry) + "\n")
         f.flush(); os.fsync(f.fileno())
-    _log.warning(f"{source}: replaced {len(replaced)} stored row(s) of {entry['folder']} from {entry['first']} to {entry['last']}; "
-                 f"logged in {root/'raw'/REPLACEMENTS}")
+    _log.warning(f"{source}: replaced {len(replaced)} stored row(s) of {entry['folder']} from "
+                 f"{entry['first']} to {entry['last']}; logged in {root/'raw'/REPLACEMENTS}")
 
 def store_rows(df: pd.DataFrame, kind: SeriesKind, home, exchange: str, symbol: str, timeframe: str | None = None,
                check: Check | None = None) -> Written:
-    "The one way into the store: `df` through the validation pass (the rules that read the store again, under the lock), then merged."
+    "The one way into the store: `df` through the validation pass (store-reading rules again under the lock), merged."
     check = check or Check(f"{exchange} {symbol} {timeframe or kind.name}", timeframe)
     rows, dropped = check_rows(df, kind, check)
     if rows.empty: return Written(dropped=dropped)
@@ -398,7 +408,8 @@ def store_rows(df: pd.DataFrame, kind: SeriesKind, home, exchange: str, symbol: 
         against = check.meeting(_near(folder, kind, rows, check))
         refuse_bad_rows(rows, {name: rule for name, rule in kind.rules.items() if rule.reads_store}, against)
         replaced = rows.ts[_conflicts(rows, against)]   # none unless check.replace: the conflict rule refuses them
-        months = [(month_file(folder, part.ts.iloc[0]), part) for _, part in rows.groupby(rows.ts.dt.strftime("%Y-%m"), sort=True)]
+        months = [(month_file(folder, part.ts.iloc[0]), part)
+                  for _, part in rows.groupby(rows.ts.dt.strftime("%Y-%m"), sort=True)]
         added = {path: _merge_month(path, part, kind.columns) for path, part in months}
         if len(replaced): _log_replaced(home, folder, replaced, check.source)
     written = {path: n for path, n in added.items() if n is not None}
@@ -451,7 +462,8 @@ FUNDING_RULES: dict[str, Rule] = COMMON_RULES | {
                        "implausible funding rate: |rate| above {max_funding_rate:g} per interval"),
 }
 
-def _funding_folder(home, exchange: str, symbol: str, timeframe: str | None = None) -> Path: return funding_dir(home, exchange, symbol)
+def _funding_folder(home, exchange: str, symbol: str, timeframe: str | None = None) -> Path:
+    return funding_dir(home, exchange, symbol)
 
 FUNDING = SeriesKind("funding", FUNDING_COLUMNS, as_funding, FUNDING_RULES, _funding_folder)
 
@@ -467,7 +479,8 @@ def store_funding(df: pd.DataFrame, home, exchange: str, symbol: str, *, replace
     return store_rows(df, FUNDING, home, exchange, symbol, check=check)
 
 # %% ../nbs/01_ingest.ipynb #6ebeeb89
-def write_funding(df: pd.DataFrame, home, exchange: str, symbol: str, *, replace: bool = False, bounds: Bounds = BOUNDS) -> int:
+def write_funding(df: pd.DataFrame, home, exchange: str, symbol: str, *, replace: bool = False,
+                  bounds: Bounds = BOUNDS) -> int:
     "Funding rates `df` (ts, funding_rate) through the validation pass into the store; rows added."
     return store_funding(df, home, exchange, symbol, replace=replace, bounds=bounds).added
 
@@ -481,7 +494,7 @@ OPEN_INTEREST_COLUMNS = ["ts", "open_interest", "open_interest_value"]
 INTEREST_AMOUNTS = OPEN_INTEREST_COLUMNS[1:]
 
 def as_open_interest(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
-    "`df` as the store's open-interest schema: ts (UTC ms), open_interest (base coin), open_interest_value (quote, if given)."
+    "`df` in the store's open-interest schema: ts (UTC ms), open_interest (base), open_interest_value (quote)."
     _require_columns(df, OPEN_INTEREST_COLUMNS[:2], source or "open interest")
     rows = pd.DataFrame({"ts": as_utc_ms(df["ts"], source)})
     for c in INTEREST_AMOUNTS:
@@ -500,18 +513,19 @@ def open_interest_dir(home, exchange: str, symbol: str, timeframe: str | None = 
     return data_home(home)/"raw"/exchange/pair_id(symbol)/"open_interest"
 
 # %% ../nbs/01_ingest.ipynb #4999f693
-OPEN_INTEREST = SeriesKind("open_interest", OPEN_INTEREST_COLUMNS, as_open_interest, OPEN_INTEREST_RULES, open_interest_dir)
+OPEN_INTEREST = SeriesKind("open_interest", OPEN_INTEREST_COLUMNS, as_open_interest,
+                           OPEN_INTEREST_RULES, open_interest_dir)
 
 def store_series(df: pd.DataFrame, kind: SeriesKind, home, exchange: str, symbol: str, *, replace: bool = False,
                  bounds: Bounds = BOUNDS, source: str | None = None) -> Written:
-    "A perpetual's series `df` (funding rates, open interest) through the validation pass into the store; what the write did."
+    "A perpetual's series `df` (funding rates, open interest) through the validation pass into the store; the write."
     check = Check(source or f"{exchange} {symbol} {kind.name.replace('_', ' ')}", None, bounds, replace=replace)
     return store_rows(df, kind, home, exchange, symbol, check=check)
 
 # %% ../nbs/01_ingest.ipynb #d5ffb88c
-def store_open_interest(df: pd.DataFrame, home, exchange: str, symbol: str, *, replace: bool = False, bounds: Bounds = BOUNDS,
-                        source: str | None = None) -> Written:
-    "Open interest `df` (ts, open_interest[, open_interest_value]) through the validation pass into the store; what the write did."
+def store_open_interest(df: pd.DataFrame, home, exchange: str, symbol: str, *, replace: bool = False,
+                        bounds: Bounds = BOUNDS, source: str | None = None) -> Written:
+    "Open interest `df` (ts, open_interest[, open_interest_value]) through the validation pass into the store."
     return store_series(df, OPEN_INTEREST, home, exchange, symbol, replace=replace, bounds=bounds, source=source)
 
 # %% ../nbs/01_ingest.ipynb #a913cdbd
@@ -548,12 +562,13 @@ class IngestReport:
         "Bars missing between the first and the last stored bar."
         return int(self.gaps.missing.sum())
 
-def _report(home, market: Market, written: Written, funding_added: int = 0, open_interest_added: int = 0) -> IngestReport:
+def _report(home, market: Market, written: Written, funding_added: int = 0,
+            open_interest_added: int = 0) -> IngestReport:
     "The IngestReport of `market`'s stored bars after a run that did `written`."
     bars = read_bars(home, *market)
     first, last = (bars.ts.iloc[0], bars.ts.iloc[-1]) if len(bars) else (None, None)
-    return IngestReport(market, written.added, first, last, gap_report(bars, market.timeframe), written.paths, funding_added,
-                        written.replaced, written.dropped, open_interest_added)
+    return IngestReport(market, written.added, first, last, gap_report(bars, market.timeframe),
+                        written.paths, funding_added, written.replaced, written.dropped, open_interest_added)
 
 # %% ../nbs/01_ingest.ipynb #f0ae2b2f
 REGIMES = pd.DataFrame({"drift": [0.0, 1e-5, -1.5e-5], "vol": [0.7, 1.0, 2.2], "weight": [0.5, 0.3, 0.2]},
@@ -567,7 +582,7 @@ def _regime_path(n: int, mean_bars: int, rng: np.random.Generator) -> np.ndarray
     return np.repeat(rng.choice(len(REGIMES), size=len(lengths), p=REGIMES.weight.to_numpy()), lengths)[:n]
 
 def synthetic_market(days: float = 30, seed: int = 0, timeframe: str = "1m", start="2023-03-01") -> pd.DataFrame:
-    "Seeded synthetic bars (`attrs['source'] == 'synthetic'`): fat tails, volatility clustering, regimes, a volume-bound edge."
+    "Seeded synthetic bars (source 'synthetic'): fat tails, volatility clustering, regimes, a volume-bound edge."
     rng, minutes = np.random.default_rng(seed), timeframe_seconds(timeframe) / 60
     n = round(days * 1440 / minutes)
     regime = REGIMES.iloc[_regime_path(n, max(1, round(2 * 1440 / minutes)), rng)]
@@ -581,8 +596,9 @@ def synthetic_market(days: float = 30, seed: int = 0, timeframe: str = "1m", sta
     open_ = np.r_[20_000, close[:-1]]
     wick = lambda: np.exp(np.abs(rng.standard_normal(n)) * sigma / 2)
     bars = pd.DataFrame({"ts": pd.date_range(to_utc(start), periods=n, freq=pd.Timedelta(minutes=minutes), unit="ms"),
-                         "open": open_, "high": np.maximum(open_, close) * wick(), "low": np.minimum(open_, close) / wick(),
-                         "close": close, "volume": 5 * minutes * np.exp(0.5 * activity) * (sigma / sigma.mean()) ** 1.5})
+                         "open": open_, "high": np.maximum(open_, close) * wick(),
+                         "low": np.minimum(open_, close) / wick(), "close": close,
+                         "volume": 5 * minutes * np.exp(0.5 * activity) * (sigma / sigma.mean()) ** 1.5})
     bars[PRICES], bars["volume"] = bars[PRICES].round(2), bars.volume.round(6)   # cents and the base asset's lot size
     bars.attrs["source"] = "synthetic"
     return bars
@@ -598,32 +614,36 @@ def synthetic_funding(bars: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"ts": times, "funding_rate": rate.round(8)})   # exchanges quote rates to 8 decimals
 
 def write_demo_market(home=None, days: float = 30, seed: int = 0) -> Market:
-    "Write the synthetic market's bars and funding rates into the store, replacing another seed's; its `Market` (SYNTHETIC)."
+    "Write the synthetic market's bars and funding rates into the store (replacing another seed's); `SYNTHETIC`."
     bars = synthetic_market(days, seed)
-    write_bars(bars, home, *SYNTHETIC, replace=True)   # a market made up on request: another seed's is replaced (and logged)
+    # a market made up on request: another seed's is replaced (and logged)
+    write_bars(bars, home, *SYNTHETIC, replace=True)
     write_funding(synthetic_funding(bars, seed), home, SYNTHETIC.exchange, SYNTHETIC.symbol, replace=True)
     return SYNTHETIC
 
 # %% ../nbs/01_ingest.ipynb #1318a02e
 def synthetic_interest(bars: pd.DataFrame, seed: int = 0, period: str = "1h") -> pd.DataFrame:
-    "Synthetic open interest (ts, open_interest, open_interest_value) sampled every `period` over `bars`, known from its stamp on."
+    "Synthetic open interest (ts, open_interest, open_interest_value) every `period` over `bars`, known from its stamp."
     rng, step = np.random.default_rng(seed + 2), pd.Timedelta(milliseconds=timeframe_ms(period))
     bar = bars.ts.iloc[1] - bars.ts.iloc[0]
     times = pd.date_range((bars.ts.iloc[0] + bar).ceil(step), bars.ts.iloc[-1] + bar, freq=step, unit="ms")
     known = bars.set_index(bars.ts + bar).close.asof(times).to_numpy()
     moved = np.abs(np.log(known / np.r_[known[0], known[:-1]]))
     amount = 2e4 * np.exp(np.cumsum(rng.normal(0, 0.004, len(times)) + 0.5 * moved - 0.5 * moved.mean()))
-    return pd.DataFrame({"ts": times, "open_interest": amount.round(3), "open_interest_value": (amount.round(3) * known).round(8)})
+    return pd.DataFrame({"ts": times, "open_interest": amount.round(3),
+                         "open_interest_value": (amount.round(3) * known).round(8)})
 
 # %% ../nbs/01_ingest.ipynb #c8e17b41
 BINANCE_KLINE_COLUMNS = ["ts", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "trades",
                          "taker_buy_base", "taker_buy_quote", "ignore"]
-HEADERLESS = {len(BINANCE_KLINE_COLUMNS): BINANCE_KLINE_COLUMNS, len(OHLCV_COLUMNS): OHLCV_COLUMNS, len(FUNDING_COLUMNS): FUNDING_COLUMNS}
-COLUMN_ALIASES = {"open_time": "ts", "timestamp": "ts", "time": "ts", "date": "ts", "datetime": "ts", "fundingtime": "ts",
-                  "calc_time": "ts", "quote_asset_volume": "quote_volume", "count": "trades", "number_of_trades": "trades",
-                  "taker_buy_volume": "taker_buy_base", "taker_buy_base_asset_volume": "taker_buy_base",
-                  "fundingrate": "funding_rate", "last_funding_rate": "funding_rate", "create_time": "ts",
-                  "sum_open_interest": "open_interest", "sumopeninterest": "open_interest", "openinterest": "open_interest",
+HEADERLESS = {len(BINANCE_KLINE_COLUMNS): BINANCE_KLINE_COLUMNS, len(OHLCV_COLUMNS): OHLCV_COLUMNS,
+              len(FUNDING_COLUMNS): FUNDING_COLUMNS}
+COLUMN_ALIASES = {"open_time": "ts", "timestamp": "ts", "time": "ts", "date": "ts", "datetime": "ts",
+                  "fundingtime": "ts", "calc_time": "ts", "quote_asset_volume": "quote_volume", "count": "trades",
+                  "number_of_trades": "trades", "taker_buy_volume": "taker_buy_base",
+                  "taker_buy_base_asset_volume": "taker_buy_base", "fundingrate": "funding_rate",
+                  "last_funding_rate": "funding_rate", "create_time": "ts", "sum_open_interest": "open_interest",
+                  "sumopeninterest": "open_interest", "openinterest": "open_interest",
                   "sum_open_interest_value": "open_interest_value", "sumopeninterestvalue": "open_interest_value"}
 
 def _text(data: bytes, source: str) -> str:
@@ -632,7 +652,8 @@ def _text(data: bytes, source: str) -> str:
     if b"\0" in data: raise DataError(f"{source}: not CSV text (a NUL byte at offset {data.index(0)}: a binary file?)")
     try: return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"{source}: not CSV text (byte {data[e.start]:#04x} at offset {e.start} is not UTF-8)") from None
+        raise DataError(f"{source}: not CSV text "
+                        f"(byte {data[e.start]:#04x} at offset {e.start} is not UTF-8)") from None
 
 def _csv_texts(file: Path) -> Iterator[tuple[str, str]]:
     "(source, CSV text) of `file`, or of each CSV inside it when it is a zip archive."
@@ -650,19 +671,22 @@ def _csv_texts(file: Path) -> Iterator[tuple[str, str]]:
 def _read_csv_text(text: str, source: str) -> pd.DataFrame:
     "A CSV text as a frame with the store's column names; headerless files recognised by their column count."
     first = text.split("\n", 1)[0].strip().split(",")
-    headerless = pd.to_numeric(pd.Series(first[-1:]), errors="coerce").notna().all()   # a header ends in a name, a row in a number
+    # a header ends in a name, a row in a number
+    headerless = pd.to_numeric(pd.Series(first[-1:]), errors="coerce").notna().all()
     if headerless and len(first) not in HEADERLESS:
         raise DataError(f"{source}: a headerless CSV with {len(first)} columns; expected one of {sorted(HEADERLESS)}")
     names = {"header": None, "names": HEADERLESS[len(first)]} if headerless else {}
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", pd.errors.ParserWarning)   # a row longer than the header: pandas would drop or shift fields
+            # a row longer than the header: pandas would drop or shift fields
+            warnings.simplefilter("error", pd.errors.ParserWarning)
             df = pd.read_csv(io.StringIO(text), index_col=False, **names)
     except pd.errors.ParserWarning: reason = "a row has more fields than the header"
     except (ValueError, OverflowError) as e: reason = str(e).strip().split("\n")[0] or type(e).__name__
     else: reason = None
     if reason: raise DataError(f"{source}: not a readable CSV ({reason})")
-    return df if headerless else df.rename(columns=lambda c: COLUMN_ALIASES.get(str(c).strip().lower(), str(c).strip().lower()))
+    return df if headerless else df.rename(columns=lambda c: COLUMN_ALIASES.get(str(c).strip().lower(),
+                                                                                str(c).strip().lower()))
 
 def read_csv_rows(file: str | os.PathLike) -> pd.DataFrame:
     "The rows of a CSV or zipped CSV dump, columns renamed to the store's, in file order (not yet validated)."
@@ -677,7 +701,7 @@ def _files(files) -> list[Path]:
     return [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
 
 def _checked_file(file: Path, kind: SeriesKind, timeframe: str | None, bounds: Bounds) -> tuple[pd.DataFrame, int]:
-    "A dump's rows through the validation pass, sorted, named by the file; (rows, repeats dropped). Warns when it holds no rows."
+    "A dump's rows through the validation pass, sorted, named by the file; (rows, repeats dropped). Warns if empty."
     rows, dropped = check_rows(read_csv_rows(file), kind, Check(str(file), timeframe, bounds), sort=True)
     if rows.empty: _log.warning(f"{file} holds no rows")
     return rows, dropped
@@ -688,12 +712,14 @@ def import_csv(files, exchange: str, symbol: str, timeframe: str, *, home=None, 
     files = _files(files)
     parts = [_checked_file(f, BARS, timeframe, bounds) for f in files]
     bars = pd.concat([rows for rows, _ in parts], ignore_index=True).sort_values("ts", kind="stable", ignore_index=True)
-    written = store_bars(bars, home, exchange, symbol, timeframe, replace=replace, bounds=bounds, source=", ".join(map(str, files)))
+    written = store_bars(bars, home, exchange, symbol, timeframe, replace=replace, bounds=bounds,
+                         source=", ".join(map(str, files)))
     written.dropped += sum(n for _, n in parts)
     return _report(home, Market(exchange, symbol, timeframe), written)
 
 # %% ../nbs/01_ingest.ipynb #8916d534
-def import_funding_csv(file, exchange: str, symbol: str, *, home=None, replace: bool = False, bounds: Bounds = BOUNDS) -> int:
+def import_funding_csv(file, exchange: str, symbol: str, *, home=None, replace: bool = False,
+                       bounds: Bounds = BOUNDS) -> int:
     "Import a funding-rate CSV (timestamp,funding_rate, or Binance's funding dump) into the store; rows added."
     rates, _ = _checked_file(Path(file), FUNDING, None, bounds)
     return store_funding(rates, home, exchange, symbol, replace=replace, bounds=bounds, source=str(file)).added
@@ -706,7 +732,8 @@ def funding_exchange(market: Market) -> str:
     "The exchange whose funding rates go with `market` by default: its own, unless it is a spot-only exchange."
     return FUNDING_EXCHANGES.get(market.exchange, market.exchange)
 
-EXAMPLE_FILES = ("binanceus_BTCUSDT_1m_2023-03-01_2023-03-21.csv", "binance_BTCUSDT_perp_funding_8h_2023-02-15_2023-03-31.csv")
+EXAMPLE_FILES = ("binanceus_BTCUSDT_1m_2023-03-01_2023-03-21.csv",
+                 "binance_BTCUSDT_perp_funding_8h_2023-02-15_2023-03-31.csv")
 
 def example_market(home=None) -> Market:
     "The shared real BTC/USDT market imported into `home` (EXAMPLE), or the synthetic market (SYNTHETIC) without it."
@@ -717,10 +744,11 @@ def example_market(home=None) -> Market:
     return EXAMPLE
 
 # %% ../nbs/01_ingest.ipynb #ba9faa93
-TRANSIENT = (ccxt.OperationFailed,)  # ccxt: may succeed later. NetworkError (timeouts, 429, 418, 5xx, dropped links), BadResponse
+# ccxt: may succeed later. NetworkError (timeouts, 429, 418, 5xx, dropped links), BadResponse
+TRANSIENT = (ccxt.OperationFailed,)
 
 class StalePage(ccxt.NetworkError):
-    "An exchange answered rows, none of them from the requested start on (cached, repeated or unreadable): worth asking again."
+    "An exchange answered rows, none from the requested start on (cached, repeated or unreadable): worth asking again."
 
 # %% ../nbs/01_ingest.ipynb #24e1ece4
 class MalformedAnswer(ccxt.BadResponse):
@@ -732,13 +760,13 @@ def _http_status(e: Exception) -> int | None:
     return getattr(getattr(e.__cause__ or e.__context__, "response", None), "status_code", None)
 
 def _brief(e: Exception, chars: int = 300) -> str:
-    "`e` as 'Type: message', the message cut to `chars` characters, with the HTTP status behind it when the message lacks it."
+    "`e` as 'Type: message', the message cut to `chars` characters, with the HTTP status if the message lacks it."
     msg, status = str(e), _http_status(e)
     said = f"{type(e).__name__}: {msg[:chars]}{'...' if len(msg) > chars else ''}"
     return said + (f" (HTTP {status})" if status and f" {status} " not in f" {msg} " else "")
 
 def _transient(e: Exception) -> bool:
-    "Whether a ccxt error may pass if asked again: ccxt says so, or a server answered a 5xx status ccxt has no name for."
+    "Whether a ccxt error may pass if asked again: ccxt says so, or a server answered a 5xx ccxt has no name for."
     return isinstance(e, TRANSIENT) or 500 <= (_http_status(e) or 0) <= 599
 
 def _permanent(e: ccxt.BaseError, what: str) -> Exception:
@@ -749,7 +777,7 @@ def _permanent(e: ccxt.BaseError, what: str) -> Exception:
 
 @dataclass(frozen=True)
 class Retry:
-    "Call with up to `max_tries` tries on transient ccxt errors, waiting `delay` seconds, doubled each retry up to `max_delay`."
+    "Call with up to `max_tries` tries on transient ccxt errors, waiting `delay` s, doubled up to `max_delay`."
     max_tries: int = 5
     delay: float = 1.0
     max_delay: float = 30.0
@@ -760,11 +788,12 @@ class Retry:
             try: return call()
             except ccxt.BaseError as e:
                 if not _transient(e): raise _permanent(e, what) from e
-                if attempt == self.max_tries: raise ExchangeError(f"{what}: gave up after {self.max_tries} tries; last error {_brief(e)}") from e
+                if attempt == self.max_tries:
+                    raise ExchangeError(f"{what}: gave up after {self.max_tries} tries; last error {_brief(e)}") from e
                 time.sleep(min(self.delay * 2 ** (attempt - 1), self.max_delay))
 
 def _ask(client: ccxt.Exchange, method: str | Callable, *args, **kwargs):
-    "ccxt's `method` (a name, or a function of the client) called; an answer ccxt fails to parse (an error inside ccxt that is not one of its own) is a `MalformedAnswer`."
+    "ccxt's `method` (a name, or a function of the client) called; an answer it fails to parse is a `MalformedAnswer`."
     try: return (getattr(client, method) if isinstance(method, str) else partial(method, client))(*args, **kwargs)
     except ccxt.BaseError: raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
@@ -781,14 +810,17 @@ def make_exchange(exchange: str | ccxt.Exchange) -> ccxt.Exchange:
     "A ccxt client for an exchange id such as 'binance' (or the client given), with ccxt's rate limiter on."
     if isinstance(exchange, ccxt.Exchange): client = exchange
     elif exchange in ccxt.exchanges: client = getattr(ccxt, exchange)()
-    else: raise ConfigError(f"unknown exchange {exchange!r}: not a ccxt exchange id{_did_you_mean(exchange, ccxt.exchanges)}")
+    else:
+        raise ConfigError(f"unknown exchange {exchange!r}: "
+                          f"not a ccxt exchange id{_did_you_mean(exchange, ccxt.exchanges)}")
     client.enableRateLimit = True
     return client
 
 def _market(client: ccxt.Exchange, symbol: str, retry: Retry) -> dict:
     "ccxt's market of `symbol`, the markets loaded (with retries); ConfigError when the exchange does not list it."
     retry(client.load_markets, f"{client.id}: loading markets")
-    if symbol not in client.markets: raise ConfigError(f"{client.id} has no market {symbol!r}{_did_you_mean(symbol, client.markets)}")
+    if symbol not in client.markets:
+        raise ConfigError(f"{client.id} has no market {symbol!r}{_did_you_mean(symbol, client.markets)}")
     return client.markets[symbol]
 
 def _require(client: ccxt.Exchange, method: str):
@@ -809,7 +841,8 @@ def _answer_rows(client: ccxt.Exchange) -> int:
     "Rows in the exchange's last answer (0 unless it was a JSON list); a `MalformedAnswer` when it was not JSON at all."
     text = client.last_http_response
     try: answer = json.loads(text) if text else None
-    except (TypeError, ValueError): raise MalformedAnswer(f"{client.id} answered malformed JSON: {text[:80]!r}") from None
+    except (TypeError, ValueError):
+        raise MalformedAnswer(f"{client.id} answered malformed JSON: {text[:80]!r}") from None
     return len(answer) if isinstance(answer, list) else 0
 
 def _window(client: ccxt.Exchange, since, until) -> tuple[int, int]:
@@ -818,15 +851,16 @@ def _window(client: ccxt.Exchange, since, until) -> tuple[int, int]:
     return (to_ms(since) if since is not None else end - DEFAULT_HISTORY.value // 1_000_000), end
 
 def _screen(page: pd.DataFrame, source: str, kind: SeriesKind, timeframe: str | None, bounds: Bounds) -> pd.DataFrame:
-    "A page as an exchange served it, through the validation pass; the bar still forming (served last) dropped, not refused."
+    "A page as an exchange served it, through the validation pass; the bar still forming (served last) is dropped."
     check = Check(source, timeframe, bounds)
     rows = kind.schema(page, source)
     if "still_open" in kind.rules: rows = rows[~np.asarray(kind.rules["still_open"].bad(rows, check), dtype=bool)]
     return check_rows(rows, kind, check)[0]
 
-def _pages(client: ccxt.Exchange, fetch: Callable[[int], pd.DataFrame], start: int, end: int, step: int, what: str, retry: Retry,
-           progress: bool, unit: tuple[str, int], screen: Callable[[pd.DataFrame, str], pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    "Pages `fetch(cursor)` through `screen` (the validation pass), cut to `start <= ts < end` (ms), in order, the cursor moving on."
+def _pages(client: ccxt.Exchange, fetch: Callable[[int], pd.DataFrame], start: int, end: int, step: int,
+           what: str, retry: Retry, progress: bool, unit: tuple[str, int],
+           screen: Callable[[pd.DataFrame, str], pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    "Pages `fetch(cursor)` through `screen` (the validation pass), cut to `start <= ts < end` (ms), in order."
     def fresh(cursor: int) -> pd.DataFrame:
         page = fetch(cursor)
         new = page[~(page.ts < cursor)]   # a row without a time stays, for the validation pass to name
@@ -838,7 +872,8 @@ def _pages(client: ccxt.Exchange, fetch: Callable[[int], pd.DataFrame], start: i
     with tqdm(total=max(end - start, 0) // unit_ms, desc=what, unit=name, disable=not progress) as bar:
         cursor = start
         while cursor < end:
-            page = screen(retry(partial(fresh, cursor), f"{what} from {to_utc(cursor)}"), f"{what} page from {to_utc(cursor)}")
+            page = screen(retry(partial(fresh, cursor), f"{what} from {to_utc(cursor)}"),
+                          f"{what} page from {to_utc(cursor)}")
             page = page[page.ts < to_utc(end)]
             if page.empty: break
             yield page
@@ -855,19 +890,21 @@ def _page_limit(client: ccxt.Exchange, market: dict, method: str, limit: int | N
 # %% ../nbs/01_ingest.ipynb #19a1429d
 def _ohlcv_page(client: ccxt.Exchange, symbol: str, timeframe: str, limit: int, cursor: int) -> pd.DataFrame:
     "One page of bars from `cursor` (ms): ts (ms), open, high, low, close, volume."
-    return pd.DataFrame(_ask(client, "fetch_ohlcv", symbol, timeframe, since=cursor, limit=limit), columns=OHLCV_COLUMNS)
+    return pd.DataFrame(_ask(client, "fetch_ohlcv", symbol, timeframe, since=cursor, limit=limit),
+                        columns=OHLCV_COLUMNS)
 
 RAW_KLINES = {"spot": "publicGetKlines", "linear": "fapiPublicGetKlines", "inverse": "dapiPublicGetKlines"}
-KLINE_FIELDS = {"open": 1, "high": 2, "low": 3, "close": 4, "volume": 5, "quote_volume": 7, "trades": 8, "taker_buy_base": 9}
+KLINE_FIELDS = {"open": 1, "high": 2, "low": 3, "close": 4, "volume": 5, "quote_volume": 7, "trades": 8,
+                "taker_buy_base": 9}
 
 def raw_klines(client: ccxt.Exchange, market: dict) -> str | None:
-    "ccxt's method for the raw Binance kline endpoint of `market` (its rows carry taker buy volume); None for other exchanges."
+    "ccxt's method for the raw Binance kline endpoint of `market` (its rows carry taker buy volume); None elsewhere."
     kind = next((k for k in RAW_KLINES if market.get(k)), None)
     return RAW_KLINES[kind] if kind and isinstance(client, ccxt.binance) and hasattr(client, RAW_KLINES[kind]) else None
 
 # %% ../nbs/01_ingest.ipynb #755fad7d
 def _kline_rows(client: ccxt.Exchange, method: str, request: dict) -> list[list]:
-    "Binance's raw kline rows as ccxt treats its own: [ts, *KLINE_FIELDS], sorted by time, rows without a time or before it dropped."
+    "Binance's raw kline rows as ccxt treats its own: [ts, *KLINE_FIELDS] by time; no row without or before a ts."
     rows = getattr(client, method)(request)
     if not isinstance(rows, list):
         _answer_rows(client)   # not JSON: a MalformedAnswer saying so
@@ -875,17 +912,21 @@ def _kline_rows(client: ccxt.Exchange, method: str, request: dict) -> list[list]
     rows = [[client.safe_integer(r, 0), *(r[i] for i in KLINE_FIELDS.values())] for r in rows]
     return client.filter_by_since_limit(client.sort_by(rows, 0), request["startTime"], request["limit"], 0)
 
-def _kline_page(client: ccxt.Exchange, market: dict, timeframe: str, method: str, limit: int, cursor: int) -> pd.DataFrame:
+def _kline_page(client: ccxt.Exchange, market: dict, timeframe: str, method: str, limit: int,
+                cursor: int) -> pd.DataFrame:
     "One page of bars from `cursor` (ms) from the raw kline endpoint: OHLCV, quote volume, trades and taker buy volume."
-    request = {"symbol": market["id"], "interval": client.timeframes.get(timeframe, timeframe), "limit": limit, "startTime": cursor}
+    request = {"symbol": market["id"], "interval": client.timeframes.get(timeframe, timeframe), "limit": limit,
+               "startTime": cursor}
     if market.get("inverse"):   # as ccxt does: Binance's coin-margined klines need an end
         request["endTime"] = min(client.milliseconds(), cursor + limit * timeframe_ms(timeframe) - 1)
     rows = _ask(client, _kline_rows, method, request)
-    return pd.DataFrame(rows, columns=["ts", *KLINE_FIELDS], dtype=object).apply(partial(pd.to_numeric, errors="coerce"))
+    return pd.DataFrame(rows, columns=["ts", *KLINE_FIELDS],
+                        dtype=object).apply(partial(pd.to_numeric, errors="coerce"))
 
 def ohlcv_pages(client: ccxt.Exchange, symbol: str, timeframe: str, since=None, until=None, *, limit: int | None = None,
-                retry: Retry = Retry(), progress: bool = True, bounds: Bounds = BOUNDS, taker: bool = True) -> Iterator[pd.DataFrame]:
-    "Pages of closed bars of `symbol` from a ccxt client, validated, in order, with `since <= ts < until` (with `taker`, from Binance's raw klines)."
+                retry: Retry = Retry(), progress: bool = True, bounds: Bounds = BOUNDS,
+                taker: bool = True) -> Iterator[pd.DataFrame]:
+    "Pages of closed bars of `symbol` from a ccxt client, validated, in order, with `since <= ts < until`."
     _check_timeframe(client, timeframe)
     market, step = _market(client, symbol, retry), timeframe_ms(timeframe)
     page_limit, method = _page_limit(client, market, "fetchOHLCV", limit), raw_klines(client, market) if taker else None
@@ -901,9 +942,9 @@ def _gathered(pages: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame
     pages = list(pages)
     return pd.concat(pages, ignore_index=True) if pages else _empty(columns)
 
-def fetch_ohlcv(exchange: str | ccxt.Exchange, symbol: str, timeframe: str, since=None, until=None, *, limit: int | None = None,
-                max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True, bounds: Bounds = BOUNDS,
-                taker: bool = True) -> pd.DataFrame:
+def fetch_ohlcv(exchange: str | ccxt.Exchange, symbol: str, timeframe: str, since=None, until=None, *,
+                limit: int | None = None, max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True,
+                bounds: Bounds = BOUNDS, taker: bool = True) -> pd.DataFrame:
     "Closed bars of `symbol` at `timeframe` with `since <= ts < until` (default: the last 30 days), validated."
     client = make_exchange(exchange)
     pages = ohlcv_pages(client, symbol, timeframe, since, until, limit=limit, retry=Retry(max_tries, retry_delay),
@@ -915,7 +956,8 @@ def _perpetual(client: ccxt.Exchange, symbol: str, retry: Retry) -> str:
     "The perpetual swap whose funding goes with `symbol`: itself if it is one, else its pair's linear perpetual."
     market = _market(client, symbol, retry)
     perp = symbol if market.get("swap") else f"{symbol}:{market['quote']}"
-    if perp not in client.markets or not client.markets[perp].get("swap"): raise ConfigError(f"{client.id} lists no perpetual swap for {symbol!r} (tried {perp!r})")
+    if perp not in client.markets or not client.markets[perp].get("swap"):
+        raise ConfigError(f"{client.id} lists no perpetual swap for {symbol!r} (tried {perp!r})")
     return perp
 
 def _records(rows: list[dict], fields: dict[str, str]) -> pd.DataFrame:
@@ -930,17 +972,20 @@ def _funding_page(client: ccxt.Exchange, symbol: str, limit: int, cursor: int) -
 
 def funding_pages(client: ccxt.Exchange, symbol: str, since=None, until=None, *, limit: int | None = None,
                   retry: Retry = Retry(), progress: bool = True, bounds: Bounds = BOUNDS) -> Iterator[pd.DataFrame]:
-    "Pages of funding rates of `symbol`'s perpetual from a ccxt client, validated, in order, with `since <= ts < until`."
+    "Pages of funding rates of `symbol`'s perpetual from a ccxt client, validated, in order, `since <= ts < until`."
     _require(client, "fetchFundingRateHistory")
     perp = _perpetual(client, symbol, retry)
-    fetch = partial(_funding_page, client, perp, _page_limit(client, client.markets[perp], "fetchFundingRateHistory", limit))
+    fetch = partial(_funding_page, client, perp,
+                    _page_limit(client, client.markets[perp], "fetchFundingRateHistory", limit))
     screen = partial(_screen, kind=FUNDING, timeframe=None, bounds=bounds)
     what = f"{client.id} {perp} funding"
-    yield from _pages(client, fetch, *_window(client, since, until), 1, what, retry, progress, ("hour", 3_600_000), screen)
+    yield from _pages(client, fetch, *_window(client, since, until), 1, what, retry, progress,
+                      ("hour", 3_600_000), screen)
 
 # %% ../nbs/01_ingest.ipynb #caa0327d
 def fetch_funding(exchange: str | ccxt.Exchange, symbol: str, since=None, until=None, *, limit: int | None = None,
-                  max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True, bounds: Bounds = BOUNDS) -> pd.DataFrame:
+                  max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True,
+                  bounds: Bounds = BOUNDS) -> pd.DataFrame:
     "Funding rates (ts, funding_rate) of `symbol`'s perpetual with `since <= ts < until` (default: the last 30 days)."
     client = make_exchange(exchange)
     pages = funding_pages(client, symbol, since, until, limit=limit, retry=Retry(max_tries, retry_delay),
@@ -951,35 +996,41 @@ def fetch_funding(exchange: str | ccxt.Exchange, symbol: str, since=None, until=
 OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 
 def interest_period(timeframe: str) -> str:
-    "The open-interest statistics period for bars of `timeframe`: the longest of `OI_PERIODS` not longer than it (else the shortest)."
+    "The open-interest period for bars of `timeframe`: the longest of `OI_PERIODS` not longer (else the shortest)."
     fits = [p for p in OI_PERIODS if timeframe_ms(p) <= timeframe_ms(timeframe)]
     return fits[-1] if fits else OI_PERIODS[0]
 
 # %% ../nbs/01_ingest.ipynb #d9bb6998
 def _interest_page(client: ccxt.Exchange, symbol: str, period: str, limit: int, cursor: int) -> pd.DataFrame:
-    "One page of open interest from `cursor` (ms): ts (ms, missing where the exchange gave none), open_interest, open_interest_value."
+    "One page of open interest from `cursor` (ms): ts (ms, missing if not given), open_interest, open_interest_value."
     rows = _ask(client, "fetch_open_interest_history", symbol, period, since=cursor, limit=limit)
-    return _records(rows, {"ts": "timestamp", "open_interest": "openInterestAmount", "open_interest_value": "openInterestValue"})
+    return _records(rows,
+                    {"ts": "timestamp", "open_interest": "openInterestAmount",
+                     "open_interest_value": "openInterestValue"})
 
-def open_interest_pages(client: ccxt.Exchange, symbol: str, since=None, until=None, *, timeframe: str = "1h", limit: int | None = None,
-                        retry: Retry = Retry(), progress: bool = True, bounds: Bounds = BOUNDS) -> Iterator[pd.DataFrame]:
-    "Pages of open interest of `symbol`'s perpetual, sampled for bars of `timeframe`, validated, in order, with `since <= ts < until`."
+def open_interest_pages(client: ccxt.Exchange, symbol: str, since=None, until=None, *, timeframe: str = "1h",
+                        limit: int | None = None, retry: Retry = Retry(), progress: bool = True,
+                        bounds: Bounds = BOUNDS) -> Iterator[pd.DataFrame]:
+    "Pages of open interest of `symbol`'s perpetual for `timeframe` bars, validated, in order, `since <= ts < until`."
     _require(client, "fetchOpenInterestHistory")
     perp, period = _perpetual(client, symbol, retry), interest_period(timeframe)
-    fetch = partial(_interest_page, client, perp, period, _page_limit(client, client.markets[perp], "fetchOpenInterestHistory", limit))
+    fetch = partial(_interest_page, client, perp, period,
+                    _page_limit(client, client.markets[perp], "fetchOpenInterestHistory", limit))
     screen = partial(_screen, kind=OPEN_INTEREST, timeframe=None, bounds=bounds)
     what = f"{client.id} {perp} open interest"
-    yield from _pages(client, fetch, *_window(client, since, until), 1, what, retry, progress, ("hour", 3_600_000), screen)
+    yield from _pages(client, fetch, *_window(client, since, until), 1, what, retry, progress,
+                      ("hour", 3_600_000), screen)
 
 # %% ../nbs/01_ingest.ipynb #128d8459
 def fetch_open_interest(exchange: str | ccxt.Exchange, symbol: str, since=None, until=None, *, timeframe: str = "1h",
                         limit: int | None = None, max_tries: int = 5, retry_delay: float = 1.0, progress: bool = True,
                         bounds: Bounds = BOUNDS) -> pd.DataFrame:
-    "Open interest of `symbol`'s perpetual (sampled for bars of `timeframe`) with `since <= ts < until` (default: the last 30 days)."
+    "Open interest of `symbol`'s perpetual (for `timeframe` bars), `since <= ts < until` (default: the last 30 days)."
     client = make_exchange(exchange)
-    pages = open_interest_pages(client, symbol, since, until, timeframe=timeframe, limit=limit, retry=Retry(max_tries, retry_delay),
-                                progress=progress, bounds=bounds)
-    return check_rows(_gathered(pages, OPEN_INTEREST_COLUMNS), OPEN_INTEREST, Check(f"{client.id} {symbol} open interest", None, bounds))[0]
+    pages = open_interest_pages(client, symbol, since, until, timeframe=timeframe, limit=limit,
+                                retry=Retry(max_tries, retry_delay), progress=progress, bounds=bounds)
+    return check_rows(_gathered(pages, OPEN_INTEREST_COLUMNS), OPEN_INTEREST,
+                      Check(f"{client.id} {symbol} open interest", None, bounds))[0]
 
 # %% ../nbs/01_ingest.ipynb #ab06ccef
 def stored_span(folder: Path) -> tuple[pd.Timestamp, pd.Timestamp] | None:
@@ -990,7 +1041,7 @@ def stored_span(folder: Path) -> tuple[pd.Timestamp, pd.Timestamp] | None:
 
 # %% ../nbs/01_ingest.ipynb #2f32a7a7
 def _resume_from(folder: Path, since, step: int):
-    "Where to start: `step` ms after the last stored row when the store covers `since` (or since is None), else `since`."
+    "Where to start: `step` ms after the last stored row if the store covers `since` (or it is None), else `since`."
     span = stored_span(folder)
     if span and (since is None or span[0] <= to_utc(since) <= span[1]): return span[1] + pd.Timedelta(milliseconds=step)
     return since
@@ -1009,31 +1060,37 @@ def _store_pages(pages: Iterable[pd.DataFrame], store: Callable[[pd.DataFrame], 
     for batch in _batches(pages, rows): written += store(batch)
     return written
 
-def _series(client: ccxt.Exchange, symbol: str, timeframe: str, retry: Retry, funding: bool, open_interest: bool) -> list:
-    "The perpetual's series asked for, as (kind, its pages); ConfigError now, before anything is fetched, if the exchange lacks one."
+def _series(client: ccxt.Exchange, symbol: str, timeframe: str, retry: Retry, funding: bool,
+            open_interest: bool) -> list:
+    "The perpetual's series asked for, as (kind, its pages); ConfigError before any fetch if the exchange lacks one."
     offered = [(funding, FUNDING, "fetchFundingRateHistory", funding_pages),
-               (open_interest, OPEN_INTEREST, "fetchOpenInterestHistory", partial(open_interest_pages, timeframe=timeframe))]
+               (open_interest, OPEN_INTEREST, "fetchOpenInterestHistory",
+                partial(open_interest_pages, timeframe=timeframe))]
     asked = [(kind, method, pages) for wanted, kind, method, pages in offered if wanted]
     for _, method, _ in asked: _require(client, method)
     if asked: _perpetual(client, symbol, retry)
     return [(kind, pages) for kind, _, pages in asked]
 
-def ingest(exchange: str | ccxt.Exchange, symbol: str, timeframe: str, since=None, until=None, *, home=None, funding: bool = False,
-           open_interest: bool = False, progress: bool = True, limit: int | None = None, max_tries: int = 5, retry_delay: float = 1.0,
-           flush_rows: int = 50_000, replace: bool = False, bounds: Bounds = BOUNDS, taker: bool = True) -> IngestReport:
-    "Fetch closed bars (and with `funding`, funding rates; with `open_interest`, open interest) from where the store ends into the raw store."
+def ingest(exchange: str | ccxt.Exchange, symbol: str, timeframe: str, since=None, until=None, *, home=None,
+           funding: bool = False, open_interest: bool = False, progress: bool = True, limit: int | None = None,
+           max_tries: int = 5, retry_delay: float = 1.0, flush_rows: int = 50_000, replace: bool = False,
+           bounds: Bounds = BOUNDS, taker: bool = True) -> IngestReport:
+    "Fetch closed bars (and funding rates, open interest if asked) from where the store ends into the raw store."
     client, retry = make_exchange(exchange), Retry(max_tries, retry_delay)
     series = _series(client, symbol, timeframe, retry, funding, open_interest)
     bars_folder = raw_dir(home, client.id, symbol, timeframe)
     start = _resume_from(bars_folder, since, timeframe_ms(timeframe))
-    pages = ohlcv_pages(client, symbol, timeframe, start, until, limit=limit, retry=retry, progress=progress, bounds=bounds, taker=taker)
-    store = partial(store_bars, home=home, exchange=client.id, symbol=symbol, timeframe=timeframe, replace=replace, bounds=bounds)
+    pages = ohlcv_pages(client, symbol, timeframe, start, until, limit=limit, retry=retry, progress=progress,
+                        bounds=bounds, taker=taker)
+    store = partial(store_bars, home=home, exchange=client.id, symbol=symbol, timeframe=timeframe,
+                    replace=replace, bounds=bounds)
     written, added = _store_pages(pages, store, flush_rows), {FUNDING.name: 0, OPEN_INTEREST.name: 0}
     from_bars = since if since is not None else (stored_span(bars_folder) or (None,))[0]
     for kind, series_pages in series:
-        rows = series_pages(client, symbol, _resume_from(kind.folder(home, client.id, symbol), from_bars, 1), until, limit=limit,
-                            retry=retry, progress=progress, bounds=bounds)
-        store = partial(store_series, kind=kind, home=home, exchange=client.id, symbol=symbol, replace=replace, bounds=bounds)
+        rows = series_pages(client, symbol, _resume_from(kind.folder(home, client.id, symbol), from_bars, 1),
+                            until, limit=limit, retry=retry, progress=progress, bounds=bounds)
+        store = partial(store_series, kind=kind, home=home, exchange=client.id, symbol=symbol,
+                        replace=replace, bounds=bounds)
         more = _store_pages(rows, store, flush_rows)
         written.paths, added[kind.name] = written.paths + more.paths, more.added
     return _report(home, Market(client.id, symbol, timeframe), written, added[FUNDING.name], added[OPEN_INTEREST.name])
@@ -1041,7 +1098,7 @@ def ingest(exchange: str | ccxt.Exchange, symbol: str, timeframe: str, since=Non
 # %% ../nbs/01_ingest.ipynb #1297f2d6
 @dataclass(frozen=True)
 class Universe:
-    "A named list of markets a desk trades together: ccxt symbols, and optionally the exchange and timeframe they are read at."
+    "A named list of markets a desk trades together: ccxt symbols, optionally the exchange and timeframe to read."
     name: str
     symbols: tuple[str, ...]
     exchange: str | None = None
@@ -1052,19 +1109,21 @@ def _unique_symbols(symbols, source: str) -> tuple[str, ...]:
     "`symbols` stripped, each a well-formed ccxt symbol, none twice; ConfigError naming the first that is not."
     symbols = tuple(s.strip() for s in symbols if s.strip())
     for s in symbols: symbol_id(s)
-    if twice := sorted({s for s in symbols if symbols.count(s) > 1}): raise ConfigError(f"{source}: {twice[0]!r} is listed twice")
+    if twice := sorted({s for s in symbols if symbols.count(s) > 1}):
+        raise ConfigError(f"{source}: {twice[0]!r} is listed twice")
     if not symbols: raise ConfigError(f"{source}: no symbols")
     return symbols
 
 def read_universe(path) -> Universe:
-    "The universe in the text file `path`: symbols one per line or comma-separated, `#` comments, `exchange = ` and `timeframe = ` lines."
+    "The universe in text file `path`: symbols by line or comma, `#` comments, `exchange = `, `timeframe = ` lines."
     path, symbols, settings = Path(path), [], {}
     if not path.is_file(): raise ConfigError(f"no universe file {path}")
     for n, line in enumerate(path.read_text().splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if "=" in line:
             key, value = (part.strip() for part in line.split("=", 1))
-            if key not in ("exchange", "timeframe"): raise ConfigError(f"{path}:{n}: unknown setting {key!r}; expected exchange or timeframe")
+            if key not in ("exchange", "timeframe"):
+                raise ConfigError(f"{path}:{n}: unknown setting {key!r}; expected exchange or timeframe")
             settings[key] = value
         else:
             for s in filter(None, map(str.strip, line.split(","))):
@@ -1085,15 +1144,17 @@ class ManyReport:
     def ok(self) -> bool: return not self.failures
 
     def table(self) -> pd.DataFrame:
-        "One row a market: rows added, the span stored, missing bars, funding and open interest added, and the failure if any."
-        rows = [{"market": f"{k.exchange} {k.symbol} {k.timeframe}", "rows_added": r.rows_added, "first": r.first, "last": r.last,
-                 "missing": r.missing, "funding_added": r.funding_added, "open_interest_added": r.open_interest_added, "failure": ""}
+        "One row a market: rows added, span stored, missing bars, funding and open interest added, the failure if any."
+        rows = [{"market": f"{k.exchange} {k.symbol} {k.timeframe}", "rows_added": r.rows_added,
+                 "first": r.first, "last": r.last, "missing": r.missing, "funding_added": r.funding_added,
+                 "open_interest_added": r.open_interest_added, "failure": ""}
                 for k, r in self.reports.items()]
-        return pd.DataFrame(rows + [{"market": f"{k.exchange} {k.symbol} {k.timeframe}", "failure": why} for k, why in self.failures.items()])
+        return pd.DataFrame(rows + [{"market": f"{k.exchange} {k.symbol} {k.timeframe}", "failure": why}
+                                    for k, why in self.failures.items()])
 
 # %% ../nbs/01_ingest.ipynb #cc85a08e
 def _each(markets: dict[Market, Callable[[], IngestReport]], what: str, progress: bool) -> ManyReport:
-    "Call each market's job in turn under one overall progress bar; a market's CryptomlError is its failure, and the others go on."
+    "Call each market's job in turn under one progress bar; a market's CryptomlError is its failure, the others go on."
     report = ManyReport()
     for key, job in tqdm(markets.items(), desc=what, unit="market", disable=not progress):
         try: report.reports[key] = job()
@@ -1105,48 +1166,55 @@ def check_symbols(client: ccxt.Exchange, symbols, retry: Retry = Retry()) -> tup
     symbols = _unique_symbols(symbols, f"{client.id} symbols")
     retry(client.load_markets, f"{client.id}: loading markets")
     if unknown := [s for s in symbols if s not in client.markets]:
-        hints = "".join(f"; {s!r}: {_did_you_mean(s, client.markets)[2:]}" for s in unknown if _did_you_mean(s, client.markets))
+        hints = "".join(f"; {s!r}: {_did_you_mean(s, client.markets)[2:]}"
+                        for s in unknown if _did_you_mean(s, client.markets))
         raise ConfigError(f"{client.id} has no market {', '.join(map(repr, unknown))}{hints}")
     return symbols
 
 # %% ../nbs/01_ingest.ipynb #a47ba0af
-def ingest_many(exchange: str | ccxt.Exchange, symbols, timeframe: str, since=None, until=None, *, home=None, funding: bool = False,
-                open_interest: bool = False, progress: bool = True, max_tries: int = 5, retry_delay: float = 1.0, **options) -> ManyReport:
-    "`ingest` for each of `symbols` in turn; unknown symbols and missing series refused first, then one market's failure reported, not fatal."
+def ingest_many(exchange: str | ccxt.Exchange, symbols, timeframe: str, since=None, until=None, *, home=None,
+                funding: bool = False, open_interest: bool = False, progress: bool = True, max_tries: int = 5,
+                retry_delay: float = 1.0, **options) -> ManyReport:
+    "`ingest` for each of `symbols`; unknown symbols and missing series refused first; a market's failure is reported."
     client, retry = make_exchange(exchange), Retry(max_tries, retry_delay)
     symbols = check_symbols(client, symbols, retry)
     for symbol in symbols: _series(client, symbol, timeframe, retry, funding, open_interest)
-    jobs = {Market(client.id, s, timeframe): partial(ingest, client, s, timeframe, since, until, home=home, funding=funding,
-                                                        open_interest=open_interest, progress=progress, max_tries=max_tries,
-                                                        retry_delay=retry_delay, **options) for s in symbols}
+    jobs = {Market(client.id, s, timeframe): partial(ingest, client, s, timeframe, since, until, home=home,
+                                                     funding=funding, open_interest=open_interest, progress=progress,
+                                                     max_tries=max_tries, retry_delay=retry_delay, **options)
+            for s in symbols}
     return _each(jobs, f"{client.id} {timeframe}: {len(symbols)} markets", progress)
 
 # %% ../nbs/01_ingest.ipynb #fd1d2ebf
 QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USDP", "USD", "DAI", "EUR", "TRY", "BRL", "BTC", "ETH", "BNB")
 
 def market_of_file(path) -> tuple[str, str | None]:
-    "The ccxt symbol and the timeframe (None if it names none) a dump's file name names: `BTCUSDT-1h-2023-03.zip` -> ('BTC/USDT', '1h')."
+    "The ccxt symbol and timeframe (or None) a dump's file name names: `BTCUSDT-1h-2023-03.zip` -> ('BTC/USDT', '1h')."
     tokens = re.split(r"[_\-.]", Path(path).name)
-    pairs = [(t[:-len(q)], q) for t in tokens if re.fullmatch(r"[A-Z0-9]+", t) for q in QUOTES if t.endswith(q) and len(t) > len(q)]
+    pairs = [(t[:-len(q)], q) for t in tokens if re.fullmatch(r"[A-Z0-9]+", t)
+             for q in QUOTES if t.endswith(q) and len(t) > len(q)]
     if not pairs:
-        raise ConfigError(f"{path}: its name names no pair (such as BTCUSDT, with a quote currency among {', '.join(QUOTES)}): "
-                          "give --symbol")
+        raise ConfigError(f"{path}: its name names no pair (such as BTCUSDT, "
+                          f"with a quote currency among {', '.join(QUOTES)}): give --symbol")
     return "/".join(pairs[0]), next((t for t in tokens if re.fullmatch(r"\d+[smhdw]", t)), None)
 
 # %% ../nbs/01_ingest.ipynb #5deb4fa9
-def import_many(files, exchange: str, timeframe: str | None = None, *, symbol: str | None = None, home=None, replace: bool = False,
-                bounds: Bounds = BOUNDS, progress: bool = True) -> ManyReport:
-    "Import dumps of many markets, each file's market from `symbol` or its name (`market_of_file`); one market's refusal is reported."
+def import_many(files, exchange: str, timeframe: str | None = None, *, symbol: str | None = None, home=None,
+                replace: bool = False, bounds: Bounds = BOUNDS, progress: bool = True) -> ManyReport:
+    "Import dumps of many markets, each file's from `symbol` or its name (`market_of_file`); refusals are reported."
     markets: dict[Market, list[Path]] = {}
     for file in _files(files):
         named, named_timeframe = (symbol, None) if symbol else market_of_file(file)
-        if (frame := timeframe or named_timeframe) is None: raise ConfigError(f"{file}: its name names no timeframe (such as 1h): give --timeframe")
+        if (frame := timeframe or named_timeframe) is None:
+            raise ConfigError(f"{file}: its name names no timeframe (such as 1h): give --timeframe")
         markets.setdefault(Market(exchange, named, frame), []).append(file)
-    jobs = {key: partial(import_csv, paths, *key[:3], home=home, replace=replace, bounds=bounds) for key, paths in markets.items()}
+    jobs = {key: partial(import_csv, paths, *key[:3], home=home, replace=replace, bounds=bounds)
+            for key, paths in markets.items()}
     return _each(jobs, f"{len(markets)} markets", progress)
 
 # %% ../nbs/01_ingest.ipynb #bb320614
-def import_open_interest_csv(file, exchange: str, symbol: str, *, home=None, replace: bool = False, bounds: Bounds = BOUNDS) -> int:
-    "Import an open-interest CSV (ts, open_interest[, open_interest_value], or Binance's metrics dump) into the store; rows added."
+def import_open_interest_csv(file, exchange: str, symbol: str, *, home=None, replace: bool = False,
+                             bounds: Bounds = BOUNDS) -> int:
+    "Import an open-interest CSV (ts, open_interest[, open_interest_value], or Binance's metrics dump); rows added."
     rows, _ = _checked_file(Path(file), OPEN_INTEREST, None, bounds)
     return store_open_interest(rows, home, exchange, symbol, replace=replace, bounds=bounds, source=str(file)).added

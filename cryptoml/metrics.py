@@ -82,7 +82,7 @@ def evaluate(y, p, weights=None) -> dict:
 
 # %% ../nbs/05_metrics.ipynb #b579b9e5
 def block_bootstrap_weights(n: int, n_boot: int, block: int, rng: np.random.Generator) -> np.ndarray:
-    "How often each of `n` ordered rows (rows) appears in each of `n_boot` circular block-bootstrap resamples (columns)."
+    "How often each of `n` ordered rows (rows) is drawn in `n_boot` circular block-bootstrap resamples (columns)."
     starts = rng.integers(0, n, size=(n_boot, -(-n // block)))
     rows = (starts[:, :, None] + np.arange(block)).reshape(n_boot, -1)[:, :n] % n
     return np.bincount((rows + n * np.arange(n_boot)[:, None]).ravel(), minlength=n * n_boot).reshape(n_boot, n).T
@@ -107,7 +107,8 @@ def with_ci(point: dict, replicates: dict) -> dict:
 # %% ../nbs/05_metrics.ipynb #4977605c
 def resample(n: int, statistic, n_boot: int = 1000, block: int | None = None, seed: int = 0) -> np.ndarray:
     "`statistic(weights)` (weights: `n` rows x resamples) on `n_boot` block-bootstrap resamples of `n` ordered rows."
-    rng, block, chunk = np.random.default_rng(seed), block or max(1, round(n ** (1 / 3))), max(1, 2_000_000 // max(n, 1))
+    rng, block, chunk = (np.random.default_rng(seed), block or max(1, round(n ** (1 / 3))),
+                         max(1, 2_000_000 // max(n, 1)))
     return np.concatenate([np.asarray(statistic(block_bootstrap_weights(n, size, block, rng)), float)
                            for size in np.diff([*range(0, n_boot, chunk), n_boot])])
 
@@ -115,7 +116,7 @@ def resample(n: int, statistic, n_boot: int = 1000, block: int | None = None, se
 PROBABILISTIC = ("majority", "logreg")  # the baselines that give probabilities, so are compared on log loss too
 
 def sign_forecasts(last_return) -> dict:
-    "Momentum (up after an up bar) and reversal (down after an up bar) as 0/1 forecasts; 0.5 after a flat or unknown bar."
+    "Momentum (up after an up bar) and reversal (down after an up bar) as 0/1 forecasts; 0.5 after a flat/unknown bar."
     r = np.asarray(last_return, float)
     momentum = np.where(r > 0, 1.0, np.where(r < 0, 0.0, 0.5))
     return {"momentum": momentum, "reversal": 1 - momentum}
@@ -131,7 +132,8 @@ def fit_logreg(train: pd.DataFrame, features: list[str], C: float = 0.1) -> Pipe
 def baseline_forecasts(val: pd.DataFrame, train: pd.DataFrame, logreg: Pipeline, features: list[str]) -> dict:
     "The baselines' probabilities of an up bar on the rows `val`; momentum and reversal read the last return `ret1`."
     if "ret1" not in val.columns:
-        raise DataError(f"the momentum and reversal baselines need the last return, column 'ret1'; the table has {list(val.columns)}")
+        raise DataError("the momentum and reversal baselines need the last return, column 'ret1'; "
+                        f"the table has {list(val.columns)}")
     return {"majority": np.full(len(val), train.y.mean()), **sign_forecasts(val.ret1),
             "logreg": logreg.predict_proba(val[features])[:, 1]}
 
@@ -139,13 +141,14 @@ def baseline_forecasts(val: pd.DataFrame, train: pd.DataFrame, logreg: Pipeline,
 GAIN_SIGN = {"accuracy": 1, "log_loss": -1}  # +1: higher is better
 
 def paired_gains(point: dict, replicates: dict, model: str = "lgbm", probabilistic=PROBABILISTIC) -> pd.DataFrame:
-    "The model's gain over each other forecast in accuracy (and log loss, for those in `probabilistic`) with paired 95% intervals."
+    "The model's gain over each other forecast in accuracy (log loss too if in `probabilistic`), paired 95% intervals."
     rows = []
     for name in [n for n in point if n != model]:
         for metric in ("accuracy", "log_loss") if name in probabilistic else ("accuracy",):
             sign = GAIN_SIGN[metric]
             lo, hi = np.nanpercentile(sign * (replicates[model][metric] - replicates[name][metric]), [2.5, 97.5])
-            rows.append({"baseline": name, "metric": metric, "model": point[model][metric], "baseline_value": point[name][metric],
+            rows.append({"baseline": name, "metric": metric, "model": point[model][metric],
+                         "baseline_value": point[name][metric],
                          "gain": sign * (point[model][metric] - point[name][metric]), "lo": lo, "hi": hi,
                          "outcome": "better" if lo > 0 else "worse" if hi < 0 else "no better"})
     return pd.DataFrame(rows)
@@ -154,7 +157,8 @@ def assess(y, forecasts: dict, n_boot: int = 1000, seed: int = 0, model: str = "
            probabilistic=PROBABILISTIC) -> tuple[dict, pd.DataFrame]:
     "Each forecast's metrics with 95% intervals, and the model's paired gains over the others, on the same rows."
     y = np.asarray(y, float)
-    point, replicates = {name: evaluate(y, p) for name, p in forecasts.items()}, bootstrap(y, forecasts, n_boot, seed=seed)
+    point, replicates = ({name: evaluate(y, p) for name, p in forecasts.items()},
+                         bootstrap(y, forecasts, n_boot, seed=seed))
     gains = paired_gains(point, replicates, model, probabilistic)
     return {name: with_ci(point[name], replicates[name]) for name in forecasts}, gains
 
@@ -181,15 +185,17 @@ def verdict(gains: pd.DataFrame, model: str = "lgbm") -> str:
     lines = [head] + [f"{metric.replace('_', ' ').capitalize()}: {model} {rows.model.iloc[0]:.4f}; "
                       + "; ".join(_gain_words(r) for r in rows.itertuples()) + "."
                       for metric, rows in gains.groupby("metric", sort=False)]
-    signs = gains[gains.baseline.isin(["momentum", "reversal"]) & (gains.metric == "accuracy")].set_index("baseline").baseline_value
+    signs = (gains[gains.baseline.isin(["momentum", "reversal"]) & (gains.metric == "accuracy")]
+             .set_index("baseline").baseline_value)
     if len(signs) == 2:
         winner, loser = ("reversal", "momentum") if signs.reversal > signs.momentum else ("momentum", "reversal")
-        lines.append(f"{winner.capitalize()} beats {loser} on these rows (accuracy {signs[winner]:.4f} vs {signs[loser]:.4f}).")
+        lines.append(f"{winner.capitalize()} beats {loser} on these rows (accuracy "
+                     f"{signs[winner]:.4f} vs {signs[loser]:.4f}).")
     return "\n".join(lines)
 
 # %% ../nbs/05_metrics.ipynb #c052e303
 def information_coefficient(score, outcome, weights=None):
-    "Spearman correlation of `score` with `outcome` (e.g. `p_up - 0.5` with `fwd_ret`), NaN rows left out; per resample with `weights`."
+    "Spearman correlation of `score` with `outcome`, NaN rows left out; per resample with `weights`."
     s, o = np.asarray(score, float), np.asarray(outcome, float)
     w = np.ones((len(s), 1)) if weights is None else np.asarray(weights, float).reshape(len(s), -1)
     keep = ~(np.isnan(s) | np.isnan(o))
@@ -200,7 +206,7 @@ def information_coefficient(score, outcome, weights=None):
     return _one_or_many(ic, weights)
 
 def coverage_curve(y, p, shares=None) -> pd.DataFrame:
-    "Accuracy of the most confident calls: for each share of rows, the calls furthest from 0.5, their count, least confidence and accuracy."
+    "Per share of rows, the calls furthest from 0.5: their count, least confidence and accuracy."
     y, p = np.asarray(y, float), np.asarray(p, float)
     keep = ~np.isnan(y)
     y, p = y[keep], p[keep]
@@ -218,10 +224,11 @@ def _group_corr(a: pd.Series, b: pd.Series, groups: pd.Series) -> pd.Series:
     "Pearson correlation of `a` with `b` within each group (NaN where either is constant)."
     da, db = a - a.groupby(groups).transform("mean"), b - b.groupby(groups).transform("mean")
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (da * db).groupby(groups).sum() / np.sqrt((da * da).groupby(groups).sum() * (db * db).groupby(groups).sum())
+        return ((da * db).groupby(groups).sum()
+                / np.sqrt((da * da).groupby(groups).sum() * (db * db).groupby(groups).sum()))
 
 def cross_section(ts, market, score, outcome, *, top: float = 1 / 3, min_markets: int = 3) -> pd.DataFrame:
-    "Per timestamp with `min_markets`+ markets: their count, IC and rank IC of `score` with `outcome`, and the top-less-bottom spread of `outcome`."
+    "Per timestamp with `min_markets`+ markets: count, IC and rank IC of `score` with `outcome`, top-bottom spread."
     rows = pd.DataFrame({"ts": ts, "market": market, "score": score, "outcome": outcome}).dropna()
     rows = rows[rows.groupby("ts").ts.transform("size") >= min_markets]
     by = rows.groupby("ts").score
@@ -235,35 +242,40 @@ def cross_section(ts, market, score, outcome, *, top: float = 1 / 3, min_markets
 
 # %% ../nbs/05_metrics.ipynb #d59eb2c0
 def _summary_stats(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    "CROSS_SECTION statistics of per-timestamp (ic, rank_ic, spread) rows, one column per weighting (bootstrap resample)."
+    "CROSS_SECTION statistics of per-timestamp (ic, rank_ic, spread) rows, a column per weighting (bootstrap resample)."
     total = weights.sum(0)
     mean = values.T @ weights / total
     sd = np.sqrt(np.maximum((values**2).T @ weights / total - mean**2, 0) * total / np.maximum(total - 1, 1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.vstack([mean[0], mean[1], mean[0] / sd[0], mean[1] / sd[1], mean[2], (values[:, 0] > 0) @ weights / total])
+        return np.vstack([mean[0], mean[1], mean[0] / sd[0], mean[1] / sd[1], mean[2],
+                          (values[:, 0] > 0) @ weights / total])
 
-def cross_section_summary(per_ts: pd.DataFrame, n_boot: int = 1000, block: int | None = None, seed: int = 0) -> pd.DataFrame:
-    "Mean IC and rank IC, ICIR and rank ICIR, mean spread and IC hit rate over `cross_section`'s timestamps, with block-bootstrap 95% intervals."
+def cross_section_summary(per_ts: pd.DataFrame, n_boot: int = 1000, block: int | None = None,
+                          seed: int = 0) -> pd.DataFrame:
+    "Mean IC, rank IC, their ICIRs, mean spread and IC hit rate over `cross_section`'s timestamps, with 95% CIs."
     values = per_ts[["ic", "rank_ic", "spread"]].dropna().to_numpy()
-    if (n := len(values)) < 2: raise DataError(f"cross-sectional scores need 2+ timestamps with enough markets; there are {n}")
+    if (n := len(values)) < 2:
+        raise DataError(f"cross-sectional scores need 2+ timestamps with enough markets; there are {n}")
     point = _summary_stats(values, np.ones((n, 1)))[:, 0]
     boots = resample(n, lambda weights: _summary_stats(values, weights).T, n_boot, block, seed)
     lo, hi = np.nanpercentile(boots, [2.5, 97.5], axis=0)
-    return pd.DataFrame({"value": point, "lo": lo, "hi": hi, "timestamps": n}, index=pd.Index(CROSS_SECTION, name="score"))
+    return pd.DataFrame({"value": point, "lo": lo, "hi": hi, "timestamps": n},
+                        index=pd.Index(CROSS_SECTION, name="score"))
 
 # %% ../nbs/05_metrics.ipynb #c8edb9ba
-def scores_by_market(y, market, forecasts: dict, *, model: str | None = None, names: dict | None = None, n_boot: int = 1000,
-                     seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Each forecast's metrics (with 95% intervals) on each market's rows, and `model`'s paired gains over the others there: (scores, gains)."
+def scores_by_market(y, market, forecasts: dict, *, model: str | None = None, names: dict | None = None,
+                     n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Each forecast's metrics (95% CIs) per market, and `model`'s paired gains over the others there: (scores, gains)."
     y, market, model = np.asarray(y, float), np.asarray(market), model or next(iter(forecasts))
     scores, gains = [], []
     for code in pd.unique(market):
         rows, name = market == code, (names or {}).get(code, code)
-        metrics, paired = assess(y[rows], {k: np.asarray(p)[rows] for k, p in forecasts.items()}, n_boot, seed, model=model,
-                                 probabilistic=[k for k in forecasts if k != model])
+        metrics, paired = assess(y[rows], {k: np.asarray(p)[rows] for k, p in forecasts.items()},
+                                 n_boot, seed, model=model, probabilistic=[k for k in forecasts if k != model])
         for forecast, m in metrics.items():
             scores.append({"market": name, "forecast": forecast, "rows": int(rows.sum()),
-                           **{k: m[k] for k in METRICS}, **{f"{k}_ci": tuple(m["ci95"][k]) for k in ("accuracy", "roc_auc", "log_loss")}})
+                           **{k: m[k] for k in METRICS},
+                           **{f"{k}_ci": tuple(m["ci95"][k]) for k in ("accuracy", "roc_auc", "log_loss")}})
         gains.append(paired.assign(market=name))
     return pd.DataFrame(scores), pd.concat(gains, ignore_index=True)[["market", *paired.columns]]
 
@@ -275,7 +287,7 @@ LOPSIDED_SLOPE = 0.33  # honest AUC gained per unit of |base rate - 0.5| (flat b
 MARGIN, STANDARD_ERRORS, MIN_ROWS = 0.02, 3, 1000
 
 def honest_edges(horizon: int) -> tuple[float, float]:
-    "The best honest (accuracy over majority, AUC edge) measured at horizons within a factor of 4 of `horizon` (else the nearest)."
+    "The best honest (accuracy over majority, AUC edge) at horizons within 4x of `horizon` (else the nearest)."
     if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
         raise ConfigError(f"horizon must be a positive number of bars, not {horizon!r}")
     near = [h for h in PLAUSIBLE_EDGES if horizon / 4 <= h <= horizon * 4]
@@ -283,7 +295,7 @@ def honest_edges(horizon: int) -> tuple[float, float]:
     return max(PLAUSIBLE_EDGES[h][0] for h in near), max(PLAUSIBLE_EDGES[h][1] for h in near)
 
 def plausible_bounds(rows: int, horizon: int, base_rate: float) -> dict | None:
-    "The highest accuracy and ROC AUC an honest `horizon`-bar model plausibly scores on `rows` rows; None below `MIN_ROWS` (not judged)."
+    "The highest accuracy and ROC AUC an honest `horizon`-bar model plausibly scores on `rows` rows (None: too few)."
     acc_edge, auc_edge = honest_edges(horizon)
     if rows < MIN_ROWS: return None
     n, p = rows / horizon, min(max(base_rate, 0.01), 0.99)
@@ -293,7 +305,7 @@ def plausible_bounds(rows: int, horizon: int, base_rate: float) -> dict | None:
 
 # %% ../nbs/05_metrics.ipynb #bbafa95d
 def implausible(metrics: dict, rows: int, horizon: int) -> list[str]:
-    "Each validation metric of `metrics` beyond what an honest `horizon`-bar model reaches on `rows` rows, with its bound; [] if none."
+    "Each validation metric in `metrics` beyond an honest `horizon`-bar model's reach on `rows` rows, with its bound."
     if missing := [k for k in ("accuracy", "roc_auc", "base_rate") if k not in metrics]:
         raise ConfigError(f"implausible needs the metrics {', '.join(missing)} (as evaluate returns them)")
     base = metrics["base_rate"]
@@ -301,10 +313,11 @@ def implausible(metrics: dict, rows: int, horizon: int) -> list[str]:
     if bounds is None: return []
     acc_edge, auc_edge = honest_edges(horizon)
     n = rows / horizon
-    lopsided = f" + {LOPSIDED_SLOPE * abs(base - 0.5):.3f} for a base rate of {base:.3f}" if abs(base - 0.5) >= 0.0005 else ""
+    lopsided = (f" + {LOPSIDED_SLOPE * abs(base - 0.5):.3f} for a base rate of {base:.3f}"
+                if abs(base - 0.5) >= 0.0005 else "")
     parts = {"accuracy": f"majority rate {max(base, 1 - base):.4f} + best honest edge {acc_edge:.3f}",
              "roc_auc": f"0.5 + best honest edge {auc_edge:.3f}{lopsided}"}
-    return [f"validation {name.replace('roc_auc', 'ROC AUC')} {metrics[name]:.4f} on {rows:,} rows is beyond what an honest "
-            f"{horizon}-bar model reaches: the bound is {bounds[name]:.4f} ({parts[name]} + margin {MARGIN} + {STANDARD_ERRORS} "
-            f"standard errors on {n:,.0f} independent labels); a suspected leak"
+    return [f"validation {name.replace('roc_auc', 'ROC AUC')} {metrics[name]:.4f} on {rows:,} rows "
+            f"is beyond what an honest {horizon}-bar model reaches: the bound is {bounds[name]:.4f} ({parts[name]} + "
+            f"margin {MARGIN} + {STANDARD_ERRORS} standard errors on {n:,.0f} independent labels); a suspected leak"
             for name in ("accuracy", "roc_auc") if metrics[name] > bounds[name]]

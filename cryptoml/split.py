@@ -37,15 +37,17 @@ def _ns(ts) -> np.ndarray:
     return pd.DatetimeIndex(ts).as_unit("ns").asi8
 
 def check_table(table: pd.DataFrame) -> pd.DataFrame:
-    "`table` if a split can use it (UTC `ts`, strictly increasing, a `y` label, 2+ rows); `DataError` naming the fault otherwise."
+    "`table` if a split can use it (UTC `ts`, strictly increasing, a `y` label, 2+ rows); else a `DataError` why."
     for col in ("ts", "y"):
-        if col not in table.columns: raise DataError(f"feature table has no {col!r} column (columns: {list(table.columns)})")
+        if col not in table.columns:
+            raise DataError(f"feature table has no {col!r} column (columns: {list(table.columns)})")
     if not isinstance(table.ts.dtype, pd.DatetimeTZDtype) or str(table.ts.dtype.tz) != "UTC":
         raise DataError(f"feature table column 'ts' must be UTC datetimes, not {table.ts.dtype}")
     if len(table) < 2: raise DataError(f"feature table has {len(table)} rows: a split needs at least 2")
     if (bad := np.flatnonzero(np.diff(_ns(table.ts)) <= 0)).size:
         i = bad[0] + 1
-        raise DataError(f"feature table 'ts' is not strictly increasing: row {i} ({table.ts.iloc[i]}) follows {table.ts.iloc[i-1]}")
+        raise DataError("feature table 'ts' is not strictly increasing: "
+                        f"row {i} ({table.ts.iloc[i]}) follows {table.ts.iloc[i-1]}")
     return table
 
 # %% ../nbs/04_split.ipynb #caf6949e
@@ -74,7 +76,8 @@ class Split:
     kind: str = "time"
 
     def __post_init__(self):
-        if self.kind not in SPLIT_KINDS: raise ConfigError(f"Split kind must be one of {SPLIT_KINDS}, not {self.kind!r}")
+        if self.kind not in SPLIT_KINDS:
+            raise ConfigError(f"Split kind must be one of {SPLIT_KINDS}, not {self.kind!r}")
 
     @property
     def train_before(self) -> pd.DataFrame: return self.train[self.train.ts < self.val.ts.min()]
@@ -89,13 +92,14 @@ class Split:
         "The split for the model card: kind, windows, purge, embargo and row counts (times as ISO strings)."
         iso = lambda r: [t.isoformat() for t in r] if r else None
         return {"kind": self.kind, "val_days": self.val_days, "horizon": self.horizon, "purge": self.purge,
-                "embargo": self.embargo, "train": iso(self.train_range), "train_after": iso(_time_range(self.train_after)),
-                "val": iso(self.val_range), "rows": {k: len(getattr(self, k)) for k in SPLIT_PARTS}}
+                "embargo": self.embargo, "train": iso(self.train_range),
+                "train_after": iso(_time_range(self.train_after)), "val": iso(self.val_range),
+                "rows": {k: len(getattr(self, k)) for k in SPLIT_PARTS}}
 
     def __repr__(self):
         rows = ", ".join(f"{k} {v:,}" for k, v in self.summary()["rows"].items())
-        return (f"Split({self.kind}: train {self.train_range}, val {self.val_range}; rows: {rows}; horizon {self.horizon}, "
-                f"purge {self.purge}, embargo {self.embargo})")
+        return (f"Split({self.kind}: train {self.train_range}, val {self.val_range}; rows: {rows}; "
+                f"horizon {self.horizon}, purge {self.purge}, embargo {self.embargo})")
 
 # %% ../nbs/04_split.ipynb #45ff532f
 def _count(name: str, value, minimum: int = 0) -> int:
@@ -121,7 +125,7 @@ def label_horizon(table: pd.DataFrame, horizon: int | None = None) -> int:
 
 # %% ../nbs/04_split.ipynb #2a4e884c
 def split_rows(table: pd.DataFrame, spans: list[tuple[str, int, int]], **fields) -> Split:
-    "A `Split` of `table`'s labelled rows, each in the part of the last `(part, start, stop)` span of positions covering it."
+    "A `Split` of `table`'s labelled rows, each in the part of the last `(part, start, stop)` span covering it."
     part = np.full(len(table), -1)
     for name, start, stop in spans: part[max(start, 0):max(stop, 0)] = SPLIT_PARTS.index(name)
     part[table.y.isna().to_numpy()] = -1
@@ -138,8 +142,9 @@ def window_split(table: pd.DataFrame, val_start: pd.Timestamp, val_end: pd.Times
     embargo = _count("embargo", 0 if embargo is None else embargo)
     t0, v0, v1 = np.searchsorted(_ns(table.ts), _ns([train_start or table.ts.iloc[0], val_start, val_end]))
     cut_embargo, cut_purge = max(t0, v0 - purge - embargo), max(t0, v0 - purge)
-    split = split_rows(table, [("train", t0, cut_embargo), ("embargoed", cut_embargo, cut_purge), ("purged", cut_purge, v0),
-                               ("val", v0, v1)], horizon=horizon, purge=purge, embargo=embargo, val_days=val_days)
+    split = split_rows(table, [("train", t0, cut_embargo), ("embargoed", cut_embargo, cut_purge),
+                               ("purged", cut_purge, v0), ("val", v0, v1)],
+                       horizon=horizon, purge=purge, embargo=embargo, val_days=val_days)
     span = f"the table runs {table.ts.iloc[0]} .. {table.ts.iloc[-1]}"
     if split.val.empty: raise ConfigError(f"validation window {val_start} .. {val_end} has no labelled rows: {span}")
     if split.train.empty:
@@ -150,7 +155,7 @@ def window_split(table: pd.DataFrame, val_start: pd.Timestamp, val_end: pd.Times
 # %% ../nbs/04_split.ipynb #e0e5fcc7
 def time_split(table: pd.DataFrame, val_days: float = 14, purge: int | None = None, embargo: int | None = None, *,
                horizon: int | None = None) -> Split:
-    "Validate on the last `val_days` of `table`, train on the bars before, less `purge` (default: `horizon`) + `embargo` bars."
+    "Validate on the last `val_days` of `table`; train on earlier bars less `purge` (default `horizon`) + `embargo`."
     table = check_table(table)
     end = table.ts.iloc[-1] + bar_length(table)
     return window_split(table, end - _days("val_days", val_days), end, purge=purge, embargo=embargo, horizon=horizon,
@@ -160,16 +165,18 @@ def time_split(table: pd.DataFrame, val_days: float = 14, purge: int | None = No
 def walk_forward(table: pd.DataFrame, n_folds: int = 4, val_days: float | None = None, *, mode: str = "expanding",
                  train_days: float | None = None, purge: int | None = None, embargo: int | None = None,
                  horizon: int | None = None) -> list[Split]:
-    "`n_folds` consecutive validation windows ending `table`, each trained on the bars before it (`expanding` or `rolling`)."
+    "`n_folds` consecutive validation windows ending `table`, each trained on earlier bars (`expanding` or `rolling`)."
     table = check_table(table)
     n_folds = _count("n_folds", n_folds, 1)
     if mode not in ("expanding", "rolling"): raise ConfigError(f"mode must be 'expanding' or 'rolling', not {mode!r}")
-    if train_days is not None and mode != "rolling": raise ConfigError(f"train_days={train_days!r} needs mode='rolling'")
+    if train_days is not None and mode != "rolling":
+        raise ConfigError(f"train_days={train_days!r} needs mode='rolling'")
     start, end = table.ts.iloc[0], table.ts.iloc[-1] + bar_length(table)
     val = (end - start) / (n_folds + 1) if val_days is None else _days("val_days", val_days)
     first = end - n_folds * val
     if first <= start:
-        raise ConfigError(f"{n_folds} folds of {val} cover the whole table ({start} .. {end}): fewer folds or shorter val_days")
+        raise ConfigError(f"{n_folds} folds of {val} cover the whole table ({start} .. {end}): "
+                          "fewer folds or shorter val_days")
     train = first - start if train_days is None else _days("train_days", train_days)
     folds = [first + k * val for k in range(n_folds)]
     return [window_split(table, vs, vs + val, purge=purge, embargo=embargo, horizon=horizon,
@@ -178,7 +185,7 @@ def walk_forward(table: pd.DataFrame, n_folds: int = 4, val_days: float | None =
 
 # %% ../nbs/04_split.ipynb #8265c3ab
 def feature_lookbacks(table: pd.DataFrame) -> pd.Series:
-    "Bars each feature of `table` looks back, its own bar included: its registered look-back or its warm-up + 1, the longer."
+    "Bars each feature of `table` looks back, its own included: the longer of its registered look-back and warm-up + 1."
     def lookback(name: str) -> int:
         known = np.flatnonzero(table[name].notna().to_numpy())
         return max(FEATURES[name].lookback if name in FEATURES else 1, int(known[0]) + 1 if len(known) else 1)
@@ -191,7 +198,7 @@ def kfold_embargo(table: pd.DataFrame, horizon: int | None = None) -> int:
 # %% ../nbs/04_split.ipynb #9a7a02a1
 def purged_kfold(table: pd.DataFrame, n_folds: int = 5, *, purge: int | None = None, embargo: int | None = None,
                  horizon: int | None = None) -> list[Split]:
-    "`n_folds` contiguous validation blocks partitioning `table`, each trained on both sides less `purge` before and `embargo` after."
+    "`n_folds` contiguous validation blocks partitioning `table`, each trained on both sides less purge and embargo."
     table = check_table(table)
     n_folds = _count("n_folds", n_folds, 2)
     if n_folds > len(table): raise ConfigError(f"n_folds={n_folds} is more than the table's {len(table)} rows")
@@ -202,12 +209,15 @@ def purged_kfold(table: pd.DataFrame, n_folds: int = 5, *, purge: int | None = N
     ts = pd.concat([table.ts, pd.Series([table.ts.iloc[-1] + bar_length(table)])], ignore_index=True)
     folds = []
     for k, (v0, v1) in enumerate(zip(edges, edges[1:])):
-        fold = split_rows(table, [("train", 0, len(table)), ("purged", v0 - purge, v0), ("embargoed", v1, v1 + embargo), ("val", v0, v1)],
-                          horizon=horizon, purge=purge, embargo=embargo, val_days=(ts[v1] - ts[v0]) / pd.Timedelta(days=1), kind="kfold")
+        fold = split_rows(table,
+                          [("train", 0, len(table)), ("purged", v0 - purge, v0), ("embargoed", v1, v1 + embargo),
+                           ("val", v0, v1)], horizon=horizon, purge=purge, embargo=embargo,
+                          val_days=(ts[v1] - ts[v0]) / pd.Timedelta(days=1), kind="kfold")
         if fold.val.empty or fold.train.empty:
             raise ConfigError(f"fold {k + 1} of {n_folds} (validation {ts[v0]} .. {ts[v1]}) has no labelled "
-                              f"{'validation' if fold.val.empty else 'training'} rows, with purge {purge} and embargo {embargo} "
-                              f"bars: use fewer folds or a shorter purge or embargo")
+                              f"{'validation' if fold.val.empty else 'training'} rows, "
+                              f"with purge {purge} and embargo {embargo} bars: "
+                              "use fewer folds or a shorter purge or embargo")
         folds.append(fold)
     return folds
 
@@ -225,7 +235,9 @@ def _outside_window(split: Split, table: pd.DataFrame) -> list[str]:
     "Training rows inside the validation window, or after it sooner than the split's embargo."
     first, last = split.val.ts.min(), split.val.ts.max()
     inside = split.train.ts[split.train.ts.between(first, last)]
-    problems = [f"{len(inside):,} training rows fall inside the validation window {first} .. {last} ({_first(inside)})"] if len(inside) else []
+    problems = ([f"{len(inside):,} training rows fall inside the validation window {first} .. {last} "
+                 f"({_first(inside)})"]
+                if len(inside) else [])
     if len(resumed := split.train_after.ts.head(1)):
         gap = int(np.diff(np.searchsorted(_ns(table.ts), _ns([last, resumed.iloc[0]])))[0]) - 1
         if gap < split.embargo:
@@ -236,14 +248,15 @@ def _outside_window(split: Split, table: pd.DataFrame) -> list[str]:
 ORDER_RULES = {"time": _strictly_before, "kfold": _outside_window}
 
 def time_order_problems(split: Split, table: pd.DataFrame) -> list[str]:
-    "Breaks of the split's time order: training at or after validation (`time`), or inside its window or embargo (`kfold`)."
+    "Breaks of the time order: training at/after validation (`time`), or inside its window or embargo (`kfold`)."
     return ORDER_RULES[split.kind](split, table)
 
 # %% ../nbs/04_split.ipynb #0a22baf0
 def shared_row_problems(split: Split, table: pd.DataFrame) -> list[str]:
     "Timestamps that are in both training and validation."
     shared = split.train.ts[split.train.ts.isin(split.val.ts)]
-    return [f"{len(shared):,} rows/timestamps are in both training and validation ({_first(shared)})"] if len(shared) else []
+    return ([f"{len(shared):,} rows/timestamps are in both training and validation ({_first(shared)})"]
+            if len(shared) else [])
 
 # %% ../nbs/04_split.ipynb #aa33ad52
 def _positions(rows: pd.DataFrame, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -255,28 +268,31 @@ def _positions(rows: pd.DataFrame, table: pd.DataFrame) -> tuple[np.ndarray, np.
     return pos, found
 
 def bars_to_validation(split: Split, table: pd.DataFrame) -> tuple[pd.Series, np.ndarray, np.ndarray]:
-    "The training times found in `table`, and for each the bars since the last validation row and until the next (inf: none)."
+    "The training times in `table`, each with the bars since the last validation row and until the next (inf: none)."
     (tpos, tfound), (vpos, vfound) = _positions(split.train, table), _positions(split.val, table)
     v, t = np.concatenate([[-np.inf], np.sort(vpos[vfound]), [np.inf]]), tpos[tfound]
     return split.train.ts[tfound], t - v[np.searchsorted(v, t, "left") - 1], v[np.searchsorted(v, t, "right")] - t
 
 # %% ../nbs/04_split.ipynb #a77369f3
 def label_window_problems(split: Split, table: pd.DataFrame) -> list[str]:
-    "Label windows joining the sets (a training label reaching validation, a validation label made of training bars), or rows not in the table."
+    "Label windows joining the sets (a training label reaching validation or the reverse), or rows not in the table."
     problems, h = [], split.horizon
     if table_horizon(table) not in (None, h):
-        problems.append(f"the split assumes a {h}-bar label but the table's labels look {table_horizon(table)} bars ahead")
+        problems.append(f"the split assumes a {h}-bar label but the table's labels look "
+                        f"{table_horizon(table)} bars ahead")
     for name, rows in (("training", split.train), ("validation", split.val)):
         found = _positions(rows, table)[1]
-        if not found.all(): problems.append(f"{(~found).sum():,} {name} rows are not rows of the table ({_first(rows.ts[~found])})")
+        if not found.all():
+            problems.append(f"{(~found).sum():,} {name} rows are not rows of the table ({_first(rows.ts[~found])})")
     ts, since, until = bars_to_validation(split, table)
     if (crossing := until <= h).any():
         problems.append(f"{crossing.sum():,} training labels cross into validation: their {h}-bar label windows reach "
-                        f"validation rows ({_first(ts[crossing])}); purge is {split.purge} bars, it needs at least the horizon {h}")
+                        f"validation rows ({_first(ts[crossing])}); purge is {split.purge} bars, "
+                        f"it needs at least the horizon {h}")
     if (priced := since <= h).any():
-        problems.append(f"{priced.sum():,} training rows lie inside validation label windows: the {h}-bar labels of the "
-                        f"validation rows before them are made of their prices ({_first(ts[priced])}); embargo is "
-                        f"{split.embargo} bars, it needs at least the horizon {h}")
+        problems.append(f"{priced.sum():,} training rows lie inside validation label windows: "
+                        f"the {h}-bar labels of the validation rows before them are made of their prices "
+                        f"({_first(ts[priced])}); embargo is {split.embargo} bars, it needs at least the horizon {h}")
     return problems
 
 # %% ../nbs/04_split.ipynb #8fd26d69
@@ -325,8 +341,9 @@ class GuardReport:
         "The guard's verdict for the model card."
         gap = (self.feature_auc.auc - 0.5).abs()
         worst = gap.idxmax() if len(gap) else None
-        return {"passed": self.ok, "checks": self.checks, "problems": self.problems, "cuts": [c.isoformat() for c in self.cuts],
-                "max_auc_feature": worst, "max_auc": None if worst is None else round(float(self.feature_auc.auc[worst]), 4),
+        return {"passed": self.ok, "checks": self.checks, "problems": self.problems,
+                "cuts": [c.isoformat() for c in self.cuts], "max_auc_feature": worst,
+                "max_auc": None if worst is None else round(float(self.feature_auc.auc[worst]), 4),
                 "seconds": round(self.seconds, 3)}
 
 # %% ../nbs/04_split.ipynb #c5475167
@@ -338,9 +355,9 @@ def _unchecked(names: list[str], auc: pd.DataFrame | None) -> str:
     "The problem of feature columns that `feature_fn` does not compute, with their single-feature AUCs when known."
     known = [f"{n!r} {auc.auc[n]:.3f}" for n in names if auc is not None and n in auc.index]
     alone = f" (ROC AUC alone: {', '.join(known)})" if known else ""
-    return (f"feature_fn does not compute {', '.join(map(repr, names))}{alone}: their point-in-time safety cannot be checked, "
-            "so they are refused; compute them in feature_fn, register them as features (cryptoml.features.register_feature), "
-            "or drop them")
+    return (f"feature_fn does not compute {', '.join(map(repr, names))}{alone}: "
+            "their point-in-time safety cannot be checked, so they are refused; compute them in feature_fn, "
+            "register them as features (cryptoml.features.register_feature), or drop them")
 
 @dataclass
 class LeakageGuard:
@@ -352,7 +369,7 @@ class LeakageGuard:
     atol: float = 1e-10
 
     def cuts(self, split: Split, table: pd.DataFrame) -> list[pd.Timestamp]:
-        "Bar closes to recompute features at: `n_cuts` spread over the table, the last training bar's before validation, the last bar's."
+        "Bar closes to recompute at: `n_cuts` over the table, the last training bar's before validation, the last."
         bar = bar_length(table)
         spread = table.ts.iloc[np.linspace(0, len(table) - 1, self.n_cuts + 2)[1:-1].astype(int)]
         return sorted({t + bar for t in [*spread, *split.train_before.ts.tail(1), table.ts.iloc[-1]]})
@@ -368,7 +385,7 @@ class LeakageGuard:
 
     def point_in_time_problems(self, table: pd.DataFrame, feature_fn: Callable[[pd.Timestamp], pd.DataFrame],
                                cuts: list[pd.Timestamp], auc: pd.DataFrame | None = None) -> list[str]:
-        "Features whose stored values differ from `feature_fn(cut)`'s (the data known at each cut), and what it cannot check."
+        "Features whose stored values differ from `feature_fn(cut)`'s (data known at a cut), and what it cannot check."
         names, bar = feature_columns(table), bar_length(table)
         leaks, problems, unseen = {}, [], []
         for cut in cuts:
@@ -377,35 +394,41 @@ class LeakageGuard:
                 problems.append(_unchecked(missing, auc))
                 names = [n for n in names if n in fresh.columns]
             late = fresh.ts[fresh.ts + bar > cut]
-            if len(late): problems.append(f"feature_fn({cut}) returned {len(late)} rows not closed by {cut} ({_first(late)})")
+            if len(late):
+                problems.append(f"feature_fn({cut}) returned {len(late)} rows not closed by {cut} ({_first(late)})")
             closed = table.ts[table.ts + bar <= cut]
             if len(lacking := closed[~closed.isin(fresh.ts)]) and not unseen:
-                unseen.append(f"feature_fn({cut}) lacks {len(lacking):,} of the {len(closed):,} stored rows closed by then "
-                              f"({_first(lacking)}): their features cannot be checked against the data")
+                unseen.append(f"feature_fn({cut}) lacks {len(lacking):,} of the {len(closed):,} "
+                              f"stored rows closed by then ({_first(lacking)}): "
+                              "their features cannot be checked against the data")
             both = table[["ts", *names]].merge(fresh[["ts", *names]], on="ts", suffixes=("", " fresh"))
             for n in names:
                 bad = _differ(both[n].to_numpy(float), both[f"{n} fresh"].to_numpy(float), self.rtol, self.atol)
                 if bad.any() and n not in leaks:
                     i = np.flatnonzero(bad)[0]
-                    leaks[n] = (f"feature {n!r} is not point-in-time: recomputed from the data known at {cut} it differs "
-                                f"on {bad.sum():,} of {len(both):,} rows (first {both.ts.iloc[i]}: stored {both[n].iloc[i]:.6g}, "
+                    leaks[n] = (f"feature {n!r} is not point-in-time: recomputed from the data "
+                                f"known at {cut} it differs on {bad.sum():,} of {len(both):,} rows (first "
+                                f"{both.ts.iloc[i]}: stored {both[n].iloc[i]:.6g}, "
                                 f"recomputed {both[f'{n} fresh'].iloc[i]:.6g})")
         return problems + unseen + list(leaks.values())
 
-    def check(self, split: Split, table: pd.DataFrame, feature_fn: Callable[[pd.Timestamp], pd.DataFrame] | None = None) -> GuardReport:
-        "Run every check on `split` of `table` (and `feature_fn`, if given); `LeakageError` listing every problem found."
+    def check(self, split: Split, table: pd.DataFrame,
+              feature_fn: Callable[[pd.Timestamp], pd.DataFrame] | None = None) -> GuardReport:
+        "Run every check on `split` of `table` (and `feature_fn`, if given); `LeakageError` listing every problem."
         started = time.perf_counter()
         table = check_table(table)
         found = {name: check(split, table) for name, check in
-                 (("time order", time_order_problems), ("shared rows", shared_row_problems), ("label windows", label_window_problems),
-                  ("look-back", lookback_problems))}
+                 (("time order", time_order_problems), ("shared rows", shared_row_problems),
+                  ("label windows", label_window_problems), ("look-back", lookback_problems))}
         found["single-feature AUC"], auc = self.auc_problems(split)
         cuts = self.cuts(split, table) if feature_fn else []
         found["point in time"] = self.point_in_time_problems(table, feature_fn, cuts, auc) if feature_fn else None
         checks = {k: "skipped" if v is None else "failed" if v else "passed" for k, v in found.items()}
-        report = GuardReport([p for v in found.values() if v for p in v], checks, auc, cuts, time.perf_counter() - started)
+        report = GuardReport([p for v in found.values() if v for p in v], checks, auc, cuts,
+                             time.perf_counter() - started)
         if report.problems:
-            err = LeakageError(f"leakage guard found {len(report.problems)} problem(s):\n" + "\n".join(f"- {p}" for p in report.problems))
+            err = LeakageError(f"leakage guard found {len(report.problems)} problem(s):\n"
+                               + "\n".join(f"- {p}" for p in report.problems))
             err.report = report
             raise err
         return report
@@ -415,70 +438,82 @@ MARKET = "market"
 
 def market_tables(table: pd.DataFrame) -> dict[float, pd.DataFrame]:
     "Each market's rows of a panel table, without the `market` column, under its code (the panel's index kept)."
-    if MARKET not in table.columns: raise DataError(f"a panel table has a {MARKET!r} column; this one has {list(table.columns)}")
+    if MARKET not in table.columns:
+        raise DataError(f"a panel table has a {MARKET!r} column; this one has {list(table.columns)}")
     return {code: rows.drop(columns=MARKET) for code, rows in table.groupby(MARKET, sort=True)}
 
 # %% ../nbs/04_split.ipynb #2a3600d7
 def market_names(table: pd.DataFrame) -> dict[float, str]:
-    "Each market code of a panel table and its name: its symbol from the table's metadata (`panel.markets`), else 'market {code}'."
+    "Each market code of a panel table and its name: its symbol in `panel.markets` metadata, else 'market {code}'."
     listed = table.attrs.get("cryptoml", {}).get("panel", {}).get("markets", [])
-    return {code: listed[int(code)]["symbol"] if int(code) < len(listed) else f"market {code:g}" for code in sorted(table[MARKET].unique())}
+    return {code: listed[int(code)]["symbol"] if int(code) < len(listed) else f"market {code:g}"
+            for code in sorted(table[MARKET].unique())}
 
 # %% ../nbs/04_split.ipynb #6036c617
 def check_panel(table: pd.DataFrame) -> pd.DataFrame:
-    "`table` if each market's rows pass `check_table` and the markets share one bar length; `DataError` naming the market otherwise."
+    "`table` if each market's rows pass `check_table` and share one bar length; else `DataError` naming the market."
     names, lengths = market_names(table), {}
     for code, rows in market_tables(table).items():
         try: lengths[names[code]] = bar_length(check_table(rows))
         except DataError as e: raise DataError(f"{names[code]}: {e}") from None
     if len(set(lengths.values())) > 1:
-        raise DataError(f"markets with different bar lengths in one panel: {', '.join(f'{n} {b}' for n, b in lengths.items())}")
+        raise DataError("markets with different bar lengths in one panel: "
+                        f"{', '.join(f'{n} {b}' for n, b in lengths.items())}")
     return table
 
 # %% ../nbs/04_split.ipynb #45a3ac9b
 @dataclass(repr=False)
 class PanelSplit(Split):
-    "A `Split` of a panel table's pooled rows (in time, then market order), one cut for all; `markets`: code -> that market's own split."
+    "A `Split` of a panel table's pooled rows (time, then market order), one cut for all; `markets`: code -> own split."
     markets: dict = field(default_factory=dict)
 
 # %% ../nbs/04_split.ipynb #383458c6
-def _market_split(rows: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, purge: int, embargo: int, **fields) -> Split:
+def _market_split(rows: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, purge: int, embargo: int,
+                  **fields) -> Split:
     "One market's split at the panel's window `[start, end)`, purged and embargoed by its own rows; parts may be empty."
     v0, v1 = np.searchsorted(_ns(rows.ts), _ns([start, end]))
     cut_embargo, cut_purge = max(0, v0 - purge - embargo), max(0, v0 - purge)
-    return split_rows(rows, [("train", 0, cut_embargo), ("embargoed", cut_embargo, cut_purge), ("purged", cut_purge, v0),
-                             ("val", v0, v1)], purge=purge, embargo=embargo, **fields)
+    return split_rows(rows, [("train", 0, cut_embargo), ("embargoed", cut_embargo, cut_purge),
+                             ("purged", cut_purge, v0), ("val", v0, v1)], purge=purge, embargo=embargo, **fields)
 
 def panel_split(table: pd.DataFrame, val_days: float = 14, purge: int | None = None, embargo: int | None = None, *,
                 horizon: int | None = None, val_start=None, val_end=None) -> PanelSplit:
-    "Validate every market on the same window (the last `val_days`, or `[val_start, val_end)`), purged and embargoed within each market."
+    "Validate every market on one window (the last `val_days`, or `[val_start, val_end)`), purged within each market."
     table = check_panel(table)
     horizon = label_horizon(table, horizon)
-    purge, embargo = horizon if purge is None else _count("purge", purge), _count("embargo", 0 if embargo is None else embargo)
-    end = pd.Timestamp(val_end) if val_end is not None else table.ts.max() + bar_length(market_tables(table)[table[MARKET].iloc[0]])
+    purge, embargo = (horizon if purge is None else _count("purge", purge),
+                      _count("embargo", 0 if embargo is None else embargo))
+    end = (pd.Timestamp(val_end) if val_end is not None
+           else table.ts.max() + bar_length(market_tables(table)[table[MARKET].iloc[0]]))
     start = pd.Timestamp(val_start) if val_start is not None else end - _days("val_days", val_days)
     days = (end - start) / pd.Timedelta(days=1)
     markets = {code: _market_split(rows, start, end, purge, embargo, horizon=horizon, val_days=days)
                for code, rows in market_tables(table).items()}
-    parts = {part: table.loc[np.concatenate([getattr(s, part).index for s in markets.values()])].sort_values(["ts", MARKET], kind="stable")
+    parts = {part: table.loc[np.concatenate([getattr(s, part).index for s in markets.values()])]
+                   .sort_values(["ts", MARKET], kind="stable")
              for part in SPLIT_PARTS}
     span = f"the panel runs {table.ts.min()} .. {table.ts.max()}"
-    if parts["val"].empty: raise ConfigError(f"validation window {start} .. {end} has no labelled rows in any market: {span}")
-    if parts["train"].empty: raise ConfigError(f"no market has labelled training rows before {start} (less purge {purge} + embargo {embargo} bars): {span}")
+    if parts["val"].empty:
+        raise ConfigError(f"validation window {start} .. {end} has no labelled rows in any market: {span}")
+    if parts["train"].empty:
+        raise ConfigError(f"no market has labelled training rows before {start} (less purge {purge} + "
+                          f"embargo {embargo} bars): {span}")
     return PanelSplit(**parts, horizon=horizon, purge=purge, embargo=embargo, val_days=days, markets=markets)
 
 # %% ../nbs/04_split.ipynb #d16bde3d
 def _merged(reports: dict[str, GuardReport]) -> GuardReport:
     "One report of many markets' reports: each check's worst outcome, every problem, the mean feature AUCs, every cut."
     outcomes = ("failed", "passed", "skipped")
-    checks = {k: min((r.checks[k] for r in reports.values()), key=outcomes.index) for k in next(iter(reports.values())).checks}
-    aucs = pd.concat([r.feature_auc for r in reports.values()]).groupby(level=0, sort=False).agg({"auc": "mean", "shifted_gap": "max"})
+    checks = {k: min((r.checks[k] for r in reports.values()), key=outcomes.index)
+              for k in next(iter(reports.values())).checks}
+    aucs = (pd.concat([r.feature_auc for r in reports.values()])
+            .groupby(level=0, sort=False).agg({"auc": "mean", "shifted_gap": "max"}))
     return GuardReport([p for r in reports.values() for p in r.problems], checks, aucs,
                        sorted({c for r in reports.values() for c in r.cuts}), sum(r.seconds for r in reports.values()))
 
 def guard_panel(split: PanelSplit, table: pd.DataFrame, feature_fn: Callable | None = None,
                 guard: LeakageGuard | None = None) -> GuardReport:
-    "Run the leakage guard on each market of a panel split (with `feature_fn(market_code, cut)`, if given); `LeakageError` naming each market's problems."
+    "The leakage guard on each market of a panel split (`feature_fn(market_code, cut)`); `LeakageError` naming each."
     guard, names, reports = guard or LeakageGuard(), market_names(table), {}
     tables = market_tables(table)
     for code, market_split in split.markets.items():
@@ -491,7 +526,8 @@ def guard_panel(split: PanelSplit, table: pd.DataFrame, feature_fn: Callable | N
     if not reports: return GuardReport([], {}, pd.DataFrame(columns=["auc", "shifted_gap"]), [], 0.0)
     report = _merged(reports)
     if report.problems:
-        err = LeakageError(f"leakage guard found {len(report.problems)} problem(s):\n" + "\n".join(f"- {p}" for p in report.problems))
+        err = LeakageError(f"leakage guard found {len(report.problems)} problem(s):\n"
+                           + "\n".join(f"- {p}" for p in report.problems))
         err.report = report
         raise err
     return report
@@ -504,7 +540,8 @@ def time_cut(table: pd.DataFrame, val_days: float = 14, purge: int | None = None
 
 def check_split(split: Split, table: pd.DataFrame, feature_fn: Callable | None = None) -> GuardReport:
     "`guard_panel` for a `PanelSplit`, else the `LeakageGuard`'s check; `LeakageError` naming every problem."
-    return guard_panel(split, table, feature_fn) if isinstance(split, PanelSplit) else LeakageGuard().check(split, table, feature_fn)
+    return (guard_panel(split, table, feature_fn) if isinstance(split, PanelSplit)
+            else LeakageGuard().check(split, table, feature_fn))
 
 # %% ../nbs/04_split.ipynb #b2798b01
 PARTS = {"train": "#4c78a8", "embargoed": "#f58518", "purged": "#e45756", "val": "#54a24b"}
@@ -523,8 +560,11 @@ def timeline(splits: Split | list[Split], names: list[str] | None = None) -> go.
     for part, color in PARTS.items():
         spans = [(name, rows.ts.iloc[0], rows.ts.iloc[-1] + bar, len(rows))
                  for name, s, bar in zip(names, splits, bars) for rows in _sides(getattr(s, part), s)]
-        fig.add_bar(name=part, orientation="h", marker_color=color, y=[n for n, *_ in spans], base=[a for _, a, _, _ in spans],
-                    x=[(b - a) / pd.Timedelta("1ms") for _, a, b, _ in spans], customdata=[[a, b, n] for _, a, b, n in spans],
-                    hovertemplate=f"{part}: %{{customdata[2]:,}} rows<br>%{{customdata[0]}} .. %{{customdata[1]}}<extra></extra>")
-    return fig.update_layout(barmode="overlay", xaxis_type="date", yaxis_autorange="reversed", height=150 + 40 * len(splits),
-                             title="train / embargo / purge / validation", legend_orientation="h")
+        fig.add_bar(name=part, orientation="h", marker_color=color, y=[n for n, *_ in spans],
+                    base=[a for _, a, _, _ in spans], x=[(b - a) / pd.Timedelta("1ms") for _, a, b, _ in spans],
+                    customdata=[[a, b, n] for _, a, b, n in spans],
+                    hovertemplate=f"{part}: %{{customdata[2]:,}} rows<br>%{{customdata[0]}} .. "
+                                  f"%{{customdata[1]}}<extra></extra>")
+    return fig.update_layout(barmode="overlay", xaxis_type="date", yaxis_autorange="reversed",
+                             height=150 + 40 * len(splits), title="train / embargo / purge / validation",
+                             legend_orientation="h")

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .core import ConfigError, library_versions, symbol_id  # first: core sets OMP_WAIT_POLICY before lightgbm loads
+# first: core sets OMP_WAIT_POLICY before lightgbm loads
+from .core import ConfigError, library_versions, symbol_id
 from .features import FEATURES, content_digest, feature_code_sha256, table_asof
 from .panel import panel_table_asof
 from .split import MARKET, GuardReport, Split, bar_length, check_split, feature_columns, time_cut
@@ -48,7 +49,8 @@ MAX_ROUNDS, EARLY_STOPPING, REPORT_EVERY = 2000, 50, 1
 
 def base_params(seed: int = 0, num_threads: int = 1) -> dict:
     "The LightGBM settings every fit shares: binary, deterministic, seeded, explicit threads, silent, reusable bins."
-    # feature_pre_filter off: one binned Dataset then serves trials of any min_child_samples (LightGBM refuses otherwise)
+    # feature_pre_filter off: one binned Dataset then serves trials of any min_child_samples
+    # (LightGBM refuses otherwise)
     return {"objective": "binary", "verbose": -1, "num_threads": num_threads, "deterministic": True,
             "force_row_wise": True, "seed": seed, "bagging_freq": 1, "feature_pre_filter": False}
 
@@ -67,13 +69,13 @@ def suggest_params(trial: optuna.Trial, base_rate: float) -> dict:
 
 # %% ../nbs/06_tune.ipynb #aca96d7f
 def categorical(features: list[str]) -> dict:
-    "LightGBM's setting that makes a panel's `market` column (by its position in `features`) a category; {} without one."
+    "LightGBM's setting making a panel's `market` column (by its position in `features`) a category; {} without one."
     return {"categorical_column": str(features.index(MARKET))} if MARKET in features else {}
 
 # %% ../nbs/06_tune.ipynb #73f910d4
 @dataclass(frozen=True)
 class Objective:
-    "What a study optimises on the inner slice: LightGBM's metric (early stopping, pruning), directions, and values from `evaluate`."
+    "What a study optimises on the inner slice: LightGBM's metric, directions, and values from `evaluate`."
     metric: str
     directions: tuple[str, ...]
     values: Callable[[dict], tuple[float, ...]]
@@ -83,7 +85,7 @@ OBJECTIVES = {"logloss": Objective("binary_logloss", ("minimize",), lambda m: (m
               "multi": Objective("binary_logloss", ("maximize", "minimize"), lambda m: (m["accuracy"], m["ece"]))}
 
 def pick_trial(study: optuna.Study) -> FrozenTrial:
-    "The best trial; on a multi-objective study, the Pareto trial with the highest accuracy minus ECE (earliest on ties)."
+    "The best trial; on a multi-objective study, the Pareto trial of highest accuracy minus ECE (earliest on ties)."
     if len(study.directions) == 1: return study.best_trial
     return max(study.best_trials, key=lambda t: (t.values[0] - t.values[1], -t.number))
 
@@ -107,7 +109,7 @@ class SeenTrials:
 
 # %% ../nbs/06_tune.ipynb #0a2c2d73
 class TrialWindow:
-    "Trial `t` sees the trials numbered `t - width` or less, once none of them runs; `width=None`: whatever has finished."
+    "Trial `t` sees the trials numbered `t - width` or less once none of them runs; `width=None`: all finished."
     def __init__(self, width: int | None = 1): self.width, self._seen, self._lock = width, {}, threading.Lock()
 
     def seen(self, study: optuna.Study, number: int) -> SeenTrials:
@@ -117,7 +119,8 @@ class TrialWindow:
             seen = SeenTrials(study, self._wait(study, number))
             with self._lock:
                 self._seen[number] = seen
-                # a trial nobody forgets (a pruner without its sampler) is dropped: taking its view again changes nothing
+                # a trial nobody forgets (a pruner without its sampler) is dropped:
+                # taking its view again changes nothing
                 if len(self._seen) > 256: self._seen.pop(min(self._seen))
         return seen
 
@@ -138,7 +141,7 @@ class TrialWindow:
 
 # %% ../nbs/06_tune.ipynb #242c85a7
 class TrialSeededTPE(BaseSampler):
-    "TPE whose draws for a trial depend only on `seed`, the trial's number and the finished trials its `window` shows it."
+    "TPE whose draws for a trial depend only on `seed`, its number and the finished trials its `window` shows it."
     def __init__(self, seed: int = 0, window: TrialWindow | None = None, **tpe):
         self.seed, self.window, self.tpe, self._samplers = seed, window or TrialWindow(), tpe, {}
 
@@ -162,12 +165,13 @@ class TrialSeededTPE(BaseSampler):
         del self._samplers[trial.number]
         self.window.forget(trial.number)
 
-    def reseed_rng(self): "Nothing to reseed (Optuna asks each thread to): every trial's draws are seeded by its number."
+    def reseed_rng(self):
+        "Nothing to reseed (Optuna asks each thread to): every trial's draws are seeded by its number."
     def __repr__(self): return f"TrialSeededTPE(seed={self.seed}, window={self.window.width})"
 
 # %% ../nbs/06_tune.ipynb #75c21d4b
 def inner_split(split: Split, inner_days: float | None = None) -> Split:
-    "The last `inner_days` of `split.train` (default: its last fifth) as the study's validation slice, purged like `split` (per market in a panel)."
+    "The last `inner_days` of `split.train` (default: its last fifth) as the study's validation slice, purged alike."
     start, end = split.train_range
     days = inner_days or (end - start) / pd.Timedelta(days=1) / 5
     return time_cut(split.train, days, split.purge, split.embargo, horizon=split.horizon)
@@ -209,7 +213,8 @@ def trial_objective(inner: Split, features: list[str], objective: str, base: dic
 # %% ../nbs/06_tune.ipynb #ec664cef
 class WindowPruner(optuna.pruners.BasePruner):
     "`pruner`, judging each trial against the trials its `window` shows it (those its sampler learned from)."
-    def __init__(self, pruner: optuna.pruners.BasePruner, window: TrialWindow): self.pruner, self.window = pruner, window
+    def __init__(self, pruner: optuna.pruners.BasePruner, window: TrialWindow):
+        self.pruner, self.window = pruner, window
     def prune(self, study, trial) -> bool: return self.pruner.prune(self.window.seen(study, trial.number), trial)
     def __repr__(self):
         settings = ", ".join(f"{k.lstrip('_')}={v}" for k, v in vars(self.pruner).items())
@@ -311,28 +316,31 @@ class StudyFile(InMemoryStorage):
         with self._writing:
             trials, file_id = self.get_all_trials(study_id, deepcopy=False), self._file_id[study_id]
             while (done := self._written[study_id]) < len(trials) and trials[done].state.is_finished():
-                if self.file.get_trial_number_from_id(self.file.create_new_trial(file_id, to_file(trials[done]))) != done:
-                    raise ConfigError(f"another process added trials to study {self.get_study_name_from_id(study_id)!r} "
-                                      f"in {self.url} while this one ran: a study file is one process's; share a server "
-                                      "for many workers")
+                if (self.file.get_trial_number_from_id(self.file.create_new_trial(file_id, to_file(trials[done])))
+                        != done):
+                    raise ConfigError("another process added trials to study "
+                                      f"{self.get_study_name_from_id(study_id)!r} in {self.url} while this one ran: "
+                                      "a study file is one process's; share a server for many workers")
                 self._written[study_id] += 1
 
 # %% ../nbs/06_tune.ipynb #5cf6601e
-HEARTBEAT, GRACE, RETRIES = 2, 10, 3  # s between a trial's heartbeats; s of silence that means dead; retries of a dead trial
+# s between a trial's heartbeats; s of silence that means dead; retries of a dead trial
+HEARTBEAT, GRACE, RETRIES = 2, 10, 3
 SERVER_REPORT_EVERY = 10  # rounds between a trial's reports to a server (each one a round trip; in memory, every round)
 
 def pool_settings(url: str, n_jobs: int = 1) -> dict:
-    "SQLAlchemy's pool for a worker of `n_jobs` trials on a server: `n_jobs + 1` connections at most, kept open, shared."
+    "SQLAlchemy's pool for a server worker of `n_jobs` trials: at most `n_jobs + 1` connections, kept open, shared."
     named = {"connect_args": {"application_name": f"cryptoml-tune {socket.gethostname()}:{os.getpid()}"}}
     return {"pool_size": n_jobs + 1, "max_overflow": 0, "pool_pre_ping": True, "pool_timeout": 120,
             **(named if sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql" else {})}
 
 # %% ../nbs/06_tune.ipynb #7a476a26
 def server_storage(url: str, n_jobs: int = 1) -> RDBStorage:
-    "A server's storage: a killed worker's trial is marked failed after `GRACE` s of silence, and retried `RETRIES` times."
+    "A server's storage: a killed worker's trial is failed after `GRACE` s of silence and retried `RETRIES` times."
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        return _rdb_storage(url, engine_kwargs=pool_settings(url, n_jobs), heartbeat_interval=HEARTBEAT, grace_period=GRACE,
+        return _rdb_storage(url, engine_kwargs=pool_settings(url, n_jobs),
+                            heartbeat_interval=HEARTBEAT, grace_period=GRACE,
                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES))
 
 # %% ../nbs/06_tune.ipynb #27683d9c
@@ -344,7 +352,8 @@ def on_one_machine(url: str | None) -> bool:
 def _url(url: str) -> sqlalchemy.engine.URL:
     try: return sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError as e:
-        raise ConfigError(f"{url!r} is not a storage URL (e.g. sqlite:///optuna.db, postgresql://user:pass@host/db)") from e
+        raise ConfigError(f"{url!r} is not a storage URL "
+                          "(e.g. sqlite:///optuna.db, postgresql://user:pass@host/db)") from e
 
 def study_storage(url: str | None, tries: int = 5, n_jobs: int = 1) -> optuna.storages.BaseStorage | None:
     "The storage at `url` (None: in memory); a worker that loses the race to make a new database's tables tries again."
@@ -354,7 +363,8 @@ def study_storage(url: str | None, tries: int = 5, n_jobs: int = 1) -> optuna.st
         try: return StudyFile(url) if on_one_machine(url) else server_storage(url, n_jobs)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
             if attempt == tries - 1:
-                raise ConfigError(f"cannot open the study storage {shown}: {str(e.orig).strip().splitlines()[0]}") from e
+                raise ConfigError(f"cannot open the study storage {shown}: "
+                                  f"{str(e.orig).strip().splitlines()[0]}") from e
         except (sqlalchemy.exc.ArgumentError, ImportError) as e:
             raise ConfigError(f"cannot use the study storage {shown}: {e}") from e
         gc.collect()  # the failed attempt's engine and its connections: closed now, not whenever the collector runs
@@ -363,7 +373,7 @@ def study_storage(url: str | None, tries: int = 5, n_jobs: int = 1) -> optuna.st
 # %% ../nbs/06_tune.ipynb #8c84b65c
 def open_study(storage: str | None, study_name: str, objective: str, seed: int, digest: str,
                n_jobs: int = 1) -> optuna.Study:
-    "Create the study `study_name` in `storage`, or join it; `ConfigError` if its trials were made on other data or settings."
+    "Create the study `study_name` in `storage`, or join it; `ConfigError` if its trials used other data or settings."
     window = TrialWindow(n_jobs if on_one_machine(storage) else None)
     study = optuna.create_study(storage=study_storage(storage, n_jobs=n_jobs), study_name=study_name,
                                 directions=list(OBJECTIVES[objective].directions), sampler=TrialSeededTPE(seed, window),
@@ -412,11 +422,12 @@ def _next_step(study: optuna.Study, n_trials: int, starting: int) -> str:
 
 def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout: float | None = None,
                progress: bool = True, n_jobs: int = 1):
-    "Add trials, `n_jobs` at a time, until `study` holds `n_trials` finished ones (other workers' too) or `timeout` s pass."
+    "Add trials, `n_jobs` at a time, until `study` holds `n_trials` finished (other workers' too) or `timeout` s pass."
     deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
     guarded, lock, stop, starting = _unless_surplus(objective, n_trials), threading.Lock(), threading.Event(), [0]
     alone = isinstance(study._storage, InMemoryStorage)  # no other process adds trials: nothing to wait for
-    with tqdm(total=n_trials, initial=min(n_trials, finished_trials(study)), desc="trials", disable=not progress) as bar:
+    with tqdm(total=n_trials, initial=min(n_trials, finished_trials(study)), desc="trials",
+              disable=not progress) as bar:
         def tick(study, trial):
             with lock: bar.update(min(n_trials, finished_trials(study)) - bar.n)
 
@@ -436,7 +447,8 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, timeout:
                     with lock: starting[0] -= pending.pop() if pending else 0
                     return guarded(trial)
                 try: study.optimize(started, n_trials=1, callbacks=[tick])
-                except (Surplus, UpdateFinishedTrialError): pass  # not needed; or declared dead as it ran: retried elsewhere
+                # not needed; or declared dead as it ran: retried elsewhere
+                except (Surplus, UpdateFinishedTrialError): pass
                 finally:
                     with lock: starting[0] -= pending.pop() if pending else 0
 
@@ -451,7 +463,8 @@ MIN_VAL_ROWS = 2000  # the fewest labelled rows a default validation window, inn
 
 def default_val_days(table: pd.DataFrame, days: float = 14, min_rows: int = MIN_VAL_ROWS) -> float:
     "Days of validation at the end of `table`: `days`, or as many as hold `min_rows` labelled rows if that is longer."
-    labelled = table.ts[table.y.notna()].sort_values()   # a panel's rows are by market: its last rows are its latest in time
+    # a panel's rows are by market: its last rows are its latest in time
+    labelled = table.ts[table.y.notna()].sort_values()
     if len(labelled) < 2 * min_rows:
         raise ConfigError(f"the table has {len(labelled):,} labelled rows: too few for a default validation window of "
                           f"{min_rows:,} rows after a training period as long; pass val_days explicitly")
@@ -495,27 +508,32 @@ class TuneResult:
 
     def __repr__(self):
         m = self.metrics
-        return (f"TuneResult({self.objective}: log loss {m['log_loss']:.4f}, accuracy {m['accuracy']:.4f}, ROC AUC {m['roc_auc']:.4f}; "
-                f"best trial {self.best_trial} of {self.n_trials}, best iteration {self.best_iteration}, {self.wall_seconds:.1f} s"
-                + ("; SUSPECTED LEAK" if self.implausible else "") + ("" if self.guard_ran else "; point-in-time check skipped")
+        return (f"TuneResult({self.objective}: log loss {m['log_loss']:.4f}, accuracy {m['accuracy']:.4f}, "
+                f"ROC AUC {m['roc_auc']:.4f}; best trial {self.best_trial} of {self.n_trials}, "
+                f"best iteration {self.best_iteration}, {self.wall_seconds:.1f} s"
+                + ("; SUSPECTED LEAK" if self.implausible else "")
+                + ("" if self.guard_ran else "; point-in-time check skipped")
                 + ")")
 
 # %% ../nbs/06_tune.ipynb #f7dbaba1
 def run_manifest(table: pd.DataFrame, table_meta: dict, features: list[str], split: Split, inner: Split, *, seed: int,
                  val_days: float, inner_days: float | None, objective: str, guard: str) -> dict:
-    "What a tuning run's numbers are a function of: data, feature code, split, seeds, objective, guard and library versions."
+    "What a tuning run's numbers depend on: data, feature code, split, seeds, objective, guard and library versions."
     registered, built = [f for f in features if f in FEATURES], table_meta.get("code_sha256")
     code = feature_code_sha256(registered) if registered else None
-    if built and set(table_meta.get("features", [])) <= FEATURES.keys() and feature_code_sha256(table_meta["features"]) != built:
-        warnings.warn("the feature code changed since the table was built: its rows may not be what the code computes now",
-                      stacklevel=3)
+    if (built and set(table_meta.get("features", [])) <= FEATURES.keys()
+            and feature_code_sha256(table_meta["features"]) != built):
+        warnings.warn("the feature code changed since the table was built: "
+                      "its rows may not be what the code computes now", stacklevel=3)
     return {"table": content_digest(table), "bars": table_meta.get("bars"), "funding": table_meta.get("funding"),
             "market": {k: table_meta.get(k) for k in ("exchange", "symbol", "timeframe", "funding_exchange")},
             "feature_code": {"feature_set": table_meta.get("feature_set"), "version": table_meta.get("version"),
-                             "features": features, "code_sha256": code, "table_code_sha256": table_meta.get("code_sha256"),
+                             "features": features, "code_sha256": code,
+                             "table_code_sha256": table_meta.get("code_sha256"),
                              "unregistered": [f for f in features if f not in FEATURES]},
             "label": {"horizon": split.horizon, "dead_zone": table_meta.get("dead_zone")},
-            "split": {"val_days": val_days, "inner_days": inner_days, "outer": split.summary(), "inner": inner.summary()},
+            "split": {"val_days": val_days, "inner_days": inner_days, "outer": split.summary(),
+                      "inner": inner.summary()},
             "seeds": {"sampler": seed, "lightgbm": seed, "bootstrap": seed}, "objective": objective, "guard": guard,
             "versions": library_versions(), **({"panel": table_meta["panel"]} if table_meta.get("panel") else {})}
 
@@ -523,31 +541,36 @@ def run_manifest(table: pd.DataFrame, table_meta: dict, features: list[str], spl
 def judge(booster: lgb.Booster, logreg: Pipeline, split: Split, features: list[str], n_boot: int = 1000,
           seed: int = 0) -> tuple[dict, pd.DataFrame]:
     "The one look at the validation window: the model's and every baseline's metrics, and the model's paired gains."
-    forecasts = {"lgbm": booster.predict(split.val[features]), **baseline_forecasts(split.val, split.train, logreg, features)}
+    forecasts = {"lgbm": booster.predict(split.val[features]),
+                 **baseline_forecasts(split.val, split.train, logreg, features)}
     return assess(split.val.y, forecasts, n_boot, seed)
 
 # %% ../nbs/06_tune.ipynb #92ba3ed2
-def point_in_time_fn(table: pd.DataFrame, table_meta: dict, feature_fn: Callable | None, guard: bool, home=None) -> Callable | None:
-    "The guard's feature function: `feature_fn`, else `table_asof` (`panel_table_asof` for a panel) from the table's metadata and `home`; None only when `guard=False`."
+def point_in_time_fn(table: pd.DataFrame, table_meta: dict, feature_fn: Callable | None, guard: bool,
+                     home=None) -> Callable | None:
+    "The guard's feature function: `feature_fn`, else one from the table's metadata and `home`; None if `guard=False`."
     if not guard:
         if feature_fn is not None: raise ConfigError("feature_fn is given but guard=False: pass one or the other")
         return None
     if feature_fn is not None: return feature_fn
     if missing := [k for k in ("exchange", "symbol", "timeframe") if not table_meta.get(k)]:
-        raise ConfigError(f"tune checks that every feature is point-in-time by recomputing it from the stored bars, but the table's "
-                          f"metadata names no {', '.join(missing)}: read the table with read_feature_table (or pass table_meta and "
-                          "home), pass feature_fn, or opt out of the check with guard=False")
-    return (panel_table_asof if MARKET in table.columns else table_asof)({**table_meta, "features": feature_columns(table)}, home)
+        raise ConfigError("tune checks that every feature is point-in-time by recomputing it from the "
+                          f"stored bars, but the table's metadata names no {', '.join(missing)}: "
+                          "read the table with read_feature_table (or pass table_meta and home), pass feature_fn, "
+                          "or opt out of the check with guard=False")
+    return (panel_table_asof if MARKET in table.columns else table_asof)(
+        {**table_meta, "features": feature_columns(table)}, home)
 
 # %% ../nbs/06_tune.ipynb #6e736b0f
-def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: Callable | None = None, guard: bool = True,
-         home=None, n_trials: int = 50, timeout: float | None = None, val_days: float | None = None, objective: str = "logloss",
-         seed: int = 0, storage: str | None = None, study_name: str | None = None, num_threads: int = 1, progress: bool = True,
-         table_meta: dict | None = None, inner_days: float | None = None, n_boot: int = 1000,
-         n_jobs: int | None = None) -> TuneResult:
-    "Guard, tune on an inner slice, refit on the training period, judge once on the last `val_days` and check the scores are plausible (a panel: pooled, one cut for all markets)."
+def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: Callable | None = None,
+         guard: bool = True, home=None, n_trials: int = 50, timeout: float | None = None, val_days: float | None = None,
+         objective: str = "logloss", seed: int = 0, storage: str | None = None, study_name: str | None = None,
+         num_threads: int = 1, progress: bool = True, table_meta: dict | None = None, inner_days: float | None = None,
+         n_boot: int = 1000, n_jobs: int | None = None) -> TuneResult:
+    "Guard, tune on an inner slice, refit on the training period, judge once on the last `val_days`, check it."
     started = time.perf_counter()
-    if objective not in OBJECTIVES: raise ConfigError(f"unknown objective {objective!r}: expected one of {list(OBJECTIVES)}")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r}: expected one of {list(OBJECTIVES)}")
     n_jobs = trial_jobs(n_jobs)
     table_meta = {**table.attrs.get("cryptoml", {}), **(table_meta or {})}
     features = list(features or feature_columns(table))
@@ -562,7 +585,8 @@ def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: 
     study = open_study(storage, study_name, objective, seed, digest, n_jobs)
     report_every = REPORT_EVERY if on_one_machine(storage) else SERVER_REPORT_EVERY
     base = {**base_params(seed, num_threads), **categorical(features)}
-    run_trials(study, trial_objective(inner, features, objective, base, report_every), n_trials, timeout, progress, n_jobs)
+    run_trials(study, trial_objective(inner, features, objective, base, report_every), n_trials,
+               timeout, progress, n_jobs)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise ConfigError(f"no trial of study {study_name!r} completed within timeout={timeout} s")
     best = pick_trial(study)
@@ -573,11 +597,13 @@ def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: 
     metrics = scores.pop("lgbm")
     if suspect := implausible(metrics, len(split.val), split.horizon):
         warnings.warn("suspected leak: " + "; ".join(suspect), stacklevel=2)
-    manifest = run_manifest(table, table_meta, features, split, inner, seed=seed, val_days=val_days, inner_days=inner_days,
-                            objective=objective, guard="off (guard=False)" if check_fn is None else
+    manifest = run_manifest(table, table_meta, features, split, inner, seed=seed, val_days=val_days,
+                            inner_days=inner_days, objective=objective,
+                            guard="off (guard=False)" if check_fn is None else
                             "the caller's feature_fn" if feature_fn is not None else "recomputed from the stored bars")
     manifest["search"] = {"sampler": repr(study.sampler), "pruner": repr(study.pruner)}  # what each trial could see
     return TuneResult(booster, logreg, features, params, rounds, metrics, scores, split, study_name, storage,
-                      finished_trials(study), best.number, repr(study.sampler), seed, objective, time.perf_counter() - started,
-                      table_meta, "\n".join([*(f"SUSPECTED LEAK: {s}" for s in suspect), verdict(gains)]), study, inner,
+                      finished_trials(study), best.number, repr(study.sampler), seed, objective,
+                      time.perf_counter() - started, table_meta,
+                      "\n".join([*(f"SUSPECTED LEAK: {s}" for s in suspect), verdict(gains)]), study, inner,
                       guard_report, gains, manifest, check_fn is not None, suspect, n_jobs)
