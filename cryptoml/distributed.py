@@ -39,13 +39,13 @@ from distributed.cfexecutor import ClientExecutor
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['WORKER_ENV', 'PART_ROWS', 'TRAINING_LOCK', 'NETWORK', 'POOLED_THRESHOLD', 'POOLED_PARAMS', 'POOLED_TOLERANCE',
+__all__ = ['WORKER_ENV', 'PART_ROWS', 'NETWORK', 'TRAINING_LOCK', 'POOLED_THRESHOLD', 'POOLED_PARAMS', 'POOLED_TOLERANCE',
            'check_cluster', 'connect', 'ClusterPool', 'cluster_pool', 'Outcome', 'failed', 'market_outcome',
            'run_markets', 'outcomes_status', 'symbol_seed', 'write_synthetic', 'invocation_id', 'tasks_dir', 'Claim',
            'market_task', 'forget', 'saved_run', 'decided', 'pooled_table', 'parts_dir', 'partition_market',
            'write_partitions', 'read_partitions', 'table_bytes', 'PooledCuts', 'pooled_cuts', 'round_losses',
            'held_back_curve', 'deal', 'placed', 'HeldPort', 'PooledModel', 'QuietLightGBM', 'train_pooled',
-           'validation_rows', 'pooled_scores', 'held_back_forecasts', 'pooled_result', 'timeline_figure']
+           'validation_rows', 'pooled_scores', 'pooled_result', 'held_back_forecasts', 'timeline_figure']
 
 # %% ../nbs/13_distributed.ipynb #42055d2c
 # idle OpenMP threads sleep; one LightGBM thread a task
@@ -427,9 +427,6 @@ def placed(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, part:
             for w, share in zip(workers, deal(manifest, len(workers)))]
 
 # %% ../nbs/13_distributed.ipynb #c1a0d007
-TRAINING_LOCK = "cryptoml-data-parallel-lightgbm"  # one data-parallel training at a time on a cluster
-NETWORK = ("machines", "num_machines", "local_listen_port", "tree_learner")
-
 class HeldPort:
     "A free port on this host, held (bound) until `release` hands it to LightGBM."
     def __init__(self):
@@ -440,6 +437,9 @@ class HeldPort:
     def release(self) -> int:
         self.socket.close()
         return self.port
+
+# %% ../nbs/13_distributed.ipynb #c1a0d009
+NETWORK = ("machines", "num_machines", "local_listen_port", "tree_learner")
 
 def _train_rank(rows: pd.DataFrame, held: HeldPort, machines: str, features, params, rounds, init_model) -> str:
     ("One rank of data-parallel LightGBM on this worker's rows: `rounds` more rounds after `init_model`; the model's "
@@ -452,6 +452,8 @@ def _train_rank(rows: pd.DataFrame, held: HeldPort, machines: str, features, par
     finally: booster.free_network()
 
 # %% ../nbs/13_distributed.ipynb #c1a0d008
+TRAINING_LOCK = "cryptoml-data-parallel-lightgbm"  # one data-parallel training at a time on a cluster
+
 def _train_stage(client: Client, shares: list[Future], workers: list[str], features, params, rounds,
                  init_model) -> lgb.Booster:
     "`rounds` more rounds of data-parallel LightGBM, rank k on `workers[k]` with its share `shares[k]`; the booster."
@@ -492,6 +494,12 @@ class PooledModel:
                 f"(held-back log loss {self.curve[self.best_iteration - 1]:.5f}), {self.seconds:.1f} s)")
 
 # %% ../nbs/13_distributed.ipynb #4de27818
+class QuietLightGBM(WorkerPlugin):
+    ("Send a worker's LightGBM messages (a line per socket it binds) to the `lightgbm` logger, which shows warnings "
+     "only.")
+    def setup(self, worker): lgb.register_logger(logging.getLogger("lightgbm"))
+
+# %% ../nbs/13_distributed.ipynb #0940a4e0
 def _local_fit(parts: dd.DataFrame, cuts: PooledCuts, features, params, patience,
                max_rounds) -> tuple[lgb.Booster, np.ndarray, int]:
     "Early-stopped LightGBM in this process, on the partitions read whole."
@@ -503,12 +511,6 @@ def _local_fit(parts: dd.DataFrame, cuts: PooledCuts, features, params, patience
                                                          lgb.record_evaluation(curve)])
     return booster, np.asarray(curve["stop"]["binary_logloss"]), len(train)
 
-class QuietLightGBM(WorkerPlugin):
-    ("Send a worker's LightGBM messages (a line per socket it binds) to the `lightgbm` logger, which shows warnings "
-     "only.")
-    def setup(self, worker): lgb.register_logger(logging.getLogger("lightgbm"))
-
-# %% ../nbs/13_distributed.ipynb #0940a4e0
 def _cluster_fit(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, features, params, patience, max_rounds,
                  chunk) -> tuple[lgb.Booster, np.ndarray, int]:
     ("Early-stopped data-parallel LightGBM on the cluster, each worker its dealt share, trained in stages of `chunk` "
@@ -560,14 +562,6 @@ def pooled_scores(model: PooledModel, rows: pd.DataFrame) -> dict:
     return evaluate(rows.y.to_numpy(), model.booster.predict(rows[model.features], num_threads=1))
 
 # %% ../nbs/13_distributed.ipynb #8de40e57
-def held_back_forecasts(model: PooledModel) -> pd.DataFrame:
-    ("The pooled booster's forecasts (`ts, market, p_up, y`) of its held-back slice, in time order: its calibration "
-     "source.")
-    rows = model.cuts.in_part(read_partitions(model.folder)[0], "stop").compute()
-    rows = rows.sort_values(["ts", "market"], kind="stable")
-    return pd.DataFrame({"ts": rows.ts.to_numpy(), "market": rows.market.to_numpy(), "y": rows.y.to_numpy(),
-                         "p_up": model.booster.predict(rows[model.features], num_threads=1)})
-
 def pooled_result(model: PooledModel, *, n_boot: int = 1000, seed: int = 0, sample_rows: int = 200_000) -> TuneResult:
     ("`model` as a `TuneResult` for `save_run`: its booster, a logistic baseline on a sample of its training rows, "
      "its scores.")
@@ -595,6 +589,15 @@ def pooled_result(model: PooledModel, *, n_boot: int = 1000, seed: int = 0, samp
                       best_trial=0,
                       sampler="none (fixed parameters)", seed=seed, objective="logloss", wall_seconds=model.seconds,
                       table_meta=meta, verdict=verdict(gains), gains=gains, manifest=manifest)
+
+# %% ../nbs/13_distributed.ipynb #c1a0d00a
+def held_back_forecasts(model: PooledModel) -> pd.DataFrame:
+    ("The pooled booster's forecasts (`ts, market, p_up, y`) of its held-back slice, in time order: its calibration "
+     "source.")
+    rows = model.cuts.in_part(read_partitions(model.folder)[0], "stop").compute()
+    rows = rows.sort_values(["ts", "market"], kind="stable")
+    return pd.DataFrame({"ts": rows.ts.to_numpy(), "market": rows.market.to_numpy(), "y": rows.y.to_numpy(),
+                         "p_up": model.booster.predict(rows[model.features], num_threads=1)})
 
 # %% ../nbs/13_distributed.ipynb #90f20a7f
 def timeline_figure(outcomes: list[Outcome], title: str = "Markets as tasks") -> go.Figure:
