@@ -518,12 +518,15 @@ def _cluster_fit(client: Client, folder: Path, manifest: dict, cuts: PooledCuts,
     client.register_plugin(QuietLightGBM(), name="cryptoml-quiet-lightgbm")
     workers, columns = sorted(client.scheduler_info()["workers"]), ["ts", *features, "y"]
     train, stop = (placed(client, folder, manifest, cuts, part, columns, workers) for part in ("train", "stop"))
-    workers, booster, curve, best = workers[:len(train)], None, np.empty(0), None
+    sizes = client.gather([client.submit(len, share, pure=False) for share in train])
+    # a rank needs rows: a worker whose dealt blocks all fall outside the training part sits out
+    train, workers = [s for s, n in zip(train, sizes) if n], [w for w, n in zip(workers, sizes) if n]
+    booster, curve, best = None, np.empty(0), None
     while best is None:
         booster = _train_stage(client, train, workers, features, params, min(chunk, max_rounds - len(curve)), booster)
         curve = np.r_[curve, held_back_curve(client, stop, booster, features, len(curve))]
         best = _best(curve, patience, max_rounds)
-    return booster, curve, sum(client.gather([client.submit(len, share, pure=False) for share in train]))
+    return booster, curve, sum(sizes)
 
 def train_pooled(folder: str | os.PathLike, client: Client | None = None, *, params: dict | None = None,
                  threshold: int = POOLED_THRESHOLD, val_days: float = 3, stop_days: float = 3, seed: int = 0,
