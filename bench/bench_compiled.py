@@ -8,7 +8,7 @@ clone), saved as a run and promoted. Then, in interleaved rounds:
 - single-row latency (p50/p95 over --calls calls): `LGBMProd.predict_proba` of a feature dict (compiled), against
   LightGBM's raw C API (`LGBM_BoosterPredictForMatSingleRowFast`, `FastBooster.predict_row`) and a tl2cgen-compiled
   library's `predict` called directly through ctypes;
-- compile time: ours (gcc, `cryptoml.infer.compile_model`), tl2cgen (gcc), lleaves (LLVM);
+- compile time: ours (`cryptoml.infer.compile_model`, gcc with `compile_flags()`), tl2cgen (gcc), lleaves (LLVM);
 - import time: `from cryptoml.infer import LGBMProd` against `import lightgbm, numpy, pandas`, each in a fresh
   interpreter, --imports times, median.
 
@@ -28,7 +28,7 @@ from cryptoml.ingest import example_market
 from cryptoml.features import build_features, read_feature_table
 from cryptoml.tune import tune
 from cryptoml.registry import promote, run_dir, save_run
-from cryptoml.infer import FastBooster, LGBMProd, compile_model
+from cryptoml.infer import FastBooster, LGBMProd, compile_flags, compile_model
 from bench_infer import latencies_us, seconds  # this folder: the single-row timing loop and the clock
 
 TREES = 136
@@ -105,7 +105,7 @@ def report(home: Path, args):
     compile_model(text, home/"ours.so")
     ours_compile = time.perf_counter() - start
     compiled = LGBMProd(market, home=home)
-    compiled.current()  # loads, compiling the run's model (timed above on its own)
+    compiled.current()  # loads the run's model, compiled when save_run filed the run (compiling is timed above)
     LGBMProd.compiled = False
     native = LGBMProd(path=folder/"lgbm.pkl", home=home)  # another path, so another instance: LightGBM's C API
     native.current()
@@ -140,7 +140,7 @@ def report(home: Path, args):
           f"{args.rounds} interleaved rounds")
     print(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end "
           "(shared: others' work inflates these figures)")
-    print(f"compiled vs C API, max |difference| over {len(batch):,} rows: {gap:.3g}\n")
+    print(f"compiled vs C API, max |difference| over {len(batch):,} rows: {gap:.3g}; our flags: {' '.join(compile_flags())}\n")
     print(f"{'figure':58s} {'cryptoml':>14s} {'reference':>14s} {'ratio':>7s}")
     def line(name, ours, ref, unit, better_high=True):
         ratio = (ours / ref if better_high else ref / ours) if ref else float("nan")
@@ -153,8 +153,8 @@ def report(home: Path, args):
     line("single row p95 us: LGBMProd (dict) | raw C API SingleRowFast", p["compiled"][1], p["raw"][1], "us", False)
     line("single row p50 us: LGBMProd (dict) | tl2cgen direct", p["compiled"][0], p["tl2cgen"][0], "us", False)
     line("import s: cryptoml.infer | lightgbm, numpy, pandas", imp["infer"], imp["reference"], "s", False)
-    line("compile s: ours (gcc -O2) | tl2cgen (gcc)", ours_compile, tl2_compile, "s", False)
-    if lleaves_compile: line("compile s: ours (gcc -O2) | lleaves (LLVM)", ours_compile, lleaves_compile, "s", False)
+    line("compile s: ours (gcc) | tl2cgen (gcc)", ours_compile, tl2_compile, "s", False)
+    if lleaves_compile: line("compile s: ours (gcc) | lleaves (LLVM)", ours_compile, lleaves_compile, "s", False)
     print(f"\nsingle-row p95 target: {p['compiled'][1]:.2f} us vs tl2cgen + 1 us = {p['tl2cgen'][1] + 1:.2f} us; "
           f"import target: ratio of infer to reference {imp['infer'] / imp['reference']:.2f} (<= 1.1)")
     print("ratio: cryptoml / reference for rates, reference / cryptoml for times (above 1: cryptoml is faster)")

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Callable
 
 from .core import (ArtifactError, ConfigError, DataError, LeakageError, atomic_write_json, atomic_write_parquet,
-                           Market, data_home, parquet_metadata, read_parquet_file, sha256_file, to_utc)
+                           Market, data_home, display_rows, parquet_metadata, read_parquet_file, sha256_file, to_utc)
 from .ingest import _folder_lock
-from .split import LeakageGuard, Split, _count, _days, bar_length, check_table, feature_columns, label_horizon, window_split
-from .metrics import (assess, coverage_curve, information_coefficient, reliability_curve, resample, sign_forecasts,
-                              fit_logreg, verdict)
+from .split import (LeakageGuard, Split, _count, _days, bar_length, check_table, feature_columns, label_horizon,
+                            window_split)
+from .metrics import (assess, coverage_curve, information_coefficient, reliability_curve, resample,
+                              sign_forecasts, fit_logreg, verdict)
 from .tune import (EARLY_STOPPING, MAX_ROUNDS, MIN_VAL_ROWS, OBJECTIVES, base_params, fingerprint, inner_split,
                            open_study, pick_trial, point_in_time_fn, run_trials, trial_objective)
 
@@ -57,15 +58,16 @@ def check_gaps(table: pd.DataFrame, embargo: int) -> pd.DataFrame:
     steps = (table.ts.diff().iloc[1:] / bar_length(table)).round().to_numpy() - 1
     if len(steps) and steps.max() > embargo:
         i = int(np.argmax(steps))
-        raise DataError(f"the table skips {int(steps[i]):,} bars after {table.ts.iloc[i]} (next bar {table.ts.iloc[i + 1]}), more "
-                        f"than the embargo of {embargo} bars: purges counted in bars would not keep the test segments clear; "
+        raise DataError(f"the table skips {int(steps[i]):,} bars after {table.ts.iloc[i]} "
+                        f"(next bar {table.ts.iloc[i + 1]}), more than the embargo of {embargo} bars: "
+                        f"purges counted in bars would not keep the test segments clear; "
                         f"fill the gap or pass embargo >= {int(steps.max())}")
     return table
 
 # %% ../nbs/07_backtest.ipynb #29b77cd1
 @dataclass(frozen=True)
 class FoldPlan:
-    "The walk-forward's folds (id, training window start, test segment start and end) and the settings that placed them."
+    "The walk-forward's folds (id, training window start, test segment start and end) and the settings placing them."
     folds: pd.DataFrame
     horizon: int
     purge: int
@@ -77,10 +79,10 @@ class FoldPlan:
     min_rows: int
 
     def split(self, table: pd.DataFrame, fold: int) -> Split:
-        "Fold `fold`'s training rows (its window, less purge and embargo before the segment) and its labelled test rows."
+        "Fold `fold`'s training rows (its window, less purge and embargo before the segment) and labelled test rows."
         f = self.folds.iloc[fold - 1]
-        return window_split(table, f.test_start, f.test_end, purge=self.purge, embargo=self.embargo, horizon=self.horizon,
-                            train_start=None if pd.isna(f.train_start) else f.train_start)
+        return window_split(table, f.test_start, f.test_end, purge=self.purge, embargo=self.embargo,
+                            horizon=self.horizon, train_start=None if pd.isna(f.train_start) else f.train_start)
 
     def test_rows(self, table: pd.DataFrame, fold: int) -> pd.DataFrame:
         "Every row of fold `fold`'s test segment, labelled or not: the bars its model predicts."
@@ -89,7 +91,8 @@ class FoldPlan:
 
     def settings(self) -> dict:
         "The resolved settings, for the report and the backtest's id."
-        return {"horizon": self.horizon, "purge": self.purge, "embargo": self.embargo, "retrain_days": self.retrain_days,
+        return {"horizon": self.horizon, "purge": self.purge, "embargo": self.embargo,
+                "retrain_days": self.retrain_days,
                 "mode": "expanding" if self.train_days is None else "rolling", "train_days": self.train_days,
                 "warmup_days": self.warmup_days, "inner_days": self.inner_days, "min_rows": self.min_rows,
                 "folds": len(self.folds)}
@@ -98,8 +101,9 @@ class FoldPlan:
 def _first_test(labelled: pd.Series, bar: pd.Timedelta, need: int, gap: int) -> pd.Timestamp:
     "The first midnight after which `need` labelled rows, then `gap` purged and embargoed bars, lie before it."
     if len(labelled) <= need:
-        raise DataError(f"the table has {len(labelled):,} labelled rows: too few for one fold, whose training window needs "
-                        f"{need:,} (a training part and an inner slice of min_rows each, and their purges) and a test segment")
+        raise DataError(f"the table has {len(labelled):,} labelled rows: too few for one fold, whose training window "
+                        f"needs {need:,} (a training part and an inner slice of min_rows each, and their purges) "
+                        "and a test segment")
     return (labelled.iloc[need - 1] + (gap + 1) * bar).ceil("D")
 
 def _training_rows(table: pd.DataFrame, folds: pd.DataFrame, gap: int) -> np.ndarray:
@@ -118,13 +122,14 @@ def plan_folds(table: pd.DataFrame, retrain_days: float | None = None, *, train_
     purge, embargo = (horizon if v is None else _count(name, v) for name, v in (("purge", purge), ("embargo", embargo)))
     min_rows = _count("min_rows", min_rows, 1)
     if purge < horizon:
-        raise ConfigError(f"purge={purge} bars is shorter than the label horizon of {horizon} bars: the last training labels "
-                          f"would be made of test-segment prices")
+        raise ConfigError(f"purge={purge} bars is shorter than the label horizon of {horizon} bars: "
+                          f"the last training labels would be made of test-segment prices")
     check_gaps(table, embargo)
     bar, gap, need = bar_length(table), purge + embargo, 2 * min_rows + purge + embargo
     retrain = _days("retrain_days", default_retrain_days(bar) if retrain_days is None else retrain_days)
     if retrain < horizon * bar:
-        raise ConfigError(f"retrain_days={retrain_days} ({retrain / bar:g} bars) is shorter than the label horizon of {horizon} bars")
+        raise ConfigError(f"retrain_days={retrain_days} ({retrain / bar:g} bars) is shorter than "
+                          f"the label horizon of {horizon} bars")
     in_bars = lambda days: max(1, days // bar) * bar  # whole bars (at least one), so segment edges fall on bar opens
     retrain, train = in_bars(retrain), None if train_days is None else in_bars(_days("train_days", train_days))
     if inner_days is not None: _days("inner_days", inner_days)
@@ -132,7 +137,8 @@ def plan_folds(table: pd.DataFrame, retrain_days: float | None = None, *, train_
     first = (_first_test(table.ts[table.y.notna()], bar, need, gap) if warmup_days is None
              else start + in_bars(_days("warmup_days", warmup_days)))
     starts = pd.date_range(first, end, freq=retrain, inclusive="left")
-    if len(starts) > 1 and end - starts[-1] < retrain / 2: starts = starts[:-1]  # a short last segment joins the one before
+    # a short last segment joins the one before
+    if len(starts) > 1 and end - starts[-1] < retrain / 2: starts = starts[:-1]
     if len(starts) == 0:
         raise DataError(f"no test segment: the warm-up ends at {first}, after the table's last bar {table.ts.iloc[-1]}")
     folds = pd.DataFrame({"fold": np.arange(1, len(starts) + 1), "train_start": starts - train if train else pd.NaT,
@@ -142,26 +148,29 @@ def plan_folds(table: pd.DataFrame, retrain_days: float | None = None, *, train_
     if (short := rows < need).any():
         k = int(np.argmax(short))
         setting = f"train_days={train_days}" if train else f"warmup_days={warmup_days}"
-        raise ConfigError(f"fold {k + 1} (test from {folds.test_start[k]}) trains on {rows[k]:,} labelled rows, fewer than the "
-                          f"{need:,} its training part and inner slice of min_rows={min_rows:,} each need: lengthen {setting} "
-                          f"or lower min_rows")
+        raise ConfigError(f"fold {k + 1} (test from {folds.test_start[k]}) trains on {rows[k]:,} labelled rows, "
+                          f"fewer than the {need:,} its training part and inner slice of min_rows={min_rows:,} "
+                          f"each need: lengthen {setting} or lower min_rows")
     days = lambda span: None if span is None else span / pd.Timedelta(days=1)
-    return FoldPlan(folds, horizon, purge, embargo, days(retrain), days(train), days(first - start), inner_days, min_rows)
+    return FoldPlan(folds, horizon, purge, embargo, days(retrain), days(train), days(first - start), inner_days,
+                    min_rows)
 
 # %% ../nbs/07_backtest.ipynb #10a32856
 def inner_slice(split: Split, inner_days: float | None = None, min_rows: int = MIN_VAL_ROWS) -> Split:
-    "A fold's early-stopping slice: the last `inner_days` of its training window (default: a fifth), at least `min_rows` rows."
+    "A fold's early-stopping slice: the last `inner_days` of its training window (default: a fifth), >= `min_rows`."
     train, bar = split.train, bar_length(split.train)
     end = train.ts.iloc[-1] + bar
-    least = (end - train.ts.iloc[-min(min_rows, len(train))] + bar / 2) / pd.Timedelta(days=1)  # half a bar: safe from rounding
+    # half a bar: safe from rounding
+    least = (end - train.ts.iloc[-min(min_rows, len(train))] + bar / 2) / pd.Timedelta(days=1)
     inner = inner_split(split, max(inner_days or (end - train.ts.iloc[0]) / pd.Timedelta(days=1) / 5, least))
     if len(inner.train) < min_rows or len(inner.val) < min_rows:
-        raise ConfigError(f"the training window {split.train_range[0]} .. {split.train_range[1]} leaves {len(inner.train):,} training "
-                          f"and {len(inner.val):,} inner-slice rows: both need min_rows={min_rows:,}")
+        raise ConfigError(f"the training window {split.train_range[0]} .. {split.train_range[1]} leaves "
+                          f"{len(inner.train):,} training and {len(inner.val):,} inner-slice rows: "
+                          f"both need min_rows={min_rows:,}")
     return inner
 
 def guard_fold(split: Split, table: pd.DataFrame, fold: int, feature_fn: Callable | None = None) -> dict:
-    "The leakage guard's checks on fold `fold`, its rows up to its test segment's end (point in time there and at its last training bar)."
+    "The leakage guard's checks on fold `fold`'s rows to its test segment's end (point in time there and at train end)."
     try: return LeakageGuard(n_cuts=0).check(split, table[table.ts <= split.val.ts.max()], feature_fn).checks
     except LeakageError as e:
         (a, b), (c, d) = split.train_range, split.val_range
@@ -170,7 +179,7 @@ def guard_fold(split: Split, table: pd.DataFrame, fold: int, feature_fn: Callabl
 # %% ../nbs/07_backtest.ipynb #aa954b51
 @dataclass
 class FoldResult:
-    "One fold's predictions of its test segment, its inner model's predictions of the inner slice, and what it trained on."
+    "A fold's predictions of its test segment, its inner model's predictions of the inner slice, what it trained on."
     record: dict
     test: pd.DataFrame
     inner: pd.DataFrame
@@ -179,8 +188,9 @@ class FoldResult:
 def early_stopped(params: dict, inner: Split, features: list[str]) -> lgb.Booster:
     "A LightGBM model fitted on `inner.train`, stopped early on `inner.val`."
     train = lgb.Dataset(inner.train[features], inner.train.y)
-    return lgb.train(params, train, MAX_ROUNDS, valid_sets=[lgb.Dataset(inner.val[features], inner.val.y, reference=train)],
-                     valid_names=["inner"], callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False)])
+    return lgb.train(params, train, MAX_ROUNDS,
+                     valid_sets=[lgb.Dataset(inner.val[features], inner.val.y, reference=train)], valid_names=["inner"],
+                     callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False)])
 
 # %% ../nbs/07_backtest.ipynb #4e4913e1
 def model_time(table: pd.DataFrame, last_train: pd.Timestamp, horizon: int) -> pd.Timestamp:
@@ -203,7 +213,8 @@ def fit_fold(table: pd.DataFrame, plan: FoldPlan, fold: int, features: list[str]
     rows, logreg = plan.test_rows(table, fold), fit_logreg(split.train, features)
     test = pd.DataFrame({"ts": rows.ts, "fold": fold, "p_up": model.predict(rows[features]),
                          "p_logreg": logreg.predict_proba(rows[features])[:, 1], "p_majority": split.train.y.mean()})
-    inner_p = pd.DataFrame({"ts": inner.val.ts, "fold": fold, "p_up": stopped.predict(inner.val[features], num_iteration=rounds),
+    inner_p = pd.DataFrame({"ts": inner.val.ts, "fold": fold,
+                            "p_up": stopped.predict(inner.val[features], num_iteration=rounds),
                             "fwd_ret": inner.val.fwd_ret})
     last = split.train.ts.iloc[-1]
     record = {"fold": fold, "train_start": split.train.ts.iloc[0], "train_end": last, "train_rows": len(split.train),
@@ -301,7 +312,8 @@ class InlineExecutor:
 class WorkerPool:
     "`n` worker processes from a fork server, each given the job once."
     def __init__(self, job: FoldJob, n: int):
-        # Workers know this stage by its module, not a notebook's __main__: tasks, the job and its results are the module's.
+        # Workers know this stage by its module, not a notebook's __main__: tasks, the job and its results are the
+        # module's.
         self.module = module = importlib.import_module("cryptoml.backtest")
         job = module.FoldJob(**{**vars(job), "plan": module.FoldPlan(**vars(job.plan))})
         context = mp.get_context("forkserver")
@@ -327,7 +339,8 @@ class FoldStore:
 
     def save_fold(self, result: FoldResult):
         rows = pd.concat([result.test.assign(part="test"), result.inner.assign(part="inner")], ignore_index=True)
-        atomic_write_parquet(self.folder/"folds"/f"fold-{result.record['fold']:05d}.parquet", rows, metadata=result.record)
+        atomic_write_parquet(self.folder/"folds"/f"fold-{result.record['fold']:05d}.parquet", rows,
+                             metadata=result.record)
 
     def folds(self) -> dict[int, FoldResult]:
         "The finished folds, by id."
@@ -336,15 +349,18 @@ class FoldStore:
             rows, record = read_parquet_file(path), parquet_metadata(path)
             record = {k: to_utc(v) if k in FOLD_TIMES else v for k, v in record.items()}
             part = rows.pop("part")
-            found[record["fold"]] = FoldResult(record, rows[part == "test"].drop(columns="fwd_ret").reset_index(drop=True),
-                                               rows[part == "inner"][["ts", "fold", "p_up", "fwd_ret"]].reset_index(drop=True))
+            found[record["fold"]] = FoldResult(
+                record, rows[part == "test"].drop(columns="fwd_ret").reset_index(drop=True),
+                rows[part == "inner"][["ts", "fold", "p_up", "fwd_ret"]].reset_index(drop=True))
         return found
 
-    def save_params(self, group: int, params: dict): atomic_write_json(self.folder/"params"/f"group-{group:04d}.json", params)
+    def save_params(self, group: int, params: dict):
+        atomic_write_json(self.folder/"params"/f"group-{group:04d}.json", params)
 
     def params(self) -> dict[int, dict]:
         "The tuned parameters, by group."
-        return {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in sorted((self.folder/"params").glob("group-*.json"))}
+        return {int(p.stem.split("-")[1]): json.loads(p.read_text())
+                for p in sorted((self.folder/"params").glob("group-*.json"))}
 
 # %% ../nbs/07_backtest.ipynb #8a4b8aba
 def _first_failure(error: BaseException, fold: int, pending: dict) -> BaseException:
@@ -356,12 +372,13 @@ def _first_failure(error: BaseException, fold: int, pending: dict) -> BaseExcept
 
 def run_tasks(pool, groups: list[list[int]], params: dict[int, dict], done: dict[int, FoldResult],
               store: FoldStore | None = None, progress: bool = True) -> dict[int, FoldResult]:
-    "Tune every group lacking `params`, fit every fold not `done`, storing each result as it arrives; `done`, completed."
+    "Tune every group lacking `params`, fit every fold not `done`, storing each result as it arrives; `done`, filled."
     pending = {}  # future -> (task, key, fold it belongs to)
     def launch(g: int):
         for fold in groups[g]:
             if fold not in done: pending[pool.submit("fit", fold, params[g])] = ("fit", fold, fold)
-    todo = sum(g not in params for g in range(len(groups))) + sum(fold not in done for group in groups for fold in group)
+    todo = (sum(g not in params for g in range(len(groups)))
+            + sum(fold not in done for group in groups for fold in group))
     with tqdm(total=todo, desc="walk-forward", unit="task", disable=not progress) as bar:
         try:
             for g, group in enumerate(groups):
@@ -409,30 +426,35 @@ class WalkForward:
 
 # %% ../nbs/07_backtest.ipynb #d8930e8d
 def stitch(table: pd.DataFrame, results: dict[int, FoldResult]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    "The folds' predictions in time order with the table's labels and last return, the folds table, and the inner predictions."
+    "The folds' predictions in time order with the table's labels and last return, the folds, the inner predictions."
     folds = pd.DataFrame([results[k].record for k in sorted(results)])
     labels = table[["ts", *(c for c in ("y", "fwd_ret", "ret1") if c in table.columns)]]
-    predictions = (pd.concat([results[k].test for k in sorted(results)], ignore_index=True).merge(labels, on="ts", how="left")
+    predictions = (pd.concat([results[k].test for k in sorted(results)], ignore_index=True)
+                   .merge(labels, on="ts", how="left")
                    .assign(model_time=lambda d: d.fold.map(folds.set_index("fold").model_time).astype(d.ts.dtype)))
     rest = [c for c in predictions.columns if c not in PREDICTION_COLUMNS]
-    return predictions[PREDICTION_COLUMNS + rest], folds, pd.concat([results[k].inner for k in sorted(results)], ignore_index=True)
+    return (predictions[PREDICTION_COLUMNS + rest], folds,
+            pd.concat([results[k].inner for k in sorted(results)], ignore_index=True))
 
 # %% ../nbs/07_backtest.ipynb #4abee87c
 def walk_forward_predictions(table: pd.DataFrame, *, plan: FoldPlan | None = None, features: list[str] | None = None,
                              params: dict | None = None, tune_every: int | None = None, n_trials: int = 20,
-                             objective: str = "logloss", seed: int = 0, feature_fn: Callable | None = None, guard: bool = True,
-                             n_jobs: int | None = None, progress: bool = True, checkpoint: str | Path | None = None,
-                             pool: Callable | None = None, **fold_settings) -> WalkForward:
-    "Out-of-sample predictions of every bar after the warm-up, each from the model retrained before its segment (`plan_folds`)."
+                             objective: str = "logloss", seed: int = 0, feature_fn: Callable | None = None,
+                             guard: bool = True, n_jobs: int | None = None, progress: bool = True,
+                             checkpoint: str | Path | None = None, pool: Callable | None = None,
+                             **fold_settings) -> WalkForward:
+    "Out-of-sample predictions of every bar after the warm-up, each by the model retrained before its segment."
     started = time.perf_counter()
-    if objective not in OBJECTIVES: raise ConfigError(f"unknown objective {objective!r}: expected one of {list(OBJECTIVES)}")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r}: expected one of {list(OBJECTIVES)}")
     if params is not None and tune_every is not None:
         raise ConfigError(f"tune_every={tune_every} re-tunes the parameters: it cannot be combined with fixed params")
     plan = plan or plan_folds(table, **fold_settings)
     features = list(features or feature_columns(table))
     groups = tune_groups(len(plan.folds), tune_every)
     store = None if checkpoint is None else FoldStore(checkpoint)
-    params_of = {g: fold_params(params, seed) for g in range(len(groups))} if params is not None else store.params() if store else {}
+    params_of = ({g: fold_params(params, seed) for g in range(len(groups))} if params is not None
+                 else store.params() if store else {})
     done = store.folds() if store else {}
     resumed = len(done)
     job = FoldJob(table, plan, features, feature_fn, guard, n_trials, objective, seed)
@@ -448,7 +470,7 @@ def walk_forward_predictions(table: pd.DataFrame, *, plan: FoldPlan | None = Non
 PERIODS = {"year": "%Y", "month": "%Y-%m", "week": "%G-W%V", "day": "%Y-%m-%d"}
 
 def _join_short(labels: pd.Series, counted: pd.Series, min_rows: int) -> pd.Series:
-    "`labels` with every run of periods holding fewer than `min_rows` counted rows joined to a neighbour, named 'first..last'."
+    "`labels` with each run of periods of fewer than `min_rows` counted rows joined to a neighbour, as 'first..last'."
     runs = []  # [labels, rows]
     for label, rows in counted.groupby(labels, sort=False).sum().items():
         if runs and runs[-1][1] < min_rows: runs[-1] = [runs[-1][0] + [label], runs[-1][1] + rows]
@@ -459,20 +481,24 @@ def _join_short(labels: pd.Series, counted: pd.Series, min_rows: int) -> pd.Seri
 
 def check_period(unit: str) -> str:
     "`unit` if it is 'auto' or a calendar unit of `PERIODS`; `ConfigError` naming it otherwise."
-    if unit != "auto" and unit not in PERIODS: raise ConfigError(f"period must be 'auto' or one of {list(PERIODS)}, not {unit!r}")
+    if unit != "auto" and unit not in PERIODS:
+        raise ConfigError(f"period must be 'auto' or one of {list(PERIODS)}, not {unit!r}")
     return unit
 
 # %% ../nbs/07_backtest.ipynb #8c94dead
-def periods(ts: pd.Series, counted: pd.Series, unit: str = "auto", min_rows: int = MIN_VAL_ROWS) -> tuple[str, pd.Series]:
-    "The calendar unit (`auto`: the coarsest giving 3+ periods) and each row's period, short periods joined to a neighbour."
+def periods(ts: pd.Series, counted: pd.Series, unit: str = "auto",
+            min_rows: int = MIN_VAL_ROWS) -> tuple[str, pd.Series]:
+    "The calendar unit (`auto`: the coarsest giving 3+ periods) and each row's period, short ones joined to neighbours."
     check_period(unit)
-    options = {u: _join_short(ts.dt.strftime(PERIODS[u]), counted, min_rows) for u in ([unit] if unit != "auto" else PERIODS)}
-    chosen = next((u for u, labels in options.items() if labels.nunique() >= 3), max(options, key=lambda u: options[u].nunique()))
+    options = {u: _join_short(ts.dt.strftime(PERIODS[u]), counted, min_rows)
+               for u in ([unit] if unit != "auto" else PERIODS)}
+    chosen = next((u for u, labels in options.items() if labels.nunique() >= 3),
+                  max(options, key=lambda u: options[u].nunique()))
     return chosen, options[chosen]
 
 # %% ../nbs/07_backtest.ipynb #5390570f
 def oos_forecasts(rows: pd.DataFrame) -> dict:
-    "The model's and the baselines' forecasts for stitched prediction `rows`; momentum and reversal read the last return `ret1`."
+    "The model's and the baselines' forecasts for stitched prediction `rows`; momentum and reversal read `ret1`."
     if "ret1" not in rows.columns:
         raise DataError(f"the momentum and reversal baselines need the last return, column 'ret1'; "
                         f"the predictions have {list(rows.columns)}")
@@ -495,14 +521,15 @@ def score_rows(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
 
 # %% ../nbs/07_backtest.ipynb #b702fff8
 def coverage(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0, top: float = 0.1) -> dict:
-    "The coverage curve of stitched prediction `rows`, and the most confident `top` share's accuracy with its 95% interval."
+    "The coverage curve of stitched prediction `rows`, and the most confident `top` share's accuracy with its 95% CI."
     known = rows[rows.y.notna()]
     curve = coverage_curve(known.y, known.p_up)
     confident = known[(known.p_up - 0.5).abs() >= coverage_curve(known.y, known.p_up, [top]).min_confidence.iloc[0]]
     hits = ((confident.p_up > 0.5) == (confident.y > 0.5)).to_numpy(float)
     return {"curve": curve.to_dict("list"),
             "top": {"share": top, "rows": len(confident), "accuracy": float(hits.mean()),
-                    "all_accuracy": float(curve.accuracy.iloc[-1]), "ci95": _interval(resample(len(hits), lambda w: hits @ w / w.sum(0), n_boot, seed=seed))}}
+                    "all_accuracy": float(curve.accuracy.iloc[-1]),
+                   "ci95": _interval(resample(len(hits), lambda w: hits @ w / w.sum(0), n_boot, seed=seed))}}
 
 # %% ../nbs/07_backtest.ipynb #c377673e
 def score_predictions(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0, period: str = "auto",
@@ -519,11 +546,13 @@ def score_predictions(predictions: pd.DataFrame, n_boot: int = 1000, seed: int =
     return report
 
 # %% ../nbs/07_backtest.ipynb #ca6fae35
-FEE_BPS, SLIPPAGE_BPS = 5.0, 1.0  # Binance USDT-M futures taker fee (VIP 0: 0.05%) and a spread/impact allowance, per side
-THRESHOLDS = (0.0, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.5)  # the grid a threshold is chosen from; 0.5: stay flat
+# Binance USDT-M futures taker fee (VIP 0: 0.05%) and a spread/impact allowance, per side
+FEE_BPS, SLIPPAGE_BPS = 5.0, 1.0
+# the grid a threshold is chosen from; 0.5: stay flat
+THRESHOLDS = (0.0, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.5)
 
 def trading_cost(fee_bps: float = FEE_BPS, slippage_bps: float = SLIPPAGE_BPS) -> float:
-    "The cost per side as a fraction of the traded value; `ConfigError` naming a negative or impossible fee or slippage."
+    "The cost per side as a fraction of the traded value; `ConfigError` naming a negative or impossible fee, slippage."
     for name, bps in (("fee_bps", fee_bps), ("slippage_bps", slippage_bps)):
         if isinstance(bps, bool) or not isinstance(bps, (int, float)) or not 0 <= bps < 10_000:
             raise ConfigError(f"{name} must be a number of basis points in [0, 10000), not {bps!r}")
@@ -534,24 +563,26 @@ def trading_cost(fee_bps: float = FEE_BPS, slippage_bps: float = SLIPPAGE_BPS) -
 # %% ../nbs/07_backtest.ipynb #aa0d6398
 def check_threshold(threshold) -> float | None:
     "`threshold` if it is None (choose one) or in [0, 0.5); `ConfigError` naming it otherwise."
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 0.5):
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or
+                                  not 0 <= threshold < 0.5):
         raise ConfigError(f"threshold must be in [0, 0.5) (a distance from p_up = 0.5), not {threshold!r}")
     return threshold
 
 # %% ../nbs/07_backtest.ipynb #2e1bed0b
 def positions(p, threshold, short: bool = True) -> np.ndarray:
-    "+1 where `p` > 0.5 + `threshold`, -1 where `p` < 0.5 - `threshold` and `short`, else 0 (`threshold`: a number or one per row)."
+    "+1 if `p` > 0.5 + `threshold`, -1 if `p` < 0.5 - `threshold` and `short`, else 0 (`threshold`: one or per row)."
     p, t = np.asarray(p, float), np.asarray(threshold, float)
     return np.where(p > 0.5 + t, 1.0, np.where((p < 0.5 - t) & short, -1.0, 0.0))
 
 # %% ../nbs/07_backtest.ipynb #f311cdeb
 def simulate(w, returns, cost: float) -> tuple[np.ndarray, np.ndarray]:
-    "Equity (from 1) after each decision's trade and at the end (n + 1 values), and each decision's traded value over its equity."
+    "Equity (from 1) after each decision's trade and at the end (n + 1 values), and each trade's value over its equity."
     w, returns = np.asarray(w, float), np.asarray(returns, float)
     n = len(w)
     price = np.r_[1.0, np.cumprod(1 + returns)]
     held = np.r_[w, w[-1:]] if n else np.zeros(1)  # no trade after the last holding period
-    starts = np.flatnonzero((held != np.r_[0.0, held[:-1]]) | (np.arange(n + 1) == 0))  # the first decision, and every change
+    # the first decision, and every change
+    starts = np.flatnonzero((held != np.r_[0.0, held[:-1]]) | (np.arange(n + 1) == 0))
     target, before = held[starts], np.r_[0.0, held[starts[:-1]]]
     growth = price[starts] / price[np.r_[0, starts[:-1]]]
     equity_before, exposure = 1 + before * (growth - 1), before * growth  # per unit of equity after the previous trade
@@ -566,19 +597,20 @@ def simulate(w, returns, cost: float) -> tuple[np.ndarray, np.ndarray]:
     return equity, traded[:n]
 
 def period_returns(equity: np.ndarray) -> np.ndarray:
-    "Each holding period's net return: equity after the next decision's trade over equity after this one (the first: over 1)."
+    "Each holding period's net return: equity after the next decision's trade over that after this one (first: over 1)."
     return equity[1:] / np.r_[1.0, equity[1:-1]] - 1
 
 # %% ../nbs/07_backtest.ipynb #b878bbae
 EULER = 0.5772156649015329
 
 def sharpe(r, periods_per_year: float = 1.0, weights=None):
-    "Mean over standard deviation of returns `r`, times the square root of `periods_per_year`; per resample with `weights`."
+    "Mean over standard deviation of returns `r`, times the square root of `periods_per_year`; per resample `weights`."
     r = np.asarray(r, float)
     w = np.ones((len(r), 1)) if weights is None else np.asarray(weights, float).reshape(len(r), -1)
     mean = r @ w / w.sum(0)
     sd = np.sqrt(((r[:, None] - mean) ** 2 * w).sum(0) / w.sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"): out = np.where(sd > 0, mean / sd, 0.0) * math.sqrt(periods_per_year)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(sd > 0, mean / sd, 0.0) * math.sqrt(periods_per_year)
     return float(out[0]) if weights is None else out
 
 # %% ../nbs/07_backtest.ipynb #287e9088
@@ -595,18 +627,19 @@ def probabilistic_sharpe(r, benchmark: float = 0.0) -> float:
 
 # %% ../nbs/07_backtest.ipynb #a9674b6d
 def deflated_sharpe(r, n_trials: int = 1, trial_variance: float | None = None) -> tuple[float, float]:
-    "The probabilistic Sharpe against the best per-period Sharpe `n_trials` unskilled tries would reach, and that benchmark."
+    "The probabilistic Sharpe against the best per-period Sharpe of `n_trials` unskilled tries; that benchmark."
     r = np.asarray(r, float)
     if len(r) < 3 or np.std(r) == 0: return float("nan"), float("nan")
     spread = math.sqrt(_sharpe_variance(r) if trial_variance is None else trial_variance)
-    expected_max = (1 - EULER) * norm.ppf(1 - 1 / n_trials) + EULER * norm.ppf(1 - 1 / (n_trials * math.e)) if n_trials > 1 else 0.0
+    expected_max = ((1 - EULER) * norm.ppf(1 - 1 / n_trials) + EULER * norm.ppf(1 - 1 / (n_trials * math.e))
+                    if n_trials > 1 else 0.0)
     best = spread * expected_max
     return probabilistic_sharpe(r, best), best
 
 # %% ../nbs/07_backtest.ipynb #6cae5b82
-def strategy_stats(w, returns, cost: float, periods_per_year: float, n_boot: int = 1000, seed: int = 0, n_trials: int = 1,
-                   trial_variance: float | None = None) -> dict:
-    "The trading table's row for positions `w` on holding-period `returns`: returns, Sharpe with its interval, PSR, DSR and the rest."
+def strategy_stats(w, returns, cost: float, periods_per_year: float, n_boot: int = 1000, seed: int = 0,
+                   n_trials: int = 1, trial_variance: float | None = None) -> dict:
+    "The trading table's row for positions `w` on holding-period `returns`: returns, Sharpe with its CI, PSR, DSR, ..."
     w, returns = np.asarray(w, float), np.asarray(returns, float)
     equity, traded = simulate(w, returns, cost)
     r, years = period_returns(equity), len(w) / periods_per_year
@@ -614,11 +647,13 @@ def strategy_stats(w, returns, cost: float, periods_per_year: float, n_boot: int
     downside = math.sqrt(np.mean(np.minimum(r, 0) ** 2))
     held = w != 0
     dsr, bar = deflated_sharpe(r, n_trials, trial_variance)
-    return {"total_return": float(equity[-1] - 1), "annual_return": float(equity[-1] ** (1 / years) - 1) if equity[-1] > 0 else -1.0,
+    return {"total_return": float(equity[-1] - 1),
+            "annual_return": float(equity[-1] ** (1 / years) - 1) if equity[-1] > 0 else -1.0,
             "gross_total_return": float(simulate(w, returns, 0.0)[0][-1] - 1),
             "sharpe": sharpe(r, periods_per_year),
             "sharpe_ci95": _interval(resample(len(r), lambda wt: sharpe(r, periods_per_year, wt), n_boot, seed=seed)),
-            "psr": probabilistic_sharpe(r), "dsr": dsr, "dsr_benchmark": bar * math.sqrt(periods_per_year), "n_trials": n_trials,
+            "psr": probabilistic_sharpe(r), "dsr": dsr, "dsr_benchmark": bar * math.sqrt(periods_per_year),
+            "n_trials": n_trials,
             "sortino": float(r.mean() / downside * math.sqrt(periods_per_year)) if downside > 0 else float("nan"),
             "max_drawdown": float((path / np.maximum.accumulate(path) - 1).min()),
             "hit_rate": float((w * returns > 0)[held].mean()) if held.any() else float("nan"),
@@ -632,7 +667,7 @@ def periods_per_year(bar: pd.Timedelta, horizon: int = 1) -> float:
 
 # %% ../nbs/07_backtest.ipynb #2b4260c8
 def best_threshold(rows: pd.DataFrame, horizon: int, cost: float, short: bool = True, grid=THRESHOLDS) -> float:
-    "The `grid` threshold whose rule had the best net Sharpe on predictions `rows` (`p_up`, `fwd_ret`); ties go to the larger."
+    "The `grid` threshold whose rule had the best net Sharpe on predictions `rows` (`p_up`, `fwd_ret`); ties: larger."
     rows = rows[rows.fwd_ret.notna()].iloc[::horizon]
     scores = [sharpe(period_returns(simulate(positions(rows.p_up, t, short), rows.fwd_ret, cost)[0])) for t in grid]
     return float(grid[len(grid) - 1 - int(np.argmax(scores[::-1]))])
@@ -640,7 +675,7 @@ def best_threshold(rows: pd.DataFrame, horizon: int, cost: float, short: bool = 
 # %% ../nbs/07_backtest.ipynb #6fc0f74b
 def choose_thresholds(predictions: pd.DataFrame, inner: pd.DataFrame, folds: pd.DataFrame, horizon: int, cost: float,
                       short: bool = True, min_rows: int = MIN_VAL_ROWS, grid=THRESHOLDS) -> dict[int, float]:
-    "Each fold's threshold, chosen on the earlier folds' predictions inside its training window (if `min_rows`), else its inner slice."
+    "Each fold's threshold, from earlier folds' predictions in its training window (if `min_rows`), else inner slice's."
     chosen = {}
     for fold in folds.itertuples():
         earlier = predictions[(predictions.fold < fold.fold) & predictions.ts.between(fold.train_start, fold.train_end)]
@@ -658,37 +693,40 @@ def strategy_positions(rows: pd.DataFrame, short: bool = True) -> dict:
 def _outcome(lo: float, hi: float) -> str: return "better" if lo > 0 else "worse" if hi < 0 else "no better"
 
 def trade_predictions(walk: WalkForward, bar: pd.Timedelta, *, threshold: float | None = None, short: bool = True,
-                      fee_bps: float = FEE_BPS, slippage_bps: float = SLIPPAGE_BPS, n_configs: int = 1, n_boot: int = 1000,
-                      seed: int = 0, labels: pd.Series | None = None) -> tuple[dict, pd.DataFrame]:
-    "The trading report of a walk-forward's predictions (per strategy, gains, per period) and its decisions with positions and equity."
+                      fee_bps: float = FEE_BPS, slippage_bps: float = SLIPPAGE_BPS, n_configs: int = 1,
+                      n_boot: int = 1000, seed: int = 0, labels: pd.Series | None = None) -> tuple[dict, pd.DataFrame]:
+    "The trading report of a walk-forward's predictions (per strategy, gains, per period); its decisions and equity."
     cost, grid = trading_cost(fee_bps, slippage_bps), THRESHOLDS if check_threshold(threshold) is None else (threshold,)
     predictions, horizon = walk.predictions, walk.plan.horizon
-    chosen = (choose_thresholds(predictions, walk.inner, walk.folds, horizon, cost, short, walk.plan.min_rows) if threshold is None
-              else {fold: threshold for fold in walk.folds.fold})
+    chosen = (choose_thresholds(predictions, walk.inner, walk.folds, horizon, cost, short, walk.plan.min_rows)
+              if threshold is None else {fold: threshold for fold in walk.folds.fold})
     decisions = predictions[predictions.fwd_ret.notna()].iloc[::horizon].assign(threshold=lambda d: d.fold.map(chosen))
     ppy, moves = periods_per_year(bar, horizon), decisions.fwd_ret.to_numpy()
     tries = [sharpe(period_returns(simulate(positions(decisions.p_up, t, short), moves, cost)[0])) for t in grid]
     n_trials, spread = len(grid) * n_configs, float(np.var(tries, ddof=1)) if len(grid) > 1 else None
     held = strategy_positions(decisions, short)
     returns = {name: period_returns(simulate(w, moves, cost)[0]) for name, w in held.items()}
-    stats = {name: strategy_stats(w, moves, cost, ppy, n_boot, seed, *((n_trials, spread) if name == "lgbm" else (1, None)))
+    stats = {name: strategy_stats(w, moves, cost, ppy, n_boot, seed,
+                                  *((n_trials, spread) if name == "lgbm" else (1, None)))
              for name, w in held.items()}
     gains = {}
     for base in ("buy_and_hold", "reversal"):
         gain = lambda w: sharpe(returns["lgbm"], ppy, w) - sharpe(returns[base], ppy, w)
         lo, hi = _interval(resample(len(moves), gain, n_boot, seed=seed))
-        gains[base] = {"sharpe_gain": stats["lgbm"]["sharpe"] - stats[base]["sharpe"], "ci95": [lo, hi], "outcome": _outcome(lo, hi)}
+        gains[base] = {"sharpe_gain": stats["lgbm"]["sharpe"] - stats[base]["sharpe"], "ci95": [lo, hi],
+                       "outcome": _outcome(lo, hi)}
     equity = {f"equity_{k}": np.cumprod(1 + r) for k, r in returns.items()}
     curves = decisions[["ts", "fold", "threshold"]].assign(position=held["lgbm"], **equity)
     by_period = {} if labels is None else {
-        str(label): {k: float(np.prod(1 + r[(labels.loc[decisions.index] == label).to_numpy()]) - 1) for k, r in returns.items()}
+        str(label): {k: float(np.prod(1 + r[(labels.loc[decisions.index] == label).to_numpy()]) - 1)
+                     for k, r in returns.items()}
         for label in labels.loc[decisions.index].unique()}
-    report = {"fee_bps": fee_bps, "slippage_bps": slippage_bps, "cost_per_side": cost, "short": short, "horizon": horizon,
-              "periods_per_year": ppy,
+    report = {"fee_bps": fee_bps, "slippage_bps": slippage_bps, "cost_per_side": cost, "short": short,
+              "horizon": horizon, "periods_per_year": ppy,
               "threshold": {"rule": "fixed" if threshold is not None else "chosen per fold inside its training window",
                             "grid": list(grid), "per_fold": {int(k): v for k, v in chosen.items()}},
-              "n_trials": n_trials, "trial_sharpes": [t * math.sqrt(ppy) for t in tries], "strategies": stats, "gains": gains,
-              "periods": by_period}
+              "n_trials": n_trials, "trial_sharpes": [t * math.sqrt(ppy) for t in tries], "strategies": stats,
+              "gains": gains, "periods": by_period}
     return report, curves
 
 # %% ../nbs/07_backtest.ipynb #9c777c8e
@@ -698,10 +736,12 @@ def over_time(report: dict) -> list[str]:
     "For each baseline and metric: periods the model's gain interval is above / below 0, and the overall gain."
     unit, lines = report["period"], []
     for row in report["overall"]["gains"]:
-        outcomes = [next(g for g in part["gains"] if (g["baseline"], g["metric"]) == (row["baseline"], row["metric"]))["outcome"]
+        outcomes = [next(g for g in part["gains"]
+                         if (g["baseline"], g["metric"]) == (row["baseline"], row["metric"]))["outcome"]
                     for part in report["periods"].values()]
-        lines.append(f"{row['metric'].replace('_', ' ')} vs {row['baseline']}: CI above 0 in {outcomes.count('better')} of "
-                     f"{len(outcomes)} {unit}s, below 0 in {outcomes.count('worse')}; overall gain {row['gain']:+.4f} "
+        lines.append(f"{row['metric'].replace('_', ' ')} vs {row['baseline']}: "
+                     f"CI above 0 in {outcomes.count('better')} of {len(outcomes)} {unit}s, "
+                     f"below 0 in {outcomes.count('worse')}; overall gain {row['gain']:+.4f} "
                      f"(95% CI {row['lo']:+.4f} to {row['hi']:+.4f}): {row['outcome']}")
     return lines
 
@@ -719,29 +759,33 @@ def trading_lines(trading: dict) -> list[str]:
                      f"max drawdown {st['max_drawdown']:.1%}, {st['trades']:,} trades{extra}")
     m = s["lgbm"]
     edge = m["sharpe_ci95"][0] > 0 and m["dsr"] > 0.95
-    lines.append(("The model's rule never traded: inside every training window staying flat beat every threshold after costs"
+    lines.append(("The model's rule never traded: "
+                  "inside every training window staying flat beat every threshold after costs"
                   if m["trades"] == 0 else
                   ("The model HAS an edge net of costs" if edge else "The model shows NO reliable edge net of costs")
-                  + f" (Sharpe interval {'above' if m['sharpe_ci95'][0] > 0 else 'not above'} 0, deflated Sharpe {m['dsr']:.2f})")
-                 + "".join(f"; Sharpe gain over {NAMES[b]} {_with_ci(g['sharpe_gain'], g['ci95'], 2, '+')}: {g['outcome']}"
-                           for b, g in trading["gains"].items()) + ".")
+                  + f" (Sharpe interval {'above' if m['sharpe_ci95'][0] > 0 else 'not above'} 0, "
+                    f"deflated Sharpe {m['dsr']:.2f})")
+                 + "".join(f"; Sharpe gain over {NAMES[b]} {_with_ci(g['sharpe_gain'], g['ci95'], 2, '+')}: "
+                           f"{g['outcome']}" for b, g in trading["gains"].items()) + ".")
     return lines
 
 # %% ../nbs/07_backtest.ipynb #e7fe543c
 def summary_text(doc: dict) -> str:
-    "The backtest in a few plain sentences: what ran, how the model fares against each baseline over time, and net of fees."
+    "The backtest in a few plain sentences: what ran, how the model fares against each baseline over time, net of fees."
     st, rep, tr, m = doc["settings"], doc["report"], doc["trading"], doc["market"]
-    tuned = (f"fixed{' from run ' + doc['params_from']['run'] if doc.get('params_from') else ''}" if st["params"] == "fixed" else
-             f"tuned ({st['n_trials']} trials) on the inner slice of " + ("fold 1 and reused" if st["tune_every"] is None
-                                                                       else f"the first of every {st['tune_every']} folds"))
+    tuned = (f"fixed{' from run ' + doc['params_from']['run'] if doc.get('params_from') else ''}"
+             if st["params"] == "fixed" else f"tuned ({st['n_trials']} trials) on the inner slice of " +
+             ("fold 1 and reused" if st["tune_every"] is None else f"the first of every {st['tune_every']} folds"))
     o = rep["overall"]
     lines = [f"Walk-forward on {m['exchange']} {m['symbol']} {m['timeframe']}: {o['rows']:,} out-of-sample bars, "
-             f"{str(o['start'])[:16]} .. {str(o['end'])[:16]}, from {st['folds']} models retrained every {st['retrain_days']:g} days "
+             f"{str(o['start'])[:16]} .. {str(o['end'])[:16]}, "
+             f"from {st['folds']} models retrained every {st['retrain_days']:g} days "
              f"({st['mode']} window, purge {st['purge']} + embargo {st['embargo']} bars); parameters {tuned}."]
     if doc.get("params_from") and str(doc["params_from"].get("tuned_until", "")) > str(o["start"]):
-        lines.append(f"Caution: those parameters were tuned on data up to {doc['params_from']['tuned_until']}, after the first "
-                     "out-of-sample bar, so the folds before it are not fully out of sample.")
-    lines += ["Out of sample: " + verdict(pd.DataFrame(o["gains"]), "lgbm").splitlines()[0].replace("The tuned model", "the model"),
+        lines.append(f"Caution: those parameters were tuned on data up to {doc['params_from']['tuned_until']}, "
+                     "after the first out-of-sample bar, so the folds before it are not fully out of sample.")
+    lines += ["Out of sample: "
+              + verdict(pd.DataFrame(o["gains"]), "lgbm").splitlines()[0].replace("The tuned model", "the model"),
               *("- " + line for line in over_time(rep)),
               f"Trading net of {tr['fee_bps']:g} bps fee + {tr['slippage_bps']:g} bps slippage per side, "
               f"{'long/short' if tr['short'] else 'long only'}, threshold {tr['threshold']['rule']}:",
@@ -764,7 +808,7 @@ def _plain(value):
 
 @dataclass
 class Backtest:
-    "A finished backtest: its document (`backtest.json`), its predictions and curves, and its folder (None if not stored)."
+    "A finished backtest: its document (`backtest.json`), its predictions and curves, its folder (None if not stored)."
     doc: dict
     predictions: pd.DataFrame
     path: Path | None = None
@@ -786,44 +830,55 @@ def _settings(plan: FoldPlan, **rest) -> dict:
     return {**plan.settings(), "folds_at": [str(t) for t in plan.folds.test_start], **rest}
 
 def backtest(table: pd.DataFrame, *, home=None, market: dict | None = None, features: list[str] | None = None,
-             params: dict | None = None, params_from: dict | None = None, tune_every: int | None = None, n_trials: int = 20,
-             objective: str = "logloss", seed: int = 0, threshold: float | None = None, short: bool = True,
-             fee_bps: float = FEE_BPS, slippage_bps: float = SLIPPAGE_BPS, n_configs: int = 1, n_boot: int = 1000,
-             period: str = "auto", feature_fn: Callable | None = None, guard: bool = True, n_jobs: int | None = None,
-             pool: Callable | None = None, progress: bool = True, **fold_settings) -> Backtest:
-    "Walk-forward retraining, the out-of-sample report and the trading backtest of `table`, stored under the data root `home`."
+             params: dict | None = None, params_from: dict | None = None, tune_every: int | None = None,
+             n_trials: int = 20, objective: str = "logloss", seed: int = 0, threshold: float | None = None,
+             short: bool = True, fee_bps: float = FEE_BPS, slippage_bps: float = SLIPPAGE_BPS, n_configs: int = 1,
+             n_boot: int = 1000, period: str = "auto", feature_fn: Callable | None = None, guard: bool = True,
+             n_jobs: int | None = None, pool: Callable | None = None, progress: bool = True,
+             **fold_settings) -> Backtest:
+    "Walk-forward retraining, the out-of-sample report and the trading backtest of `table`, stored under `home`."
     started = time.perf_counter()
-    trading_cost(fee_bps, slippage_bps), check_threshold(threshold), _whole("n_boot", n_boot), _whole("n_configs", n_configs)
+    (trading_cost(fee_bps, slippage_bps), check_threshold(threshold), _whole("n_boot", n_boot),
+     _whole("n_configs", n_configs))
     check_period(period)
-    if "ret1" not in table.columns: raise DataError("the momentum and reversal baselines need the last return, column 'ret1'")
+    if "ret1" not in table.columns:
+        raise DataError("the momentum and reversal baselines need the last return, column 'ret1'")
     meta = table.attrs.get("cryptoml", {})
     market = {k: (market or meta).get(k) for k in ("exchange", "symbol", "timeframe")}
     if home is not None and not all(market.values()):
-        raise ConfigError(f"a stored backtest needs its market (exchange, symbol, timeframe), not {market}: pass market= or a table "
-                          "with its metadata")
+        raise ConfigError(f"a stored backtest needs its market (exchange, symbol, timeframe), not {market}: "
+                          "pass market= or a table with its metadata")
     plan, features = plan_folds(table, **fold_settings), list(features or feature_columns(table))
-    settings = _settings(plan, params="fixed" if params is not None else "tuned", tune_every=tune_every, n_trials=n_trials,
-                         objective=objective, seed=seed, threshold=threshold, short=short, fee_bps=fee_bps, slippage_bps=slippage_bps,
-                         n_configs=n_configs, n_boot=n_boot, period=period, guard=guard)
+    settings = _settings(plan, params="fixed" if params is not None else "tuned", tune_every=tune_every,
+                         n_trials=n_trials, objective=objective, seed=seed, threshold=threshold, short=short,
+                         fee_bps=fee_bps, slippage_bps=slippage_bps, n_configs=n_configs, n_boot=n_boot, period=period,
+                         guard=guard)
     digest = fingerprint(table, [*features, "fwd_ret"], **settings, fixed_params=params)
     folder = None if home is None else backtests_dir(home, Market(**market))/digest
     if folder and (folder/"backtest.json").is_file(): return load_backtest(folder)
-    if guard and home is not None: feature_fn = point_in_time_fn(table, meta, feature_fn, guard, home)  # stored: as tune does
+    # stored: as tune does
+    if guard and home is not None: feature_fn = point_in_time_fn(table, meta, feature_fn, guard, home)
     with _folder_lock(folder) if folder else nullcontext():
-        if folder and (folder/"backtest.json").is_file(): return load_backtest(folder)  # finished by another process meanwhile
-        for stale in (folder.rglob(".*.tmp") if folder else []): stale.unlink()  # left by a killed run's unfinished writes
-        walk = walk_forward_predictions(table, plan=plan, features=features, params=params, tune_every=tune_every, n_trials=n_trials,
-                                        objective=objective, seed=seed, feature_fn=feature_fn, guard=guard, n_jobs=n_jobs, pool=pool,
-                                        progress=progress, checkpoint=folder)
+        # finished by another process meanwhile
+        if folder and (folder/"backtest.json").is_file(): return load_backtest(folder)
+        # left by a killed run's unfinished writes
+        for stale in (folder.rglob(".*.tmp") if folder else []): stale.unlink()
+        walk = walk_forward_predictions(table, plan=plan, features=features, params=params, tune_every=tune_every,
+                                        n_trials=n_trials, objective=objective, seed=seed, feature_fn=feature_fn,
+                                        guard=guard, n_jobs=n_jobs, pool=pool, progress=progress, checkpoint=folder)
         labels = periods(walk.predictions.ts, walk.predictions.y.notna(), period, plan.min_rows)[1]
         report = score_predictions(walk.predictions, n_boot, seed, period, plan.min_rows, progress)
         trading, curves = trade_predictions(walk, bar_length(table), threshold=threshold, short=short, fee_bps=fee_bps,
-                                            slippage_bps=slippage_bps, n_configs=n_configs, n_boot=n_boot, seed=seed, labels=labels)
+                                            slippage_bps=slippage_bps, n_configs=n_configs, n_boot=n_boot, seed=seed,
+                                            labels=labels)
         predictions = walk.predictions.merge(curves.drop(columns="fold"), on="ts", how="left")
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        doc = json.loads(json.dumps({"schema_version": SCHEMA_VERSION, "id": digest, "created_at": created, "market": market, "settings": settings, "features": features, "params": walk.params,
-                                     "params_from": params_from, "folds": walk.folds.to_dict("records"), "report": report,
-                                     "trading": trading, "resumed_folds": walk.resumed, "seconds": time.perf_counter() - started},
+        doc = json.loads(json.dumps({"schema_version": SCHEMA_VERSION, "id": digest, "created_at": created,
+                                     "market": market, "settings": settings, "features": features,
+                                     "params": walk.params, "params_from": params_from,
+                                     "folds": walk.folds.to_dict("records"), "report": report,
+                                     "trading": trading, "resumed_folds": walk.resumed,
+                                     "seconds": time.perf_counter() - started},
                                     default=_plain))
         doc["summary"] = summary_text(doc)
         if folder:
@@ -836,7 +891,8 @@ def backtest(table: pd.DataFrame, *, home=None, market: dict | None = None, feat
 def load_backtest(folder: str | Path) -> Backtest:
     "A stored backtest, its predictions checked against the sha256 its document records."
     folder = Path(folder)
-    if not (folder/"backtest.json").is_file(): raise ArtifactError(f"no finished backtest in {folder} (no backtest.json)")
+    if not (folder/"backtest.json").is_file():
+        raise ArtifactError(f"no finished backtest in {folder} (no backtest.json)")
     doc = json.loads((folder/"backtest.json").read_text())
     if sha256_file(folder/"predictions.parquet") != doc["files"]["predictions.parquet"]:
         raise ArtifactError(f"{folder/'predictions.parquet'} does not match the sha256 in its backtest.json")
@@ -868,7 +924,7 @@ GAIN_COLUMNS = {"log loss vs majority": ("majority", "log_loss"), "log loss vs l
                 "accuracy vs reversal": ("reversal", "accuracy"), "accuracy vs logreg": ("logreg", "accuracy")}
 
 def gains_table(bt: Backtest, kind: str = "periods") -> pd.DataFrame:
-    "Per period (`periods`), per fold (`folds`) and overall: rows, the model's AUC, its gains over the baselines and the IC."
+    "Per period (`periods`), per fold (`folds`) and overall: rows, the model's AUC, its gains over baselines, the IC."
     parts = {**bt.report[kind], "overall": bt.report["overall"]}
     auc = lambda part: _with_ci(part["scores"]["lgbm"]["roc_auc"], part["scores"]["lgbm"]["ci95"]["roc_auc"], 3)
     rows = {key: {"rows": part["rows"], "AUC": auc(part),
@@ -876,14 +932,15 @@ def gains_table(bt: Backtest, kind: str = "periods") -> pd.DataFrame:
                   "IC": _with_ci(part["ic"]["value"], part["ic"]["ci95"], 3, "+")} for key, part in parts.items()}
     table = pd.DataFrame(rows).T.rename_axis(bt.report["period"] if kind == "periods" else "fold")
     if kind == "periods":
-        returns = {**bt.trading["periods"], "overall": {k: s["total_return"] for k, s in bt.trading["strategies"].items()}}
+        returns = {**bt.trading["periods"],
+                   "overall": {k: s["total_return"] for k, s in bt.trading["strategies"].items()}}
         table["model net"] = [f"{returns[k]['lgbm']:+.1%}" for k in table.index]
         table["buy & hold"] = [f"{returns[k]['buy_and_hold']:+.1%}" for k in table.index]
     return table
 
 # %% ../nbs/07_backtest.ipynb #842155b2
 def threshold_table(bt: Backtest) -> pd.DataFrame:
-    "How often each threshold was chosen, and its Sharpe net of costs had it been fixed for the whole run (hindsight: context only)."
+    "How often each threshold was chosen, and its net Sharpe had it been fixed throughout (hindsight: context only)."
     t = bt.trading["threshold"]
     chosen = pd.Series(list(t["per_fold"].values())).value_counts()
     return pd.DataFrame({"folds that chose it": [int(chosen.get(v, 0)) for v in t["grid"]],
@@ -897,7 +954,8 @@ def trading_table(bt: Backtest) -> pd.DataFrame:
         "total": f"{s['total_return']:+.1%}", "before costs": f"{s['gross_total_return']:+.1%}",
         "a year": f"{s['annual_return']:+.1%}" if s["years"] >= 0.5 else "-",
         "Sharpe": _with_ci(s["sharpe"], s["sharpe_ci95"], 2), "PSR": f"{s['psr']:.2f}", "DSR": f"{s['dsr']:.2f}",
-        "Sortino": f"{s['sortino']:.2f}", "max drawdown": f"{s['max_drawdown']:.1%}", "hit rate": f"{s['hit_rate']:.3f}",
+        "Sortino": f"{s['sortino']:.2f}", "max drawdown": f"{s['max_drawdown']:.1%}",
+        "hit rate": f"{s['hit_rate']:.3f}",
         "trades": f"{s['trades']:,}", "turnover/yr": f"{s['turnover']:,.0f}", "exposure": f"{s['exposure']:.0%}"}
         for name, s in bt.trading["strategies"].items()}).T
 
@@ -907,22 +965,26 @@ def backtest_text(bt: Backtest) -> str:
     top = bt.report["coverage"]["top"]
     costs = f"{bt.trading['fee_bps']:g} bps fee + {bt.trading['slippage_bps']:g} bps slippage per side"
     blocks = [("Out-of-sample scores, all periods (95% intervals)", scores_table(bt)),
-              (f"The model's gains over the baselines per {bt.report['period']} (95% intervals; net returns of the trading rule)",
+              (f"The model's gains over the baselines per {bt.report['period']} "
+              "(95% intervals; net returns of the trading rule)",
                gains_table(bt)),
               (f"Net of costs ({costs})", trading_table(bt)),
               ("The model's thresholds", threshold_table(bt))]
     text = [f"{title}\n{table.to_string()}\n" for title, table in blocks]
-    text.append(f"Most confident {top['share']:.0%} of calls ({top['rows']:,}): accuracy {_with_ci(top['accuracy'], top['ci95'])}, "
+    text.append(f"Most confident {top['share']:.0%} of calls ({top['rows']:,}): "
+                f"accuracy {_with_ci(top['accuracy'], top['ci95'])}, "
                 f"all calls {top['all_accuracy']:.4f}\n")
     return "\n".join(text + [bt.summary, *([f"\nstored in {bt.path}"] if bt.path else [])])
 
 # %% ../nbs/07_backtest.ipynb #de084a9c
-def equity_figure(bt: Backtest) -> go.Figure:
-    "Equity net of costs of the model's rule, buy-and-hold and the reversal rule (log scale)."
+def equity_figure(bt: Backtest, n: int = 1000) -> go.Figure:
+    "Equity net of costs of the model's rule, buy-and-hold and the reversal rule (log scale), ~`n` points a line."
     d = bt.predictions.dropna(subset=["equity_lgbm"])
+    d = d.iloc[display_rows(d, n)]  # each bucket's last row: the curve's shape and its final value
     fig = go.Figure([go.Scatter(x=d.ts, y=d[f"equity_{k}"], name=name, mode="lines") for k, name in NAMES.items()])
-    return fig.update_layout(title=f"Equity net of {bt.trading['fee_bps']:g} + {bt.trading['slippage_bps']:g} bps per side",
-                             yaxis_type="log", yaxis_title="equity (start = 1)", legend_orientation="h", height=420)
+    cost = f"{bt.trading['fee_bps']:g} + {bt.trading['slippage_bps']:g} bps per side"
+    return fig.update_layout(title=f"Equity net of {cost}", yaxis_type="log", yaxis_title="equity (start = 1)",
+                             legend_orientation="h", height=420)
 
 # %% ../nbs/07_backtest.ipynb #49969700
 def period_figure(bt: Backtest, kind: str = "periods") -> go.Figure:
@@ -966,9 +1028,13 @@ def reliability_figure(bt: Backtest, bins: int = 50) -> go.Figure:
     half = 1.96 * np.sqrt(curve.y_mean * (1 - curve.y_mean) / curve["count"])
     lo, hi = min(curve.p_mean.min(), (curve.y_mean - half).min()), max(curve.p_mean.max(), (curve.y_mean + half).max())
     pad = 0.1 * (hi - lo)
-    fig = go.Figure([go.Scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", line_dash="dot", name="calibrated"),
-                     go.Scatter(x=curve.p_mean, y=curve.y_mean, mode="markers", name="out of sample", text=curve["count"],
-                                marker_size=6 + 14 * np.sqrt(curve["count"] / curve["count"].max()),
-                                error_y=dict(type="data", array=half), hovertemplate="p %{x:.3f}: up %{y:.3f} (%{text} bars)")])
+    fig = go.Figure([go.Scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", line_dash="dot",
+                                name="calibrated"),
+                     go.Scatter(x=curve.p_mean, y=curve.y_mean, mode="markers", name="out of sample",
+                                text=curve["count"],
+                               marker_size=6 + 14 * np.sqrt(curve["count"] / curve["count"].max()),
+                                error_y=dict(type="data", array=half),
+                                hovertemplate="p %{x:.3f}: up %{y:.3f} (%{text} bars)")])
     return fig.update_layout(title="Reliability out of sample", xaxis_title="mean forecast p_up",
-                             yaxis_title="observed share of up bars", xaxis_range=[lo - pad, hi + pad], yaxis_range=[lo - pad, hi + pad], height=450, width=520)
+                             yaxis_title="observed share of up bars", xaxis_range=[lo - pad, hi + pad],
+                             yaxis_range=[lo - pad, hi + pad], height=450, width=520)

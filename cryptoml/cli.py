@@ -12,15 +12,16 @@ from typing import Callable
 
 import pandas as pd
 
-from .core import (CryptomlError, ConfigError, Market, check_layout, data_home, feature_path, optuna_storage, sha256_file,
-                           to_utc)
-from .ingest import (SYNTHETIC, IngestReport, ManyReport, funding_exchange, import_csv, import_funding_csv, import_many, ingest,
-                             ingest_many, read_universe, write_demo_market)
+from .core import (CryptomlError, ConfigError, Market, check_layout, data_home, feature_path, optuna_storage,
+                           sha256_file, to_utc)
+from .ingest import (SYNTHETIC, IngestReport, ManyReport, funding_exchange, import_csv, import_funding_csv,
+                             import_many, ingest, ingest_many, read_universe, write_demo_market)
 from .features import FEATURE_SETS, build_features, read_feature_table
 from .panel import PANEL_SETS, build_panel, panel_market, panel_markets
 from .tune import MIN_VAL_ROWS, tune
-from .registry import (ALIASES, MIN_ROWS, Run, card_summary, champion_markets, compare, describe_run, format_runs, list_runs, migrate,
-                               promote, resolve_market, rollback, save_run, write_comparison)
+from .registry import (ALIASES, MIN_ROWS, Run, card_summary, champion_markets, compare, describe_run,
+                               format_runs, list_runs, migrate, promote, resolve_market, rollback, save_run,
+                               write_comparison)
 from .infer import LGBMProd, predict_latest
 from .monitor import monitor, report_table
 from .backtest import FEE_BPS, PERIODS, SLIPPAGE_BPS, Backtest, backtest, backtest_text
@@ -45,14 +46,14 @@ def _say(args: argparse.Namespace, message: str, status: int) -> int:
     return status
 
 class _Warnings(logging.Handler):
-    "The stages' logged warnings as the subcommand's lines on stderr (the stream looked up when written: tests redirect it)."
+    "The stages' logged warnings as the subcommand's lines on stderr (looked up when written: tests redirect it)."
     def __init__(self, args: argparse.Namespace):
         super().__init__(logging.WARNING)
         self.args = args
     def emit(self, record: logging.LogRecord): _say(self.args, f"warning: {record.getMessage()}", 0)
 
 def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    "Run a subcommand: a user's error is one line on stderr and its exit status (2 for bad input); a bug is a traceback and 1."
+    "Run a subcommand: a user's error is one stderr line and its exit status (2: bad input); a bug, a traceback and 1."
     warnings = _Warnings(args)
     logging.getLogger("cryptoml").addHandler(warnings)
     try: return command(args)
@@ -96,15 +97,17 @@ def add_tuning(p: argparse.ArgumentParser):
     p.add_argument("--val-days", type=float, default=None,
                    help="days of validation at the end of the data (default: 14, or as many as hold 2,000 bars)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under --home)")
-    p.add_argument("--study", default=None, help="Optuna study name (default: one per market, feature set, objective, seed and "
-                                                 "data, so a rerun on the same data resumes it)")
+    p.add_argument("--study", default=None,
+                   help="Optuna study name (default: one per market, feature set, objective, seed and "
+                        "data, so a rerun on the same data resumes it)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
 
 # %% ../nbs/15_cli.ipynb #f87793dc
 def add_jobs(p: argparse.ArgumentParser):
     "Add `--jobs`, shared by `tune`, `backtest` and `pipeline`: how much of the work runs at once."
-    p.add_argument("--jobs", type=int, default=None, help="tuning trials (one thread each) and backtest folds (one worker process "
-                                                         "each) run at once (default: every core); a study depends on it, not on timing")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="tuning trials (one thread each) and backtest folds (one worker process "
+                        "each) run at once (default: every core); a study depends on it, not on timing")
 
 # %% ../nbs/15_cli.ipynb #200f2f0e
 def add_features(p: argparse.ArgumentParser):
@@ -116,9 +119,11 @@ def add_features(p: argparse.ArgumentParser):
 # %% ../nbs/15_cli.ipynb #4970870f
 def add_gate(p: argparse.ArgumentParser):
     "Add the promotion gate's options shared by `promote` and `pipeline`."
-    p.add_argument("--min-improvement", type=float, default=0.0, help="log loss the candidate must gain over the champion, "
-                                                                      "by its whole 95%% interval (default: 0)")
-    p.add_argument("--min-rows", type=int, default=MIN_ROWS, help=f"fresh rows the gate needs to judge (default: {MIN_ROWS})")
+    p.add_argument("--min-improvement", type=float, default=0.0,
+                   help="log loss the candidate must gain over the champion, "
+                        "by its whole 95%% interval (default: 0)")
+    p.add_argument("--min-rows", type=int, default=MIN_ROWS,
+                   help=f"fresh rows the gate needs to judge (default: {MIN_ROWS})")
 
 # %% ../nbs/15_cli.ipynb #50bb08da
 def utc_time(text: str) -> pd.Timestamp:
@@ -129,16 +134,19 @@ def utc_time(text: str) -> pd.Timestamp:
 # %% ../nbs/15_cli.ipynb #a1c3dec7
 def add_time_range(p: argparse.ArgumentParser):
     "Add `--since`, `--until`, `--funding` and `--open-interest` for fetching from an exchange."
-    p.add_argument("--since", type=utc_time, default=None, help="first bar to fetch, e.g. 2023-03-01 (default: resume the store)")
+    p.add_argument("--since", type=utc_time, default=None,
+                   help="first bar to fetch, e.g. 2023-03-01 (default: resume the store)")
     p.add_argument("--until", type=utc_time, default=None, help="fetch up to this time (default: now)")
     p.add_argument("--funding", action="store_true", help="also fetch the perpetual's funding rates")
-    p.add_argument("--open-interest", action="store_true", help="also fetch the perpetual's open interest (Binance keeps 30 days)")
+    p.add_argument("--open-interest", action="store_true",
+                   help="also fetch the perpetual's open interest (Binance keeps 30 days)")
 
 # %% ../nbs/15_cli.ipynb #3b91ee9d
 def add_replace(p: argparse.ArgumentParser):
-    "Add `--replace`: rows that differ from stored ones correct them (and are logged), where a difference is otherwise refused."
+    "Add `--replace`: rows that differ from stored ones correct them (logged); without it, a difference is refused."
     p.add_argument("--replace", action="store_true",
-                   help="let rows that differ from stored ones replace them (logged in raw/replacements.jsonl); without it, refused")
+                   help="let rows that differ from stored ones replace them (logged in raw/replacements.jsonl); "
+                        "without it, refused")
 
 # %% ../nbs/15_cli.ipynb #9a227a9d
 def existing_file(name: str) -> Path:
@@ -157,8 +165,9 @@ def add_many(p: argparse.ArgumentParser):
     "Add `--symbols` and `--universe`: several markets at once."
     many = p.add_mutually_exclusive_group()
     many.add_argument("--symbols", type=symbol_list, help="comma-separated ccxt symbols, e.g. BTC/USDT,ETH/USDT")
-    many.add_argument("--universe", type=existing_file, help="a universe file: symbols one a line or comma-separated, # comments, "
-                                                             "optional 'exchange = ...' and 'timeframe = ...' lines")
+    many.add_argument("--universe", type=existing_file,
+                      help="a universe file: symbols one a line or comma-separated, # comments, "
+                           "optional 'exchange = ...' and 'timeframe = ...' lines")
 
 # %% ../nbs/15_cli.ipynb #1fb4d7f2
 def many_markets(args) -> tuple[str, list[str], str]:
@@ -174,7 +183,8 @@ def print_many(args, report: ManyReport) -> int:
     "Print each market's outcome (a failed market on stderr, named, with why); exit status 2 when any failed."
     for r in report.reports.values(): print_ingest(r)
     for market, why in report.failures.items(): _say(args, f"error: {market}: {why}", 2)
-    if report.failures: _say(args, f"{len(report.failures)} of {len(report.reports) + len(report.failures)} markets failed", 2)
+    if report.failures:
+        _say(args, f"{len(report.failures)} of {len(report.reports) + len(report.failures)} markets failed", 2)
     return 2 if report.failures else 0
 
 # %% ../nbs/15_cli.ipynb #68ff19cc
@@ -209,26 +219,29 @@ def fetch(args, market: Market | None = None) -> IngestReport:
 
 # %% ../nbs/15_cli.ipynb #c45de8ce
 def import_dumps(args, files: list[Path]) -> IngestReport:
-    "Import the CSV dumps `files` of the command's market (and `--funding-csv`, as its funding exchange's) into the store."
+    "Import the CSV dumps `files` of the command's market (and `--funding-csv`, as its funding exchange's)."
     report = import_csv(files, args.exchange, args.symbol, args.timeframe, home=args.home, replace=args.replace)
     if args.funding_csv:
-        import_funding_csv(args.funding_csv, funding_exchange(report.market), args.symbol, home=args.home, replace=args.replace)
+        import_funding_csv(args.funding_csv, funding_exchange(report.market), args.symbol, home=args.home,
+                           replace=args.replace)
     return report
 
 # %% ../nbs/15_cli.ipynb #1a9be595
 def cmd_ingest(args) -> int:
-    "Fetch bars (and funding, open interest) of one market or many (--symbols, --universe) from an exchange into the store."
+    "Fetch bars (and funding, open interest) of one market or many (--symbols, --universe) from an exchange."
     if not (args.symbols or args.universe):
-        if not (args.symbol and args.timeframe): raise ConfigError("ingest needs --symbol and --timeframe, or --symbols or --universe")
+        if not (args.symbol and args.timeframe):
+            raise ConfigError("ingest needs --symbol and --timeframe, or --symbols or --universe")
         args.exchange = args.exchange or "binance"
         return print_ingest(fetch(args))
     exchange, symbols, timeframe = many_markets(args)
-    return print_many(args, ingest_many(exchange, symbols, timeframe, args.since, args.until, home=args.home, funding=args.funding,
-                                        open_interest=args.open_interest, progress=not args.quiet, replace=args.replace))
+    return print_many(args, ingest_many(exchange, symbols, timeframe, args.since, args.until, home=args.home,
+                                        funding=args.funding, open_interest=args.open_interest,
+                                        progress=not args.quiet, replace=args.replace))
 
 # %% ../nbs/15_cli.ipynb #ce8e5fca
 def cmd_import(args) -> int:
-    "Import CSV or zipped CSV dumps into the store: of one market (--symbol), or of each file's market, read from its name."
+    "Import CSV or zipped CSV dumps: of one market (--symbol), or of each file's market, read from its name."
     if args.symbol:
         if not args.timeframe: raise ConfigError("import --symbol needs --timeframe")
         return print_ingest(import_dumps(args, args.files))
@@ -320,13 +333,14 @@ def cmd_predict(args) -> int:
 
 def cmd_monitor(args) -> int:
     "Write the monitor's report for the market's champion (or --run), print it, demote on request, exit 1 on an alert."
-    report = monitor(args.run, home=args.home, market=None if args.run else market_arg(args), window_days=args.window_days,
-                     demote_on_alert=args.demote_on_alert)
+    report = monitor(args.run, home=args.home, market=None if args.run else market_arg(args),
+                     window_days=args.window_days, demote_on_alert=args.demote_on_alert)
     table = report_table(report)
     if len(table): print(table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", max_colwidth=48))
     print(f"status: {report['status']}" + (f" ({report['reason']})" if "reason" in report else "")
           + "".join(f"\n  {f}" for f in report["findings"]))
-    if "demotion" in report: print(f"demotion: {'done' if report['demotion']['demoted'] else 'none'}: {report['demotion']['reason']}")
+    if "demotion" in report:
+        print(f"demotion: {'done' if report['demotion']['demoted'] else 'none'}: {report['demotion']['reason']}")
     print(f"report: {report['path']}")
     return 1 if report["status"] == "alert" else 0
 
@@ -336,15 +350,15 @@ def check_source(args):
     many = args.symbols or args.universe
     if args.symbol and many: raise ConfigError("give --symbol, or --symbols or --universe, not both")
     if many and args.import_files:
-        raise ConfigError("--import reads one market's dumps: import each market first (cryptoml import), then run the pipeline with "
-                          "--stored --symbols")
+        raise ConfigError("--import reads one market's dumps: import each market first (cryptoml import), "
+                          "then run the pipeline with --stored --symbols")
     if not (args.demo or (args.symbol and args.timeframe) or many):
-        raise ConfigError("pipeline needs --demo, or --symbol and --timeframe, or --symbols or --universe (with --import FILE..., "
-                          "--stored, or an --exchange to fetch from)")
+        raise ConfigError("pipeline needs --demo, or --symbol and --timeframe, or --symbols or --universe "
+                          "(with --import FILE..., --stored, or an --exchange to fetch from)")
 
 # %% ../nbs/15_cli.ipynb #d4e84029
 def acquire(args, market: Market | None = None) -> Market:
-    "Fill the store with `market`'s bars from the pipeline's source (--demo, --import FILE..., --stored: none, else its exchange)."
+    "Fill the store with `market`'s bars from --demo, --import FILE..., --stored (none), else its exchange."
     if args.demo and not args.symbols: return write_demo_market(args.home, days=args.days, seed=args.seed)
     market = market or Market(args.exchange, args.symbol, args.timeframe)
     if args.demo: distributed().write_synthetic(market, args.home, days=args.days, seed=args.seed)
@@ -366,7 +380,8 @@ def cmd_pipeline(args) -> int:
     step(1, "market data", steps)
     market = acquire(args)
     step(2, f"features of {market}", steps)
-    path = build_features(market, home=args.home, feature_set=args.feature_set, horizon=args.horizon, progress=not args.quiet)
+    path = build_features(market, home=args.home, feature_set=args.feature_set, horizon=args.horizon,
+                          progress=not args.quiet)
     step(3, f"split, leakage guard and {args.trials} tuning trials", steps)
     run_id = tune_and_save(args, path)
     step(4, f"promotion of run {run_id}", steps)
@@ -384,21 +399,23 @@ def add_cluster(p: argparse.ArgumentParser):
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                        help="run the tasks on this Dask cluster (the data root must be one every worker sees)")
-    where.add_argument("--cluster", default=None, metavar="local[N]", help="run the tasks on a Dask cluster of N worker processes here")
+    where.add_argument("--cluster", default=None, metavar="local[N]",
+                       help="run the tasks on a Dask cluster of N worker processes here")
 
 # %% ../nbs/15_cli.ipynb #e04270d6
 def distributed():
-    "The `cryptoml.distributed` stage, imported only by the commands that use Dask (it takes a second or two to import)."
+    "The `cryptoml.distributed` stage, imported only by the commands that use Dask (its import takes a second or two)."
     from cryptoml import distributed
     return distributed
 
 # %% ../nbs/15_cli.ipynb #3300a1e2
 def markets_of(args) -> list[Market]:
-    "The command's markets: `--symbols` or `--universe` (`many_markets`), else `--symbol`; with `--demo`, synthetic ones (1m)."
+    "The command's markets: `--symbols` or `--universe` (`many_markets`), else `--symbol`; `--demo`: synthetic (1m)."
     demo = getattr(args, "demo", False)
     if not (args.symbols or args.universe):
         return [SYNTHETIC] if demo else [Market(args.exchange or "binance", args.symbol, args.timeframe or "1m")]
-    if demo: return [Market("synthetic", s, args.timeframe or "1m") for s in args.symbols or read_universe(args.universe).symbols]
+    if demo: return [Market("synthetic", s, args.timeframe or "1m")
+                     for s in args.symbols or read_universe(args.universe).symbols]
     exchange, symbols, timeframe = many_markets(args)
     return [Market(exchange, s, timeframe) for s in symbols]
 
@@ -406,7 +423,8 @@ def markets_of(args) -> list[Market]:
 def print_outcomes(args, outcomes: list, seconds: float) -> int:
     "A line a market (outcome, run, why), a failed market's error also on stderr, a count; the command's exit status."
     for o in outcomes:
-        outcome, run_id, why = (o.value["outcome"], o.value.get("run_id", "-"), o.value["detail"]) if o.ok else ("failed", "-", o.error)
+        outcome, run_id, why = ((o.value["outcome"], o.value.get("run_id", "-"), o.value["detail"]) if o.ok
+                                else ("failed", "-", o.error))
         print(f"{str(o.market):32} {outcome:9} {run_id:19} {why}")
         if not o.ok: _say(args, f"error: {o.market}: {o.error}", o.exit_code)
     counts = pd.Series(["failed" if not o.ok else o.value["outcome"] for o in outcomes]).value_counts()
@@ -415,15 +433,17 @@ def print_outcomes(args, outcomes: list, seconds: float) -> int:
 
 # %% ../nbs/15_cli.ipynb #8bef68e0
 def pipeline_market(args, invocation: str, market: Market) -> dict:
-    "One market's pipeline as a task that may run twice: its data and features, one saved run, one decision of the gate."
+    "One market's pipeline as a task that may run twice: its data and features, one saved run, one gate decision."
     dist, quiet = distributed(), argparse.Namespace(**{**vars(args), "quiet": True, "jobs": 1})
     with dist.market_task(args.home, market, invocation) as claim:
         acquire(quiet, market)
-        path = build_features(market, home=args.home, feature_set=args.feature_set, horizon=args.horizon, progress=False)
+        path = build_features(market, home=args.home, feature_set=args.feature_set, horizon=args.horizon,
+                              progress=False)
         table_sha256 = sha256_file(path)
         run_id = dist.saved_run(claim, lambda: tune_and_save(quiet, path),
                                 ours=lambda card: card["data"]["feature_table_sha256"] == table_sha256)
-        decision = dist.decided(claim, run_id, lambda: promote(run_id, home=args.home, min_improvement=args.min_improvement,
+        decision = dist.decided(claim, run_id, lambda: promote(run_id, home=args.home,
+                                                               min_improvement=args.min_improvement,
                                                                min_rows=args.min_rows))
         result = {"outcome": decision["outcome"], "status": 0 if decision["promoted"] else 1, "run_id": run_id,
                   "detail": decision["reason"]}
@@ -431,42 +451,52 @@ def pipeline_market(args, invocation: str, market: Market) -> dict:
     return result
 
 def pipeline_markets(args) -> int:
-    "The pipeline of each market of `--symbols` or `--universe` (or of the one market) as a task, on the cluster of --scheduler/--cluster or here."
+    "Each market's pipeline (`--symbols`, `--universe`, or the one market) as a task, on --scheduler/--cluster or here."
     started, dist = time.monotonic(), distributed()
     markets, invocation = markets_of(args), dist.invocation_id()
     with dist.connect(args.scheduler, args.cluster) as client:
-        outcomes = dist.run_markets(partial(pipeline_market, args, invocation), markets, client, progress=not args.quiet, desc="pipeline")
+        outcomes = dist.run_markets(partial(pipeline_market, args, invocation), markets, client,
+                                    progress=not args.quiet, desc="pipeline")
     dist.forget(args.home, invocation)
     return print_outcomes(args, outcomes, time.monotonic() - started)
 
 # %% ../nbs/15_cli.ipynb #c9e8a27a
 def add_backtest(p: argparse.ArgumentParser):
     "Add the walk-forward and trading options shared by `backtest` and `pipeline --backtest`."
-    p.add_argument("--retrain-days", type=float, default=None, help="days between retrains (default: 360 bars, 1 to 30 days)")
-    p.add_argument("--train-days", type=float, default=None, help="rolling training window in days (default: all bars so far)")
-    p.add_argument("--warmup-days", type=float, default=None, help="days before the first test segment (default: the fewest that fit --min-rows)")
-    p.add_argument("--tune-every", type=int, default=None, help="re-tune on the first of every N folds (default: once, on fold 1)")
-    p.add_argument("--params", metavar="RUN_ID", default=None, help="fixed parameters from a run's model card instead of tuning")
-    p.add_argument("--threshold", type=float, default=None, help="trade when p_up is further than this from 0.5 (default: chosen per fold "
-                                                                 "on its training window)")
+    p.add_argument("--retrain-days", type=float, default=None,
+                   help="days between retrains (default: 360 bars, 1 to 30 days)")
+    p.add_argument("--train-days", type=float, default=None,
+                   help="rolling training window in days (default: all bars so far)")
+    p.add_argument("--warmup-days", type=float, default=None,
+                   help="days before the first test segment (default: the fewest that fit --min-rows)")
+    p.add_argument("--tune-every", type=int, default=None,
+                   help="re-tune on the first of every N folds (default: once, on fold 1)")
+    p.add_argument("--params", metavar="RUN_ID", default=None,
+                   help="fixed parameters from a run's model card instead of tuning")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="trade when p_up is further than this from 0.5 (default: chosen per fold "
+                        "on its training window)")
     p.add_argument("--no-short", action="store_true", help="long or flat only, as on a spot market")
-    p.add_argument("--fee-bps", type=float, default=FEE_BPS, help=f"fee per side in bps (default: {FEE_BPS:g}, Binance USDT-M futures taker; spot: 10)")
-    p.add_argument("--slippage-bps", type=float, default=SLIPPAGE_BPS, help=f"slippage per side in bps (default: {SLIPPAGE_BPS:g})")
+    p.add_argument("--fee-bps", type=float, default=FEE_BPS,
+                   help=f"fee per side in bps (default: {FEE_BPS:g}, Binance USDT-M futures taker; spot: 10)")
+    p.add_argument("--slippage-bps", type=float, default=SLIPPAGE_BPS,
+                   help=f"slippage per side in bps (default: {SLIPPAGE_BPS:g})")
     p.add_argument("--min-val-rows", type=int, default=MIN_VAL_ROWS,
                    help=f"fewest rows in an inner slice or scored period (default: {MIN_VAL_ROWS})")
-    p.add_argument("--period", default="auto", choices=["auto", *PERIODS], help="scoring period (default: year, else month, week or day)")
+    p.add_argument("--period", default="auto", choices=["auto", *PERIODS],
+                   help="scoring period (default: year, else month, week or day)")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval (default: 1000)")
 
 # %% ../nbs/15_cli.ipynb #5a662915
 def run_backtest(args, market: Market, path: Path, pool: Callable | None = None, show: bool = True) -> Backtest:
-    "Backtest `market`'s feature table at `path` with the command's options (leakage guard on, folds on `pool`); print it (`show`)."
+    "Backtest `market`'s table at `path` with the command's options (guard on, folds on `pool`); print it (`show`)."
     table, _ = read_feature_table(path)
     card = Run.open(args.params, args.home).card if args.params else None
     result = backtest(table, home=args.home, market=market._asdict(), params=card and card["tuning"]["best_params"],
                       params_from=card and {"run": args.params, "tuned_until": card["data"]["train"][1]},
-                      retrain_days=args.retrain_days, train_days=args.train_days,
-                      warmup_days=args.warmup_days, tune_every=args.tune_every, n_trials=args.trials, seed=args.seed,
-                      threshold=args.threshold, short=not args.no_short, fee_bps=args.fee_bps, slippage_bps=args.slippage_bps,
+                      retrain_days=args.retrain_days, train_days=args.train_days, warmup_days=args.warmup_days,
+                      tune_every=args.tune_every, n_trials=args.trials, seed=args.seed, threshold=args.threshold,
+                      short=not args.no_short, fee_bps=args.fee_bps, slippage_bps=args.slippage_bps,
                       min_rows=args.min_val_rows, period=args.period, n_boot=args.boot, n_jobs=args.jobs, pool=pool,
                       progress=not args.quiet)
     if show: print(backtest_text(result))
@@ -474,22 +504,24 @@ def run_backtest(args, market: Market, path: Path, pool: Callable | None = None,
 
 # %% ../nbs/15_cli.ipynb #c3142688
 def backtest_market(args, market: Market) -> dict:
-    "One market's backtest as a task (its folds one after another on the worker; a rerun resumes from its stored folds)."
+    "One market's backtest as a task (its folds one after another on the worker; a rerun resumes its stored folds)."
     quiet = argparse.Namespace(**{**vars(args), "quiet": True, "jobs": 1})
     bt = run_backtest(quiet, market, feature_path(args.home, market, args.feature_set, args.horizon), show=False)
     return {"outcome": "done", "status": 0, "run_id": bt.id, "detail": bt.summary.splitlines()[0]}
 
 # %% ../nbs/15_cli.ipynb #3144206a
 def cmd_backtest(args) -> int:
-    "Walk-forward retraining and a cost-aware backtest of a market's feature table; of many markets' as tasks, or its folds as tasks."
+    "Walk-forward retraining and a cost-aware backtest of a market's table; many markets, or one's folds, as tasks."
     if args.symbols or args.universe:
         if args.symbol: raise ConfigError("give --symbol, or --symbols or --universe, not both")
         started, dist = time.monotonic(), distributed()
         with dist.connect(args.scheduler, args.cluster) as client:
-            outcomes = dist.run_markets(partial(backtest_market, args), markets_of(args), client, progress=not args.quiet, desc="backtests")
+            outcomes = dist.run_markets(partial(backtest_market, args), markets_of(args), client,
+                                        progress=not args.quiet, desc="backtests")
         return print_outcomes(args, outcomes, time.monotonic() - started)
     market = market_arg(args)
-    with distributed().connect(args.scheduler, args.cluster) if args.scheduler or args.cluster else nullcontext() as client:
+    with (distributed().connect(args.scheduler, args.cluster) if args.scheduler or args.cluster
+          else nullcontext()) as client:
         run_backtest(args, market, feature_path(args.home, market, args.feature_set, args.horizon),
                      pool=client and distributed().cluster_pool(client))
     return 0
@@ -503,31 +535,34 @@ def cmd_docs(args) -> int:
     return 1 if render_site(args.notebooks, args.out, args.timeout, home) else 0
 
 # %% ../nbs/15_cli.ipynb #c4679da6
-def _ingest_args(p): add_exchange(p, None); add_symbol(p, required=False); add_many(p); add_time_range(p); add_replace(p)
+def _ingest_args(p):
+    add_exchange(p, None); add_symbol(p, required=False); add_many(p); add_time_range(p); add_replace(p)
 def _import_args(p):
     p.add_argument("files", nargs="+", type=existing_file, metavar="FILE", help="CSV or zipped CSV dumps")
     add_exchange(p)
     p.add_argument("--symbol", help="the one market every file holds (default: each file's market, from its name, "
                                     "e.g. BTCUSDT-1h-2023-03.zip or binance_perp_ETHUSDT_1h_2021-2022.csv)")
     p.add_argument("--timeframe", help="the files' timeframe (default: from each file's name)")
-    p.add_argument("--funding-csv", type=existing_file, help="also import funding rates (timestamp,funding_rate) for this symbol, "
-                                                             "as its funding exchange's (binance for binanceus)")
+    p.add_argument("--funding-csv", type=existing_file,
+                   help="also import funding rates (timestamp,funding_rate) for this symbol, "
+                        "as its funding exchange's (binance for binanceus)")
     add_replace(p)
 def _demo_args(p):
     p.add_argument("--days", type=float, default=30, help="days of 1m bars (default: 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 def _features_args(p):
     add_market(p); add_features(p)
-    p.add_argument("--funding-exchange", default=None, help="where this market's funding rates are stored (default: its own "
-                                                            "exchange, or binance for binanceus)")
+    p.add_argument("--funding-exchange", default=None,
+                   help="where this market's funding rates are stored (default: its own "
+                        "exchange, or binance for binanceus)")
 def _tune_args(p): add_market(p); add_features(p); add_tuning(p); add_jobs(p)
 def _promote_args(p):
     p.add_argument("run_id", help="run id, e.g. 2026-11-26T101500")
     alias = p.add_mutually_exclusive_group()
     for name in ALIASES:
         alias.add_argument(f"--{name}", dest="alias", action="store_const", const=name,
-                           help="name the run its market's champion, through the gate (the default)" if name == "champion"
-                           else f"name the run its market's {name} (no gate)")
+                           help="name the run its market's champion, through the gate (the default)"
+                           if name == "champion" else f"name the run its market's {name} (no gate)")
     p.set_defaults(alias="champion")
     p.add_argument("--force", action="store_true", help="make it champion even if the gate refuses (logged)")
     add_gate(p); add_market(p, required=False)
@@ -540,35 +575,43 @@ def _compare_args(p):
     p.add_argument("--min-rows", type=int, default=MIN_ROWS, help=f"fresh rows needed (default: {MIN_ROWS})")
 def _predict_args(p):
     add_market(p, required=False)
-    p.add_argument("--member", help="with a pooled model (a panel's market): which of its markets to predict, e.g. ETH/USDT")
-    p.add_argument("--at", type=utc_time, default=None, help="time of the newest bar to use (default: the newest stored)")
+    p.add_argument("--member",
+                   help="with a pooled model (a panel's market): which of its markets to predict, e.g. ETH/USDT")
+    p.add_argument("--at", type=utc_time, default=None,
+                   help="time of the newest bar to use (default: the newest stored)")
 def _monitor_args(p):
     add_market(p, required=False)
     p.add_argument("--window-days", type=float, default=7, help="days of recent bars to compare (default: 7)")
     p.add_argument("--run", default=None, help="run id to monitor (default: the market's champion)")
-    p.add_argument("--demote-on-alert", action="store_true", help="roll the champion back to the previous one when its realised "
-                                                                   "log loss is worse than its card's (95%% interval)")
+    p.add_argument("--demote-on-alert", action="store_true",
+                   help="roll the champion back to the previous one when its realised "
+                        "log loss is worse than its card's (95%% interval)")
 def _pipeline_args(p):
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--demo", action="store_true", help="use the embedded synthetic market (offline; seeded by --seed)")
-    source.add_argument("--import", dest="import_files", nargs="+", type=existing_file, metavar="FILE", help="import CSV dumps")
+    source.add_argument("--demo", action="store_true",
+                        help="use the embedded synthetic market (offline; seeded by --seed)")
+    source.add_argument("--import", dest="import_files", nargs="+", type=existing_file, metavar="FILE",
+                        help="import CSV dumps")
     source.add_argument("--stored", action="store_true", help="use the bars already in the store (fetch nothing)")
     add_exchange(p); add_symbol(p, required=False); add_many(p); add_cluster(p)
     add_time_range(p); add_replace(p)
     p.add_argument("--funding-csv", type=existing_file, help="with --import: funding rates to import too")
     p.add_argument("--days", type=float, default=30, help="with --demo: days of synthetic bars (default: 30)")
     add_features(p); add_tuning(p); add_gate(p); add_backtest(p); add_jobs(p)
-    p.add_argument("--backtest", action="store_true", help="then a walk-forward backtest of the market (see backtest --help)")
+    p.add_argument("--backtest", action="store_true",
+                   help="then a walk-forward backtest of the market (see backtest --help)")
 def _backtest_args(p):
     add_market(p, required=False); add_many(p); add_cluster(p); add_features(p); add_backtest(p); add_jobs(p)
     p.add_argument("--trials", type=int, default=20, help="Optuna trials per tuning (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the models (default: 0)")
 def _panel_args(p):
-    p.add_argument("--universe", type=existing_file, required=True, help="the universe file of the panel's markets; its name names the panel")
+    p.add_argument("--universe", type=existing_file, required=True,
+                   help="the universe file of the panel's markets; its name names the panel")
     add_exchange(p, None)
     p.add_argument("--timeframe", help="the markets' timeframe (default: the universe's)")
     p.add_argument("--reference", help="the market cross-pair features read (default: the universe's first)")
-    p.add_argument("--panel-set", default="panel", choices=sorted(PANEL_SETS), help="panel feature set (default: panel)")
+    p.add_argument("--panel-set", default="panel", choices=sorted(PANEL_SETS),
+                   help="panel feature set (default: panel)")
     p.add_argument("--horizon", type=int, default=1, help="label horizon in bars (default: 1)")
 def _docs_args(p):
     p.add_argument("notebooks", nargs="*", help="notebooks to render (default: all in nbs/)")
@@ -576,17 +619,21 @@ def _docs_args(p):
     p.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default: 600)")
 
 COMMANDS = {
-    "ingest":   (cmd_ingest, _ingest_args, "fetch OHLCV bars (and funding, open interest) of one market or many from an exchange"),
+    "ingest":   (cmd_ingest, _ingest_args,
+                 "fetch OHLCV bars (and funding, open interest) of one market or many from an exchange"),
     "import":   (cmd_import, _import_args, "import CSV or zipped CSV dumps"),
     "demo":     (cmd_demo, _demo_args, "write the embedded synthetic market"),
     "features": (cmd_features, _features_args, "build a market's feature table"),
-    "panel":    (cmd_panel, _panel_args, "build a panel's table: many markets, cross-pair and multi-timeframe features"),
+    "panel":    (cmd_panel, _panel_args,
+                 "build a panel's table: many markets, cross-pair and multi-timeframe features"),
     "tune":     (cmd_tune, _tune_args, "tune a LightGBM model and save it as a run"),
-    "promote":  (cmd_promote, _promote_args, "make a run its market's champion if it passes the gate (or its challenger, shadow)"),
+    "promote":  (cmd_promote, _promote_args,
+                 "make a run its market's champion if it passes the gate (or its challenger, shadow)"),
     "rollback": (cmd_rollback, _rollback_args, "point a market's champion back at the previous one"),
     "runs":     (cmd_runs, _runs_args, "list the runs, of every market or of one"),
     "show":     (cmd_show, _show_args, "print a run's model card"),
-    "compare":  (cmd_compare, _compare_args, "two runs on the same fresh rows: gain with its interval, calibration, agreement"),
+    "compare":  (cmd_compare, _compare_args,
+                 "two runs on the same fresh rows: gain with its interval, calibration, agreement"),
     "predict":  (cmd_predict, _predict_args, "P(up) of the next bar from a market's champion"),
     "monitor":  (cmd_monitor, _monitor_args, "drift, realised metrics and calibration report; exit 1 on an alert"),
     "pipeline": (cmd_pipeline, _pipeline_args, "data, features, split, tune, save, promote; print the model card"),
@@ -607,8 +654,9 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 # %% ../nbs/15_cli.ipynb #2c4c823d
-def in_data_root(command: Callable[[argparse.Namespace], int], check: bool = True) -> Callable[[argparse.Namespace], int]:
-    "`command`, run once `--home` is resolved to the data root and (with `check`) the root is checked to be in this layout."
+def in_data_root(command: Callable[[argparse.Namespace], int],
+                 check: bool = True) -> Callable[[argparse.Namespace], int]:
+    "`command`, run once `--home` is resolved to the data root and (with `check`) checked to be in this layout."
     def run(args) -> int:
         args.home = data_home(args.home)
         if check: check_layout(args.home)

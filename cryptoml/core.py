@@ -15,6 +15,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,7 +27,7 @@ __all__ = ['RUN_ID', 'LIBRARIES', 'CryptomlError', 'ConfigError', 'DataError', '
            'feature_path', 'models_dir', 'market_dir', 'best_link', 'optuna_storage', 'check_run_id', 'inside',
            'legacy_layout', 'check_layout', 'fsync_dir', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json',
            'atomic_write_parquet', 'parquet_metadata', 'read_parquet_file', 'atomic_symlink', 'sha256_file',
-           'library_versions', 'repo_root', 'shared_data']
+           'library_versions', 'repo_root', 'shared_data', 'display_rows']
 
 # %% ../nbs/00_core.ipynb #2e9f61dd
 class CryptomlError(Exception):
@@ -325,3 +326,14 @@ def shared_data(name: str = "") -> Path | None:
     roots = [Path(env)] if env else [r.parent/"shared"/"data"
                                      for r in (repo_root(), repo_root(Path(cryptoml.__file__).parent)) if r]
     return next((r/name for r in roots if (r/name).exists()), None)
+
+# %% ../nbs/00_core.ipynb #369361aa
+def display_rows(values, n: int = 1000, extremes: bool = False) -> np.ndarray:
+    "Positions of at most about `n` of `values` that keep a curve's shape: each bucket's last row, or its min and max."
+    if len(values) <= n: return np.arange(len(values))
+    size = -(-len(values) * (1 + extremes) // n)  # rows per bucket
+    if not extremes: return np.unique(np.r_[0, np.arange(size - 1, len(values), size), len(values) - 1])
+    v = np.r_[np.asarray(values, dtype=float), np.full(-len(values) % size, np.nan)].reshape(-1, size)
+    first = np.arange(0, v.size, size)
+    lows, highs = np.where(np.isnan(v), np.inf, v).argmin(1), np.where(np.isnan(v), -np.inf, v).argmax(1)
+    return np.unique(np.r_[0, first + lows, first + highs, len(values) - 1])

@@ -73,11 +73,13 @@ def navigation(pages: list[tuple[str, str]], current: str) -> tuple[str, str]:
 # %% ../nbs/14_docs.ipynb #602e82f5
 _INLINE_BLOCK = re.compile(r"<(script|style)([^>]*)>(.*?)</\1>", re.S)
 
-def share_assets(html: str, out: Path, min_bytes: int = 100_000) -> str:
-    "`html` with each inline script or style of `min_bytes` or more moved to a file in `out` named by its content."
+def _figure_data(script: str) -> bool: return script.lstrip().startswith("window.PLOTLYENV")  # one plot's own data
+
+def share_assets(html: str, out: Path, min_bytes: int = 4_000) -> str:
+    "`html` with each inline script or style of `min_bytes` or more moved to a file in `out` (not figures or modules)."
     def shared(m: re.Match) -> str:
         tag, attrs, body = m.groups()
-        if len(body) < min_bytes or "src=" in attrs: return m[0]
+        if len(body) < min_bytes or "src=" in attrs or "module" in attrs or _figure_data(body): return m[0]
         name = f"{hashlib.sha256(body.encode()).hexdigest()[:16]}.{'js' if tag == 'script' else 'css'}"
         if not (out/name).exists(): atomic_write_bytes(out/name, body.encode()).chmod(0o644)
         return f'<script src="{name}"></script>' if tag == "script" else f'<link rel="stylesheet" href="{name}">'

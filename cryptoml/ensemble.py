@@ -64,7 +64,8 @@ class LinearLogit:
         a, c, fills = np.ones(n), np.zeros(n), np.full(n, np.nan)
         for step in steps:
             if (fold := FOLDS.get(type(step))) is None:
-                raise ArtifactError(f"cannot fold pipeline step {type(step).__name__} into a linear model; foldable: {[f.__name__ for f in FOLDS]}")
+                raise ArtifactError(f"cannot fold pipeline step {type(step).__name__} into a linear model; "
+                                    f"foldable: {[f.__name__ for f in FOLDS]}")
             a, c, fills = fold(step, a, c, fills)
         w = final.coef_[0]
         return cls(fills, a * w, final.intercept_[0] + c @ w)
@@ -72,7 +73,8 @@ class LinearLogit:
     def predict_row(self, values: list) -> float:
         "P(up) of one row: `values`, a list of floats in the model's feature order."
         z = self.intercept + sum(map(operator.mul, self._weights, values))
-        if z != z: z = self.intercept + sum(map(operator.mul, self._weights, map(_filled, values, self._fills)))  # a NaN: impute
+        # a NaN: impute
+        if z != z: z = self.intercept + sum(map(operator.mul, self._weights, map(_filled, values, self._fills)))
         return _sigmoid(z)
 
     def predict_batch(self, X: np.ndarray, num_threads: int = 1) -> np.ndarray:
@@ -124,7 +126,7 @@ def _sum_to_one(weights: dict) -> dict:
 
 @dataclass(frozen=True)
 class DynamicWeights:
-    "Weights from recent performance: log losses of the last `window` outcomes, recency-weighted by `halflife` (outcomes), Hedge with rate `eta`."
+    "Weights from the log losses of the last `window` outcomes, recency-weighted by `halflife`, Hedge with rate `eta`."
     window: int = 500
     halflife: float = 100.0
     eta: float = 1.0
@@ -148,17 +150,20 @@ def log_losses(y, p) -> np.ndarray:
 
 # %% ../nbs/11_ensemble.ipynb #2f492128
 class EnsemblePredictor:
-    "Named members (anything with `predict_proba`) blended `linear` or `logit`, with optional dynamic weights and shadow members."
+    "Named members (anything with `predict_proba`) blended `linear` or `logit`; dynamic weights, shadows optional."
     def __init__(self, members: dict, weights: dict | None = None, *, blend: str = "linear", shadow=(),
                  dynamic: DynamicWeights | None = None, shadow_log: str | os.PathLike | None = None):
         self.members, self.shadow, self.dynamic = dict(members), tuple(shadow), dynamic
         if blend not in BLENDS: raise ConfigError(f"unknown blend {blend!r}: expected one of {list(BLENDS)}")
-        if unknown := [s for s in self.shadow if s not in self.members]: raise ConfigError(f"shadow members {unknown} are not among the members {list(self.members)}")
+        if unknown := [s for s in self.shadow if s not in self.members]:
+            raise ConfigError(f"shadow members {unknown} are not among the members {list(self.members)}")
         self.blend, (self._to_space, self._from_space) = blend, BLENDS[blend]
         self.base_weights = self._normalise(weights or {m: 1.0 for m in self.members if m not in self.shadow})
         self.weights, self._last, self._update_lock = self.base_weights, None, threading.Lock()
-        self._scoring = dynamic or DynamicWeights()  # static weights still keep (and show) each member's recent log loss
-        self._plan = [(name, member, member.link if isinstance(member, ServedModel) else None) for name, member in self.members.items()]
+        # static weights still keep (and show) each member's recent log loss
+        self._scoring = dynamic or DynamicWeights()
+        self._plan = [(name, member, member.link if isinstance(member, ServedModel) else None)
+                      for name, member in self.members.items()]
         self._links = {link for _, _, link in self._plan if link}
         self._losses = {m: deque(maxlen=self._scoring.window) for m in self.members}
         self.log = shadow_log and ShadowLog(shadow_log, self.log_lines)
@@ -166,15 +171,19 @@ class EnsemblePredictor:
     def _normalise(self, weights: dict) -> dict:
         "`weights` checked against the blended members and scaled to sum to 1."
         blended = [m for m in self.members if m not in self.shadow]
-        if sorted(weights) != sorted(blended): raise ConfigError(f"weights name {sorted(weights)}; the blended members are {sorted(blended)}")
-        if min(weights.values()) < 0 or not sum(weights.values()) > 0: raise ConfigError(f"weights must be >= 0 with a positive sum: {weights}")
+        if sorted(weights) != sorted(blended):
+            raise ConfigError(f"weights name {sorted(weights)}; the blended members are {sorted(blended)}")
+        if min(weights.values()) < 0 or not sum(weights.values()) > 0:
+            raise ConfigError(f"weights must be >= 0 with a positive sum: {weights}")
         scaled = _sum_to_one(weights)
         return {m: scaled[m] for m in blended}
 
     def predict(self, X) -> EnsemblePrediction:
-        "The blend of the members' P(up) for `X` (a dict, array or DataFrame, as each member takes it), with each contribution."
-        stamps = {link: path_stamp(link) for link in self._links}  # one readlink per link, however many members follow it
-        probs = {name: member.serving(stamps[link]).predict(X) if link else member.predict_proba(X) for name, member, link in self._plan}
+        "The blend of the members' P(up) for `X` (a dict, array or DataFrame, as they take it), with each contribution."
+        # one readlink per link, however many members follow it
+        stamps = {link: path_stamp(link) for link in self._links}
+        probs = {name: member.serving(stamps[link]).predict(X) if link else member.predict_proba(X)
+                 for name, member, link in self._plan}
         weights, to_space = self.weights, self._to_space
         contributions = {name: w * to_space(probs[name]) for name, w in weights.items()}
         self._last = prediction = EnsemblePrediction(self._from_space(sum(contributions.values())), contributions,
@@ -183,20 +192,25 @@ class EnsemblePredictor:
         return prediction
 
     def log_lines(self, batch: list) -> list[dict]:
-        "One shadow-log line per row of each (time, prediction) in `batch`: the blend, every member's answer, the shadows' names."
+        "A shadow-log line per row of each (time, prediction) in `batch`: the blend, each member's answer, the shadows."
         return [{"at": log_time(at), "p": p, "members": dict(zip(pred.probs, answers)), "shadow": list(self.shadow)}
                 for at, pred in batch
-                for p, *answers in zip(np.atleast_1d(pred.p).tolist(), *(np.atleast_1d(q).tolist() for q in pred.probs.values()))]
+                for p, *answers in zip(np.atleast_1d(pred.p).tolist(),
+                                       *(np.atleast_1d(q).tolist() for q in pred.probs.values()))]
 
     def update(self, y_true, prediction: EnsemblePrediction | None = None):
-        "Score each member's answers in `prediction` (default: the last one) against the outcomes `y_true`; reweight if dynamic."
+        "Score each member's answers in `prediction` (default: the last) against outcomes `y_true`; reweight (dynamic)."
         y = np.asarray(y_true, float)
-        if not np.isin(y, (0.0, 1.0)).all(): raise DataError(f"outcomes must be 1.0 (up) or 0.0 (not up), not {np.unique(y[~np.isin(y, (0.0, 1.0))])[:5].tolist()}")
+        if not np.isin(y, (0.0, 1.0)).all():
+            raise DataError(f"outcomes must be 1.0 (up) or 0.0 (not up), "
+                            f"not {np.unique(y[~np.isin(y, (0.0, 1.0))])[:5].tolist()}")
         with self._update_lock:
             prediction = self._last if prediction is None else prediction
-            if prediction is None: raise DataError("update() needs a prediction to score: call predict() first or pass one")
+            if prediction is None:
+                raise DataError("update() needs a prediction to score: call predict() first or pass one")
             for name, p in prediction.probs.items():
-                if np.shape(p) != y.shape: raise DataError(f"{y.size} outcomes for {np.size(p)} predictions of {name!r}")
+                if np.shape(p) != y.shape:
+                    raise DataError(f"{y.size} outcomes for {np.size(p)} predictions of {name!r}")
                 self._losses[name].extend(log_losses(y, p).tolist())
             if self.dynamic: self.weights = self.dynamic.weights(self.base_weights, self._losses)
             self._last = None
@@ -204,9 +218,11 @@ class EnsemblePredictor:
     def scores(self) -> pd.DataFrame:
         "Each member's role, outcomes scored, recency-weighted mean log loss and current weight."
         decay = self._scoring.decay
-        def mean_loss(losses): return float(decay(len(losses)) @ np.asarray(losses) / decay(len(losses)).sum()) if losses else np.nan
-        return pd.DataFrame([{"member": m, "role": "shadow" if m in self.shadow else "blended", "outcomes": len(self._losses[m]),
-                              "log_loss": mean_loss(self._losses[m]), "weight": self.weights.get(m, 0.0)} for m in self.members])
+        def mean_loss(losses):
+            return float(decay(len(losses)) @ np.asarray(losses) / decay(len(losses)).sum()) if losses else np.nan
+        return pd.DataFrame([{"member": m, "role": "shadow" if m in self.shadow else "blended",
+                              "outcomes": len(self._losses[m]), "log_loss": mean_loss(self._losses[m]),
+                              "weight": self.weights.get(m, 0.0)} for m in self.members])
 
     def close(self):
         "Write the queued shadow-log lines and stop the log's writer thread (call before removing the log's folder)."

@@ -40,7 +40,8 @@ def finite_values(values, name: str = "values") -> np.ndarray:
 # %% ../nbs/12_monitor.ipynb #fc337b9f
 def quantile_edges(reference, bins: int = 10) -> np.ndarray:
     "Bin edges at the reference's quantiles (minimum and maximum included, ties merged)."
-    return np.unique(np.quantile(finite_values(reference, "reference"), np.linspace(0, 1, bins + 1), method="inverted_cdf"))
+    return np.unique(np.quantile(finite_values(reference, "reference"), np.linspace(0, 1, bins + 1),
+                                 method="inverted_cdf"))
 
 # %% ../nbs/12_monitor.ipynb #95ee9220
 def bin_shares(values, edges: np.ndarray, floor: float = 1e-4) -> np.ndarray:
@@ -66,12 +67,12 @@ def drift_level(value: float, natural: float | None = None, warn: float = PSI_WA
 
 # %% ../nbs/12_monitor.ipynb #328cf4e5
 def worst_level(levels) -> str:
-    "The most severe of `levels` (`ok` when there are none; levels outside `LEVELS`, such as `not enough data`, count as ok)."
+    "The most severe of `levels` (`ok` when none; levels outside `LEVELS`, such as `not enough data`, count as ok)."
     return max((level for level in levels if level in LEVELS), key=LEVELS.index, default="ok")
 
 # %% ../nbs/12_monitor.ipynb #ca6ae725
 def natural_psi(reference, window: int, step: int, bins: int = 10) -> float | None:
-    "The largest PSI of a `window`-row stretch of `reference` (sliding `step` rows) against the rest of it; None if under two."
+    "The largest PSI of a `window`-row stretch of `reference` (sliding by `step`) against the rest; None if under two."
     x = np.asarray(reference, dtype=float)
     starts = range(0, len(x) - window + 1, max(step, 1))
     if len(x) < 2 * window or len(starts) < 2: return None
@@ -83,7 +84,7 @@ def natural_psi(reference, window: int, step: int, bins: int = 10) -> float | No
 ZSCORE_BARS = 60
 
 def rolling_zscore(values, bars: int = ZSCORE_BARS) -> np.ndarray:
-    "Where each value sits in its last `bars` values, in standard deviations; NaN before a full window and in a constant one."
+    "Where each value sits in its last `bars` values, in standard deviations (NaN before a full window or if constant)."
     s = pd.Series(np.asarray(values, dtype=float))
     mean, sd = s.rolling(bars).mean(), s.rolling(bars).std()
     return ((s - mean) / sd.where(sd > 0)).to_numpy()
@@ -98,12 +99,15 @@ def column_drift(reference, current, name: str = "values", bins: int = 10, natur
     out = {"psi": None, "ks_stat": None, "ks_pvalue": None, "natural": natural,
            "missing": [1 - len(ref) / max(len(reference), 1), 1 - len(cur) / max(len(current), 1)]}
     if not len(cur):
-        return {**out, "level": "alert" if len(ref) else "ok", "note": f"no finite values now, {len(ref)} in training: "
-                "the input went missing" if len(ref) else "no finite values in either window: the source does not provide it"}
-    if not len(ref): return {**out, "level": "warn", "note": "values where training had none: the model learnt nothing from them"}
+        return {**out, "level": "alert" if len(ref) else "ok",
+                "note": f"no finite values now, {len(ref)} in training: the input went missing" if len(ref)
+                else "no finite values in either window: the source does not provide it"}
+    if not len(ref):
+        return {**out, "level": "warn", "note": "values where training had none: the model learnt nothing from them"}
     ks, value = stats.ks_2samp(ref, cur), psi(ref, cur, bins)
     constant = ref.min() == ref.max() == cur.min() == cur.max()
-    return {**out, "psi": value, "ks_stat": float(ks.statistic), "ks_pvalue": float(ks.pvalue), "level": drift_level(value, natural),
+    return {**out, "psi": value, "ks_stat": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
+            "level": drift_level(value, natural),
             "note": "constant, the same value in both windows" if constant else ""}
 
 # %% ../nbs/12_monitor.ipynb #997b306c
@@ -130,29 +134,31 @@ def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, features: list
 MIN_LABELLED = 100  # labelled bars the realised metrics need, at the least
 
 def card_figures(card: dict) -> dict:
-    "The card's validation metrics (with `ci95`) of the forecast the run serves, and which forecast and window they are."
+    "The card's validation metrics (with `ci95`) of the forecast the run serves, and which forecast and window."
     c = card.get("calibration") or {}
     if "validation" in c:
         name = "calibrated" if c["served"] else "raw"
-        return {**c["validation"]["metrics"][name], "forecast": name, "window": [c["validation"]["start"], c["validation"]["end"]]}
+        return {**c["validation"]["metrics"][name], "forecast": name,
+                "window": [c["validation"]["start"], c["validation"]["end"]]}
     return {**card["metrics"]["validation"], "forecast": "raw", "window": card["data"]["validation"]}
 
 # %% ../nbs/12_monitor.ipynb #b02a901d
 def _se(ci: list) -> float: return (ci[1] - ci[0]) / (2 * 1.96)
 
 def realised(y, p, card: dict, *, n_boot: int = 1000) -> dict:
-    "Metrics (95% CIs) of the served `p` on labelled `y`, the card's, the log-loss difference with its CI, and the levels."
+    "Metrics (95% CIs) of the served `p` on labelled `y`, the card's, the log-loss difference with its CI, the levels."
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     if len(y) < MIN_LABELLED:
-        return {"rows": len(y), "level": "not enough data", "reason": f"{len(y)} labelled bars in the window; the realised "
-                f"metrics need {MIN_LABELLED}"}
+        return {"rows": len(y), "level": "not enough data",
+                "reason": f"{len(y)} labelled bars in the window; the realised metrics need {MIN_LABELLED}"}
     metrics = with_ci(evaluate(y, p), bootstrap(y, {"served": p}, n_boot)["served"])
     card_m = card_figures(card)
     diff = metrics["log_loss"] - card_m["log_loss"]
     half = 1.96 * np.hypot(_se(metrics["ci95"]["log_loss"]), _se(card_m["ci95"]["log_loss"]))
     noise = ece_noise(p, draws=400)
     ece_level = "alert" if metrics["ece"] > noise["p99"] else "warn" if metrics["ece"] > noise["p95"] else "ok"
-    return {"rows": len(y), "metrics": metrics, "card": card_m, "log_loss_change": {"value": diff, "ci95": [diff - half, diff + half]},
+    return {"rows": len(y), "metrics": metrics, "card": card_m,
+            "log_loss_change": {"value": diff, "ci95": [diff - half, diff + half]},
             "log_loss_level": "alert" if diff - half > 0 else "ok", "ece_noise": noise, "ece_level": ece_level,
             "level": worst_level(["alert" if diff - half > 0 else "ok", ece_level])}
 
@@ -161,7 +167,8 @@ def label_free(p, labelled: np.ndarray) -> dict:
     "Expected accuracy (with its interval) of the served `p` on every bar, and on the bars not yet labelled."
     p = np.asarray(p, dtype=float)
     unlabelled = p[~labelled]
-    return {"all": expected_accuracy(p), "unlabelled": expected_accuracy(unlabelled) if len(unlabelled) else {"rows": 0}}
+    return {"all": expected_accuracy(p),
+            "unlabelled": expected_accuracy(unlabelled) if len(unlabelled) else {"rows": 0}}
 
 # %% ../nbs/12_monitor.ipynb #9d20be49
 def daily(ts: pd.Series, y, p) -> list[dict]:
@@ -193,25 +200,28 @@ def findings(report: dict) -> list[str]:
             + f" ({f['level']}" + (f"; training's own weeks reach {f['natural']:.3f}" if f.get("natural") else "") + ")"
             for f in report.get("features", []) if f["level"] != "ok"]
     preds = report.get("predictions", {})
-    if preds.get("level") not in (None, "ok"): said.append(f"served probabilities: PSI {preds['psi']:.3f} ({preds['level']})")
+    if preds.get("level") not in (None, "ok"):
+        said.append(f"served probabilities: PSI {preds['psi']:.3f} ({preds['level']})")
     r = report.get("realised", {})
     if r.get("log_loss_level") == "alert":
         lo, hi = r["log_loss_change"]["ci95"]
         said.append(f"log loss {r['metrics']['log_loss']:.4f} against the card's {r['card']['log_loss']:.4f}: worse by "
                     f"{r['log_loss_change']['value']:+.4f} (95% CI {lo:+.4f} to {hi:+.4f}) (alert)")
     if r.get("ece_level") not in (None, "ok"):
-        said.append(f"calibration: ECE {r['metrics']['ece']:.4f} above the {'99th' if r['ece_level'] == 'alert' else '95th'} "
-                    f"percentile of a calibrated forecaster's ({r['ece_noise']['p99' if r['ece_level'] == 'alert' else 'p95']:.4f}) "
-                    f"({r['ece_level']})")
+        said.append(f"calibration: ECE {r['metrics']['ece']:.4f} above the "
+                    f"{'99th' if r['ece_level'] == 'alert' else '95th'} percentile of a calibrated forecaster's "
+                    f"({r['ece_noise']['p99' if r['ece_level'] == 'alert' else 'p95']:.4f}) ({r['ece_level']})")
     return said
 
 # %% ../nbs/12_monitor.ipynb #df9b37ac
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], p_current, *, p_validation=None,
-                 card: dict | None = None, warmup: int = 0, bins: int = 10, step: int = 1440, n_boot: int = 1000) -> dict:
-    "Feature drift, drift of the served P(up) (`p_current` on the window), realised metrics against `card`, label-free estimate."
+                 card: dict | None = None, warmup: int = 0, bins: int = 10, step: int = 1440,
+                 n_boot: int = 1000) -> dict:
+    "Feature drift, drift of the served P(up) (`p_current`), realised metrics against `card`, a label-free estimate."
     window, p = current.iloc[warmup:], np.asarray(p_current, dtype=float)
     report = {"reference": window_summary(reference), "current": window_summary(window),
-              "thresholds": {"psi_warn": PSI_WARN, "psi_alert": PSI_ALERT, "psi_alert_needs": "above training's own stretches",
+              "thresholds": {"psi_warn": PSI_WARN, "psi_alert": PSI_ALERT,
+                             "psi_alert_needs": "above training's own stretches",
                              "zscore_bars": ZSCORE_BARS, "log_loss": "95% CI of realised minus card above 0",
                              "ece_warn": "ece_noise p95", "ece_alert": "ece_noise p99", "min_labelled": MIN_LABELLED,
                              "min_rows": MIN_DRIFT_ROWS}}
@@ -222,7 +232,8 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[
     report["features"] = feature_drift(reference, current, features, bins=bins, warmup=warmup, step=step)
     if p_validation is not None and len(p_validation):
         p_ref = np.asarray(p_validation, dtype=float)
-        report["predictions"] = {**column_drift(p_ref, p, "served probabilities", bins, natural_psi(p_ref, len(window), step, bins)),
+        report["predictions"] = {**column_drift(p_ref, p, "served probabilities", bins,
+                                                natural_psi(p_ref, len(window), step, bins)),
                                  "reference_mean": float(np.mean(p_ref)), "current_mean": float(np.mean(p))}
     if card is not None: report["realised"] = realised(window.y[labelled], p[labelled], card, n_boot=n_boot)
     report |= {"label_free": label_free(p, labelled), "daily": daily(window.ts, window.y, p)}
@@ -233,7 +244,8 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[
 # %% ../nbs/12_monitor.ipynb #6dc678dc
 def window_summary(table: pd.DataFrame) -> dict:
     "First and last `ts`, rows and labelled rows of a window."
-    return {"start": str(table.ts.min()), "end": str(table.ts.max()), "rows": len(table), "labelled": int(table.y.notna().sum())}
+    return {"start": str(table.ts.min()), "end": str(table.ts.max()), "rows": len(table),
+            "labelled": int(table.y.notna().sum())}
 
 # %% ../nbs/12_monitor.ipynb #1127b2db
 def promoted_run(home=None, market: Market | None = None) -> Run:
@@ -253,7 +265,7 @@ def _rows_between(table: pd.DataFrame, window: list) -> pd.DataFrame:
 
 def monitor(run: str | Run | None = None, *, home=None, market: Market | None = None, window_days: float = 7,
             n_boot: int = 1000, demote_on_alert: bool = False) -> dict:
-    "The report on `run` (default: the champion of `market`) over the last `window_days`, written under the run; demotion."
+    "The report on `run` (default: `market`'s champion) over the last `window_days`, written under the run; demotion."
     if not window_days > 0: raise ConfigError(f"window_days must be a positive number of days, not {window_days!r}")
     run = Run.open(run, home) if run else promoted_run(home, market)
     run.verify()
@@ -273,8 +285,9 @@ def monitor(run: str | Run | None = None, *, home=None, market: Market | None = 
     validation = _rows_between(snapshot, run.card["data"]["validation"])
     p_validation = run.predict(validation) if len(validation) else None
     bars_a_day = max(1, round(86_400 / timeframe_seconds(run.market.timeframe)))
-    report = drift_report(_rows_between(snapshot, run.card["data"]["train"]), table.iloc[context:], run.features, served,
-                          p_validation=p_validation, card=run.card, warmup=first - context, step=bars_a_day, n_boot=n_boot)
+    report = drift_report(_rows_between(snapshot, run.card["data"]["train"]), table.iloc[context:], run.features,
+                          served, p_validation=p_validation, card=run.card, warmup=first - context, step=bars_a_day,
+                          n_boot=n_boot)
     known = window.y.notna()
     if known.sum() >= MIN_LABELLED:
         report["calibration"] = calibration_report(window.y[known], {"raw": raw.loc[window.index][known],
@@ -282,11 +295,13 @@ def monitor(run: str | Run | None = None, *, home=None, market: Market | None = 
     scored = known & window.index.isin(online.index)
     if scored.sum() >= MIN_LABELLED:
         effect = calibration_report(window.y[scored], {"static": static.loc[window.index][scored],
-                                                       "online": online.loc[window.index[scored]]}, n_boot=min(n_boot, 300))
+                                                       "online": online.loc[window.index[scored]]},
+                                    n_boot=min(n_boot, 300))
         report["online"] = {"on": settings is not None, "settings": settings or {}, "rows": int(scored.sum()),
                             **{k: effect[k] for k in ("metrics", "change", "curves")}}
     stamp = datetime.now(timezone.utc)
-    report = {"run_id": run.id, **run.market._asdict(), "window_days": window_days, "created_at": stamp.isoformat(timespec="seconds"),
+    report = {"run_id": run.id, **run.market._asdict(), "window_days": window_days,
+              "created_at": stamp.isoformat(timespec="seconds"),
               "served": {"calibrator": calibrator.kind if calibrator else None, "online": live}, **report}
     if demote_on_alert: report["demotion"] = demote(report, run.root)
     path = atomic_write_json(run.folder/"monitor"/f"{stamp:%Y-%m-%dT%H%M%S.%f}-{os.urandom(3).hex()}.json", report)
@@ -307,33 +322,38 @@ def history(run: str | Run | None = None, *, home=None, market: Market | None = 
 
 # %% ../nbs/12_monitor.ipynb #64aeced9
 def demote(report: dict, home=None) -> dict:
-    "Roll the market's champion back when `report` (on that champion) found its log loss worse than its card's; what was done."
+    "Roll the market's champion back when `report` (on it) found its log loss worse than its card's; what was done."
     market = Market(report["exchange"], report["symbol"], report["timeframe"])
     r = report.get("realised", {})
-    if r.get("log_loss_level") != "alert": return {"demoted": False, "reason": "realised log loss is not worse than the card's"}
+    if r.get("log_loss_level") != "alert":
+        return {"demoted": False, "reason": "realised log loss is not worse than the card's"}
     if best_run_id(home=home, market=market) != report["run_id"]:
         return {"demoted": False, "reason": f"run {report['run_id']} is not the champion of {market}"}
     lo, hi = r["log_loss_change"]["ci95"]
-    why = (f"monitor: realised log loss {r['metrics']['log_loss']:.4f} on {r['rows']} bars to {report['current']['end']}, the "
-           f"card's {r['card']['log_loss']:.4f}, worse by 95% CI {lo:+.4f} to {hi:+.4f}")
+    why = (f"monitor: realised log loss {r['metrics']['log_loss']:.4f} on {r['rows']} bars "
+           f"to {report['current']['end']}, the card's {r['card']['log_loss']:.4f}, "
+           f"worse by 95% CI {lo:+.4f} to {hi:+.4f}")
     try: decision = rollback(home=home, market=market, why=why)
     except PromotionRefused as e: return {"demoted": False, "reason": f"{e}: the champion stays"}
     return {"demoted": True, "reason": decision.reason, "champion": decision.best}
 
 # %% ../nbs/12_monitor.ipynb #11369c2d
 def report_table(report: dict) -> pd.DataFrame:
-    "One row per feature, the served probabilities, log loss and calibration: what was measured, its value and its level."
-    rows = [{"check": f"feature {f['feature']}", "measure": "PSI" if f["stationary"] else "PSI of z-score", "value": f["psi"],
-             "band": f["natural"], "level": f["level"], "note": f["note"]} for f in report.get("features", [])]
+    "A row per feature, the served probabilities, log loss and calibration: what was measured, its value and level."
+    rows = [{"check": f"feature {f['feature']}", "measure": "PSI" if f["stationary"] else "PSI of z-score",
+             "value": f["psi"], "band": f["natural"], "level": f["level"], "note": f["note"]}
+            for f in report.get("features", [])]
     if p := report.get("predictions"):
-        rows.append({"check": "served probabilities", "measure": "PSI", "value": p["psi"], "band": p["natural"], "level": p["level"]})
+        rows.append({"check": "served probabilities", "measure": "PSI", "value": p["psi"], "band": p["natural"],
+                     "level": p["level"]})
     r = report.get("realised", {})
     if "metrics" in r:
         lo, hi = r["log_loss_change"]["ci95"]
         rows += [{"check": "log loss", "measure": "realised - card", "value": r["log_loss_change"]["value"],
                   "note": f"95% CI {lo:+.4f} to {hi:+.4f}", "level": r["log_loss_level"]},
                  {"check": "calibration", "measure": "ECE", "value": r["metrics"]["ece"], "band": r["ece_noise"]["p95"],
-                  "level": r["ece_level"], "note": f"noise p95 {r['ece_noise']['p95']:.4f}, p99 {r['ece_noise']['p99']:.4f}"}]
+                  "level": r["ece_level"],
+                 "note": f"noise p95 {r['ece_noise']['p95']:.4f}, p99 {r['ece_noise']['p99']:.4f}"}]
     elif r: rows.append({"check": "realised metrics", "level": r["level"], "note": r["reason"]})
     return pd.DataFrame(rows, columns=["check", "measure", "value", "band", "level", "note"])
 
@@ -341,14 +361,15 @@ def report_table(report: dict) -> pd.DataFrame:
 LEVEL_COLOURS = {"ok": "seagreen", "warn": "orange", "alert": "crimson"}
 
 def drift_figure(report: dict) -> go.Figure:
-    "Each feature's PSI (on its z-score for a non-stationary one) and the served probabilities', with training's own band."
-    checks = [(f["feature"] + ("" if f["stationary"] else " (z-score)"), f) for f in report["features"] if f["psi"] is not None]
+    "Each feature's PSI (of its z-score if non-stationary) and the served probabilities', with training's own band."
+    checks = [(f["feature"] + ("" if f["stationary"] else " (z-score)"), f) for f in report["features"]
+              if f["psi"] is not None]
     if p := report.get("predictions"): checks.append(("served P(up)", p))
     names = [name for name, _ in checks]
     fig = go.Figure(go.Bar(x=names, y=[max(d["psi"], 1e-4) for _, d in checks], name="PSI now",
                            marker_color=[LEVEL_COLOURS[d["level"]] for _, d in checks]))
-    fig.add_scatter(x=names, y=[d["natural"] for _, d in checks], mode="markers", marker_symbol="line-ew-open", marker_size=30,
-                    marker_line_width=3, name="largest PSI of a training stretch")
+    fig.add_scatter(x=names, y=[d["natural"] for _, d in checks], mode="markers", marker_symbol="line-ew-open",
+                    marker_size=30, marker_line_width=3, name="largest PSI of a training stretch")
     for level, y in [("warn", PSI_WARN), ("alert", PSI_ALERT)]:
         fig.add_hline(y=y, line_dash="dash", line_color=LEVEL_COLOURS[level], annotation_text=level)
     return fig.update_layout(title=f"Drift against the training window ({report['current']['start'][:10]} .. "
@@ -362,13 +383,14 @@ def over_time_figure(report: dict) -> go.Figure:
     days, card = pd.DataFrame(report["daily"]), report.get("realised", {}).get("card", {})
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Accuracy", "Log loss"))
     fig.add_scatter(x=days.day, y=days.accuracy, mode="lines+markers", name="realised accuracy", row=1, col=1)
-    fig.add_scatter(x=days.day, y=days.expected_accuracy, mode="lines+markers", line_dash="dot", name="expected (label-free)",
-                    row=1, col=1)
+    fig.add_scatter(x=days.day, y=days.expected_accuracy, mode="lines+markers", line_dash="dot",
+                    name="expected (label-free)", row=1, col=1)
     fig.add_scatter(x=days.day, y=days.log_loss, mode="lines+markers", name="realised log loss", row=1, col=2)
     for col, metric in ((1, "accuracy"), (2, "log_loss")):
         if metric in card: fig.add_hline(y=card[metric], line_dash="dash", line_color="grey", row=1, col=col,
                                          annotation_text="card")
-    return fig.update_layout(title="Realised against expected, day by day", height=400, legend={"orientation": "h", "y": -0.2})
+    return fig.update_layout(title="Realised against expected, day by day", height=400,
+                             legend={"orientation": "h", "y": -0.2})
 
 # %% ../nbs/12_monitor.ipynb #1209af6e
 def reliability_figure(report: dict) -> go.Figure:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_registry.ipynb #72e21cdb
 from __future__ import annotations
-import fcntl, hashlib, io, itertools, json, os, re
+import fcntl, hashlib, io, itertools, json, os, re, warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -18,15 +18,16 @@ import numpy as np
 import pandas as pd
 
 from .core import (
-    RUN_ID, ArtifactError, ConfigError, DataError, Market, PromotionRefused, atomic_symlink, atomic_write, atomic_write_bytes,
-    atomic_write_json, check_exchange, check_layout, check_run_id, data_home, feature_path, inside, library_versions, market_dir,
-    models_dir, parquet_metadata, read_parquet_file, sha256_file, symbol_id, timeframe_seconds, to_utc)
+    RUN_ID, ArtifactError, ConfigError, DataError, Market, PromotionRefused, atomic_symlink, atomic_write,
+    atomic_write_bytes, atomic_write_json, check_exchange, check_layout, check_run_id, data_home, feature_path, inside,
+    library_versions, market_dir, models_dir, parquet_metadata, read_parquet_file, sha256_file, symbol_id,
+    timeframe_seconds, to_utc)
 from .calibrate import (Calibrator, OnlineCalibrator, calibration_report, fit_calibrator, inner_predictions,
                                 load_calibrator)
 if TYPE_CHECKING: import lightgbm as lgb
 
 # %% auto #0
-__all__ = ['CARD', 'SCHEMA_VERSION', 'ARTIFACTS', 'CARD_SCHEMA', 'CALIBRATOR', 'ONLINE', 'FIXED_BY_THE_RUN', 'ALIASES',
+__all__ = ['CARD', 'SCHEMA_VERSION', 'ARTIFACTS', 'CARD_SCHEMA', 'CALIBRATOR', 'ONLINE', 'FIXED_BY_THE_RUN', 'SAVED', 'ALIASES',
            'MIN_ROWS', 'RUN_COLUMNS', 'runs_index', 'new_run_dir', 'run_dir', 'redact_url', 'jsonable', 'table_ref',
            'label_definition', 'model_card', 'schema_problems', 'card_problems', 'backtest_forecasts',
            'calibration_forecasts', 'validation_halves', 'calibrate_run', 'switch_online_calibration',
@@ -52,7 +53,8 @@ def new_run_dir(market: Market, home=None, now: datetime | None = None) -> Path:
         try: os.symlink(Path("..", market.path_parts, "runs", run_id), index/run_id)
         except FileExistsError: continue
         try: (runs/run_id).mkdir()
-        except FileExistsError: continue  # a run folder copied in without its link: the link now names it, the id is taken
+        except FileExistsError:  # a run folder copied in without its link: the link now names it, the id is taken
+            continue
         return runs/run_id
 
 # %% ../nbs/09_registry.ipynb #89853585
@@ -103,7 +105,8 @@ def model_card(result, run_id: str, snapshot: Path, artifacts: dict, home=None, 
     meta, split = {**parquet_metadata(snapshot), **(result.table_meta or {})}, result.split
     return jsonable({
         "schema_version": SCHEMA_VERSION,
-        "model": {"name": "lgbm", "run_id": run_id, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": "lgbm", "run_id": run_id,
+                  "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "versions": library_versions()},
         "data": {"exchange": meta.get("exchange"), "symbol": meta.get("symbol"), "timeframe": meta.get("timeframe"),
                  "feature_set": meta.get("feature_set"), "feature_set_version": meta.get("version"),
@@ -120,7 +123,8 @@ def model_card(result, run_id: str, snapshot: Path, artifacts: dict, home=None, 
         "tuning": {"trials": int(result.n_trials), "sampler": result.sampler, "seed": int(result.seed),
                    "objective": result.objective, "best_trial": int(result.best_trial), "best_params": result.params,
                    "best_iteration": int(result.best_iteration), "wall_seconds": float(result.wall_seconds),
-                   "study_name": result.study_name, "storage": redact_url(result.storage), "guard_ran": bool(result.guard_ran)},
+                   "study_name": result.study_name, "storage": redact_url(result.storage),
+                   "guard_ran": bool(result.guard_ran)},
         "metrics": {"validation": result.metrics, "baselines": result.baselines, "verdict": result.verdict},
         "manifest": result.manifest,
         **({"calibration": calibration} if calibration else {}),
@@ -149,7 +153,8 @@ CARD_SCHEMA = {
 def schema_problems(obj, schema=CARD_SCHEMA, where: str = "card") -> list[str]:
     "Every way `obj` breaks `schema` (nested dicts of field -> type), each as 'card.field: problem'."
     if not isinstance(schema, dict):
-        return [] if isinstance(obj, schema) else [f"{where} is {type(obj).__name__}, expected {getattr(schema, '__name__', schema)}"]
+        return [] if isinstance(obj, schema) else [f"{where} is {type(obj).__name__}, "
+                                                   f"expected {getattr(schema, '__name__', schema)}"]
     if not isinstance(obj, dict): return [f"{where} is {type(obj).__name__}, expected an object"]
     return [p for k, sub in schema.items()
             for p in (schema_problems(obj[k], sub, f"{where}.{k}") if k in obj else [f"{where}.{k} is missing"])]
@@ -160,15 +165,17 @@ def _market_of_card(card: dict) -> str:
     except ConfigError as e: return f"no market ({e})"
 
 def card_problems(card, folder: Path) -> list[str]:
-    "Schema problems of `card`, plus what a type cannot express: version, run id and market of the folder, features, ranges."
+    "Schema problems of `card`, and what a type cannot express: version, the folder's run id, market, features, ranges."
     if problems := schema_problems(card): return problems
     where = str(Path(*folder.parts[-5:-2]))
     version, run_id, features = card["schema_version"], card["model"]["run_id"], card["features"]
     checks = {f"card.schema_version is {version}, this cryptoml reads {SCHEMA_VERSION}"
               + (" (run `cryptoml migrate`)" if version < SCHEMA_VERSION else ""): version == SCHEMA_VERSION,
               f"card.model.run_id {run_id!r} is not the folder's name {folder.name!r}": run_id == folder.name,
-              f"card.data names market {_market_of_card(card)}, the run sits in {where}": _market_of_card(card) == where,
-              "card.features must be a non-empty list of names": bool(features) and all(isinstance(f, str) for f in features),
+              f"card.data names market {_market_of_card(card)}, the run sits in {where}":
+                  _market_of_card(card) == where,
+              "card.features must be a non-empty list of names":
+                  bool(features) and all(isinstance(f, str) for f in features),
               "card.data.validation must be [start, end]": len(card["data"]["validation"]) == 2}
     return [msg for msg, ok in checks.items() if not ok]
 
@@ -176,65 +183,75 @@ def card_problems(card, folder: Path) -> list[str]:
 CALIBRATOR = "calibrator.json"
 
 def backtest_forecasts(predictions, train_end) -> pd.DataFrame:
-    "A backtest's out-of-sample forecasts (`ts, p_up, y`; a `predictions.parquet` or its frame) of labelled bars up to `train_end`."
+    "A backtest's out-of-sample forecasts (`ts, p_up, y`; `predictions.parquet` or a frame), labelled, to `train_end`."
     frame = read_parquet_file(predictions) if isinstance(predictions, (str, os.PathLike)) else predictions
     if missing := sorted({"ts", "p_up", "y"} - set(frame.columns)):
-        raise DataError(f"backtest predictions lack the columns {missing}: expected ts, fold, model_time, p_up, y, fwd_ret")
+        raise DataError(f"backtest predictions lack the columns {missing}: "
+                        "expected ts, fold, model_time, p_up, y, fwd_ret")
     rows = frame[(frame.ts <= to_utc(train_end)) & frame.y.notna()].drop_duplicates("ts", keep="last").sort_values("ts")
     return rows[["ts", "p_up", "y"]].reset_index(drop=True)
 
 # %% ../nbs/09_registry.ipynb #5fdeac38
 def calibration_forecasts(result, source="inner") -> tuple[pd.DataFrame, str]:
-    "Out-of-sample forecasts (`ts, p_up, y`) a calibrator of the tuned `result` may be fitted on, and where they come from."
+    "Out-of-sample forecasts (`ts, p_up, y`) a calibrator of the tuned `result` may be fitted on, and their source."
     if isinstance(source, str) and source == "inner":
         return inner_predictions(result), "the inner slice, forecast by the run's recipe trained on the rows before it"
     name = str(source) if isinstance(source, (str, os.PathLike)) else "a frame"
-    return backtest_forecasts(source, result.split.train_range[1]), f"backtest predictions ({name}) up to the training window's end"
+    return (backtest_forecasts(source, result.split.train_range[1]),
+            f"backtest predictions ({name}) up to the training window's end")
 
 # %% ../nbs/09_registry.ipynb #8064c4d9
 def validation_halves(result):
-    "The labelled rows of `result`'s validation window cut in two in time, purged: the check window and the report window."
+    "The labelled rows of `result`'s validation window cut in two in time, purged: the check and the report window."
     val = result.split.val[result.split.val.y.notna()]
-    if len(val) < 2: raise DataError(f"the validation window has {len(val)} labelled rows: too few to check a calibrator on")
+    if len(val) < 2:
+        raise DataError(f"the validation window has {len(val)} labelled rows: too few to check a calibrator on")
     from cryptoml.split import time_split
     return time_split(val, (val.ts.iloc[-1] - val.ts.iloc[0]) / pd.Timedelta(days=2), horizon=result.split.horizon)
 
-def _span_of(rows: pd.DataFrame) -> dict: return {"start": str(rows.ts.iloc[0]), "end": str(rows.ts.iloc[-1]), "rows": len(rows)}
+def _span_of(rows: pd.DataFrame) -> dict:
+    return {"start": str(rows.ts.iloc[0]), "end": str(rows.ts.iloc[-1]), "rows": len(rows)}
 
 # %% ../nbs/09_registry.ipynb #6bf419b1
 def calibrate_run(result, source="inner", *, n_boot: int = 1000) -> tuple[Calibrator | None, dict]:
-    "The calibrator `result`'s run serves (None: its raw booster) and the card's calibration section: source, check, before/after."
+    "The calibrator `result`'s run serves (None: its raw booster) and the card's calibration section."
     forecasts, where = calibration_forecasts(result, source)
     try: candidate, halves = fit_calibrator(forecasts.p_up, forecasts.y, ts=forecasts.ts), validation_halves(result)
-    except DataError as e: return None, {"source": where, "rows": len(forecasts), "served": False, "reason": f"no calibrator: {e}"}
+    except DataError as e:
+        return None, {"source": where, "rows": len(forecasts), "served": False, "reason": f"no calibrator: {e}"}
     check, later = halves.train, halves.val
     p_check, p_later = (result.booster.predict(rows[result.features], num_threads=1) for rows in (check, later))
     from cryptoml.metrics import evaluate
-    loss = {name: evaluate(check.y, p)["log_loss"] for name, p in (("raw", p_check), ("calibrated", candidate.apply(p_check)))}
+    loss = {name: evaluate(check.y, p)["log_loss"]
+            for name, p in (("raw", p_check), ("calibrated", candidate.apply(p_check)))}
     served = candidate.kind != "identity" and loss["calibrated"] <= loss["raw"]
     reason = ("the choice kept the identity: nothing to correct" if candidate.kind == "identity" else
               f"the {candidate.kind} calibrator {'lowers' if served else 'raises'} log loss on the check window, "
               f"{loss['raw']:.5f} to {loss['calibrated']:.5f}")
     before_after = calibration_report(later.y, {"raw": p_later, "calibrated": candidate.apply(p_later)}, n_boot=n_boot)
     return (candidate if served else None), jsonable({
-        "source": where, "rows": len(forecasts), "kind": candidate.kind, "fit": candidate.fit, "served": served, "reason": reason,
+        "source": where, "rows": len(forecasts), "kind": candidate.kind, "fit": candidate.fit, "served": served,
+        "reason": reason,
         "check": {**_span_of(check), "log_loss": loss}, "seen_until": str(check.ts.iloc[-1]) if served else None,
         "validation": {**_span_of(later), **before_after}})
 
 # %% ../nbs/09_registry.ipynb #ed845eaa
 ONLINE = "online_calibration.json"
-FIXED_BY_THE_RUN = ("base", "clock", "horizon", "eps")  # the static calibrator, the time and the label come from the run
+# the static calibrator, the time and the label come from the run
+FIXED_BY_THE_RUN = ("base", "clock", "horizon", "eps")
 
 def switch_online_calibration(home, market: Market, on: bool = True, **settings) -> Path:
-    "Switch `market`'s online recalibration on (with `OnlineCalibrator` settings: learner, half_life, ...) or off; the file."
-    if fixed := [k for k in settings if k in FIXED_BY_THE_RUN]: raise ConfigError(f"{fixed} come from the run, not the market's setting")
+    "Switch `market`'s online recalibration on (with `OnlineCalibrator` settings: learner, half_life...) or off."
+    if fixed := [k for k in settings if k in FIXED_BY_THE_RUN]:
+        raise ConfigError(f"{fixed} come from the run, not the market's setting")
     try: OnlineCalibrator(market.timeframe, **settings)
     except TypeError as e: raise ConfigError(f"online recalibration setting not understood: {e}") from e
-    return atomic_write_json(market_dir(home, market)/ONLINE, {"on": bool(on), "settings": settings,
-                                                              "changed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return atomic_write_json(market_dir(home, market)/ONLINE,
+                             {"on": bool(on), "settings": settings,
+                              "changed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 def online_settings(home, market: Market) -> dict | None:
-    "The `OnlineCalibrator` settings of `market`'s online recalibration when it is switched on; None when off or never set."
+    "The `OnlineCalibrator` settings of `market`'s online recalibration when switched on; None when off or never set."
     path = market_dir(home, market)/ONLINE
     try: spec = json.loads(path.read_bytes())
     except FileNotFoundError: return None
@@ -251,6 +268,8 @@ def _artifact_writers(result, calibrator: Calibrator | None = None) -> dict:
     if calibrator is not None: writers[CALIBRATOR] = lambda p: Path(p).write_text(json.dumps(calibrator.to_json()))
     return writers
 
+SAVED: list = []  # called as hook(run folder, home) after each save: later stages' work (`cryptoml.infer` compiles)
+
 def save_run(result, *, home=None, table_path=None, calibration="inner", n_boot: int = 1000) -> str:
     "Write `result`'s models, calibrator (`calibrate_run`; `calibration=None`: none) and card into a new run folder; its id."
     meta = {**(parquet_metadata(table_path) if table_path and Path(table_path).is_file() else {}), **(result.table_meta or {})}
@@ -266,16 +285,20 @@ def save_run(result, *, home=None, table_path=None, calibration="inner", n_boot:
     writers = _artifact_writers(result, calibrator)
     artifacts = {name: sha256_file(atomic_write(folder/name, write)) for name, write in writers.items()}
     atomic_write_json(folder/CARD, model_card(result, folder.name, snapshot, artifacts, home, table, section))
+    for hook in SAVED:
+        try: hook(folder, home)
+        except Exception as e: warnings.warn(f"run {folder.name} is saved, but {hook.__qualname__} failed on it: {e}")
     return folder.name
 
 # %% ../nbs/09_registry.ipynb #e6416432
 def read_json_card(folder: Path) -> dict:
-    "The model card in run folder `folder`, checked against the schema and the folder; `ArtifactError` naming it otherwise."
+    "The model card in run folder `folder`, checked against the schema and the folder; else `ArtifactError` naming it."
     path = inside(folder/CARD, folder)
     try: card = json.loads(path.read_bytes())
     except FileNotFoundError as e: raise ArtifactError(f"model card {path} is missing") from e
     except ValueError as e: raise ArtifactError(f"model card {path} is not valid JSON: {e}") from e
-    if problems := card_problems(card, folder): raise ArtifactError(f"model card {path} does not match its schema: {'; '.join(problems)}")
+    if problems := card_problems(card, folder):
+        raise ArtifactError(f"model card {path} does not match its schema: {'; '.join(problems)}")
     return card
 
 def verified_bytes(path: Path, sha256: str) -> bytes:
@@ -283,7 +306,8 @@ def verified_bytes(path: Path, sha256: str) -> bytes:
     try: data = Path(path).read_bytes()
     except FileNotFoundError as e: raise ArtifactError(f"artifact {path} is missing") from e
     if (got := hashlib.sha256(data).hexdigest()) != sha256:
-        raise ArtifactError(f"artifact {path} fails its checksum ({len(data)} bytes, sha256 {got[:12]}..., the card says {sha256[:12]}...): truncated or changed since it was saved")
+        raise ArtifactError(f"artifact {path} fails its checksum ({len(data)} bytes, sha256 {got[:12]}..., "
+                            f"the card says {sha256[:12]}...): truncated or changed since it was saved")
     return data
 
 # %% ../nbs/09_registry.ipynb #11fb6447
@@ -321,13 +345,14 @@ class Run:
     def purge(self) -> int: return int(self.card["split"].get("purge") or self.horizon)
     @property
     def seen_until(self) -> pd.Timestamp:
-        "The last bar the run learnt from: its training window's end, or the end of its calibrator's check window if later."
+        "The last bar the run learnt from: its training window's end, or its calibrator's check window's if later."
         until = (self.card.get("calibration") or {}).get("seen_until")
         return max(self.train_end, to_utc(until)) if until else self.train_end
 
     def artifact(self, name: str) -> bytes:
         "The bytes of artifact `name`, checked to lie in the run folder and to match the card's sha256."
-        if name not in self.card["artifacts"]: raise ArtifactError(f"{name} is not an artifact listed in {self.folder/CARD}")
+        if name not in self.card["artifacts"]:
+            raise ArtifactError(f"{name} is not an artifact listed in {self.folder/CARD}")
         return verified_bytes(inside(self.folder/name, self.folder), self.card["artifacts"][name])
 
     def verify(self) -> dict:
@@ -341,7 +366,7 @@ class Run:
         return lgb.Booster(model_str=self.artifact("lgbm.txt").decode())
 
     def calibrator(self) -> Calibrator | None:
-        "The run's served calibrator, from its checked `calibrator.json` (numpy only); None for a run that serves its raw booster."
+        "The run's served calibrator, from its checked `calibrator.json` (numpy only); None if it serves its booster."
         if CALIBRATOR not in self.card["artifacts"]: return None
         try: return load_calibrator(json.loads(self.artifact(CALIBRATOR)))
         except (ValueError, ArtifactError) as e: raise ArtifactError(f"{self.folder/CALIBRATOR}: {e}") from e
@@ -356,9 +381,11 @@ class Run:
 
     def table(self) -> pd.DataFrame:
         "The feature table the run was trained on, once its sha256 matches the card."
-        path, sha = inside(self.root/self.card["data"]["feature_table"], self.root), self.card["data"]["feature_table_sha256"]
+        path, sha = (inside(self.root/self.card["data"]["feature_table"], self.root),
+                     self.card["data"]["feature_table_sha256"])
         if sha256_file(path) != sha:
-            raise ArtifactError(f"feature table {path} changed since run {self.id} was trained (sha256 no longer {sha[:12]}...)")
+            raise ArtifactError(f"feature table {path} changed since run {self.id} was trained "
+                                f"(sha256 no longer {sha[:12]}...)")
         from cryptoml.features import read_feature_table
         return read_feature_table(path)[0]
 
@@ -386,13 +413,14 @@ def alias_link(home, market: Market, alias: str = "champion") -> Path:
 
 # %% ../nbs/09_registry.ipynb #ac091d4a
 def link_run(link: Path) -> str | None:
-    "The id of the run an alias `link` names (`runs/{run_id}/lgbm.pkl`), None when unset; `ArtifactError` if it leads elsewhere."
+    "The id of the run an alias `link` names (`runs/{run_id}/lgbm.pkl`), None if unset; `ArtifactError` if elsewhere."
     try: target = Path(os.readlink(link))
     except FileNotFoundError: return None
     except OSError as e: raise ArtifactError(f"{link} is not a symlink into a run folder: {e.strerror}") from e
     parts = target.parts
     if target.is_absolute() or len(parts) != 3 or parts[::2] != ("runs", "lgbm.pkl") or not RUN_ID.fullmatch(parts[1]):
-        raise ArtifactError(f"{link} points to {target}, not into its own market's runs (runs/RUN_ID/lgbm.pkl): refused")
+        raise ArtifactError(f"{link} points to {target}, not into its own market's runs (runs/RUN_ID/lgbm.pkl): "
+                            "refused")
     return target.parts[1]
 
 # %% ../nbs/09_registry.ipynb #ae245460
@@ -421,13 +449,13 @@ class Evidence:
 
 # %% ../nbs/09_registry.ipynb #76cf727c
 def fresh_start(runs: list[Run]) -> pd.Timestamp:
-    "The first bar no run of `runs` learnt from: after the latest training window (or calibrator check window) and its purge."
+    "The first bar no run of `runs` learnt from: after the latest training (or calibrator check) window and its purge."
     bar = pd.Timedelta(seconds=timeframe_seconds(runs[0].market.timeframe))
     return max(r.seen_until + (r.purge + 1) * bar for r in runs)
 
 # %% ../nbs/09_registry.ipynb #29375710
 def fresh_evidence(candidate: Run, champion: Run | None = None) -> Evidence:
-    "The candidate, the champion (if any) and the baselines on the labelled rows of the candidate's table neither trained on."
+    "The candidate, the champion (if any) and the baselines on the labelled rows of the candidate's table, both unseen."
     table, runs = candidate.table(), [candidate, *([champion] if champion else [])]
     start = fresh_start(runs)
     trained = table.y[(table.ts >= to_utc(candidate.card["data"]["train"][0])) & (table.ts <= candidate.train_end)]
@@ -450,12 +478,13 @@ def _gain_check(row, need: float) -> tuple[bool, str]:
 
 def gate(evidence: Evidence, *, horizon: int = 1, min_improvement: float = 0.0, min_rows: int = MIN_ROWS,
          n_boot: int = 1000, seed: int = 0) -> tuple[bool, str, dict]:
-    "Whether the candidate in `evidence` beats every other forecast on log loss by its paired 95% interval; why; the numbers."
+    "Whether `evidence`'s candidate beats every other forecast's log loss by its paired 95% interval; why; the numbers."
     n = len(evidence.y)
     scores = {"rows": n, "window": evidence.window, "source": evidence.source, "min_rows": min_rows}
     if n < min_rows:
-        return False, (f"too few rows to judge: {n} labelled rows ({evidence.source}) come after both training windows; the gate "
-                       f"needs {min_rows} (min_rows): wait for more bars, or judge on out-of-sample forecasts of both"), scores
+        return False, (f"too few rows to judge: {n} labelled rows ({evidence.source}) come after both training "
+                       f"windows; the gate needs {min_rows} (min_rows): wait for more bars, "
+                       "or judge on out-of-sample forecasts of both"), scores
     others = [name for name in evidence.forecasts if name != "candidate"]
     from cryptoml.metrics import assess, implausible
     metrics, gains = assess(evidence.y, evidence.forecasts, n_boot, seed, model="candidate", probabilistic=others)
@@ -465,15 +494,17 @@ def gate(evidence: Evidence, *, horizon: int = 1, min_improvement: float = 0.0, 
     scores |= {"metrics": metrics, "gains": gains.to_dict("records"), "implausible": alarms}
     if alarms: return False, f"implausible scores on {n} fresh rows, a suspected leak: {'; '.join(alarms)}", scores
     if failed := [name for name, (ok, _) in checks.items() if not ok]:
-        return False, f"does not beat {', '.join(failed)} on {n} fresh rows: {'; '.join(checks[f][1] for f in failed)}", scores
-    return True, f"beats {', '.join(checks)} on {n} fresh rows: {'; '.join(words for _, words in checks.values())}", scores
+        return False, (f"does not beat {', '.join(failed)} on {n} fresh rows: "
+                       f"{'; '.join(checks[f][1] for f in failed)}"), scores
+    return True, (f"beats {', '.join(checks)} on {n} fresh rows: "
+                  f"{'; '.join(words for _, words in checks.values())}"), scores
 
 # %% ../nbs/09_registry.ipynb #e2cf47e5
 def _label(run: Run) -> tuple: return run.horizon, run.card["label"].get("dead_zone")
 
 def judge(candidate: Run, champion_id: str | None, *, min_improvement: float = 0.0, min_rows: int = MIN_ROWS,
           n_boot: int = 1000) -> tuple[bool, str, dict]:
-    "The gate's verdict on `candidate` against its market's champion `champion_id`, on rows neither trained on: (ok?, why, scores)."
+    "The gate's verdict on `candidate` against its market's champion `champion_id`, on unseen rows: (ok?, why, scores)."
     if champion_id == candidate.id: return False, f"{candidate.id} is already the champion", {}
     try:
         champion = Run.open(champion_id, candidate.root) if champion_id else None
@@ -488,7 +519,7 @@ def judge(candidate: Run, champion_id: str | None, *, min_improvement: float = 0
 # %% ../nbs/09_registry.ipynb #23b80fae
 @dataclass
 class Decision:
-    "The outcome of one promotion or rollback: which run, of which market and alias, whether it moved, why, and the scores."
+    "The outcome of a promotion or rollback: which run, of which market and alias, whether it moved, why, the scores."
     run_id: str
     action: str  # "promote" or "rollback"
     promoted: bool  # True when this decision pointed the alias at `run_id`
@@ -536,12 +567,13 @@ def promotion_lock(home, market: Market):
 
 # %% ../nbs/09_registry.ipynb #dfe3a129
 def commit(decision: Decision, root: Path, market: Market):
-    "Carry out `decision`: move its alias if it changed, log it, and write it into the run's card (unless it changed nothing)."
+    "Carry out `decision`: move its alias if it changed, log it, and write it into the run's card (unless a no-op)."
     if decision.best != decision.previous:
         atomic_symlink(f"runs/{decision.best}/lgbm.pkl", alias_link(root, market, decision.alias))
     log, line = promotion_log(root, market), (json.dumps(jsonable(asdict(decision))) + "\n").encode()
     atomic_write_bytes(log, (log.read_bytes() if log.exists() else b"") + line)
-    if decision.previous == decision.run_id and not decision.promoted: return  # it holds the alias already: its card stands
+    # it holds the alias already: its card stands
+    if decision.previous == decision.run_id and not decision.promoted: return
     folder = run_dir(decision.run_id, root)
     card = read_json_card(folder)
     card["promotion"] = {"decision": decision.outcome, "reason": decision.reason, "previous_best": decision.previous,
@@ -559,10 +591,11 @@ def _decide(run: Run, previous: str | None, alias: str, **gate_options) -> tuple
 
 def promote(run_id: str, *, home=None, alias: str = "champion", force: bool = False, min_improvement: float = 0.0,
             min_rows: int = MIN_ROWS, n_boot: int = 1000, market: Market | None = None) -> Decision:
-    "Point the run's market's `alias` at `run_id`; a champion only if it passes the gate (or `force`); logged and carded."
+    "Point the run's market's `alias` at `run_id`; a champion only if it passes the gate (or `force`); logged, carded."
     run = Run.open(run_id, home)
     if market is not None and market != run.market:
-        raise ConfigError(f"run {run.id} is a run of {run.market}, not of {market}: a run is promoted only in its own market")
+        raise ConfigError(f"run {run.id} is a run of {run.market}, not of {market}: "
+                          "a run is promoted only in its own market")
     alias_link(run.root, run.market, alias)
     run.verify()
     with promotion_lock(run.root, run.market):
@@ -570,16 +603,17 @@ def promote(run_id: str, *, home=None, alias: str = "champion", force: bool = Fa
         except ArtifactError as e:  # a link that leads elsewhere: only a forced promotion replaces it, and says so
             if not force: raise
             previous, replaced = None, f" (the {alias} link was refused and is replaced: {e})"
-        try: promoted, reason, scores = _decide(run, previous, alias, min_improvement=min_improvement, min_rows=min_rows,
-                                                n_boot=n_boot)
+        try:
+            promoted, reason, scores = _decide(run, previous, alias, min_improvement=min_improvement, min_rows=min_rows,
+                                               n_boot=n_boot)
         except (ArtifactError, DataError) as e:
             if not force: raise
             promoted, reason, scores = False, f"it cannot be judged: {e}", {}
         if force:
             alone = "would also promote it" if promoted else "refuses it"
             promoted, reason = True, f"forced by the caller; the gate alone {alone}: {reason}{replaced}"
-        decision = Decision(run.id, "promote", promoted, reason, previous, run.id if promoted else previous, force, scores,
-                            alias, str(run.market))
+        decision = Decision(run.id, "promote", promoted, reason, previous, run.id if promoted else previous, force,
+                            scores, alias, str(run.market))
         commit(decision, run.root, run.market)
     return decision
 
@@ -591,7 +625,7 @@ def _settle(stack: list, best: str | None):
     else: stack.append(best)
 
 def best_history(*, home=None, market: Market) -> list[str]:
-    "`market`'s champions in force, oldest first, as promotions pushed and rollbacks popped them; the last is the champion."
+    "`market`'s champions in force, oldest first, as promotions pushed and rollbacks popped them; the last is current."
     stack = []
     for d in read_promotions(home=home, market=market):
         if d.get("alias", "champion") != "champion": continue
@@ -625,7 +659,7 @@ def champion_markets(home=None) -> list[Market]:
 
 def resolve_market(home=None, exchange: str | None = None, symbol: str | None = None,
                    timeframe: str | None = None) -> Market:
-    "The market named by `exchange`, `symbol` and `timeframe`; where some are missing, the one champion's matching the rest."
+    "The market named by `exchange`, `symbol`, `timeframe`; where some are missing, the one champion's that matches."
     if exchange and symbol and timeframe: return Market(exchange, symbol, timeframe)
     given = {k: v for k, v in dict(exchange=exchange, symbol=symbol, timeframe=timeframe).items() if v}
     matches = [m for m in champion_markets(home) if all(getattr(m, k) == v for k, v in given.items())]
@@ -639,7 +673,7 @@ def resolve_market(home=None, exchange: str | None = None, symbol: str | None = 
 # %% ../nbs/09_registry.ipynb #2b32e622
 @dataclass
 class Comparison:
-    "Two runs on the same fresh rows: one row of metrics a forecast, the paired gains of the second run, and the numbers."
+    "Two runs on the same fresh rows: a row of metrics a forecast, the paired gains of the second run, the numbers."
     table: pd.DataFrame
     gains: pd.DataFrame
     scores: dict
@@ -651,13 +685,17 @@ class Comparison:
         "The comparison in a few lines of text."
         s, a, b = self.scores, *self.scores["runs"]
         gain = self.gains[(self.gains.baseline == a) & (self.gains.metric == "log_loss")].iloc[0]
-        return "\n".join([f"{b} against {a} on {s['rows']} rows neither trained on ({s['window'][0]} .. {s['window'][1]})", "",
+        return "\n".join([f"{b} against {a} on {s['rows']} rows neither trained on "
+                          f"({s['window'][0]} .. {s['window'][1]})", "",
                           self.table.to_string(float_format=lambda v: f"{v:.4f}"), "",
-                          f"log-loss gain of {b} over {a}: {gain.gain:+.5f} (95% CI {gain.lo:+.5f} to {gain.hi:+.5f}, {gain.outcome})",
-                          f"agreement: same side of 0.5 on {s['agreement']:.1%} of rows; correlation of P(up) {s['correlation']:.3f}"])
+                          f"log-loss gain of {b} over {a}: {gain.gain:+.5f} "
+                          f"(95% CI {gain.lo:+.5f} to {gain.hi:+.5f}, {gain.outcome})",
+                          f"agreement: same side of 0.5 on {s['agreement']:.1%} of rows; "
+                          f"correlation of P(up) {s['correlation']:.3f}"])
 
 # %% ../nbs/09_registry.ipynb #6de76435
-def compare(run_a: str | Run, run_b: str | Run, *, home=None, min_rows: int = MIN_ROWS, n_boot: int = 1000) -> Comparison:
+def compare(run_a: str | Run, run_b: str | Run, *, home=None, min_rows: int = MIN_ROWS,
+            n_boot: int = 1000) -> Comparison:
     "Runs `run_a` and `run_b` of one market on the same rows neither trained on, with the baselines beside them."
     a, b = Run.open(run_a, home), Run.open(run_b, home)
     if a.market != b.market or _label(a) != _label(b):
@@ -671,7 +709,8 @@ def compare(run_a: str | Run, run_b: str | Run, *, home=None, min_rows: int = MI
     p = dict(zip((newer.id, older.id), (evidence.forecasts.pop("candidate"), evidence.forecasts.pop("champion"))))
     forecasts = {a.id: p[a.id], b.id: p[b.id], **evidence.forecasts}
     from cryptoml.metrics import assess, reliability_curve
-    metrics, gains = assess(evidence.y, forecasts, n_boot, model=b.id, probabilistic=[n for n in forecasts if n != b.id])
+    metrics, gains = assess(evidence.y, forecasts, n_boot, model=b.id,
+                            probabilistic=[n for n in forecasts if n != b.id])
     table = pd.DataFrame({name: {**{m: s[m] for m in ("log_loss", "accuracy", "roc_auc", "brier", "ece")},
                                  "log_loss_lo": s["ci95"]["log_loss"][0], "log_loss_hi": s["ci95"]["log_loss"][1]}
                           for name, s in metrics.items()}).T
@@ -691,11 +730,12 @@ def comparison_figure(c: Comparison):
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", line_color="grey", name="perfect", row=1, col=1)
     for name, curve in c.curves.items():
         fig.add_scatter(x=curve.p_mean, y=curve.y_mean, mode="lines+markers", name=name, row=1, col=1)
-    fig.add_trace(go.Scattergl(x=c.forecasts[a], y=c.forecasts[b], mode="markers", marker_size=3, opacity=0.4, name="rows",
-                               showlegend=False), row=1, col=2)
+    fig.add_trace(go.Scattergl(x=c.forecasts[a], y=c.forecasts[b], mode="markers", marker_size=3, opacity=0.4,
+                               name="rows", showlegend=False), row=1, col=2)
     lo = min(c.forecasts[a].min(), c.forecasts[b].min())
     hi = max(c.forecasts[a].max(), c.forecasts[b].max())
-    fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", line_dash="dot", line_color="grey", showlegend=False, row=1, col=2)
+    fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", line_dash="dot", line_color="grey", showlegend=False, row=1,
+                    col=2)
     fig.update_xaxes(title_text="mean predicted P(up)", row=1, col=1)
     fig.update_yaxes(title_text="observed frequency of up", row=1, col=1)
     fig.update_xaxes(title_text=f"{a}", row=1, col=2).update_yaxes(title_text=f"{b}", row=1, col=2)
@@ -709,8 +749,8 @@ def write_comparison(c: Comparison) -> Path:
     return atomic_write(page, lambda tmp: comparison_figure(c).write_html(tmp, include_plotlyjs=True))
 
 # %% ../nbs/09_registry.ipynb #23238377
-RUN_COLUMNS = ["run_id", "created_at", "market", "feature_set", "horizon", "n_features", "trials", "log_loss", "accuracy",
-               "roc_auc", "majority_log_loss", "decision", "aliases", "best", "problem"]
+RUN_COLUMNS = ["run_id", "created_at", "market", "feature_set", "horizon", "n_features", "trials", "log_loss",
+               "accuracy", "roc_auc", "majority_log_loss", "decision", "aliases", "best", "problem"]
 
 def run_order(folder: Path) -> tuple:
     "Sort key putting runs in the order they were saved (`...T101500-2` before `...T101500-10`)."
@@ -726,9 +766,11 @@ def run_summary(folder: Path, root: Path, aliases: list[str]) -> dict:
         return {"run_id": folder.name, "market": str(Path(*folder.parts[-5:-2])), **named, "problem": str(e)}
     val, majority = card["metrics"]["validation"], card["metrics"]["baselines"].get("majority", {})
     return {"run_id": folder.name, "created_at": card["model"]["created_at"], "market": str(Market.of(card["data"])),
-            "feature_set": card["data"]["feature_set"], "horizon": card["label"]["horizon"], "n_features": len(card["features"]),
-            "trials": card["tuning"]["trials"], **{m: val.get(m) for m in ("log_loss", "accuracy", "roc_auc")},
-            "majority_log_loss": majority.get("log_loss"), "decision": card["promotion"]["decision"], **named, "problem": None}
+            "feature_set": card["data"]["feature_set"], "horizon": card["label"]["horizon"],
+            "n_features": len(card["features"]), "trials": card["tuning"]["trials"],
+            **{m: val.get(m) for m in ("log_loss", "accuracy", "roc_auc")},
+            "majority_log_loss": majority.get("log_loss"), "decision": card["promotion"]["decision"], **named,
+            "problem": None}
 
 # %% ../nbs/09_registry.ipynb #d96e282a
 def _aliases_by_run(market_folder: Path) -> dict[str, list[str]]:
@@ -742,7 +784,7 @@ def _aliases_by_run(market_folder: Path) -> dict[str, list[str]]:
 
 def list_runs(*, home=None, exchange: str | None = None, symbol: str | None = None,
               timeframe: str | None = None) -> pd.DataFrame:
-    "The runs of every market (or of those matching `exchange`, `symbol`, `timeframe`), oldest first, with metrics and aliases."
+    "The runs of every market (or those matching `exchange`, `symbol`, `timeframe`), oldest first, metrics, aliases."
     root = data_home(home)
     check_layout(root)
     parts = (check_exchange(exchange) if exchange else "*", symbol_id(symbol) if symbol else "*",
@@ -750,7 +792,8 @@ def list_runs(*, home=None, exchange: str | None = None, symbol: str | None = No
     found = models_dir(root).glob(str(Path(*parts, "runs", "*")))
     folders = sorted((p for p in found if p.is_dir() and RUN_ID.fullmatch(p.name)), key=run_order)
     named = {m: _aliases_by_run(m) for m in {f.parent.parent for f in folders}}
-    return pd.DataFrame([run_summary(f, root, named[f.parent.parent].get(f.name, [])) for f in folders], columns=RUN_COLUMNS)
+    return pd.DataFrame([run_summary(f, root, named[f.parent.parent].get(f.name, [])) for f in folders],
+                        columns=RUN_COLUMNS)
 
 # %% ../nbs/09_registry.ipynb #32029ca9
 def _cut(text: str, width: int) -> str: return text if len(text) <= width else text[:width - 1] + "~"
@@ -760,8 +803,8 @@ def format_runs(runs: pd.DataFrame, width: int = 100) -> str:
     lines = [f"{'run_id':19} {'market':24} {'table':8} {'logloss':>7} {'acc':>6} {'auc':>6} {'decision':8} aliases"]
     for r in runs.itertuples():
         if isinstance(r.problem, str): lines.append(f"{r.run_id:19} {_cut(r.market, 24):24} problem: {r.problem}")
-        else: lines.append(f"{r.run_id:19} {_cut(r.market, 24):24} {_cut(f'{r.feature_set}-h{r.horizon}', 8):8} {r.log_loss:7.4f} "
-                           f"{r.accuracy:6.4f} {r.roc_auc:6.4f} {r.decision:8} {r.aliases}")
+        else: lines.append(f"{r.run_id:19} {_cut(r.market, 24):24} {_cut(f'{r.feature_set}-h{r.horizon}', 8):8} "
+                           f"{r.log_loss:7.4f} {r.accuracy:6.4f} {r.roc_auc:6.4f} {r.decision:8} {r.aliases}")
     return "\n".join(_cut(line, width) for line in lines)
 
 # %% ../nbs/09_registry.ipynb #ec642e3f
@@ -782,7 +825,8 @@ def calibration_summary(card: dict) -> str:
     if not c: return "raw booster (saved without calibration)"
     served = f"{c['kind']} calibrator" if c["served"] else "raw booster"
     if "validation" not in c: return f"{served}: {c['reason']}"
-    m, change, ci = c["validation"]["metrics"], c["validation"]["change"]["calibrated"], lambda v: f"[{v[0]:.4f}, {v[1]:.4f}]"
+    m, change, ci = (c["validation"]["metrics"], c["validation"]["change"]["calibrated"],
+                     lambda v: f"[{v[0]:.4f}, {v[1]:.4f}]")
     return (f"{served}, as {c['reason']}; on the validation window's later {c['validation']['rows']} rows, ECE "
             f"{m['raw']['ece']:.4f} {ci(m['raw']['ci95']['ece'])} raw, {m['calibrated']['ece']:.4f} "
             f"{ci(m['calibrated']['ci95']['ece'])} calibrated; log loss change {change['log_loss']['value']:+.5f} "
@@ -790,9 +834,10 @@ def calibration_summary(card: dict) -> str:
 
 # %% ../nbs/09_registry.ipynb #d5714d41
 def card_summary(card: dict) -> str:
-    "The model card in a few lines: data, split, tuning, metrics against the baselines, verdict, calibration, promotion."
+    "The model card in a few lines: data, split, tuning, metrics against baselines, verdict, calibration, promotion."
     d, t, p = card["data"], card["tuning"], card["promotion"]
-    lines = [f"run {card['model']['run_id']}: {d['exchange']} {d['symbol']} {d['timeframe']}, {len(card['features'])} features ({d.get('feature_set')})",
+    lines = [f"run {card['model']['run_id']}: {d['exchange']} {d['symbol']} {d['timeframe']}, "
+             f"{len(card['features'])} features ({d.get('feature_set')})",
              f"train      {d['train'][0]} .. {d['train'][1]}",
              f"validation {d['validation'][0]} .. {d['validation'][1]}",
              f"tuning     {t['trials']} trials ({t['sampler']}, seed {t['seed']}), best trial {t['best_trial']}, "
@@ -810,8 +855,9 @@ def describe_run(run_id: str | Run, home=None) -> str:
     try: integrity = f"artifacts  {len(run.verify())} files match the card's sha256"
     except ArtifactError as e: integrity = f"artifacts  PROBLEM: {e}"
     aliases = _aliases_by_run(run.folder.parent.parent).get(run.id, [])
-    return "\n".join([card_summary(run.card), f"folder     {run.folder}", f"table      {run.card['data']['feature_table']}",
-                      f"aliases    {', '.join(aliases) or 'none'}", integrity])
+    return "\n".join([card_summary(run.card), f"folder     {run.folder}",
+                      f"table      {run.card['data']['feature_table']}", f"aliases    {', '.join(aliases) or 'none'}",
+                      integrity])
 
 # %% ../nbs/09_registry.ipynb #24a1a430
 def metrics_with_intervals(card: dict, digits: int = 4) -> pd.DataFrame:
@@ -819,7 +865,8 @@ def metrics_with_intervals(card: dict, digits: int = 4) -> pd.DataFrame:
     from cryptoml.metrics import METRICS
     def text(s: dict, m: str) -> str:
         ci = (s.get("ci95") or {}).get(m)
-        return "-" if s.get(m) is None else f"{s[m]:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+        return ("-" if s.get(m) is None
+                else f"{s[m]:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else ""))
     return pd.DataFrame({name: {m: text(s, m) for m in METRICS} for name, s in card_scores(card).items()})
 
 # %% ../nbs/09_registry.ipynb #398a765d
@@ -844,7 +891,8 @@ def _migrate_run(folder: Path, root: Path, tables: dict) -> Market:
     source = tables.get(data["feature_table"], root/data["feature_table"])
     data.setdefault("feature_table_source", _ref(source, root))
     data["feature_table"] = _ref(snapshot if snapshot.exists() else source, root)
-    data.setdefault("funding_exchange", (parquet_metadata(snapshot) if snapshot.exists() else {}).get("funding_exchange"))
+    data.setdefault("funding_exchange",
+                    (parquet_metadata(snapshot) if snapshot.exists() else {}).get("funding_exchange"))
     atomic_write_json(folder/CARD, {**card, "schema_version": SCHEMA_VERSION})
     dest = market_dir(root, market)/"runs"/folder.name
     dest.parent.mkdir(parents=True, exist_ok=True); runs_index(root).mkdir(parents=True, exist_ok=True)
@@ -871,7 +919,8 @@ def _migrate_log(old: Path, root: Path) -> str:
 def migrate(home=None) -> list[str]:
     "Move a data root from cryptoml 0.1's layout into per-market folders; one line for each thing moved."
     root, done = data_home(home), []
-    models, old_best, old_log = models_dir(root), models_dir(home)/ALIASES["champion"], models_dir(home)/"promotions.jsonl"
+    models, old_best, old_log = (models_dir(root), models_dir(home)/ALIASES["champion"],
+                                 models_dir(home)/"promotions.jsonl")
     tables = {}
     for old in sorted((root/"feature_store").glob("*.parquet")):
         name, tables[name] = _migrate_table(old, root)
@@ -897,7 +946,8 @@ def plot_runs(runs: pd.DataFrame):
     metrics = ("log_loss", "accuracy", "roc_auc")
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics)
     colours = np.where(runs["best"], "crimson", "steelblue")
-    for col, m in enumerate(metrics, 1): fig.add_bar(x=runs["run_id"], y=runs[m], marker_color=colours, showlegend=False, row=1, col=col)
-    fig.add_scatter(x=runs["run_id"], y=runs["majority_log_loss"], mode="markers", marker_symbol="line-ew-open", marker_size=40,
-                    name="majority baseline", row=1, col=1)
+    for col, m in enumerate(metrics, 1):
+        fig.add_bar(x=runs["run_id"], y=runs[m], marker_color=colours, showlegend=False, row=1, col=col)
+    fig.add_scatter(x=runs["run_id"], y=runs["majority_log_loss"], mode="markers", marker_symbol="line-ew-open",
+                    marker_size=40, name="majority baseline", row=1, col=1)
     return fig.update_layout(title="Runs on their own validation windows (champions in red)", height=380)

@@ -6,7 +6,7 @@ LightGBM's own probabilities for every row of the table, through the run's calib
 machine without a C compiler serves all the same. And a server that only imports `LGBMProd` loads none of the
 training stack.
 """
-import hashlib, json, logging, subprocess, sys
+import hashlib, json, logging, subprocess, sys, time
 
 import lightgbm as lgb
 import numpy as np
@@ -18,7 +18,7 @@ from cryptoml.core import shared_data
 from cryptoml.features import build_features, read_feature_table
 from cryptoml.tune import tune
 from cryptoml.registry import promote, run_dir, save_run
-from cryptoml.infer import COMPILED, CompiledBooster, FastBooster, LGBMProd, compile_model, probe_rows
+from cryptoml.infer import CODEGEN, COMPILED, CompiledBooster, FastBooster, LGBMProd, compile_flags, compile_model, probe_rows
 
 FORBIDDEN = ("scipy", "duckdb", "plotly", "ccxt", "optuna", "sklearn", "tqdm")
 
@@ -39,13 +39,15 @@ def market_table(home, which: str):
     return read_feature_table(path)[0], path
 
 
-@pytest.mark.parametrize("which", ["shared", "synthetic"])
-def test_a_compiled_model_gives_lightgbms_probabilities(which, tmp_path):
+@pytest.mark.parametrize("which, params, trees", [
+    ("shared", {"num_leaves": 31}, 120), ("synthetic", {"num_leaves": 31}, 120),
+    ("synthetic", {"num_leaves": 100, "zero_as_missing": True}, 30)])  # > 64 leaves: walked row by row in a block
+def test_a_compiled_model_gives_lightgbms_probabilities(which, params, trees, tmp_path):
     table, _ = market_table(tmp_path, which)
     features = [c for c in table.columns if c not in ("ts", "y", "fwd_ret")]
     train = table.dropna(subset=["y"])
-    booster = lgb.train({"objective": "binary", "num_leaves": 31, "min_child_samples": 20, "verbose": -1, "num_threads": 1, "seed": 0},
-                        lgb.Dataset(train[features], train.y), 120)
+    params = {"objective": "binary", "min_child_samples": 20, "verbose": -1, "num_threads": 1, "seed": 0, **params}
+    booster = lgb.train(params, lgb.Dataset(train[features], train.y), trees)
     X = np.vstack([table[features].to_numpy(np.float64), probe_rows(booster.model_to_string())])
     library = compile_model(booster.model_to_string(), tmp_path/"model.so")
     compiled = CompiledBooster(library, hashlib.sha256(library.read_bytes()).hexdigest(), FastBooster(booster))
@@ -55,14 +57,57 @@ def test_a_compiled_model_gives_lightgbms_probabilities(which, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def served_run(tmp_path_factory):
-    "A small tuned run of the synthetic market, saved (with its calibrator) and promoted; the data root, market and rows."
+def tuned(tmp_path_factory):
+    "A small tuned model of the synthetic market: the data root, the feature table's path, the tune result and its rows."
     home = tmp_path_factory.mktemp("compiled")
     table, path = market_table(home, "synthetic")
     result = tune(table, home=home, n_trials=2, n_boot=20, val_days=2, seed=0, progress=False)
+    return home, path, result, table[result.features].to_numpy(np.float64)
+
+@pytest.fixture(scope="module")
+def served_run(tuned):
+    "The tuned model saved (with its calibrator) and promoted; the data root, market, run id and rows."
+    home, path, result, rows = tuned
     run_id = save_run(result, home=home, table_path=path)
     promote(run_id, home=home, force=True, n_boot=20)
-    return home, Market.of(result.table_meta), run_id, table[result.features].to_numpy(np.float64)
+    return home, Market.of(result.table_meta), run_id, rows
+
+
+def test_save_run_compiles_ahead_and_a_newer_generator_replaces_the_old_library(served_run):
+    home, market, run_id, rows = served_run
+    folder = run_dir(run_id, home)
+    record = json.loads((folder/COMPILED).read_text())  # filed by save_run, before any load
+    assert (record["codegen"], record["flags"]) == (CODEGEN, list(compile_flags())) and (folder/record["library"]).is_file()
+    stale = folder/"lgbm-0123456789abcdef.so"
+    stale.write_bytes(b"an older generator's library")
+    (folder/COMPILED).write_text(json.dumps({**record, "library": stale.name, "codegen": CODEGEN - 1}))
+    model = LGBMProd(path=folder/"lgbm.txt", home=home)  # a fresh instance: loads, finds the record stale, compiles anew
+    assert type(model.current().model) is CompiledBooster
+    assert sorted(p.name for p in folder.glob("lgbm-*.so")) == [record["library"]], "the replaced library is removed"
+    assert json.loads((folder/COMPILED).read_text()) == record
+
+
+def test_a_failing_save_hook_warns_and_the_run_stays_saved(tuned, monkeypatch):
+    home, path, result, rows = tuned
+    def broken(folder, home): raise OSError("disk full")
+    monkeypatch.setattr("cryptoml.registry.SAVED", [broken])
+    with pytest.warns(UserWarning, match="is saved, but .*broken failed on it: disk full"):
+        run_id = save_run(result, home=home, table_path=path)
+    assert (run_dir(run_id, home)/"model_card.json").is_file() and not (run_dir(run_id, home)/COMPILED).exists()
+
+
+def test_predict_proba_follows_a_moved_link_within_recheck_ns(tuned, served_run):
+    home, path, result, rows = tuned
+    _, market, first, _ = served_run
+    model = LGBMProd(market, home=home)
+    promote(first, home=home, force=True, n_boot=20)
+    model.predict_proba(rows[-1])
+    second = save_run(result, home=home, table_path=path)
+    promote(second, home=home, force=True, n_boot=20)
+    time.sleep(model.recheck_ns / 1e9)
+    model.predict_proba(rows[-1])
+    assert model._run.run_id == second, "a call recheck_ns after the move loaded the new run"
+    promote(first, home=home, force=True, n_boot=20)  # as the other tests expect
 
 
 def test_lgbmprod_serves_the_compiled_model_through_the_calibrator(served_run, monkeypatch):

@@ -4,7 +4,9 @@ import subprocess, sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1]/"bench"/"bench_features.py"
-STAGES = ("labels", "Arrow conversion", "Parquet encode", "file I/O (write, fsync)", "all features")
+STAGES = ("labels", "Arrow conversion", "Parquet encode", "file write", "fsync", "file I/O (write, fsync)", "all features")
+FAMILIES = ("returns and range", "moving averages", "EMAs and MACD", "volatility", "lagged returns", "RSI", "calendar",
+            "volume and takers", "funding")
 
 
 def bench(*args: str) -> tuple[dict[tuple[str, str], list[str]], str]:
@@ -26,7 +28,8 @@ def test_the_benchmark_prints_project_reference_and_ratio_and_the_profile():
         assert r[0] == "5,000" and min(rates) > 0 and min(peaks) >= 1 and min(cpu) >= 0, r
     assert float(rows["rich-build", "polars-seed"][10]) > float(rows["seed-build", "polars-seed"][10]) > 0
     assert "load average before / after" in out and "where the rich build's time goes at 5,000 bars" in out
-    for stage in ("rsi14", "funding_rate", *STAGES): assert f"  {stage} " in out, stage
+    for stage in ("rsi14", "funding_rate", *STAGES, *FAMILIES): assert f"  {stage} " in out, stage
+    assert "target (issue 16): rich-build >= 0.5x polars-seed, both fsynced" in out
 
 
 def test_building_the_rich_set_for_a_million_bars_holds_at_most_one_and_a_half_raw_tables():

@@ -6,7 +6,7 @@ others are noise; small real `cryptoml.tune.tune` runs on it, saved as runs. A "
 "strong" one sees the signal, so the gate has a true answer to find, and the strong run genuinely beats both
 baselines while the weak one beats neither.
 """
-import json, os, pickle
+import json, os, pickle, re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -75,7 +75,10 @@ def test_save_run_writes_models_and_a_complete_card_in_its_market(world, tuned, 
     home, runs = world
     folder = run_dir(runs["strong"], home)
     assert folder.parent == (market_dir(home, MARKET)/"runs").resolve()
-    assert sorted(p.name for p in folder.iterdir()) == ["lgbm.pkl", "lgbm.txt", "logreg.pkl", "model_card.json"]
+    names = sorted(p.name for p in folder.iterdir())
+    compiled = [n for n in names if n == "compiled.json" or re.fullmatch(r"lgbm-[0-9a-f]{16}\.so", n)]
+    assert len(compiled) in (0, 2), names  # save_run compiles the model ahead once cryptoml.infer is imported (its hook)
+    assert [n for n in names if n not in compiled] == ["lgbm.pkl", "lgbm.txt", "logreg.pkl", "model_card.json"]
     card = Run.open(runs["strong"], home).card
     assert set(CARD_SCHEMA) <= set(card) <= {*CARD_SCHEMA, "manifest", "calibration"}
     assert card["model"]["run_id"] == runs["strong"] and card["model"]["versions"]["lightgbm"] == lgb.__version__
