@@ -3,8 +3,9 @@
 1. The whole pipeline (synthetic bars, features, leak-checked split, 20 Optuna trials, save, the gate) of 8 synthetic
    markets of 30 days of 1-minute bars. Project: `cryptoml pipeline --demo --symbols ... --cluster local[2]` (a task a
    market on a LocalCluster of 2 worker processes, its start-up included). Reference: the same command without
-   `--cluster`, the markets one after another in one process. Each in a fresh data root, as a user runs it (wall
-   time of the whole command). Target: project <= 0.6 x reference.
+   `--cluster`, the markets one after another in one process, each market's trials as many at a time as there are
+   cores (`--jobs` defaults to every core; on the cluster a market's task runs its trials one at a time). Each in a
+   fresh data root, as a user runs it (wall time of the whole command). Target: project <= 0.6 x reference.
 2. The walk-forward folds of the first market (retrained every 2 days, fixed parameters, the point-in-time guard on):
    project on the LocalCluster (`cluster_pool`, the cluster's start-up included), reference on the walk-forward's own
    in-process pool of as many worker processes. The two must give the same predictions.

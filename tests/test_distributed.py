@@ -4,8 +4,10 @@ The story: three markets' pipelines run as tasks on two workers while the test S
 one market's task lock in the middle of its tuning; Dask runs that task again and the command still ends with every
 market done once: one run saved and one decision of the gate per market, no half-written file, and the market
 without bars failed alone, its error named. A walk-forward whose worker is killed after its first folds gives the
-same predictions, fold for fold, as one run in this process. A pooled model trained with `lightgbm.dask` on the
-partitioned table scores within `POOLED_TOLERANCE` of the one trained in one process, and `LGBMProd` serves it.
+same predictions, fold for fold, as one run in this process. A pooled model trained data-parallel on a panel table
+partitioned by market and month builds the same trees on every run, scores within `POOLED_TOLERANCE` of the one trained
+in one process, is saved with a calibrator fitted on its held-back slice, and `LGBMProd` serves it; two such trainings
+at once on one host (on one cluster, and on two) each build that same model.
 """
 import json, os, signal, subprocess, threading, time
 from pathlib import Path
@@ -19,10 +21,10 @@ from cryptoml.backtest import FIXED_PARAMS, walk_forward_predictions
 from cryptoml.features import add_labels, build_features, compute_features
 from cryptoml.infer import LGBMProd
 from cryptoml.ingest import synthetic_market
-from cryptoml.panel import panel_market
-from cryptoml.registry import promote, read_promotions, save_run
-from cryptoml.distributed import (POOLED_TOLERANCE, cluster_pool, connect, parts_dir, pooled_result, pooled_scores,
-                                  pooled_table, train_pooled, validation_rows, write_partitions, write_synthetic)
+from cryptoml.panel import build_panel, panel_market, panel_markets, write_demo_panel
+from cryptoml.registry import Run, promote, read_promotions, save_run
+from cryptoml.distributed import (POOLED_TOLERANCE, cluster_pool, connect, held_back_forecasts, parts_dir, pooled_result,
+                                  pooled_scores, train_pooled, validation_rows, write_partitions, write_synthetic)
 
 pytestmark = pytest.mark.timeout(600)
 GOOD = ["AAA/USDT", "BBB/USDT", "CCC/USDT"]
@@ -111,32 +113,56 @@ def test_a_walk_forward_whose_worker_dies_gives_every_fold_once_as_in_one_proces
     pd.testing.assert_frame_equal(on_cluster.predictions, inline.predictions)
     assert on_cluster.folds.fold.tolist() == list(range(1, len(inline.folds) + 1))
 
+CUTS = dict(val_days=30, stop_days=30)  # of the panel's hourly bars: validation last, the held-back slice before it
+
 @pytest.fixture(scope="module")
 def pooled(tmp_path_factory):
-    "Three synthetic markets' pooled table, partitioned by market and month, trained on two workers and in this process."
+    "Six synthetic markets' panel table, partitioned by market and month, trained twice on two workers and once in this process."
     home = tmp_path_factory.mktemp("pooled")
-    markets = [write_synthetic(Market("synthetic", s, "1m"), home, days=20) for s in GOOD]
-    for m in markets: build_features(m, home=home, progress=False)
-    path = pooled_table(home, markets)
+    markets = panel_markets(write_demo_panel(home, markets=6, days=480))
+    path = build_panel(markets, home=home, reference=markets[0].symbol, name="pool", progress=False)
     with connect(cluster="local[2]") as client:
         write_partitions(path, client, progress=False)
-        on_workers = train_pooled(parts_dir(path), client, threshold=0, val_days=2, stop_days=2)
-    in_process = train_pooled(parts_dir(path), val_days=2, stop_days=2)
-    return home, markets, path, on_workers, in_process
+        on_workers, again = (train_pooled(parts_dir(path), client, threshold=0, **CUTS) for _ in range(2))
+    in_process = train_pooled(parts_dir(path), **CUTS)
+    return home, markets, path, on_workers, again, in_process
 
-def test_the_pooled_model_on_the_cluster_scores_as_the_one_trained_in_one_process(pooled):
-    _, _, _, on_workers, in_process = pooled
+def test_the_pooled_model_on_the_cluster_is_deterministic_and_scores_as_the_one_trained_in_one_process(pooled):
+    _, _, _, on_workers, again, in_process = pooled
     assert (on_workers.trained_on, in_process.trained_on) == ("Dask, 2 workers", "one process")
     assert on_workers.train_rows == in_process.train_rows > 50_000
+    assert again.booster.model_to_string() == on_workers.booster.model_to_string()  # the same trees, byte for byte
     rows = validation_rows(on_workers)
     cluster, local = pooled_scores(on_workers, rows), pooled_scores(in_process, rows)
     assert abs(cluster["log_loss"] - local["log_loss"]) < POOLED_TOLERANCE, (cluster, local)
     assert cluster["log_loss"] < np.log(2)  # it learned something: below the coin's log loss
 
-def test_the_pooled_model_is_saved_as_a_run_and_served_by_lgbmprod_unchanged(pooled):
-    home, markets, path, on_workers, _ = pooled
-    run_id = save_run(pooled_result(on_workers, n_boot=100), home=home, table_path=path, calibration=None)
+def test_the_pooled_model_is_saved_calibrated_as_a_run_and_served_by_lgbmprod_unchanged(pooled):
+    home, markets, path, on_workers, _, _ = pooled
+    run_id = save_run(pooled_result(on_workers, n_boot=100), home=home, table_path=path,
+                      calibration=held_back_forecasts(on_workers), n_boot=100)
     promote(run_id, home=home, force=True, min_rows=100)
     served, rows = LGBMProd(panel_market("pool", markets), home=home), validation_rows(on_workers)
     assert served.run_id == run_id
-    np.testing.assert_allclose(served.predict_proba(rows[on_workers.features]), on_workers.booster.predict(rows[on_workers.features]))
+    run = Run.open(run_id, home)
+    calibration, calibrator = run.card["calibration"], run.calibrator()
+    assert calibration["rows"] > 0 and calibration["source"].startswith("backtest predictions")
+    assert calibration["served"] == (calibrator is not None)
+    raw = on_workers.booster.predict(rows[on_workers.features])
+    np.testing.assert_allclose(served.predict_proba(rows[on_workers.features]), raw if calibrator is None else calibrator.many(raw))
+
+def test_two_trainings_at_once_on_one_host_each_build_the_model_one_builds_alone(pooled):
+    _, _, path, on_workers, _, _ = pooled
+    built = {}
+    def train(name, client):
+        try: built[name] = train_pooled(parts_dir(path), client, threshold=0, **CUTS).booster.model_to_string()
+        except Exception as e: built[name] = e
+    with connect(cluster="local[2]") as first, connect(cluster="local[2]") as second:
+        runs = [threading.Thread(target=train, args=(name, client)) for name, client in
+                (("first cluster", first), ("first cluster, at the same time", first), ("second cluster", second))]
+        for run in runs: run.start()
+        for run in runs: run.join(timeout=500)
+    assert len(built) == 3, built
+    differ = {name: text if isinstance(text, Exception) else "another model" for name, text in built.items()
+              if text != on_workers.booster.model_to_string()}
+    assert not differ, differ
