@@ -22,7 +22,7 @@ from .features import read_feature_table
 from .panel import panel_market
 from .split import Split
 from .metrics import evaluate, fit_logreg, verdict
-from .tune import EARLY_STOPPING, MAX_ROUNDS, TuneResult, base_params, judge
+from .tune import EARLY_STOPPING, MAX_ROUNDS, TuneResult, base_params, validation_scores
 from .backtest import FIXED_PARAMS, FoldJob
 from .registry import alias_run, read_json_card, read_promotions, runs_index
 
@@ -578,7 +578,7 @@ def pooled_result(model: PooledModel, *, n_boot: int = 1000, seed: int = 0, samp
     split = Split(before.sort_values("ts", kind="stable"), val, horizon=meta["horizon"], purge=meta["horizon"],
                   val_days=val_days)
     logreg = fit_logreg(sample, model.features)
-    scores, gains = judge(model.booster, logreg, split, model.features, n_boot, seed)
+    scores, gains = validation_scores(model.booster, logreg, split, model.features, n_boot, seed)
     manifest = {"pooled": {"trained_on": model.trained_on, "table_sha256": model.manifest["table_sha256"],
                            "partitions": len(model.manifest["files"]),
                            "cuts": {k: str(v) for k, v in vars(model.cuts).items()},

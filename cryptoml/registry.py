@@ -183,12 +183,13 @@ def card_problems(card, folder: Path) -> list[str]:
 CALIBRATOR = "calibrator.json"
 
 def backtest_forecasts(predictions, train_end) -> pd.DataFrame:
-    "A backtest's out-of-sample forecasts (`ts, p_up, y`; `predictions.parquet` or a frame), labelled, to `train_end`."
+    "A backtest's out-of-sample forecasts (`ts, p_up, y`; a file or frame), labelled, to `train_end`, once a bar."
     frame = read_parquet_file(predictions) if isinstance(predictions, (str, os.PathLike)) else predictions
     if missing := sorted({"ts", "p_up", "y"} - set(frame.columns)):
         raise DataError(f"backtest predictions lack the columns {missing}: "
                         "expected ts, fold, model_time, p_up, y, fwd_ret")
-    rows = frame[(frame.ts <= to_utc(train_end)) & frame.y.notna()].drop_duplicates("ts", keep="last").sort_values("ts")
+    key = ["market", "ts"] if "market" in frame.columns else ["ts"]  # a panel forecasts every market at each time
+    rows = frame[(frame.ts <= to_utc(train_end)) & frame.y.notna()].drop_duplicates(key, keep="last").sort_values(key[::-1])
     return rows[["ts", "p_up", "y"]].reset_index(drop=True)
 
 # %% ../nbs/09_registry.ipynb #5fdeac38

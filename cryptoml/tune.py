@@ -41,7 +41,7 @@ __all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES
            'trial_objective', 'WindowPruner', 'make_pruner', 'fingerprint', 'default_study_name', 'to_file',
            'from_file', 'StudyFile', 'pool_settings', 'server_storage', 'on_one_machine', 'study_storage', 'open_study',
            'finished_trials', 'trial_jobs', 'Surplus', 'run_trials', 'default_val_days', 'TuneResult', 'run_manifest',
-           'judge', 'point_in_time_fn', 'tune']
+           'validation_scores', 'point_in_time_fn', 'tune']
 
 # %% ../nbs/06_tune.ipynb #8cf5eb92
 SKEWED = 0.1  # class weighting is searched when the base rate is further than this from 0.5
@@ -538,8 +538,8 @@ def run_manifest(table: pd.DataFrame, table_meta: dict, features: list[str], spl
             "versions": library_versions(), **({"panel": table_meta["panel"]} if table_meta.get("panel") else {})}
 
 # %% ../nbs/06_tune.ipynb #d0e1023f
-def judge(booster: lgb.Booster, logreg: Pipeline, split: Split, features: list[str], n_boot: int = 1000,
-          seed: int = 0) -> tuple[dict, pd.DataFrame]:
+def validation_scores(booster: lgb.Booster, logreg: Pipeline, split: Split, features: list[str],
+                      n_boot: int = 1000, seed: int = 0) -> tuple[dict, pd.DataFrame]:
     "The one look at the validation window: the model's and every baseline's metrics, and the model's paired gains."
     forecasts = {"lgbm": booster.predict(split.val[features]),
                  **baseline_forecasts(split.val, split.train, logreg, features)}
@@ -593,7 +593,7 @@ def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: 
     params, rounds = {**best.user_attrs["params"], "num_threads": num_threads}, best.user_attrs["best_iteration"]
     booster = lgb.train(params, lgb.Dataset(split.train[features], split.train.y), rounds)
     logreg = fit_logreg(split.train, features)
-    scores, gains = judge(booster, logreg, split, features, n_boot, seed)
+    scores, gains = validation_scores(booster, logreg, split, features, n_boot, seed)
     metrics = scores.pop("lgbm")
     if suspect := implausible(metrics, len(split.val), split.horizon):
         warnings.warn("suspected leak: " + "; ".join(suspect), stacklevel=2)
