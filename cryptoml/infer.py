@@ -355,6 +355,7 @@ def compiled_model(run: Run, native: FastBooster) -> CompiledBooster:
         old.unlink(missing_ok=True)
     return model
 
+# %% ../nbs/10_infer.ipynb #4ca5f380
 def compiled_or_native(run: Run, native: FastBooster) -> CompiledBooster | FastBooster:
     "The run's compiled model, or `native` (LightGBM's C API) when it cannot be had; the reason is logged."
     try: return compiled_model(run, native)

@@ -189,7 +189,8 @@ def backtest_forecasts(predictions, train_end) -> pd.DataFrame:
         raise DataError(f"backtest predictions lack the columns {missing}: "
                         "expected ts, fold, model_time, p_up, y, fwd_ret")
     key = ["market", "ts"] if "market" in frame.columns else ["ts"]  # a panel forecasts every market at each time
-    rows = frame[(frame.ts <= to_utc(train_end)) & frame.y.notna()].drop_duplicates(key, keep="last").sort_values(key[::-1])
+    rows = frame[(frame.ts <= to_utc(train_end)) & frame.y.notna()]
+    rows = rows.drop_duplicates(key, keep="last").sort_values(key[::-1])
     return rows[["ts", "p_up", "y"]].reset_index(drop=True)
 
 # %% ../nbs/09_registry.ipynb #5fdeac38
