@@ -80,7 +80,9 @@ def connect(scheduler: str | None = None, cluster: str | None = None, *,
     try:
         try: client = Client(local or address, timeout="20s")
         except OSError as e: raise ConfigError(f"no Dask scheduler answers at {address}: {e}") from None
-        with client: yield client
+        with client:
+            if workers: client.wait_for_workers(workers, timeout=60)  # LocalCluster workers may still be registering
+            yield client
     finally:
         if local: local.close()
 
@@ -517,6 +519,7 @@ def _cluster_fit(client: Client, folder: Path, manifest: dict, cuts: PooledCuts,
      "rounds.")
     client.register_plugin(QuietLightGBM(), name="cryptoml-quiet-lightgbm")
     workers, columns = sorted(client.scheduler_info()["workers"]), ["ts", *features, "y"]
+    if not workers: raise ConfigError(f"the Dask cluster at {client.scheduler.address} has no workers to train on")
     train, stop = (placed(client, folder, manifest, cuts, part, columns, workers) for part in ("train", "stop"))
     sizes = client.gather([client.submit(len, share, pure=False) for share in train])
     # a rank needs rows: a worker whose dealt blocks all fall outside the training part sits out
