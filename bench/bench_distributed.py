@@ -3,18 +3,23 @@
 1. The whole pipeline (synthetic bars, features, leak-checked split, 20 Optuna trials, save, the gate) of 8 synthetic
    markets of 30 days of 1-minute bars. Project: `cryptoml pipeline --demo --symbols ... --cluster local[2]` (a task a
    market on a LocalCluster of 2 worker processes, its start-up included). Reference: the same command without
-   `--cluster`, the markets one after another in one process, each market's trials as many at a time as there are
-   cores (`--jobs` defaults to every core; on the cluster a market's task runs its trials one at a time). Each in a
+   `--cluster`, the markets one after another in one process. Both run each market's tasks the same way: its trials one
+   at a time on one LightGBM thread (a many-market pipeline runs each market with `--jobs 1`), then its model compiled
+   by the C compiler at save (one process). Each in a
    fresh data root, as a user runs it (wall time of the whole command). Target: project <= 0.6 x reference.
 2. The walk-forward folds of the first market (retrained every 2 days, fixed parameters, the point-in-time guard on):
    project on the LocalCluster (`cluster_pool`, the cluster's start-up included), reference on the walk-forward's own
    in-process pool of as many worker processes. The two must give the same predictions.
 
 The load average (`uptime`) is printed beside each figure: on a machine shared with other work, figures move with it.
+So are the CPU seconds each command used (itself, its workers and their compilers) and the cores that makes on
+average (CPU seconds / wall seconds): the cluster can only be quicker when it gets more cores than the one-process run.
+Linux shares the cores fairly between sessions (autogroups), not processes: with other sessions busy, the workers of one
+command together get about what one process would.
 
     python bench/bench_distributed.py [--markets 8] [--days 30] [--trials 20] [--workers 2]
 """
-import argparse, os, subprocess, sys, tempfile, time
+import argparse, os, resource, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import pandas as pd
@@ -31,17 +36,23 @@ def load() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
 
-def pipeline(home: Path, symbols: list[str], days: float, trials: int, cluster: str | None) -> tuple[float, str, list[str]]:
-    "Seconds of one `cryptoml pipeline` over `symbols`, the load when it ended, and its command line."
+def children_cpu() -> float:
+    "CPU seconds of this process's finished children (and theirs) so far."
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pipeline(home: Path, symbols: list[str], days: float, trials: int, cluster: str | None) -> tuple[float, str, list[str], float]:
+    "Seconds of one `cryptoml pipeline` over `symbols`, the load when it ended, its command line and its CPU seconds."
     command = ["cryptoml", "pipeline", "--demo", "--symbols", ",".join(symbols), "--timeframe", "1m", "--days", str(days),
                "--trials", str(trials), "--home", str(home), "--quiet", *(["--cluster", cluster] if cluster else [])]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), children_cpu()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     seconds = time.perf_counter() - started
     if done.returncode not in (0, 1): sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     lines = [line for line in done.stdout.splitlines() if line.startswith("synthetic ")]
     assert len(lines) == len(symbols) and not any(" failed " in line for line in lines), done.stdout
-    return seconds, load(), command
+    return seconds, load(), command, children_cpu() - cpu
 
 
 def folds(table: pd.DataFrame, feature_fn, workers: int, on_cluster: bool) -> tuple[float, str, object]:
@@ -65,11 +76,13 @@ def main():
     cluster, rows = f"local[{args.workers}]", []
     print(f"load before: {load()}", flush=True)
     with tempfile.TemporaryDirectory() as reference_home, tempfile.TemporaryDirectory() as project_home:
-        reference, reference_load, command = pipeline(Path(reference_home), symbols, args.days, args.trials, None)
-        project, project_load, cluster_command = pipeline(Path(project_home), symbols, args.days, args.trials, cluster)
+        reference, reference_load, command, reference_cpu = pipeline(Path(reference_home), symbols, args.days, args.trials, None)
+        project, project_load, cluster_command, project_cpu = pipeline(Path(project_home), symbols, args.days, args.trials, cluster)
         rows.append({"what": f"pipeline, {args.markets} markets x {args.days:g} days of 1m, {args.trials} trials",
                      f"project s (LocalCluster, {args.workers} workers)": project, "reference s (one process, in turn)": reference,
-                     "project / reference": project / reference, "target": "<= 0.6", "load (ref, proj)": f"{reference_load}, {project_load}"})
+                     "project / reference": project / reference, "target": "<= 0.6", "load (ref, proj)": f"{reference_load}, {project_load}",
+                     "CPU s (ref, proj)": f"{reference_cpu:.0f}, {project_cpu:.0f}",
+                     "cores got (ref, proj)": f"{reference_cpu / reference:.2f}, {project_cpu / project:.2f}"})
         path = feature_path(reference_home, Market("synthetic", symbols[0], "1m"), "seed", 1)
         table, meta = read_feature_table(path)
         feature_fn = table_asof(meta, reference_home)

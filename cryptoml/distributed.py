@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_distributed.ipynb #88d18c50
 from __future__ import annotations
-import fcntl, json, logging, os, re, shutil, socket, time, traceback, uuid, zlib
+import fcntl, json, logging, os, re, shutil, socket, sys, time, traceback, uuid, zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +27,7 @@ from .backtest import FIXED_PARAMS, FoldJob
 from .registry import alias_run, read_json_card, read_promotions, runs_index
 
 import cloudpickle
+import dask
 import dask.dataframe as dd
 import lightgbm as lgb
 import numpy as np
@@ -34,22 +35,27 @@ import pandas as pd
 import plotly.graph_objects as go
 import pyarrow as pa
 import pyarrow.parquet as pq
-from distributed import Client, Future, LocalCluster, Lock, WorkerPlugin, as_completed
+from distributed import Client, Future, LocalCluster, Lock, as_completed, wait
 from distributed.cfexecutor import ClientExecutor
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['WORKER_ENV', 'PART_ROWS', 'NETWORK', 'TRAINING_LOCK', 'POOLED_THRESHOLD', 'POOLED_PARAMS', 'POOLED_TOLERANCE',
-           'check_cluster', 'connect', 'ClusterPool', 'cluster_pool', 'Outcome', 'failed', 'market_outcome',
-           'run_markets', 'outcomes_status', 'symbol_seed', 'write_synthetic', 'invocation_id', 'tasks_dir', 'Claim',
-           'market_task', 'forget', 'saved_run', 'decided', 'pooled_table', 'parts_dir', 'partition_market',
-           'write_partitions', 'read_partitions', 'table_bytes', 'PooledCuts', 'pooled_cuts', 'round_losses',
-           'held_back_curve', 'deal', 'placed', 'HeldPort', 'PooledModel', 'QuietLightGBM', 'train_pooled',
-           'validation_rows', 'pooled_scores', 'pooled_result', 'held_back_forecasts', 'timeline_figure']
+__all__ = ['WORKER_ENV', 'QUIET_DASK', 'PART_ROWS', 'NETWORK', 'TRAINING_LOCK', 'POOLED_THRESHOLD', 'POOLED_PARAMS', 'RETRIES',
+           'POOLED_TOLERANCE', 'check_cluster', 'connect', 'ClusterPool', 'cluster_pool', 'Outcome', 'failed',
+           'market_outcome', 'run_markets', 'outcomes_status', 'symbol_seed', 'write_synthetic', 'invocation_id',
+           'tasks_dir', 'Claim', 'market_task', 'forget', 'saved_run', 'decided', 'pooled_table', 'parts_dir',
+           'partition_market', 'write_partitions', 'read_partitions', 'table_bytes', 'PooledCuts', 'pooled_cuts',
+           'round_losses', 'held_back_curve', 'deal', 'placed', 'WorkerLost', 'Ranks', 'place_ranks', 'HeldPort',
+           'PooledModel', 'train_pooled', 'validation_rows', 'pooled_scores', 'pooled_result', 'held_back_forecasts',
+           'timeline_figure']
 
 # %% ../nbs/13_distributed.ipynb #42055d2c
 # idle OpenMP threads sleep; one LightGBM thread a task
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+# a LocalCluster's own upkeep, which on a shared machine takes cores from the tasks: Dask's sampling profiler (every
+# 10 ms in every worker) off; the event-loop tick, the system monitor and the memory monitor far less often
+QUIET_DASK = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
+              "distributed.admin.system-monitor.interval": "5s", "distributed.worker.memory.monitor-interval": "1s"}
 _LOCAL = re.compile(r"local\[(\d+)\]")
 _ADDRESS = re.compile(r"(tcp|tls)://[^\s/:]+:\d+")
 
@@ -74,9 +80,10 @@ def connect(scheduler: str | None = None, cluster: str | None = None, *,
     if address is None and workers is None:
         yield None
         return
-    local = workers and LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                     dashboard_address="127.0.0.1:0" if dashboard else None, silence_logs=logging.ERROR,
-                                     env=WORKER_ENV)
+    with dask.config.set(QUIET_DASK):  # the workers (and their restarts) take the config the nannies were given
+        local = workers and LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                         dashboard_address="127.0.0.1:0" if dashboard else None,
+                                         silence_logs=logging.ERROR, env=WORKER_ENV)
     try:
         try: client = Client(local or address, timeout="20s")
         except OSError as e: raise ConfigError(f"no Dask scheduler answers at {address}: {e}") from None
@@ -395,12 +402,13 @@ def round_losses(rows: pd.DataFrame, booster: lgb.Booster, features: list[str], 
     return losses
 
 # %% ../nbs/13_distributed.ipynb #66f03878
-def held_back_curve(client: Client, stop: list[Future], booster: lgb.Booster, features: list[str],
-                    start: int) -> np.ndarray:
-    "Mean log loss of the held-back rows (`stop`: a frame a worker) after each of `booster`'s rounds from `start + 1`."
+def held_back_curve(ranks: Ranks, booster: lgb.Booster, features: list[str], start: int) -> np.ndarray:
+    "Mean log loss of the held-back rows (`ranks.stop`: a frame a worker) after each of `booster`'s rounds from `start + 1`."
+    client = ranks.client
     shared, n = client.scatter(booster, broadcast=True, hash=False), booster.current_iteration()
-    sums = client.gather([client.submit(round_losses, part, shared, features, start, n, pure=False) for part in stop])
-    return np.sum(sums, axis=0) / sum(client.gather([client.submit(len, part, pure=False) for part in stop]))
+    sums = ranks.results([client.submit(round_losses, part, shared, features, start, n, pure=False)
+                          for part in ranks.stop])
+    return np.sum(sums, axis=0) / sum(ranks.results([client.submit(len, part, pure=False) for part in ranks.stop]))
 
 def _best(curve: np.ndarray, patience: int, max_rounds: int) -> int | None:
     "The best round (1-based) once `patience` rounds have passed it or `max_rounds` are done; None to go on."
@@ -428,6 +436,48 @@ def placed(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, part:
                           pure=False)
             for w, share in zip(workers, deal(manifest, len(workers)))]
 
+# %% ../nbs/13_distributed.ipynb #5e0c2a72
+class WorkerLost(CryptomlError):
+    "A worker holding a share of a data-parallel training left the cluster mid-training, on every try."
+    exit_code = 1
+
+@dataclass
+class Ranks:
+    "The workers of one data-parallel training, sorted, each holding its share of the training and held-back rows."
+    client: Client
+    workers: list[str]
+    train: list[Future]
+    stop: list[Future]
+    sizes: list[int] = field(default_factory=list)  # training rows of each worker's share
+
+    @property
+    def training(self) -> list[tuple[str, Future]]:
+        "(worker, share) of each rank in rank order: a worker whose dealt blocks all fall outside training sits out."
+        return [(w, share) for w, share, n in zip(self.workers, self.train, self.sizes) if n]
+
+    def results(self, futures: list[Future], every: float = 1.0) -> list:
+        "The results of `futures` (tasks on these workers); `WorkerLost` once one of the workers has left the cluster."
+        while True:
+            try: wait(futures, timeout=every)
+            except TimeoutError:
+                if gone := set(self.workers) - set(self.client.scheduler_info()["workers"]):
+                    raise WorkerLost(f"worker {', '.join(sorted(gone))} left the cluster mid-training") from None
+                continue
+            return self.client.gather(futures)
+
+    def release(self):
+        "Drop the shares (those on a dead worker would wait for it)."
+        self.client.cancel([*self.train, *self.stop])
+
+def place_ranks(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, columns: list[str]) -> Ranks:
+    "The cluster's workers as they are now, each given its dealt share (`placed`) of the training and held-back rows."
+    workers = sorted(client.scheduler_info()["workers"])
+    if not workers: raise ConfigError(f"the Dask cluster at {client.scheduler.address} has no workers to train on")
+    ranks = Ranks(client, workers, *(placed(client, folder, manifest, cuts, part, columns, workers)
+                                     for part in ("train", "stop")))
+    ranks.sizes = ranks.results([client.submit(len, share, pure=False) for share in ranks.train])
+    return ranks
+
 # %% ../nbs/13_distributed.ipynb #c1a0d007
 class HeldPort:
     "A free port on this host, held (bound) until `release` hands it to LightGBM."
@@ -443,30 +493,46 @@ class HeldPort:
 # %% ../nbs/13_distributed.ipynb #c1a0d009
 NETWORK = ("machines", "num_machines", "local_listen_port", "tree_learner")
 
+@contextmanager
+def _stdout_hidden():
+    ("This process's stdout to /dev/null meanwhile: LightGBM's network prints a line a socket straight to it, also from "
+     "threads of its own that no `verbosity` reaches. Its errors still raise, message and all.")
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null: os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
 def _train_rank(rows: pd.DataFrame, held: HeldPort, machines: str, features, params, rounds, init_model) -> str:
     ("One rank of data-parallel LightGBM on this worker's rows: `rounds` more rounds after `init_model`; the model's "
      "text.")
     network = {"machines": machines, "num_machines": machines.count(",") + 1, "tree_learner": "data"}
     data = lgb.Dataset(rows[features], rows.y, categorical_feature=["market"])
-    booster = lgb.train({**params, **network, "local_listen_port": held.release()}, data, rounds, init_model=init_model)
-    # the same text from every run
-    try: return re.sub(rf"\[({'|'.join(NETWORK)}): [^\]]*\]\n", "", booster.model_to_string())
-    finally: booster.free_network()
+    try:
+        with _stdout_hidden():
+            booster = lgb.train({**params, **network, "local_listen_port": held.release()}, data, rounds,
+                                init_model=init_model)
+        # the same text from every run
+        return re.sub(rf"\[({'|'.join(NETWORK)}): [^\]]*\]\n", "", booster.model_to_string())
+    finally: lgb.basic._LIB.LGBM_NetworkFree()  # close the sockets, also on failure: the other ranks then fail too
 
 # %% ../nbs/13_distributed.ipynb #c1a0d008
 TRAINING_LOCK = "cryptoml-data-parallel-lightgbm"  # one data-parallel training at a time on a cluster
 
-def _train_stage(client: Client, shares: list[Future], workers: list[str], features, params, rounds,
-                 init_model) -> lgb.Booster:
-    "`rounds` more rounds of data-parallel LightGBM, rank k on `workers[k]` with its share `shares[k]`; the booster."
+def _train_stage(ranks: Ranks, features, params, rounds, init_model) -> lgb.Booster:
+    "`rounds` more rounds of data-parallel LightGBM, each of `ranks` on its share, after `init_model`; the booster."
+    client, training = ranks.client, ranks.training
     pin = lambda w: dict(workers=[w], allow_other_workers=False, pure=False)
     with Lock(TRAINING_LOCK, scheduler_rpc=client.scheduler, loop=client.loop):
-        held = [client.submit(HeldPort, **pin(w)) for w in workers]
-        ports = client.gather([client.submit(attrgetter("port"), h, **pin(w)) for h, w in zip(held, workers)])
-        machines = ",".join(f"{urlparse(w).hostname}:{port}" for w, port in zip(workers, ports))
+        held = [client.submit(HeldPort, **pin(w)) for w, _ in training]
+        ports = ranks.results([client.submit(attrgetter("port"), h, **pin(w)) for h, (w, _) in zip(held, training)])
+        machines = ",".join(f"{urlparse(w).hostname}:{port}" for (w, _), port in zip(training, ports))
         init = None if init_model is None else client.scatter(init_model, broadcast=True, hash=False)
-        texts = client.gather([client.submit(_train_rank, share, h, machines, features, params, rounds, init, **pin(w))
-                               for share, h, w in zip(shares, held, workers)])
+        texts = ranks.results([client.submit(_train_rank, share, h, machines, features, params, rounds, init, **pin(w))
+                               for (w, share), h in zip(training, held)])
     return lgb.Booster(model_str=texts[0])
 
 # %% ../nbs/13_distributed.ipynb #1aedd81a
@@ -495,15 +561,9 @@ class PooledModel:
         return (f"PooledModel({self.trained_on}: {self.train_rows:,} training rows, best round {self.best_iteration} "
                 f"(held-back log loss {self.curve[self.best_iteration - 1]:.5f}), {self.seconds:.1f} s)")
 
-# %% ../nbs/13_distributed.ipynb #4de27818
-class QuietLightGBM(WorkerPlugin):
-    ("Send a worker's LightGBM messages (a line per socket it binds) to the `lightgbm` logger, which shows warnings "
-     "only.")
-    def setup(self, worker): lgb.register_logger(logging.getLogger("lightgbm"))
-
 # %% ../nbs/13_distributed.ipynb #0940a4e0
 def _local_fit(parts: dd.DataFrame, cuts: PooledCuts, features, params, patience,
-               max_rounds) -> tuple[lgb.Booster, np.ndarray, int]:
+               max_rounds) -> tuple[lgb.Booster, np.ndarray, int, str]:
     "Early-stopped LightGBM in this process, on the partitions read whole."
     rows = parts.compute()
     train, stop = cuts.in_part(rows, "train"), cuts.in_part(rows, "stop")
@@ -511,25 +571,35 @@ def _local_fit(parts: dd.DataFrame, cuts: PooledCuts, features, params, patience
     booster = lgb.train(params, data, max_rounds, valid_sets=[lgb.Dataset(stop[features], stop.y, reference=data)],
                         valid_names=["stop"], callbacks=[lgb.early_stopping(patience, verbose=False),
                                                          lgb.record_evaluation(curve)])
-    return booster, np.asarray(curve["stop"]["binary_logloss"]), len(train)
+    return booster, np.asarray(curve["stop"]["binary_logloss"]), len(train), "one process"
+
+RETRIES = 3  # times a training stage starts again after losing a worker
+
+def _rejoined(client: Client, count: int, timeout: float = 60):
+    "Wait up to `timeout` s for the cluster to have `count` workers again (a LocalCluster's nanny restarts a dead one)."
+    try: client.wait_for_workers(count, timeout=timeout)
+    except TimeoutError: pass  # go on with the workers left
 
 def _cluster_fit(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, features, params, patience, max_rounds,
-                 chunk) -> tuple[lgb.Booster, np.ndarray, int]:
+                 chunk) -> tuple[lgb.Booster, np.ndarray, int, str]:
     ("Early-stopped data-parallel LightGBM on the cluster, each worker its dealt share, trained in stages of `chunk` "
-     "rounds.")
-    client.register_plugin(QuietLightGBM(), name="cryptoml-quiet-lightgbm")
-    workers, columns = sorted(client.scheduler_info()["workers"]), ["ts", *features, "y"]
-    if not workers: raise ConfigError(f"the Dask cluster at {client.scheduler.address} has no workers to train on")
-    train, stop = (placed(client, folder, manifest, cuts, part, columns, workers) for part in ("train", "stop"))
-    sizes = client.gather([client.submit(len, share, pure=False) for share in train])
-    # a rank needs rows: a worker whose dealt blocks all fall outside the training part sits out
-    train, workers = [s for s, n in zip(train, sizes) if n], [w for w, n in zip(workers, sizes) if n]
-    booster, curve, best = None, np.empty(0), None
+     "rounds; a stage that loses a worker runs again on the workers the cluster has then.")
+    count, columns = len(client.scheduler_info()["workers"]), ["ts", *features, "y"]
+    ranks, booster, curve, best, lost = None, None, np.empty(0), None, 0
     while best is None:
-        booster = _train_stage(client, train, workers, features, params, min(chunk, max_rounds - len(curve)), booster)
-        curve = np.r_[curve, held_back_curve(client, stop, booster, features, len(curve))]
+        try:
+            ranks = ranks or place_ranks(client, folder, manifest, cuts, columns)
+            stage = _train_stage(ranks, features, params, min(chunk, max_rounds - len(curve)), booster)
+            curve, booster = np.r_[curve, held_back_curve(ranks, stage, features, len(curve))], stage
+        except WorkerLost as e:
+            if (lost := lost + 1) > RETRIES: raise
+            logging.getLogger("cryptoml").warning("%s: training again from round %d", e, len(curve) + 1)
+            if ranks: ranks.release()
+            _rejoined(client, count)
+            ranks = None  # placed again on the workers there are now
+            continue
         best = _best(curve, patience, max_rounds)
-    return booster, curve, sum(sizes)
+    return booster, curve, sum(ranks.sizes), f"Dask, {len(ranks.workers)} workers"
 
 def train_pooled(folder: str | os.PathLike, client: Client | None = None, *, params: dict | None = None,
                  threshold: int = POOLED_THRESHOLD, val_days: float = 3, stop_days: float = 3, seed: int = 0,
@@ -545,9 +615,8 @@ def train_pooled(folder: str | os.PathLike, client: Client | None = None, *, par
               "verbose": -1}
     on_cluster = client is not None and table_bytes(manifest) > threshold
     fit = partial(_cluster_fit, client, folder, manifest, chunk=chunk) if on_cluster else partial(_local_fit, parts)
-    booster, curve, rows = fit(cuts, features, params, patience=patience, max_rounds=max_rounds)
+    booster, curve, rows, where = fit(cuts, features, params, patience=patience, max_rounds=max_rounds)
     best = int(np.argmin(curve)) + 1
-    where = f"Dask, {len(client.scheduler_info()['workers'])} workers" if on_cluster else "one process"
     return PooledModel(lgb.Booster(model_str=booster.model_to_string(num_iteration=best)), curve, folder, manifest,
                        features, params, cuts, where, rows, time.perf_counter() - started)
 

@@ -7,7 +7,8 @@ without bars failed alone, its error named. A walk-forward whose worker is kille
 same predictions, fold for fold, as one run in this process. A pooled model trained data-parallel on a panel table
 partitioned by market and month builds the same trees on every run, scores within `POOLED_TOLERANCE` of the one trained
 in one process, is saved with a calibrator fitted on its held-back slice, and `LGBMProd` serves it; two such trainings
-at once on one host (on one cluster, and on two) each build that same model.
+at once on one host (on one cluster, and on two) each build that same model, and so does one whose worker is SIGKILLed
+in the middle of its LightGBM training (it trains again on the worker the nanny starts in its place).
 """
 import json, os, signal, subprocess, threading, time
 from pathlib import Path
@@ -166,3 +167,22 @@ def test_two_trainings_at_once_on_one_host_each_build_the_model_one_builds_alone
     differ = {name: text if isinstance(text, Exception) else "another model" for name, text in built.items()
               if text != on_workers.booster.model_to_string()}
     assert not differ, differ
+
+def test_a_pooled_training_whose_worker_is_killed_mid_training_trains_again_and_builds_the_same_model(pooled):
+    _, _, path, on_workers, _, _ = pooled
+    with connect(cluster="local[2]") as client:
+        pids, killed = client.run(os.getpid), []
+        def kill_a_rank():
+            ranks = lambda: [w for w, keys in client.processing().items() if any("_train_rank" in k for k in keys)]
+            busy = wait_for(ranks, every=0.02)
+            time.sleep(0.3)  # into LightGBM's rounds
+            killed.append(pids[busy[0]])
+            os.kill(killed[0], signal.SIGKILL)
+        killer = threading.Thread(target=kill_a_rank, daemon=True)
+        killer.start()
+        model = train_pooled(parts_dir(path), client, threshold=0, **CUTS)
+        killer.join(timeout=5)
+        assert killed and killed[0] not in client.run(os.getpid).values()  # the rank's worker died; a new one stands in
+    assert not Path(f"/proc/{killed[0]}").exists()
+    assert model.trained_on == "Dask, 2 workers"
+    assert model.booster.model_to_string() == on_workers.booster.model_to_string()  # complete: the same trees
