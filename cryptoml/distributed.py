@@ -403,7 +403,7 @@ def round_losses(rows: pd.DataFrame, booster: lgb.Booster, features: list[str], 
 
 # %% ../nbs/13_distributed.ipynb #66f03878
 def held_back_curve(ranks: Ranks, booster: lgb.Booster, features: list[str], start: int) -> np.ndarray:
-    "Mean log loss of the held-back rows (`ranks.stop`: a frame a worker) after each of `booster`'s rounds from `start + 1`."
+    "Mean log loss of the held-back rows (`ranks.stop`) after each of `booster`'s rounds from `start + 1`."
     client = ranks.client
     shared, n = client.scatter(booster, broadcast=True, hash=False), booster.current_iteration()
     sums = ranks.results([client.submit(round_losses, part, shared, features, start, n, pure=False)
@@ -495,8 +495,8 @@ NETWORK = ("machines", "num_machines", "local_listen_port", "tree_learner")
 
 @contextmanager
 def _stdout_hidden():
-    ("This process's stdout to /dev/null meanwhile: LightGBM's network prints a line a socket straight to it, also from "
-     "threads of its own that no `verbosity` reaches. Its errors still raise, message and all.")
+    ("This process's stdout to /dev/null meanwhile: LightGBM's network prints a line a socket straight to it, also "
+     "from threads of its own that no `verbosity` reaches. Its errors still raise, message and all.")
     sys.stdout.flush()
     saved = os.dup(1)
     try:
@@ -531,8 +531,10 @@ def _train_stage(ranks: Ranks, features, params, rounds, init_model) -> lgb.Boos
         ports = ranks.results([client.submit(attrgetter("port"), h, **pin(w)) for h, (w, _) in zip(held, training)])
         machines = ",".join(f"{urlparse(w).hostname}:{port}" for (w, _), port in zip(training, ports))
         init = None if init_model is None else client.scatter(init_model, broadcast=True, hash=False)
-        texts = ranks.results([client.submit(_train_rank, share, h, machines, features, params, rounds, init, **pin(w))
-                               for (w, share), h in zip(training, held)])
+        ranked = [client.submit(_train_rank, share, h, machines, features, params, rounds, init, **pin(w))
+                  for (w, share), h in zip(training, held)]
+        try: texts = ranks.results(ranked)
+        finally: client.cancel([*held, *ranked])  # done with, or waiting for a dead worker
     return lgb.Booster(model_str=texts[0])
 
 # %% ../nbs/13_distributed.ipynb #1aedd81a
