@@ -189,8 +189,9 @@ def _leaf_masks(tree: dict) -> tuple[list, list]:
         return lo, hi
     walk(0)
     full = (1 << len(leaves)) - 1
-    return [leaves[l] for l in order], sorted((_kind(kind[n], threshold[n]), feature[n], threshold[n],
-                                              full & ~(((1 << (mid - lo)) - 1) << lo)) for n, (lo, mid) in spans.items())
+    kept = {n: full & ~(((1 << (mid - lo)) - 1) << lo) for n, (lo, mid) in spans.items()}  # all but its left subtree
+    return [leaves[l] for l in order], sorted((_kind(kind[n], threshold[n]), feature[n], threshold[n], mask)
+                                              for n, mask in kept.items())
 
 # %% ../nbs/10_infer.ipynb #b10c0c03
 _C_SHARED = """#include <math.h>
@@ -567,7 +568,7 @@ class ServedModel:
         self.path, self.link, self.root, self.market, self.alias = path, str(path), root, market, alias
         self.last_refusal = None
         self._run, self._refused, self._loading, self.shadow_log = None, set(), threading.Lock(), None
-        self.stamps = LinkStamp(self.link)  # where the path points, looked at by the hot path at most once a millisecond
+        self.stamps = LinkStamp(self.link)  # where the path points, read by the hot path at most once a millisecond
         return self
 
     def load_model(self, run: Run):
