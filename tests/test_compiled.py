@@ -18,9 +18,9 @@ from cryptoml.ingest import EXAMPLE_FILES, example_market, write_demo_market
 from cryptoml.core import shared_data
 from cryptoml.features import build_features, read_feature_table
 from cryptoml.tune import tune
-from cryptoml.registry import promote, run_dir, save_run
+from cryptoml.registry import Run, promote, run_dir, save_run
 from cryptoml.infer import (CODEGEN, COMPILED, CompiledBooster, CompilingBooster, FastBooster, LGBMProd, LinkStamp,
-                            compile_flags, compile_model, probe_rows)
+                            compile_flags, compile_model, compiled_model, probe_rows)
 
 FORBIDDEN = ("scipy", "duckdb", "plotly", "ccxt", "optuna", "sklearn", "tqdm")
 
@@ -87,13 +87,16 @@ def test_the_first_load_compiles_and_a_newer_generator_replaces_the_old_library(
     assert type(serving(LGBMProd(path=folder, home=home))) is CompiledBooster
     record = json.loads((folder/COMPILED).read_text())  # filed by the first load
     assert (record["codegen"], record["flags"]) == (CODEGEN, list(compile_flags())) and (folder/record["library"]).is_file()
+    # the cache key: a library made by another generator, with other flags or from another lgbm.txt is made anew
     stale = folder/"lgbm-0123456789abcdef.so"
-    stale.write_bytes(b"an older generator's library")
-    (folder/COMPILED).write_text(json.dumps({**record, "library": stale.name, "codegen": CODEGEN - 1}))
-    model = LGBMProd(path=folder/"lgbm.txt", home=home)  # a fresh instance: loads, finds the record stale, compiles anew
-    assert type(serving(model)) is CompiledBooster
-    assert sorted(p.name for p in folder.glob("lgbm-*.so")) == [record["library"]], "the replaced library is removed"
-    assert json.loads((folder/COMPILED).read_text()) == record
+    for stale_key in ({"codegen": CODEGEN - 1}, {"flags": ["-O0"]}, {"lgbm.txt": "0" * 64}):
+        stale.write_bytes(b"an older generator's library")
+        (folder/COMPILED).write_text(json.dumps({**record, "library": stale.name, **stale_key}))
+        if "codegen" in stale_key: model = serving(LGBMProd(path=folder/"lgbm.txt", home=home))  # a fresh instance
+        else: model = compiled_model(Run.open(run_id, home), FastBooster((folder/"lgbm.txt").read_text()))
+        assert type(model) is CompiledBooster
+        assert sorted(p.name for p in folder.glob("lgbm-*.so")) == [record["library"]], "the replaced library is removed"
+        assert json.loads((folder/COMPILED).read_text()) == record
 
 
 def test_saving_compiles_nothing_and_the_first_load_answers_before_the_compiler(tuned):
