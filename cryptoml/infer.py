@@ -759,6 +759,7 @@ class ShadowLog:
             try:
                 with memoryview(data) as rest:
                     while rest: rest = rest[os.write(fd, rest):]
+                os.fsync(fd)  # on disk before `written` counts it: a crash loses at most the calls still queued
             finally: os.close(fd)
             self.written += len(lines)
             return len(lines)
