@@ -582,7 +582,7 @@ def _ahead(items: Iterator, fn: Callable) -> Iterator:
         if pending is not None: yield pending.result()
 
 # %% ../nbs/02_features.ipynb #181579ce
-SYNC_BYTES = 1 << 26
+SYNC_BYTES = 1 << 24  # so the last fsync has at most tens of MB left, whatever the table's size
 
 @contextmanager
 def _synced_behind(path: Path, every: int = SYNC_BYTES) -> Iterator[Callable[[], None]]:
@@ -623,9 +623,9 @@ class _Appender:
 
 # %% ../nbs/02_features.ipynb #3b06c4e1
 def write_row_groups(tmp: Path, schema: pa.Schema, tables: Iterable[pa.Table], options: dict, *,
-                     sync_bytes: int = SYNC_BYTES, encode_ahead: bool = True, done: Callable[[int], Any] | None = None):
+                     encode_ahead: bool = True, done: Callable[[int], Any] | None = None):
     "Write `tables` (a row group each) to the new Parquet file `tmp`, encoded and appended in threads, synced behind."
-    with open(tmp, "wb") as file, _synced_behind(tmp, sync_bytes) as sync, ThreadPoolExecutor(1) as appending:
+    with open(tmp, "wb") as file, _synced_behind(tmp) as sync, ThreadPoolExecutor(1) as appending:
         sink = _Appender(file, appending, sync)
         with pq.ParquetWriter(sink, schema, **options) as writer:
             def encode(table: pa.Table):

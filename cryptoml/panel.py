@@ -24,14 +24,13 @@ from .features import _arrow, _code_text, _feature_text, _unchanged  # shared
 
 # %% auto #0
 __all__ = ['LEAD', 'PANEL_FEATURES', 'CROSS', 'HIGHER_COLUMNS', 'INDICATORS', 'OI_MAX_AGE', 'PANEL_SETS', 'LAGS', 'MTF',
-           'OPEN_INTEREST_FEATURES', 'PANEL_PARQUET', 'PANEL_SYNC_BYTES', 'ROW_COLUMNS', 'synthetic_panel',
-           'interest_arrays', 'MarketData', 'market_data', 'Panel', 'make_panel', 'panel_markets', 'load_panel',
-           'PanelFeature', 'register_panel_feature', 'history', 'MarketArrays', 'take', 'asof_index', 'reference_of',
-           'ref_index', 'cross', 'register_cross', 'higher_bars', 'higher', 'expanded', 'Expansion', 'expansion_name',
-           'expand', 'interest_at', 'interest_change', 'PanelSet', 'define_panel_set', 'get_panel_set',
-           'market_contexts', 'market_matrix', 'compute_panel', 'panel_asof', 'panel_market', 'panel_code_sha256',
-           'write_panel_table', 'build_panel', 'panel_labels', 'panel_table_asof', 'write_demo_panel', 'PanelFeed',
-           'latest_row']
+           'OPEN_INTEREST_FEATURES', 'PANEL_PARQUET', 'ROW_COLUMNS', 'synthetic_panel', 'interest_arrays', 'MarketData',
+           'market_data', 'Panel', 'make_panel', 'panel_markets', 'load_panel', 'PanelFeature',
+           'register_panel_feature', 'history', 'MarketArrays', 'take', 'asof_index', 'reference_of', 'ref_index',
+           'cross', 'register_cross', 'higher_bars', 'higher', 'expanded', 'Expansion', 'expansion_name', 'expand',
+           'interest_at', 'interest_change', 'PanelSet', 'define_panel_set', 'get_panel_set', 'market_contexts',
+           'market_matrix', 'compute_panel', 'panel_asof', 'panel_market', 'panel_code_sha256', 'write_panel_table',
+           'build_panel', 'panel_labels', 'panel_table_asof', 'write_demo_panel', 'PanelFeed', 'latest_row']
 
 # %% ../nbs/03_panel.ipynb #82aeca2b
 LEAD = 0.12  # share of the leader's return over a bar that each follower's next bar carries
@@ -546,7 +545,6 @@ def _market_rows(code: int, m: MarketArrays, ps: PanelSet, schema: pa.Schema, ho
 # lz4 without dictionaries, statistics for `market` and `ts` only (what a reader filters on): see the text above
 PANEL_PARQUET = dict(compression="lz4", use_dictionary=False, write_statistics=["market", "ts"],
                      write_batch_size=CHUNK_ROWS)
-PANEL_SYNC_BYTES = 1 << 24  # a panel table is tens of MB: the disk keeps up behind it every 16 MB
 
 def write_panel_table(path, panel: Panel, panel_set: str | PanelSet = "panel", *, horizon: int = 1,
                       dead_zone: float | None = None, metadata: dict | None = None, encode_ahead: bool = False,
@@ -559,8 +557,7 @@ def write_panel_table(path, panel: Panel, panel_set: str | PanelSet = "panel", *
     def write(tmp: Path):
         with tqdm(total=len(panel.markets), unit="market", disable=not progress) as bar:
             rows = (_market_rows(code, m, ps, schema, horizon, dead_zone) for code, _, m in market_contexts(panel))
-            write_row_groups(tmp, schema, rows, PANEL_PARQUET, sync_bytes=PANEL_SYNC_BYTES, encode_ahead=encode_ahead,
-                             done=lambda rows: bar.update())
+            write_row_groups(tmp, schema, rows, PANEL_PARQUET, encode_ahead=encode_ahead, done=lambda rows: bar.update())
     return atomic_write(path, write)
 
 # %% ../nbs/03_panel.ipynb #10a4d565
