@@ -12,10 +12,9 @@ memory, and measures:
 
   compute    cryptoml.panel: every market's feature matrix, a market at a time (the way the table writer streams it);
   build      cryptoml.panel.write_panel_table: the same, with labels, streamed to an lz4 Parquet file, a row group a
-             market, by the feature store's writer (`write_row_groups`): each market is encoded in the calling thread
-             once its features are made, so one market's rows are in memory at a time, while a second thread appends
-             the encoded pages and a third has the disk keep up; fsynced once more at the end, then renamed into
-             place (durable and atomic);
+             market, by the feature store's writer (`write_row_groups`): each market is encoded into the file in the
+             calling thread once its features are made, so one market's rows are in memory at a time, while a second
+             thread has the disk keep up; fsynced once more at the end, then renamed into place (durable and atomic);
   ahead      the same build with `encode_ahead=True`: a thread encodes each market while the caller computes the next,
              so the three stages overlap on two cores, and two markets' rows are in memory at a time;
   no fsync   the same build with os.fsync made a no-op in that process: what the durable sync costs;
