@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from .core import ArtifactError, ConfigError, DataError
 from .registry import Run
-from .infer import ServedModel, ShadowLog, log_time, path_stamp
+from .infer import ServedModel, ShadowLog, log_time
 
 # %% auto #0
 __all__ = ['FOLDS', 'BLENDS', 'LinearLogit', 'LogRegMember', 'log_odds', 'probability', 'EnsemblePrediction', 'DynamicWeights',
@@ -162,9 +162,9 @@ class EnsemblePredictor:
         self.weights, self._last, self._update_lock = self.base_weights, None, threading.Lock()
         # static weights still keep (and show) each member's recent log loss
         self._scoring = dynamic or DynamicWeights()
-        self._plan = [(name, member, member.link if isinstance(member, ServedModel) else None)
+        self._plan = [(name, member, member.stamps if isinstance(member, ServedModel) else None)
                       for name, member in self.members.items()]
-        self._links = {link for _, _, link in self._plan if link}
+        self._links = {link for _, _, link in self._plan if link}  # each link's `LinkStamp`, once
         self._losses = {m: deque(maxlen=self._scoring.window) for m in self.members}
         self.log = shadow_log and ShadowLog(shadow_log, self.log_lines)
 
@@ -180,8 +180,8 @@ class EnsemblePredictor:
 
     def predict(self, X) -> EnsemblePrediction:
         "The blend of the members' P(up) for `X` (a dict, array or DataFrame, as they take it), with each contribution."
-        # one readlink per link, however many members follow it
-        stamps = {link: path_stamp(link) for link in self._links}
+        # one look per link, however many members follow it, and at most one readlink a millisecond (`LinkStamp`)
+        stamps = {link: link.recent() for link in self._links}
         probs = {name: member.serving(stamps[link]).predict(X) if link else member.predict_proba(X)
                  for name, member, link in self._plan}
         weights, to_space = self.weights, self._to_space

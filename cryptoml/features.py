@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -22,15 +22,15 @@ from .core import (ConfigError, DataError, Market, atomic_write, data_home, feat
 
 # %% auto #0
 __all__ = ['EMA_TAIL', 'FEATURES', 'OHLCV', 'W9', 'W12', 'W26', 'W14', 'DAY_MS', 'WEEK_MS', 'FUNDING_MAX_AGE', 'FEATURE_SETS',
-           'SEED', 'CHUNK_ROWS', 'VOL_BARS', 'PARQUET_OPTIONS', 'TABLE_PARQUET', 'SYNC_BYTES', 'SNAPSHOT_NAME',
-           'window_reduce', 'rolling_sum', 'rolling_mean', 'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window',
-           'finite_ema', 'Feature', 'register_feature', 'mark_nonstationary', 'stationary', 'BarArrays',
-           'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag', 'rolling_changes', 'cyclic',
-           'feature_docs', 'FeatureSet', 'define_feature_set', 'get_feature_set', 'feature_names', 'lookback_bars',
-           'feature_chunks', 'feature_matrix', 'compute_features', 'features_asof', 'label_arrays', 'add_labels',
-           'write_feature_table', 'content_digest', 'feature_code_sha256', 'table_provenance', 'build_features',
-           'read_feature_table', 'table_asof', 'snapshot_dir', 'snapshot_table', 'prune_snapshots', 'table_view',
-           'connect']
+           'SEED', 'CHUNK_ROWS', 'VOL_BARS', 'PARQUET_OPTIONS', 'TABLE_PARQUET', 'SYNC_BYTES', 'APPEND_BYTES',
+           'SNAPSHOT_NAME', 'window_reduce', 'rolling_sum', 'rolling_mean', 'rolling_mean_std', 'rolling_std',
+           'ema_alpha', 'ema_window', 'finite_ema', 'Feature', 'register_feature', 'mark_nonstationary', 'stationary',
+           'BarArrays', 'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag',
+           'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet', 'define_feature_set', 'get_feature_set',
+           'feature_names', 'lookback_bars', 'feature_chunks', 'feature_matrix', 'compute_features', 'features_asof',
+           'label_arrays', 'add_labels', 'write_row_groups', 'write_feature_table', 'content_digest',
+           'feature_code_sha256', 'table_provenance', 'build_features', 'read_feature_table', 'table_asof',
+           'snapshot_dir', 'snapshot_table', 'prune_snapshots', 'table_view', 'connect']
 
 # %% ../nbs/02_features.ipynb #4ad825fd
 def window_reduce(leaf: tuple, w: int, merge: Callable) -> tuple:
@@ -559,7 +559,10 @@ def _labels_of(close: np.ndarray, start: int, end: int, horizon: int,
 
 def _arrow(values: np.ndarray, type: pa.DataType) -> pa.Array:
     "`values` as an Arrow array of `type`, sharing their memory; NaN becomes null (found by a sum: NaN makes it NaN)."
-    return pa.array(values, type, from_pandas=values.dtype.kind == "f" and bool(np.isnan(np.add.reduce(values))))
+    if values.dtype.kind != "f" or not np.isnan(np.add.reduce(values)): return pa.array(values, type)
+    values = np.ascontiguousarray(values, type.to_pandas_dtype())
+    valid = np.packbits(~np.isnan(values), bitorder="little")  # the null mask in numpy: under half Arrow's time
+    return pa.Array.from_buffers(type, len(values), [pa.py_buffer(valid), pa.py_buffer(values)])
 
 def _row_groups(b: BarArrays, fs: FeatureSet, schema: pa.Schema, horizon: int,
                 dead_zone: float | None) -> Iterator[pa.Table]:
@@ -575,14 +578,11 @@ def _ahead(items: Iterator, fn: Callable) -> Iterator:
         for item in items:
             if pending is not None: yield pending.result()
             pending = thread.submit(fn, item)
+            del item  # the thread lets it go once done with it, not once the next one is made
         if pending is not None: yield pending.result()
 
-def _in_background(items: Iterator, consume: Callable):
-    "`consume(item)` for each of `items` in a second thread, while the next item is produced; one item waits at most."
-    for _ in _ahead(items, consume): pass
-
 # %% ../nbs/02_features.ipynb #181579ce
-SYNC_BYTES = 1 << 26
+SYNC_BYTES = 1 << 24  # so the last fsync has at most tens of MB left, whatever the table's size
 
 @contextmanager
 def _synced_behind(path: Path, every: int = SYNC_BYTES) -> Iterator[Callable[[], None]]:
@@ -599,18 +599,41 @@ def _synced_behind(path: Path, every: int = SYNC_BYTES) -> Iterator[Callable[[],
             if pending is not None: pending.result()
             os.close(fd)
 
-class _Pieces:
-    "A sink for `pq.ParquetWriter` that keeps the bytes written to it until `take` hands them on."
+APPEND_BYTES = 1 << 20
+
+class _Appender:
+    "A sink for `pq.ParquetWriter`: `thread` appends the bytes written to it to `file`, then calls `after()`."
     closed = False  # what Arrow asks of a Python file object before writing to it
-    def __init__(self): self.pieces = []
+    def __init__(self, file, thread: ThreadPoolExecutor, after: Callable[[], None]):
+        self.file, self.thread, self.after, self.pieces, self.size, self.pending = file, thread, after, [], 0, None
     def write(self, data: bytes) -> int:
         self.pieces.append(data)
+        self.size += len(data)
+        if self.size >= APPEND_BYTES: self.flush()
         return len(data)
-    def flush(self): pass
-    def take(self) -> list[bytes]:
-        "The bytes written since the last `take`."
-        pieces, self.pieces = self.pieces, []
-        return pieces
+    def _append(self, pieces: list[bytes]):
+        self.file.writelines(pieces)
+        self.file.flush()
+        self.after()
+    def flush(self):
+        "Hand the bytes written so far to the thread, once it has appended those handed before."
+        if self.pending is not None: self.pending.result()
+        pieces, self.pieces, self.size = self.pieces, [], 0
+        self.pending = self.thread.submit(self._append, pieces)
+
+# %% ../nbs/02_features.ipynb #3b06c4e1
+def write_row_groups(tmp: Path, schema: pa.Schema, tables: Iterable[pa.Table], options: dict, *,
+                     encode_ahead: bool = True, done: Callable[[int], Any] | None = None):
+    "Write `tables` (a row group each) to the new Parquet file `tmp`, encoded and appended in threads, synced behind."
+    with open(tmp, "wb") as file, _synced_behind(tmp) as sync, ThreadPoolExecutor(1) as appending:
+        sink = _Appender(file, appending, sync)
+        with pq.ParquetWriter(sink, schema, **options) as writer:
+            def encode(table: pa.Table):
+                writer.write_table(table, row_group_size=max(len(table), 1))
+                if done is not None: done(len(table))
+            for _ in _ahead(tables, encode) if encode_ahead else map(encode, tables): pass
+        sink.flush()  # the footer
+        sink.pending.result()
 
 # %% ../nbs/02_features.ipynb #7d993083
 def write_feature_table(path, bars: pd.DataFrame, feature_set: str | FeatureSet = "seed", *,
@@ -625,21 +648,8 @@ def write_feature_table(path, bars: pd.DataFrame, feature_set: str | FeatureSet 
     schema = schema.with_metadata({**schema.metadata, b"cryptoml": json.dumps(metadata or {}, default=str).encode()})
     def write(tmp: Path):
         from tqdm.auto import tqdm
-        sink = _Pieces()
-        with (open(tmp, "wb") as file, _synced_behind(tmp) as sync,
-              tqdm(total=len(b), unit="bar", disable=not progress) as bar):
-            def encode(table: pa.Table) -> tuple[int, list[bytes]]:  # the encoder's thread
-                writer.write_table(table, row_group_size=len(table))
-                return len(table), sink.take()
-            def put(encoded: tuple[int, list[bytes]]):  # the writer's thread
-                rows, pieces = encoded
-                file.writelines(pieces)
-                file.flush()
-                sync()
-                bar.update(rows)
-            with pq.ParquetWriter(sink, schema, **TABLE_PARQUET) as writer:
-                _in_background(_ahead(_row_groups(b, fs, schema, horizon, dead_zone), encode), put)
-            put((0, sink.take()))  # the footer
+        with tqdm(total=len(b), unit="bar", disable=not progress) as bar:
+            write_row_groups(tmp, schema, _row_groups(b, fs, schema, horizon, dead_zone), TABLE_PARQUET, done=bar.update)
     return atomic_write(path, write)
 
 # %% ../nbs/02_features.ipynb #2808ea55

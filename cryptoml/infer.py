@@ -17,7 +17,7 @@ import pandas as pd
 
 from .core import (ArtifactError, ConfigError, DataError, Market, atomic_write_bytes, atomic_write_json,
                            data_home, inside, market_dir, to_ms, to_utc)
-from .registry import SAVED, Run, alias_link, online_settings, resolve_market, verified_bytes
+from .registry import Run, alias_link, online_settings, resolve_market, verified_bytes
 from .calibrate import OnlineCalibrator, epoch_ms
 # Serving stays lean (issue 16): no `lightgbm` package (it imports scikit-learn; its C library is loaded with ctypes),
 # and features (DuckDB, SciPy) only inside the online-feature functions that need it.
@@ -27,10 +27,11 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['CODEGEN', 'COMPILED', 'feature_mismatch', 'check_features', 'lightgbm_lib', 'FastBooster', 'model_trees',
-           'model_c_source', 'compile_flags', 'compile_model', 'probe_rows', 'CompiledBooster', 'compiled_model',
-           'compiled_or_native', 'path_stamp', 'LoadedRun', 'ServedModel', 'LGBMProd', 'compile_run', 'OnlineServing',
-           'ShadowLog', 'log_time', 'shadow_log_path', 'shadow_lines', 'read_shadow_log', 'online_features',
-           'latest_bars', 'predict_latest', 'OnlineFeatures']
+           'model_c_source', 'compile_flags', 'compile_model', 'probe_rows', 'CompiledBooster', 'compiled_key',
+           'cached_model', 'compiled_model', 'compiled_or_native', 'CompilingBooster', 'path_stamp', 'LoadedRun',
+           'LinkStamp', 'ServedModel', 'LGBMProd', 'compile_run', 'OnlineServing', 'ShadowLog', 'log_time',
+           'shadow_log_path', 'shadow_lines', 'read_shadow_log', 'online_features', 'latest_bars', 'predict_latest',
+           'OnlineFeatures']
 
 # %% ../nbs/10_infer.ipynb #f3b90cdf
 def feature_mismatch(given, expected) -> str:
@@ -125,13 +126,17 @@ def _c_number(v: float) -> str:
     "`v` as an exact C literal: a hexadecimal float."
     return ("-INFINITY" if v < 0 else "INFINITY") if math.isinf(v) else float(v).hex()
 
-def _c_left(feature: int, threshold: float, decision_type: int, x: str = "x[{}]") -> str:
-    "The C condition for going left at a split, as LightGBM's `NumericalDecision` decides (`x`: how C reads a feature)."
-    missing, default_left, x, t = (decision_type >> 2) & 3, decision_type & 2, x.format(feature), _c_number(threshold)
-    if missing == 1:  # Zero: NaN counts as 0, and 0 goes the default side
-        return f"(ZERO({x}) ? {int(bool(default_left))} : {x} <= {t})"
-    left_on_nan = default_left if missing == 2 else threshold >= 0  # NaN: the default side; None: NaN counts as 0
-    return f"!({x} > {t})" if left_on_nan else f"{x} <= {t}"
+_LEFT = ("{x} <= {t}", "!({x} > {t})", "(ZERO({x}) ? 0 : {x} <= {t})", "(ZERO({x}) ? 1 : {x} <= {t})")
+
+def _kind(decision_type: int, threshold: float) -> int:
+    "Which test of `_LEFT` sends a row left at a split, as LightGBM's `NumericalDecision` decides."
+    missing, default_left = (decision_type >> 2) & 3, bool(decision_type & 2)
+    if missing == 1: return 2 + default_left  # Zero: NaN counts as 0, and 0 goes the default side
+    return int(bool(default_left if missing == 2 else threshold >= 0))  # NaN: the default side; None: NaN counts as 0
+
+def _c_left(feature: int, threshold: float, decision_type: int) -> str:
+    "The C condition for going left at a split, on the row `x`."
+    return _LEFT[_kind(decision_type, threshold)].format(x=f"x[{feature}]", t=_c_number(threshold))
 
 def model_trees(text: str) -> tuple[dict, list[dict]]:
     "The header fields and the trees (dicts of fields) of a LightGBM model `text`; ConfigError if we cannot compile it."
@@ -169,14 +174,10 @@ def _tree_c(k: int, tree: dict) -> str:
     return f"static double t{k}(const double* x) {{\n{node(0, 1)}}}\n"
 
 # %% ../nbs/10_infer.ipynb #b10c0c02
-def _block_c(k: int, tree: dict) -> str:
-    "Tree `k` as the C function `b{k}` adding its leaf to `acc` for each row of a block: branch-free leaf masks."
+def _leaf_masks(tree: dict) -> tuple[list, list]:
+    "A tree's leaf values, left to right, and its splits as (kind, feature, threshold, the leaves kept when it fails)."
     leaves = [float(v) for v in tree["leaf_value"].split()]
-    head = (f"static void b{k}(const double* restrict c, const double* restrict xs, int64_t m, "
-            "double* restrict acc) {\n")
-    if len(leaves) == 1: return f"{head}  for (int64_t i = 0; i < m; ++i) acc[i] += {_c_number(leaves[0])};\n}}\n"
-    if len(leaves) > 64:  # more than one mask word: row by row
-        return f"{head}  for (int64_t i = 0; i < m; ++i) acc[i] += t{k}(xs + i * N_FEATURES);\n}}\n"
+    if len(leaves) == 1: return leaves, []
     feature, threshold, kind, left, right = _splits(tree)
     order, spans = [], {}  # the leaves left to right; each split's left subtree as its range of them
     def walk(n: int) -> tuple[int, int]:
@@ -188,34 +189,104 @@ def _block_c(k: int, tree: dict) -> str:
         return lo, hi
     walk(0)
     full = (1 << len(leaves)) - 1
-    masks = "".join(f"    in &= {full & ~(((1 << (mid - lo)) - 1) << lo):#x}ull | -(uint64_t)("
-                    f"{_c_left(feature[n], threshold[n], kind[n], 'c[{} * BLOCK + i]')});\n"
-                    for n, (lo, mid) in spans.items())
-    return (f"{head}  static const double leaf[] = {{{', '.join(_c_number(leaves[l]) for l in order)}}};\n"
-            f"  uint64_t left[BLOCK];\n  for (int64_t i = 0; i < m; ++i) {{\n    uint64_t in = {full:#x}ull;\n{masks}"
-            "    left[i] = in;\n  }\n  for (int64_t i = 0; i < m; ++i) acc[i] += leaf[__builtin_ctzll(left[i])];\n}\n")
+    kept = {n: full & ~(((1 << (mid - lo)) - 1) << lo) for n, (lo, mid) in spans.items()}  # all but its left subtree
+    return [leaves[l] for l in order], sorted((_kind(kind[n], threshold[n]), feature[n], threshold[n], mask)
+                                              for n, mask in kept.items())
 
 # %% ../nbs/10_infer.ipynb #b10c0c03
-_C_SCORING = """
-static double p_up(double raw) { return 1.0 / (1.0 + exp(-SIGMOID * raw)); }  /* LightGBM's binary ConvertOutput */
-static void snap(const double* x, double* to) {  /* LightGBM reads |x| <= kZeroThreshold as 0 */
-  for (int f = 0; f < N_FEATURES; ++f) to[f] = ZERO(x[f]) && !isnan(x[f]) ? 0.0 : x[f];
-}
-int32_t cml_num_feature(void) { return N_FEATURES; }
-static void score_block(const double* X, int64_t m, double* out) {  /* tree by tree: one tree's code in cache */
-  double acc[BLOCK], xs[BLOCK * N_FEATURES], c[N_FEATURES * BLOCK];  /* the block by row, and by feature */
-  for (int64_t i = 0; i < m; ++i) {
-    acc[i] = 0.0; snap(X + i * N_FEATURES, xs + i * N_FEATURES);
-    for (int f = 0; f < N_FEATURES; ++f) c[f * BLOCK + i] = xs[i * N_FEATURES + f];
+_C_SHARED = """#include <math.h>
+#include <stdint.h>
+#define ZERO(v) (isnan(v) || ((v) >= -(double)1e-35f && (v) <= (double)1e-35f))
+static inline double snapped(double v) { return ZERO(v) && !isnan(v) ? 0.0 : v; }  /* LightGBM: |v| <= 1e-35 is 0 */
+static inline double p_up(double sigmoid, double raw) { return 1.0 / (1.0 + exp(-sigmoid * raw)); }  /* ConvertOutput */
+typedef struct {
+  int32_t n_features, n_trees, block;  /* block: rows scored together, feature by feature */
+  double sigmoid;
+  const int32_t* nodes;  /* tree k's splits of kind j (see _LEFT) run from nodes[4k + j] to nodes[4k + j + 1] */
+  const int32_t* feature; const double* threshold; const uint64_t* mask;  /* a split; the leaves kept if it fails */
+  const uint64_t* full;  /* tree k's leaves as bits; 0: more than 64 leaves, walked by tree[k] row by row */
+  const int32_t* first; const double* leaf;  /* tree k's leaves, left to right, from leaf[first[k]] */
+  double (*const* tree)(const double*);
+} cml_model;
+void cml_score_rows(const cml_model* m, const double* X, int64_t n, double* out);
+"""
+
+_C_KERNEL = _C_SHARED + """
+#define CH 32  /* rows scored together: their leaf masks stay in eight vector registers */
+typedef double vd __attribute__((vector_size(32)));
+typedef double vdu __attribute__((vector_size(32), aligned(8)));
+typedef int64_t vi __attribute__((vector_size(32)));
+#define SPLITS(KIND, LEFT) for (int32_t n = o[KIND]; n < o[KIND + 1]; ++n) { \\
+    const vdu* col = (const vdu*)(c + (int64_t)m->feature[n] * B + i0); \\
+    const vd t = (vd){0} + m->threshold[n]; const vi keep = (vi){0} + (int64_t)m->mask[n]; \\
+    for (int v = 0; v < CH / 4; ++v) { const vd x = col[v]; in[v] &= keep | (vi)(LEFT); } }
+
+static void score_block(const cml_model* m, const double* X, int64_t rows, double* out) {
+  const int F = m->n_features, B = m->block;
+  const int64_t padded = (rows + CH - 1) / CH * CH;
+  const vd z = {0};
+  double acc[B], c[F * B], xs[F];
+  for (int64_t i = 0; i < padded; ++i) {
+    acc[i] = 0.0;
+    for (int f = 0; f < F; ++f) c[f * B + i] = i < rows ? snapped(X[i * F + f]) : 0.0;
   }
-  for (int t = 0; t < N_TREES; ++t) BLOCKS[t](c, xs, m, acc);
-  for (int64_t i = 0; i < m; ++i) out[i] = p_up(acc[i]);
+  for (int k = 0; k < m->n_trees; ++k) {  /* tree by tree, in LightGBM's order: the same sum */
+    const int32_t* o = m->nodes + 4 * k;
+    const double* leaf = m->leaf + m->first[k];
+    if (!m->full[k]) {
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int f = 0; f < F; ++f) xs[f] = c[f * B + i];
+        acc[i] += m->tree[k](xs);
+      }
+      continue;
+    }
+    const vi full = (vi){0} + (int64_t)m->full[k];
+    for (int64_t i0 = 0; i0 < padded; i0 += CH) {
+      vi in[CH / 4];
+      for (int v = 0; v < CH / 4; ++v) in[v] = full;
+      SPLITS(0, x <= t)
+      SPLITS(1, ~(x > t))
+      SPLITS(2, (x <= t) & (x != z))
+      SPLITS(3, ~(x > t) | (x == z))
+      for (int j = 0; j < CH; ++j) acc[i0 + j] += leaf[__builtin_ctzll((uint64_t)in[j / 4][j % 4])];
+    }
+  }
+  for (int64_t i = 0; i < rows; ++i) out[i] = p_up(m->sigmoid, acc[i]);
 }
-void cml_predict_rows(const double* X, int64_t n, double* out) {
-  for (int64_t s = 0; s < n; s += BLOCK) score_block(X + s * N_FEATURES, n - s < BLOCK ? n - s : BLOCK, out + s);
+
+void cml_score_rows(const cml_model* m, const double* X, int64_t n, double* out) {
+  for (int64_t s = 0; s < n; s += m->block)
+    score_block(m, X + s * m->n_features, n - s < m->block ? n - s : m->block, out + s);
 }
 """
 
+# %% ../nbs/10_infer.ipynb #b10c0c07
+def _c_array(ctype: str, name: str, values: list, literal: Callable = str) -> str:
+    "`values` as the C array `name` (C has no empty arrays: an empty list gives one 0)."
+    return f"static const {ctype} {name}[] = {{{', '.join(map(literal, values)) or '0'}}};\n"
+
+def _c_model(trees: list[dict], features: int, sigmoid: float) -> str:
+    "The tables `_C_KERNEL` scores batches from, as the `cml_model` named `MODEL`."
+    nodes, feature, threshold, mask, full, first, leaf = [], [], [], [], [], [], []
+    for tree in trees:
+        walked = int(tree["num_leaves"]) > 64
+        values, splits = ([], []) if walked else _leaf_masks(tree)
+        nodes += [len(feature) + sum(s[0] < kind for s in splits) for kind in range(4)]
+        for _, f, t, m in splits: feature.append(f), threshold.append(t), mask.append(m)
+        full.append(0 if walked else (1 << len(values)) - 1)
+        first.append(len(leaf))
+        leaf += values
+    block = max(32, min(256, 2048 // features) // 32 * 32)  # 16 KiB of rows at most, in whole groups of 32
+    walked = [f"t{k}" if not bits else "0" for k, bits in enumerate(full)]
+    return "".join([
+        _c_array("int32_t", "NODES", [*nodes, len(feature)]), _c_array("int32_t", "FEATURE", feature),
+        _c_array("double", "THRESHOLD", threshold, _c_number), _c_array("uint64_t", "MASK", mask, "{:#x}ull".format),
+        _c_array("uint64_t", "FULL", full, "{:#x}ull".format), _c_array("int32_t", "FIRST", first),
+        _c_array("double", "LEAF", leaf, _c_number), "static double (*const TREES[])(const double*) = {",
+        ", ".join(walked), "};\n", f"static const cml_model MODEL = {{{features}, {len(trees)}, {block}, ",
+        f"{_c_number(sigmoid)}, NODES, FEATURE, THRESHOLD, MASK, FULL, FIRST, LEAF, TREES}};\n"])
+
+# %% ../nbs/10_infer.ipynb #b10c0c08
 def model_c_source(text: str) -> str:
     "C scoring the binary LightGBM model `text` exactly as LightGBM does: `cml_predict_row`, `cml_predict_rows`."
     header, trees = model_trees(text)
@@ -223,40 +294,51 @@ def model_c_source(text: str) -> str:
     features = int(header["max_feature_idx"]) + 1
     calls = "".join(f"  r += t{k}(xs);\n" for k in range(len(trees)))  # direct calls, in LightGBM's order: inlined
     return "".join([
-        "#include <math.h>\n#include <stdint.h>\n",
-        "#define ZERO(v) (isnan(v) || ((v) >= -(double)1e-35f && (v) <= (double)1e-35f))\n",
-        f"#define N_FEATURES {features}\n#define N_TREES {len(trees)}\n#define SIGMOID {_c_number(sigmoid)}\n",
-        f"#define BLOCK {max(8, min(256, 2048 // features) // 8 * 8)}\n",  # rows a block: 2 x 16 KiB at most
-        f'const char cml_model_sha256[] = "{hashlib.sha256(text.encode()).hexdigest()}";\n',
-        *(_tree_c(k, t) for k, t in enumerate(trees)), *(_block_c(k, t) for k, t in enumerate(trees)),
-        "static void (*const BLOCKS[])(const double*, const double*, int64_t, double*) = {",
-        ", ".join(f"b{k}" for k in range(len(trees))), "};\n", _C_SCORING,
-        "double cml_predict_row(const double* x) {\n  double r = 0.0, xs[N_FEATURES]; snap(x, xs);\n", calls,
-        "  return p_up(r);\n}\n"])
+        _C_SHARED, f'const char cml_model_sha256[] = "{hashlib.sha256(text.encode()).hexdigest()}";\n',
+        f"int32_t cml_num_feature(void) {{ return {features}; }}\n", *(_tree_c(k, t) for k, t in enumerate(trees)),
+        _c_model(trees, features, sigmoid),
+        "void cml_predict_rows(const double* X, int64_t n, double* out) { cml_score_rows(&MODEL, X, n, out); }\n",
+        f"double cml_predict_row(const double* x) {{\n  double r = 0.0, xs[{features}];\n",
+        f"  for (int f = 0; f < {features}; ++f) xs[f] = snapped(x[f]);\n", calls,
+        f"  return p_up({_c_number(sigmoid)}, r);\n}}\n"])
 
 # %% ../nbs/10_infer.ipynb #82edfb0d
-CODEGEN = 2  # the version of `model_c_source`'s C: a library another version made is compiled anew
+CODEGEN = 3  # the version of `model_c_source`'s C and of the kernel: a library another version made is compiled anew
 _X86_64_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}  # the CPU flags x86-64-v3 needs
 
 @functools.cache
 def compile_flags() -> tuple[str, ...]:
-    "The C compiler's flags for a model library on this machine: `-O3`, no fused multiply-add, AVX2 if the CPU has it."
+    "The C compiler's flags for a model library on this machine: no fused multiply-add, AVX2 if the CPU has it."
     try: cpu = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration): cpu = ""
     avx2 = ["-march=x86-64-v3"] if _X86_64_V3 <= set(cpu.partition(":")[2].split()) else []
-    return ("-O3", "-ffp-contract=off", *avx2, "-shared", "-fPIC")
+    return ("-ffp-contract=off", *avx2, "-fPIC")
+
+def _cc(compiler: str, args: list, folder, timeout: float):
+    "Run the C compiler with `args` in `folder` (relative names: the same bytes); ConfigError with what it said."
+    done = subprocess.run([compiler, *args], cwd=folder, capture_output=True, text=True, timeout=timeout)
+    if done.returncode:
+        raise ConfigError(f"{compiler} failed ({done.returncode}) compiling the model: {done.stderr[-2000:]}")
+
+@functools.cache
+def _kernel_object(compiler: str, flags: tuple) -> bytes:
+    "`_C_KERNEL` compiled to an object file: the same for every model, so once a process."
+    with tempfile.TemporaryDirectory(prefix="cryptoml-compile-") as tmp:
+        (Path(tmp)/"kernel.c").write_text(_C_KERNEL)
+        _cc(compiler, ["-O3", *flags, "-c", "kernel.c"], tmp, 600)
+        return (Path(tmp)/"kernel.o").read_bytes()
 
 def compile_model(text: str, path: str | os.PathLike, *, timeout: float = 600) -> Path:
     "Compile the LightGBM model `text` (see `model_c_source`) into the shared library `path`, written atomically."
-    compiler = shutil.which(os.environ.get("CC") or "cc")
+    compiler, flags = shutil.which(os.environ.get("CC") or "cc"), compile_flags()
     if compiler is None:
         raise ConfigError(f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH to compile the model with")
-    with tempfile.TemporaryDirectory(prefix="cryptoml-compile-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cryptoml-compile-") as tmp, ThreadPoolExecutor(1) as beside:
+        kernel = beside.submit(_kernel_object, compiler, flags)
         (Path(tmp)/"model.c").write_text(model_c_source(text))
-        done = subprocess.run([compiler, *compile_flags(), "-o", "model.so", "model.c", "-lm"], cwd=tmp,
-                              capture_output=True, text=True, timeout=timeout)  # relative names: the same bytes
-        if done.returncode:
-            raise ConfigError(f"{compiler} failed ({done.returncode}) compiling the model: {done.stderr[-2000:]}")
+        _cc(compiler, ["-O1", *flags, "-c", "model.c"], tmp, timeout)
+        (Path(tmp)/"kernel.o").write_bytes(kernel.result())
+        _cc(compiler, ["-shared", "-o", "model.so", "model.o", "kernel.o", "-lm"], tmp, timeout)
         return atomic_write_bytes(path, (Path(tmp)/"model.so").read_bytes())
 
 # %% ../nbs/10_infer.ipynb #11006b99
@@ -290,7 +372,10 @@ class CompiledBooster:
         source = ctypes.c_char.in_dll(lib, "cml_model_sha256")
         if ctypes.string_at(ctypes.addressof(source), 64).decode() != hashlib.sha256(native.text.encode()).hexdigest():
             raise ArtifactError(f"{path} was compiled from another model")
-        self._row, self._rows, self.num_feature = lib.cml_predict_row, lib.cml_predict_rows, lib.cml_num_feature()
+        # a row holds the GIL (PyDLL): letting go of it and taking it back costs more than the call, and under load
+        # taking it back can wait for another thread; a batch lets go of it, so that blocks of rows run at once
+        self._row = ctypes.PyDLL(lib._name, handle=lib._handle).cml_predict_row
+        self._rows, self.num_feature = lib.cml_predict_rows, lib.cml_num_feature()
         self._row.restype, self._row.argtypes = ctypes.c_double, [ctypes.c_void_p]
         self._rows.restype, self._rows.argtypes = None, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
         self.lib, self.path, self._slots = lib, Path(path), threading.local()
@@ -330,8 +415,13 @@ class CompiledBooster:
 # %% ../nbs/10_infer.ipynb #cef7f784
 COMPILED = "compiled.json"
 
-def _cached_model(run: Run, native: FastBooster, key: dict) -> CompiledBooster | None:
-    "The library the run's `compiled.json` names when its record matches `key`, checked; None when there is none."
+def compiled_key(run: Run) -> dict:
+    "What a run's compiled library must have been made from: its `lgbm.txt` (sha256), `CODEGEN`, `compile_flags()`."
+    return {"lgbm.txt": run.card["artifacts"]["lgbm.txt"], "codegen": CODEGEN, "flags": list(compile_flags())}
+
+def cached_model(run: Run, native: FastBooster) -> CompiledBooster | None:
+    "The library the run's `compiled.json` names when its record matches `compiled_key`, checked; else None."
+    key = compiled_key(run)
     try:
         record = json.loads(inside(run.folder/COMPILED, run.folder).read_bytes())
         if all(record.get(k) == v for k, v in key.items()):
@@ -341,16 +431,21 @@ def _cached_model(run: Run, native: FastBooster, key: dict) -> CompiledBooster |
         _log.info("%s: compiling anew: %s", run.folder/COMPILED, e)
     return None
 
+@functools.lru_cache(maxsize=16)
+def _library(text: str, flags: tuple, cc: str | None) -> bytes:
+    "The library of the model `text`, compiled once a process for each text, set of flags and compiler (`$CC`)."
+    with tempfile.TemporaryDirectory(prefix="cryptoml-compile-") as tmp:
+        return compile_model(text, Path(tmp)/"model.so").read_bytes()
+
 def compiled_model(run: Run, native: FastBooster) -> CompiledBooster:
     "The run's compiled model: the library its `compiled.json` names, if that matches; else compiled and filed there."
-    key = {"lgbm.txt": run.card["artifacts"]["lgbm.txt"], "codegen": CODEGEN, "flags": list(compile_flags())}
-    if model := _cached_model(run, native, key): return model
-    with tempfile.TemporaryDirectory(prefix="cryptoml-compile-") as tmp:
-        data = compile_model(native.text, Path(tmp)/"model.so").read_bytes()
+    if model := cached_model(run, native): return model
+    data = _library(native.text, compile_flags(), os.environ.get("CC"))
     sha = hashlib.sha256(data).hexdigest()
+    if not run.folder.is_dir(): raise ArtifactError(f"run folder {run.folder} is gone")  # removed while compiling
     library = atomic_write_bytes(run.folder/f"lgbm-{sha[:16]}.so", data)
     model = CompiledBooster(library, sha, native)  # checked before it is filed
-    atomic_write_json(run.folder/COMPILED, {"library": library.name, "sha256": sha, **key})
+    atomic_write_json(run.folder/COMPILED, {"library": library.name, "sha256": sha, **compiled_key(run)})
     for old in set(run.folder.glob("lgbm-*.so")) - {library}:  # replaced: a process serving it holds its own copy
         old.unlink(missing_ok=True)
     return model
@@ -362,6 +457,24 @@ def compiled_or_native(run: Run, native: FastBooster) -> CompiledBooster | FastB
     except Exception as e:
         _log.warning("%s: served by LightGBM's C API, not compiled: %s", run.folder, e)
         return native
+
+# %% ../nbs/10_infer.ipynb #b10c0c09
+class CompilingBooster:
+    "LightGBM's C API for a run while a thread compiles it (see `compiled_or_native`); then the compiled model."
+    def __init__(self, run: Run, native: FastBooster):
+        self.model, self.num_feature = native, native.num_feature
+        self.predict_row, self.predict_batch = native.predict_row, native.predict_batch
+        self._thread = threading.Thread(target=self._compile, args=(run, native), name=f"compile {run.folder}")
+        self._thread.start()
+
+    def _compile(self, run: Run, native: FastBooster):
+        model = compiled_or_native(run, native)
+        self.predict_row, self.predict_batch, self.model = model.predict_row, model.predict_batch, model
+
+    def wait(self, timeout: float | None = None) -> CompiledBooster | FastBooster:
+        "The model serving once the compiling is over (or after `timeout` seconds): compiled, or the C API's."
+        self._thread.join(timeout)
+        return self.model
 
 # %% ../nbs/10_infer.ipynb #4f5bc1ab
 def path_stamp(path: str) -> str | tuple | None:
@@ -407,12 +520,35 @@ class LoadedRun(NamedTuple):
         if self.online is not None: return self.online.predict_batch(p)
         return p if self.calibrator is None else self.calibrator.many(p)
 
+# %% ../nbs/10_infer.ipynb #b10c0c0b
+class LinkStamp:
+    "Where a link points (`path_stamp`), looked at again at most every `recheck_ns`; one a link, shared by its users."
+    recheck_ns = 1_000_000
+    _instances, _instances_lock = {}, threading.Lock()
+
+    def __new__(cls, link: str):
+        with cls._instances_lock:
+            if link not in cls._instances:
+                cls._instances[link] = stamp = super().__new__(cls)
+                stamp.link, stamp._seen = link, (0, None)  # (time.monotonic_ns() until which it holds, the stamp)
+            return cls._instances[link]
+
+    def now(self):
+        "Where the link points now; remembered for `recent`."
+        stamp = path_stamp(self.link)
+        self._seen = time.monotonic_ns() + self.recheck_ns, stamp
+        return stamp
+
+    def recent(self):
+        "Where the link pointed when it was last looked at, if that was less than `recheck_ns` ago; else `now()`."
+        until, stamp = self._seen
+        return stamp if time.monotonic_ns() < until else self.now()
+
 # %% ../nbs/10_infer.ipynb #53f9f6ae
 class ServedModel:
     "A model served from the run a market's alias (or a path) names: one a link, loaded lazily, swapped when it moves."
     _instances, _instances_lock = {}, threading.Lock()
     artifacts: tuple = ()  # the run's files this model is made from: each must match the card before the run is served
-    recheck_ns = 1_000_000  # `predict_proba` looks where the path points at most once a millisecond (readlink: 1-5 us)
 
     def __new__(cls, market: Market | None = None, *, home=None, alias: str = "champion", path=None):
         if market is not None and not isinstance(market, Market):
@@ -432,7 +568,7 @@ class ServedModel:
         self.path, self.link, self.root, self.market, self.alias = path, str(path), root, market, alias
         self.last_refusal = None
         self._run, self._refused, self._loading, self.shadow_log = None, set(), threading.Lock(), None
-        self._due = 0  # time.monotonic_ns() after which `predict_proba` looks at the path again
+        self.stamps = LinkStamp(self.link)  # where the path points, read by the hot path at most once a millisecond
         return self
 
     def load_model(self, run: Run):
@@ -445,7 +581,7 @@ class ServedModel:
 
     def current(self) -> LoadedRun:
         "The run to serve this call: the loaded one, or the run the path now points to once it has loaded."
-        return self.serving(path_stamp(self.link))
+        return self.serving(self.stamps.now())
 
     def serving(self, stamp) -> LoadedRun:
         "The run to serve while the path's `path_stamp` is `stamp` (for callers reading one stamp for many models)."
@@ -468,13 +604,13 @@ class ServedModel:
     def refresh(self) -> bool:
         "Serve the run the path names now; True if swapped in. A bad run raises `ArtifactError`, the old one serves."
         with self._loading:
-            if self._run is not None and path_stamp(self.link) == self._run.stamp: return False
+            if self._run is not None and self.stamps.now() == self._run.stamp: return False
             self._swap()
             return True
 
     def _swap(self) -> LoadedRun:
         "Load and serve the run the path points to now (holding the loading lock); a refusal is remembered, and raised."
-        stamp = path_stamp(self.link)
+        stamp = self.stamps.now()
         try: self._run = self._load(stamp)
         except ArtifactError as e:
             self._refused.add(stamp)
@@ -504,11 +640,8 @@ class ServedModel:
         except Exception as e: raise ArtifactError(f"cannot load {self.path} (run folder {folder}): {e}") from e
 
     def answering(self) -> LoadedRun:
-        "The run to answer a call with: `current()`, looking at the path only `recheck_ns` after it last did."
-        now, run = time.monotonic_ns(), self._run
-        if run is not None and now < self._due: return run
-        self._due = now + self.recheck_ns
-        return self.serving(path_stamp(self.link))
+        "The run to answer a call with: as `current()`, but where the path points is looked at per `LinkStamp.recent`."
+        return self.serving(self.stamps.recent())
 
     def predict_proba(self, X, *, num_threads: int = 1, ts=None):
         "P(up) from the answering run (see `LoadedRun.predict`): a float for a dict or 1-D array, else an array."
@@ -526,15 +659,16 @@ class ServedModel:
 class LGBMProd(ServedModel):
     "A market's champion LightGBM model (`best_lgbm.pkl`): served lock-free, reloaded on promotion, its shadow logged."
     artifacts = ("lgbm.txt", "lgbm.pkl")  # the model, and the same model pickled: either changed and the run is suspect
-    compiled = os.environ.get("CRYPTOML_COMPILED", "1") != "0"  # serve each run's compiled model (`compiled_or_native`)
+    compiled = os.environ.get("CRYPTOML_COMPILED", "1") != "0"  # serve each run's compiled model (`CompilingBooster`)
 
-    def load_model(self, run: Run) -> CompiledBooster | FastBooster:
-        "The run's model from its checked `lgbm.txt`: compiled (see `compiled_model`), else on LightGBM's C API."
+    def load_model(self, run: Run) -> CompiledBooster | CompilingBooster | FastBooster:
+        "The run's model from its checked `lgbm.txt`: compiled when filed, else the C API while it compiles."
         native = FastBooster(run.artifact("lgbm.txt").decode())
         if native.num_feature != len(run.features):
             raise ArtifactError(f"{run.folder/'lgbm.txt'} has {native.num_feature} features, its model card lists "
                                 f"{len(run.features)}: {run.features}")
-        return compiled_or_native(run, native) if self.compiled else native
+        if not self.compiled: return native
+        return cached_model(run, native) or CompilingBooster(run, native)
 
     def load_maps(self, run: Run) -> tuple:
         "The run's calibrator (checked), and for a champion the market's online recalibration over it when that is on."
@@ -576,8 +710,6 @@ def compile_run(folder: str | os.PathLike, home=None) -> CompiledBooster | FastB
     if not LGBMProd.compiled: return None
     run = Run.at(Path(folder), data_home(home))
     return compiled_or_native(run, FastBooster(run.artifact("lgbm.txt").decode()))
-
-SAVED.append(compile_run)
 
 # %% ../nbs/10_infer.ipynb #94b3c495
 class OnlineServing:
@@ -627,6 +759,7 @@ class ShadowLog:
             try:
                 with memoryview(data) as rest:
                     while rest: rest = rest[os.write(fd, rest):]
+                os.fsync(fd)  # on disk before `written` counts it: a crash loses at most the calls still queued
             finally: os.close(fd)
             self.written += len(lines)
             return len(lines)

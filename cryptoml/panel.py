@@ -12,7 +12,6 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy.signal import lfilter
 from tqdm.auto import tqdm
 
@@ -20,19 +19,18 @@ from .core import ConfigError, DataError, Market, atomic_write, feature_path, ti
 from .ingest import (PRICES, Universe, funding_exchange, read_bars, read_funding, read_open_interest,
                              store_open_interest, synthetic_funding, synthetic_interest, write_bars, write_funding)
 from .features import (CHUNK_ROWS, FEATURES, BarArrays, FeatureSet, bar_arrays, content_digest, funding_arrays,
-                               label_arrays, rolling_mean, rolling_std, rolling_sum)
-from .features import _arrow, _code_text, _feature_text, _in_background, _synced_behind, _unchanged  # shared
+                               label_arrays, rolling_mean, rolling_std, rolling_sum, write_row_groups)
+from .features import _arrow, _code_text, _feature_text, _unchanged  # shared
 
 # %% auto #0
 __all__ = ['LEAD', 'PANEL_FEATURES', 'CROSS', 'HIGHER_COLUMNS', 'INDICATORS', 'OI_MAX_AGE', 'PANEL_SETS', 'LAGS', 'MTF',
-           'OPEN_INTEREST_FEATURES', 'PANEL_PARQUET', 'PANEL_SYNC_BYTES', 'ROW_COLUMNS', 'synthetic_panel',
-           'interest_arrays', 'MarketData', 'market_data', 'Panel', 'make_panel', 'panel_markets', 'load_panel',
-           'PanelFeature', 'register_panel_feature', 'history', 'MarketArrays', 'take', 'asof_index', 'reference_of',
-           'ref_index', 'cross', 'register_cross', 'higher_bars', 'higher', 'expanded', 'Expansion', 'expansion_name',
-           'expand', 'interest_at', 'interest_change', 'PanelSet', 'define_panel_set', 'get_panel_set',
-           'market_contexts', 'market_matrix', 'compute_panel', 'panel_asof', 'panel_market', 'panel_code_sha256',
-           'write_panel_table', 'build_panel', 'panel_labels', 'panel_table_asof', 'write_demo_panel', 'PanelFeed',
-           'latest_row']
+           'OPEN_INTEREST_FEATURES', 'PANEL_PARQUET', 'ROW_COLUMNS', 'synthetic_panel', 'interest_arrays', 'MarketData',
+           'market_data', 'Panel', 'make_panel', 'panel_markets', 'load_panel', 'PanelFeature',
+           'register_panel_feature', 'history', 'MarketArrays', 'take', 'asof_index', 'reference_of', 'ref_index',
+           'cross', 'register_cross', 'higher_bars', 'higher', 'expanded', 'Expansion', 'expansion_name', 'expand',
+           'interest_at', 'interest_change', 'PanelSet', 'define_panel_set', 'get_panel_set', 'market_contexts',
+           'market_matrix', 'compute_panel', 'panel_asof', 'panel_market', 'panel_code_sha256', 'write_panel_table',
+           'build_panel', 'panel_labels', 'panel_table_asof', 'write_demo_panel', 'PanelFeed', 'latest_row']
 
 # %% ../nbs/03_panel.ipynb #82aeca2b
 LEAD = 0.12  # share of the leader's return over a bar that each follower's next bar carries
@@ -541,29 +539,25 @@ def _market_rows(code: int, m: MarketArrays, ps: PanelSet, schema: pa.Schema, ho
     "One market's rows (market code, ts, features, labels) as an Arrow table of `schema`, sharing memory; NaN is null."
     columns = [np.full(len(m), float(code)), m.b.ts, *market_matrix(m, ps),
                *label_arrays(m.b.close, horizon, dead_zone)]
+    m.memo.clear()  # the market's shared pieces go before its rows are encoded
     return pa.Table.from_arrays([_arrow(c, f.type) for c, f in zip(columns, schema)], schema=schema)
 
 # lz4 without dictionaries, statistics for `market` and `ts` only (what a reader filters on): see the text above
 PANEL_PARQUET = dict(compression="lz4", use_dictionary=False, write_statistics=["market", "ts"],
                      write_batch_size=CHUNK_ROWS)
-PANEL_SYNC_BYTES = 1 << 24  # a panel table is tens of MB: the disk keeps up behind it every 16 MB
 
 def write_panel_table(path, panel: Panel, panel_set: str | PanelSet = "panel", *, horizon: int = 1,
-                      dead_zone: float | None = None, metadata: dict | None = None, progress: bool = False) -> Path:
+                      dead_zone: float | None = None, metadata: dict | None = None, encode_ahead: bool = False,
+                      progress: bool = False) -> Path:
     "Stream the panel's features and labels to the Parquet file `path` atomically, a row group a market."
     ps = _usable(panel, panel_set)
     fields = [pa.field("market", pa.float64()), pa.field("ts", pa.timestamp("ms", tz="UTC")),
               *(pa.field(c, pa.float64()) for c in (*ps.features, "fwd_ret", "y"))]
     schema = pa.schema(fields, metadata={b"cryptoml": json.dumps(metadata or {}, default=str).encode()})
     def write(tmp: Path):
-        with (pq.ParquetWriter(tmp, schema, **PANEL_PARQUET) as writer, _synced_behind(tmp, PANEL_SYNC_BYTES) as sync,
-              tqdm(total=len(panel.markets), unit="market", disable=not progress) as bar):
-            def put(table: pa.Table):
-                writer.write_table(table, row_group_size=max(len(table), 1))
-                sync()
-                bar.update()
+        with tqdm(total=len(panel.markets), unit="market", disable=not progress) as bar:
             rows = (_market_rows(code, m, ps, schema, horizon, dead_zone) for code, _, m in market_contexts(panel))
-            _in_background(rows, put)
+            write_row_groups(tmp, schema, rows, PANEL_PARQUET, encode_ahead=encode_ahead, done=lambda rows: bar.update())
     return atomic_write(path, write)
 
 # %% ../nbs/03_panel.ipynb #10a4d565

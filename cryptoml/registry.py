@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_registry.ipynb #72e21cdb
 from __future__ import annotations
-import fcntl, hashlib, io, itertools, json, os, re, warnings
+import fcntl, hashlib, io, itertools, json, os, re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -27,7 +27,7 @@ from .calibrate import (Calibrator, OnlineCalibrator, calibration_report, fit_ca
 if TYPE_CHECKING: import lightgbm as lgb
 
 # %% auto #0
-__all__ = ['CARD', 'SCHEMA_VERSION', 'ARTIFACTS', 'CARD_SCHEMA', 'CALIBRATOR', 'ONLINE', 'FIXED_BY_THE_RUN', 'SAVED', 'ALIASES',
+__all__ = ['CARD', 'SCHEMA_VERSION', 'ARTIFACTS', 'CARD_SCHEMA', 'CALIBRATOR', 'ONLINE', 'FIXED_BY_THE_RUN', 'ALIASES',
            'MIN_ROWS', 'RUN_COLUMNS', 'runs_index', 'new_run_dir', 'run_dir', 'redact_url', 'jsonable', 'table_ref',
            'label_definition', 'model_card', 'schema_problems', 'card_problems', 'backtest_forecasts',
            'calibration_forecasts', 'validation_halves', 'calibrate_run', 'switch_online_calibration',
@@ -270,8 +270,6 @@ def _artifact_writers(result, calibrator: Calibrator | None = None) -> dict:
     if calibrator is not None: writers[CALIBRATOR] = lambda p: Path(p).write_text(json.dumps(calibrator.to_json()))
     return writers
 
-SAVED: list = []  # called as hook(run folder, home) after each save: later stages' work (`cryptoml.infer` compiles)
-
 def save_run(result, *, home=None, table_path=None, calibration="inner", n_boot: int = 1000) -> str:
     "Write `result`'s models, calibrator (`calibrate_run`; None: none) and card into a new run folder; its id."
     stored = parquet_metadata(table_path) if table_path and Path(table_path).is_file() else {}
@@ -290,9 +288,6 @@ def save_run(result, *, home=None, table_path=None, calibration="inner", n_boot:
     writers = _artifact_writers(result, calibrator)
     artifacts = {name: sha256_file(atomic_write(folder/name, write)) for name, write in writers.items()}
     atomic_write_json(folder/CARD, model_card(result, folder.name, snapshot, artifacts, home, table, section))
-    for hook in SAVED:
-        try: hook(folder, home)
-        except Exception as e: warnings.warn(f"run {folder.name} is saved, but {hook.__qualname__} failed on it: {e}")
     return folder.name
 
 # %% ../nbs/09_registry.ipynb #e6416432

@@ -1,9 +1,10 @@
 """Compiled models and the lean serving import (issue 16).
 
 The story: a model is trained on a market's feature table (the shared real BTC/USDT bars, and the synthetic
-market always), saved as a run and promoted. The served model compiles itself on first load and must give
-LightGBM's own probabilities for every row of the table, through the run's calibrator as the C API path does; a
-machine without a C compiler serves all the same. And a server that only imports `LGBMProd` loads none of the
+market always), saved as a run and promoted. Saving compiles nothing; the served model answers through LightGBM's C
+API at once and compiles itself in the background on first load, and must then give LightGBM's own probabilities for
+every row of the table, through the run's calibrator as the C API path does; a machine without a C compiler serves
+all the same. And a server that only imports `LGBMProd` loads none of the
 training stack.
 """
 import hashlib, json, logging, subprocess, sys, time
@@ -17,8 +18,9 @@ from cryptoml.ingest import EXAMPLE_FILES, example_market, write_demo_market
 from cryptoml.core import shared_data
 from cryptoml.features import build_features, read_feature_table
 from cryptoml.tune import tune
-from cryptoml.registry import promote, run_dir, save_run
-from cryptoml.infer import CODEGEN, COMPILED, CompiledBooster, FastBooster, LGBMProd, compile_flags, compile_model, probe_rows
+from cryptoml.registry import Run, promote, run_dir, save_run
+from cryptoml.infer import (CODEGEN, COMPILED, CompiledBooster, CompilingBooster, FastBooster, LGBMProd, LinkStamp,
+                            compile_flags, compile_model, compiled_model, probe_rows)
 
 FORBIDDEN = ("scipy", "duckdb", "plotly", "ccxt", "optuna", "sklearn", "tqdm")
 
@@ -73,27 +75,41 @@ def served_run(tuned):
     return home, Market.of(result.table_meta), run_id, rows
 
 
-def test_save_run_compiles_ahead_and_a_newer_generator_replaces_the_old_library(served_run):
+def serving(model: LGBMProd):
+    "The model answering for `model`'s run once any compiling in the background is over."
+    served = model.current().model
+    return served.wait() if isinstance(served, CompilingBooster) else served
+
+
+def test_the_first_load_compiles_and_a_newer_generator_replaces_the_old_library(served_run):
     home, market, run_id, rows = served_run
     folder = run_dir(run_id, home)
-    record = json.loads((folder/COMPILED).read_text())  # filed by save_run, before any load
+    assert type(serving(LGBMProd(path=folder, home=home))) is CompiledBooster
+    record = json.loads((folder/COMPILED).read_text())  # filed by the first load
     assert (record["codegen"], record["flags"]) == (CODEGEN, list(compile_flags())) and (folder/record["library"]).is_file()
+    # the cache key: a library made by another generator, with other flags or from another lgbm.txt is made anew
     stale = folder/"lgbm-0123456789abcdef.so"
-    stale.write_bytes(b"an older generator's library")
-    (folder/COMPILED).write_text(json.dumps({**record, "library": stale.name, "codegen": CODEGEN - 1}))
-    model = LGBMProd(path=folder/"lgbm.txt", home=home)  # a fresh instance: loads, finds the record stale, compiles anew
-    assert type(model.current().model) is CompiledBooster
-    assert sorted(p.name for p in folder.glob("lgbm-*.so")) == [record["library"]], "the replaced library is removed"
-    assert json.loads((folder/COMPILED).read_text()) == record
+    for stale_key in ({"codegen": CODEGEN - 1}, {"flags": ["-O0"]}, {"lgbm.txt": "0" * 64}):
+        stale.write_bytes(b"an older generator's library")
+        (folder/COMPILED).write_text(json.dumps({**record, "library": stale.name, **stale_key}))
+        if "codegen" in stale_key: model = serving(LGBMProd(path=folder/"lgbm.txt", home=home))  # a fresh instance
+        else: model = compiled_model(Run.open(run_id, home), FastBooster((folder/"lgbm.txt").read_text()))
+        assert type(model) is CompiledBooster
+        assert sorted(p.name for p in folder.glob("lgbm-*.so")) == [record["library"]], "the replaced library is removed"
+        assert json.loads((folder/COMPILED).read_text()) == record
 
 
-def test_a_failing_save_hook_warns_and_the_run_stays_saved(tuned, monkeypatch):
+def test_saving_compiles_nothing_and_the_first_load_answers_before_the_compiler(tuned):
     home, path, result, rows = tuned
-    def broken(folder, home): raise OSError("disk full")
-    monkeypatch.setattr("cryptoml.registry.SAVED", [broken])
-    with pytest.warns(UserWarning, match="is saved, but .*broken failed on it: disk full"):
-        run_id = save_run(result, home=home, table_path=path)
-    assert (run_dir(run_id, home)/"model_card.json").is_file() and not (run_dir(run_id, home)/COMPILED).exists()
+    run_id = save_run(result, home=home, table_path=path)
+    folder = run_dir(run_id, home)
+    assert (folder/"model_card.json").is_file() and not (folder/COMPILED).exists()
+    model = LGBMProd(path=folder, home=home)
+    served = model.current().model
+    assert type(served) is CompilingBooster, "no library yet: the C API answers while the run compiles"
+    early = model.predict_proba(rows)
+    assert type(served.wait()) is CompiledBooster and (folder/COMPILED).is_file()
+    assert np.max(np.abs(model.predict_proba(rows) - early)) <= 1e-12
 
 
 def test_predict_proba_follows_a_moved_link_within_recheck_ns(tuned, served_run):
@@ -104,7 +120,7 @@ def test_predict_proba_follows_a_moved_link_within_recheck_ns(tuned, served_run)
     model.predict_proba(rows[-1])
     second = save_run(result, home=home, table_path=path)
     promote(second, home=home, force=True, n_boot=20)
-    time.sleep(model.recheck_ns / 1e9)
+    time.sleep(LinkStamp.recheck_ns / 1e9)
     model.predict_proba(rows[-1])
     assert model._run.run_id == second, "a call recheck_ns after the move loaded the new run"
     promote(first, home=home, force=True, n_boot=20)  # as the other tests expect
@@ -113,7 +129,7 @@ def test_predict_proba_follows_a_moved_link_within_recheck_ns(tuned, served_run)
 def test_lgbmprod_serves_the_compiled_model_through_the_calibrator(served_run, monkeypatch):
     home, market, run_id, rows = served_run
     model = LGBMProd(market, home=home)
-    assert type(model.current().model) is CompiledBooster
+    assert type(serving(model)) is CompiledBooster
     record = json.loads((run_dir(run_id, home)/COMPILED).read_text())
     assert (run_dir(run_id, home)/record["library"]).is_file()
     monkeypatch.setattr(LGBMProd, "compiled", False)
@@ -128,6 +144,8 @@ def test_no_compiler_never_stops_serving(served_run, monkeypatch, caplog):
     (run_dir(run_id, home)/COMPILED).unlink()
     monkeypatch.setenv("CC", "/nonexistent/cc")
     model = LGBMProd(path=run_dir(run_id, home)/"logreg.pkl", home=home)  # a fresh instance: loads (and compiles) anew
-    with caplog.at_level(logging.WARNING, logger="cryptoml.infer"): p = model.predict_proba(rows[:10])
-    assert type(model.current().model) is FastBooster and len(p) == 10
+    with caplog.at_level(logging.WARNING, logger="cryptoml.infer"):
+        p = model.predict_proba(rows[:10])
+        served = serving(model)
+    assert type(served) is FastBooster and len(p) == 10
     assert "not compiled" in caplog.text and "/nonexistent/cc" in caplog.text

@@ -2,7 +2,7 @@
 
 Uses the two real runs of `test_infer.world` (tuned on the example market, run A promoted).
 """
-import math, threading
+import math, threading, time
 
 import numpy as np
 import pandas as pd
@@ -10,7 +10,7 @@ import pytest
 
 from cryptoml.core import ArtifactError, ConfigError, DataError
 from cryptoml.registry import Run, promote, run_dir
-from cryptoml.infer import LGBMProd
+from cryptoml.infer import LGBMProd, LinkStamp
 from cryptoml.ensemble import DynamicWeights, EnsemblePredictor, LinearLogit, LogRegMember, log_losses
 from test_infer import copy_world, damage_truncate, world  # noqa: F401  (world is a fixture)
 
@@ -160,3 +160,21 @@ def test_a_damaged_logistic_regression_is_refused_and_its_predecessor_keeps_serv
     np.testing.assert_allclose(after.probs["lgbm"], w.expected[1][:50], rtol=1e-12, atol=0)  # the booster of run B is sound
     np.testing.assert_array_equal(after.probs["logreg"], before.probs["logreg"])  # run A's regression keeps serving
     assert "logreg.pkl" in logreg.last_refusal and logreg.run_id == w.runs[0]
+
+
+def test_the_ensemble_reads_each_link_at_most_once_a_millisecond_and_sees_a_move_after_it(world, tmp_path, monkeypatch):
+    w = copy_world(world, tmp_path)
+    lgbm, logreg = LGBMProd(home=w.home), LogRegMember(home=w.home)
+    ensemble = EnsemblePredictor({"lgbm": lgbm, "logreg": logreg})
+    row = dict(zip(lgbm.features, w.rows[7].tolist()))
+    assert ensemble.predict(row).probs["lgbm"] == w.expected[0][7]
+    promote(w.runs[1], home=w.home, force=True, n_boot=20)
+    time.sleep(LinkStamp.recheck_ns / 1e9)
+    moved = ensemble.predict(row)  # a call 1 ms or more after the move: the new run, for both members
+    assert moved.probs["lgbm"] == w.expected[1][7] and (lgbm.run_id, logreg.run_id) == (w.runs[1], w.runs[1])
+    monkeypatch.setattr(LinkStamp, "recheck_ns", 60 * 10**9)
+    lgbm.current()  # looks at the link now; the hot path will not look again for a minute
+    promote(w.runs[0], home=w.home, force=True, n_boot=20)
+    assert ensemble.predict(row).probs["lgbm"] == w.expected[1][7], "within recheck_ns the link is not read again"
+    assert logreg.current().run_id == w.runs[0]  # current() looks at once, for every user of the link
+    assert ensemble.predict(row).probs == {"lgbm": w.expected[0][7], "logreg": logreg.predict_proba(row)}
