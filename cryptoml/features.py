@@ -22,15 +22,15 @@ from .core import (ConfigError, DataError, Market, atomic_write, data_home, feat
 
 # %% auto #0
 __all__ = ['EMA_TAIL', 'FEATURES', 'OHLCV', 'W9', 'W12', 'W26', 'W14', 'DAY_MS', 'WEEK_MS', 'FUNDING_MAX_AGE', 'FEATURE_SETS',
-           'SEED', 'CHUNK_ROWS', 'VOL_BARS', 'PARQUET_OPTIONS', 'TABLE_PARQUET', 'SYNC_BYTES', 'APPEND_BYTES',
-           'SNAPSHOT_NAME', 'window_reduce', 'rolling_sum', 'rolling_mean', 'rolling_mean_std', 'rolling_std',
-           'ema_alpha', 'ema_window', 'finite_ema', 'Feature', 'register_feature', 'mark_nonstationary', 'stationary',
-           'BarArrays', 'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag',
-           'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet', 'define_feature_set', 'get_feature_set',
-           'feature_names', 'lookback_bars', 'feature_chunks', 'feature_matrix', 'compute_features', 'features_asof',
-           'label_arrays', 'add_labels', 'write_row_groups', 'write_feature_table', 'content_digest',
-           'feature_code_sha256', 'table_provenance', 'build_features', 'read_feature_table', 'table_asof',
-           'snapshot_dir', 'snapshot_table', 'prune_snapshots', 'table_view', 'connect']
+           'SEED', 'CHUNK_ROWS', 'VOL_BARS', 'PARQUET_OPTIONS', 'TABLE_PARQUET', 'SYNC_BYTES', 'SNAPSHOT_NAME',
+           'window_reduce', 'rolling_sum', 'rolling_mean', 'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window',
+           'finite_ema', 'Feature', 'register_feature', 'mark_nonstationary', 'stationary', 'BarArrays',
+           'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag', 'rolling_changes', 'cyclic',
+           'feature_docs', 'FeatureSet', 'define_feature_set', 'get_feature_set', 'feature_names', 'lookback_bars',
+           'feature_chunks', 'feature_matrix', 'compute_features', 'features_asof', 'label_arrays', 'add_labels',
+           'write_row_groups', 'write_feature_table', 'content_digest', 'feature_code_sha256', 'table_provenance',
+           'build_features', 'read_feature_table', 'table_asof', 'snapshot_dir', 'snapshot_table', 'prune_snapshots',
+           'table_view', 'connect']
 
 # %% ../nbs/02_features.ipynb #4ad825fd
 def window_reduce(leaf: tuple, w: int, merge: Callable) -> tuple:
@@ -599,41 +599,17 @@ def _synced_behind(path: Path, every: int = SYNC_BYTES) -> Iterator[Callable[[],
             if pending is not None: pending.result()
             os.close(fd)
 
-APPEND_BYTES = 1 << 20
-
-class _Appender:
-    "A sink for `pq.ParquetWriter`: `thread` appends the bytes written to it to `file`, then calls `after()`."
-    closed = False  # what Arrow asks of a Python file object before writing to it
-    def __init__(self, file, thread: ThreadPoolExecutor, after: Callable[[], None]):
-        self.file, self.thread, self.after, self.pieces, self.size, self.pending = file, thread, after, [], 0, None
-    def write(self, data: bytes) -> int:
-        self.pieces.append(data)
-        self.size += len(data)
-        if self.size >= APPEND_BYTES: self.flush()
-        return len(data)
-    def _append(self, pieces: list[bytes]):
-        self.file.writelines(pieces)
-        self.file.flush()
-        self.after()
-    def flush(self):
-        "Hand the bytes written so far to the thread, once it has appended those handed before."
-        if self.pending is not None: self.pending.result()
-        pieces, self.pieces, self.size = self.pieces, [], 0
-        self.pending = self.thread.submit(self._append, pieces)
-
 # %% ../nbs/02_features.ipynb #3b06c4e1
 def write_row_groups(tmp: Path, schema: pa.Schema, tables: Iterable[pa.Table], options: dict, *,
                      encode_ahead: bool = True, done: Callable[[int], Any] | None = None):
-    "Write `tables` (a row group each) to the new Parquet file `tmp`, encoded and appended in threads, synced behind."
-    with open(tmp, "wb") as file, _synced_behind(tmp) as sync, ThreadPoolExecutor(1) as appending:
-        sink = _Appender(file, appending, sync)
-        with pq.ParquetWriter(sink, schema, **options) as writer:
+    "Write `tables` (a row group each) to the new Parquet file `tmp`, encoded (ahead, in a thread) and synced behind."
+    with pa.OSFile(str(tmp), "wb") as file, _synced_behind(tmp) as sync:
+        with pq.ParquetWriter(file, schema, **options) as writer:
             def encode(table: pa.Table):
                 writer.write_table(table, row_group_size=max(len(table), 1))
+                sync()
                 if done is not None: done(len(table))
             for _ in _ahead(tables, encode) if encode_ahead else map(encode, tables): pass
-        sink.flush()  # the footer
-        sink.pending.result()
 
 # %% ../nbs/02_features.ipynb #7d993083
 def write_feature_table(path, bars: pd.DataFrame, feature_set: str | FeatureSet = "seed", *,

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # %% auto #0
-__all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES', 'FINISHED', 'CURVE', 'HEARTBEAT', 'GRACE',
-           'RETRIES', 'SERVER_REPORT_EVERY', 'MIN_VAL_ROWS', 'base_params', 'suggest_params', 'categorical',
+__all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES', 'START_UP', 'FINISHED', 'CURVE', 'HEARTBEAT',
+           'GRACE', 'RETRIES', 'SERVER_REPORT_EVERY', 'MIN_VAL_ROWS', 'base_params', 'suggest_params', 'categorical',
            'Objective', 'pick_trial', 'fail_stale', 'SeenTrials', 'TrialWindow', 'TrialSeededTPE', 'inner_split',
            'trial_objective', 'WindowPruner', 'make_pruner', 'fingerprint', 'default_study_name', 'to_file',
            'from_file', 'StudyFile', 'pool_settings', 'server_storage', 'on_one_machine', 'study_storage', 'open_study',
@@ -110,7 +110,8 @@ class SeenTrials:
 # %% ../nbs/06_tune.ipynb #0a2c2d73
 class TrialWindow:
     "Trial `t` sees the trials numbered `t - width` or less once none of them runs; `width=None`: all finished."
-    def __init__(self, width: int | None = 1): self.width, self._seen, self._lock = width, {}, threading.Lock()
+    def __init__(self, width: int | None = 1, first_read: int = 0):
+        self.width, self.first_read, self._seen, self._lock = width, first_read, {}, threading.Lock()
 
     def seen(self, study: optuna.Study, number: int) -> SeenTrials:
         "What trial `number` learns from, taken when it is first asked for."
@@ -128,6 +129,7 @@ class TrialWindow:
         with self._lock: self._seen.pop(number, None)
 
     def _wait(self, study: optuna.Study, number: int) -> list[FrozenTrial]:
+        if number < self.first_read: return []  # a view nothing reads (random draws, no pruning): nothing to wait for
         pause = 0.002 if isinstance(study._storage, InMemoryStorage) else 0.2
         while True:
             trials = study.get_trials(deepcopy=False)
@@ -221,10 +223,15 @@ class WindowPruner(optuna.pruners.BasePruner):
         return f"{type(self.pruner).__name__}({settings}) in {self.window}"
 
 # %% ../nbs/06_tune.ipynb #218a31e0
+START_UP = 5  # the first trial Optuna's recipe may prune: 5 trials completed before it (TPE draws 10 at random)
+
 def make_pruner(window: TrialWindow | None = None) -> optuna.pruners.BasePruner:
-    "Median pruning at every report from the first round, once 5 trials completed (Optuna's defaults), within `window`."
-    median = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0, interval_steps=1)
-    return WindowPruner(median, window or TrialWindow())
+    "Median pruning at every report from the first round, from trial `START_UP` on (as Optuna's), within `window`."
+    window = window or TrialWindow()
+    # trial START_UP sees START_UP - width + 1 trials through a window of `width`: enough to be judged
+    start_up = START_UP if window.width is None else max(1, START_UP - window.width + 1)
+    median = optuna.pruners.MedianPruner(n_startup_trials=start_up, n_warmup_steps=0, interval_steps=1)
+    return WindowPruner(median, window)
 
 # %% ../nbs/06_tune.ipynb #9afd3aa7
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -374,7 +381,7 @@ def study_storage(url: str | None, tries: int = 5, n_jobs: int = 1) -> optuna.st
 def open_study(storage: str | None, study_name: str, objective: str, seed: int, digest: str,
                n_jobs: int = 1) -> optuna.Study:
     "Create the study `study_name` in `storage`, or join it; `ConfigError` if its trials used other data or settings."
-    window = TrialWindow(n_jobs if on_one_machine(storage) else None)
+    window = TrialWindow(n_jobs if on_one_machine(storage) else None, first_read=START_UP)
     study = optuna.create_study(storage=study_storage(storage, n_jobs=n_jobs), study_name=study_name,
                                 directions=list(OBJECTIVES[objective].directions), sampler=TrialSeededTPE(seed, window),
                                 pruner=make_pruner(window), load_if_exists=True)
