@@ -19,7 +19,7 @@ import pytest
 
 from cryptoml.core import Market, market_dir
 from cryptoml.backtest import FIXED_PARAMS, walk_forward_predictions
-from cryptoml.features import add_labels, build_features, compute_features
+from cryptoml.features import add_labels, compute_features
 from cryptoml.infer import LGBMProd
 from cryptoml.ingest import synthetic_market
 from cryptoml.panel import build_panel, panel_market, panel_markets, write_demo_panel
