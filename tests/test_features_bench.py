@@ -33,6 +33,6 @@ def test_the_benchmark_prints_project_reference_and_ratio_and_the_profile():
 
 
 def test_building_the_rich_set_for_a_million_bars_holds_at_most_one_and_a_half_raw_tables():
-    rows, _ = bench("--sizes", "1000000", "--rounds", "1")
+    rows, _ = bench("--sizes", "1000000", "--rounds", "3")  # the median of 3: one build's peak varies by +-0.15
     row = rows["rich-build", "polars-seed"]
     assert 1 <= float(row[6]) <= 1.5, row
