@@ -45,7 +45,7 @@ __all__ = ['WORKER_ENV', 'QUIET_DASK', 'PART_ROWS', 'NETWORK', 'TRAINING_LOCK', 
            'market_outcome', 'run_markets', 'outcomes_status', 'symbol_seed', 'write_synthetic', 'invocation_id',
            'tasks_dir', 'Claim', 'market_task', 'forget', 'saved_run', 'decided', 'pooled_table', 'parts_dir',
            'partition_market', 'write_partitions', 'read_partitions', 'table_bytes', 'PooledCuts', 'pooled_cuts',
-           'round_losses', 'held_back_curve', 'deal', 'placed', 'WorkerLost', 'Ranks', 'place_ranks', 'HeldPort',
+           'deal', 'placed', 'WorkerLost', 'Ranks', 'place_ranks', 'round_losses', 'held_back_curve', 'HeldPort',
            'PooledModel', 'train_pooled', 'validation_rows', 'pooled_scores', 'pooled_result', 'held_back_forecasts',
            'timeline_figure']
 
@@ -389,32 +389,6 @@ def pooled_cuts(end: pd.Timestamp, timeframe: str, horizon: int = 1, *, val_days
     val_start = (end + bar - pd.Timedelta(days=val_days)).floor(bar)
     return PooledCuts(val_start - pd.Timedelta(days=stop_days), val_start, horizon * bar)
 
-# %% ../nbs/13_distributed.ipynb #a8c31e3a
-def round_losses(rows: pd.DataFrame, booster: lgb.Booster, features: list[str], start: int, stop: int) -> np.ndarray:
-    "Summed log loss of `rows` after each round `start+1 .. stop` of `booster` (from raw scores, round by round)."
-    if rows.empty: return np.zeros(stop - start)
-    X, y = rows[features].to_numpy(np.float64), rows.y.to_numpy(np.float64)
-    raw = booster.predict(X, num_iteration=start, raw_score=True, num_threads=1) if start else np.zeros(len(X))
-    losses = np.empty(stop - start)
-    for k in range(start, stop):
-        raw = raw + booster.predict(X, start_iteration=k, num_iteration=1, raw_score=True, num_threads=1)
-        losses[k - start] = (np.logaddexp(0, raw) - y * raw).sum()
-    return losses
-
-# %% ../nbs/13_distributed.ipynb #66f03878
-def held_back_curve(ranks: Ranks, booster: lgb.Booster, features: list[str], start: int) -> np.ndarray:
-    "Mean log loss of the held-back rows (`ranks.stop`) after each of `booster`'s rounds from `start + 1`."
-    client = ranks.client
-    shared, n = client.scatter(booster, broadcast=True, hash=False), booster.current_iteration()
-    sums = ranks.results([client.submit(round_losses, part, shared, features, start, n, pure=False)
-                          for part in ranks.stop])
-    return np.sum(sums, axis=0) / sum(ranks.results([client.submit(len, part, pure=False) for part in ranks.stop]))
-
-def _best(curve: np.ndarray, patience: int, max_rounds: int) -> int | None:
-    "The best round (1-based) once `patience` rounds have passed it or `max_rounds` are done; None to go on."
-    best = int(np.argmin(curve)) + 1
-    return best if len(curve) - best >= patience or len(curve) >= max_rounds else None
-
 # %% ../nbs/13_distributed.ipynb #c1a0d002
 def deal(manifest: dict, workers: int) -> list[list[tuple[str, int]]]:
     ("The partitioned table's row groups (path, index), a block of one market each, dealt round robin in table order "
@@ -477,6 +451,32 @@ def place_ranks(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, 
                                      for part in ("train", "stop")))
     ranks.sizes = ranks.results([client.submit(len, share, pure=False) for share in ranks.train])
     return ranks
+
+# %% ../nbs/13_distributed.ipynb #a8c31e3a
+def round_losses(rows: pd.DataFrame, booster: lgb.Booster, features: list[str], start: int, stop: int) -> np.ndarray:
+    "Summed log loss of `rows` after each round `start+1 .. stop` of `booster` (from raw scores, round by round)."
+    if rows.empty: return np.zeros(stop - start)
+    X, y = rows[features].to_numpy(np.float64), rows.y.to_numpy(np.float64)
+    raw = booster.predict(X, num_iteration=start, raw_score=True, num_threads=1) if start else np.zeros(len(X))
+    losses = np.empty(stop - start)
+    for k in range(start, stop):
+        raw = raw + booster.predict(X, start_iteration=k, num_iteration=1, raw_score=True, num_threads=1)
+        losses[k - start] = (np.logaddexp(0, raw) - y * raw).sum()
+    return losses
+
+# %% ../nbs/13_distributed.ipynb #66f03878
+def held_back_curve(ranks: Ranks, booster: lgb.Booster, features: list[str], start: int) -> np.ndarray:
+    "Mean log loss of the held-back rows (`ranks.stop`) after each of `booster`'s rounds from `start + 1`."
+    client = ranks.client
+    shared, n = client.scatter(booster, broadcast=True, hash=False), booster.current_iteration()
+    sums = ranks.results([client.submit(round_losses, part, shared, features, start, n, pure=False)
+                          for part in ranks.stop])
+    return np.sum(sums, axis=0) / sum(ranks.results([client.submit(len, part, pure=False) for part in ranks.stop]))
+
+def _best(curve: np.ndarray, patience: int, max_rounds: int) -> int | None:
+    "The best round (1-based) once `patience` rounds have passed it or `max_rounds` are done; None to go on."
+    best = int(np.argmin(curve)) + 1
+    return best if len(curve) - best >= patience or len(curve) >= max_rounds else None
 
 # %% ../nbs/13_distributed.ipynb #c1a0d007
 class HeldPort:
@@ -577,8 +577,13 @@ def _local_fit(parts: dd.DataFrame, cuts: PooledCuts, features, params, patience
 
 RETRIES = 3  # times a training stage starts again after losing a worker
 
-def _rejoined(client: Client, count: int, timeout: float = 60):
-    "Wait up to `timeout` s for the cluster to have `count` workers again (a LocalCluster's nanny restarts a dead one)."
+def _renewed(client: Client, ranks: Ranks | None, count: int, timeout: float = 60):
+    ("Restart the surviving ranks' workers (one may be stuck in LightGBM's network calls), then wait up to `timeout` s "
+     "for the cluster to have `count` workers again (a nanny restarts a dead one).")
+    if ranks is not None:
+        ranks.release()
+        if alive := sorted(set(ranks.workers) & set(client.scheduler_info()["workers"])):
+            client.restart_workers(alive, timeout=timeout, raise_for_error=False)  # without a nanny: removed
     try: client.wait_for_workers(count, timeout=timeout)
     except TimeoutError: pass  # go on with the workers left
 
@@ -596,8 +601,7 @@ def _cluster_fit(client: Client, folder: Path, manifest: dict, cuts: PooledCuts,
         except WorkerLost as e:
             if (lost := lost + 1) > RETRIES: raise
             logging.getLogger("cryptoml").warning("%s: training again from round %d", e, len(curve) + 1)
-            if ranks: ranks.release()
-            _rejoined(client, count)
+            _renewed(client, ranks, count)
             ranks = None  # placed again on the workers there are now
             continue
         best = _best(curve, patience, max_rounds)
