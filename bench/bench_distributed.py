@@ -71,14 +71,24 @@ def folds(table: pd.DataFrame, feature_fn, workers: int, on_cluster: bool) -> tu
     return time.perf_counter() - started, load(), walk
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def market_symbols(markets: int) -> list[str]:
+    "The synthetic markets' symbols: AAA/USDT, BBB/USDT, ..."
+    return [f"{chr(65 + i) * 3}/USDT" for i in range(markets)]
+
+
+def arguments(description: str) -> argparse.Namespace:
+    "The distributed benchmarks' options: --markets, --days, --trials, --workers."
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--markets", type=int, default=8)
     parser.add_argument("--days", type=float, default=30)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-    symbols = [f"{chr(65 + i) * 3}/USDT" for i in range(args.markets)]
+    return parser.parse_args()
+
+
+def main():
+    args = arguments(__doc__.splitlines()[0])
+    symbols = market_symbols(args.markets)
     cluster, rows = f"local[{args.workers}]", []
     print(f"load before: {load()}", flush=True)
     with tempfile.TemporaryDirectory() as reference_home, tempfile.TemporaryDirectory() as project_home:

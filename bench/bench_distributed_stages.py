@@ -12,7 +12,7 @@ each run got (CPU / wall) beside the wall time: wall ratio = CPU ratio / cores-g
 
     python bench/bench_distributed_stages.py [--markets 8] [--days 30] [--trials 20] [--workers 2]
 """
-import argparse, functools, os, tempfile, time
+import functools, os, tempfile, time
 from collections import defaultdict
 from functools import partial
 
@@ -21,6 +21,7 @@ import pandas as pd
 from cryptoml import cli
 from cryptoml import distributed as dist
 from bench_backtest import markdown  # this folder's: a table of figures
+from bench_distributed import arguments, load, market_symbols
 
 STAGES = ("acquire", "build_features", "tune", "save_run", "promote")
 TIMES: list[dict] = []  # this process's stage timings
@@ -56,7 +57,7 @@ def collected() -> list[dict]: return TIMES
 def run(markets: int, days: float, trials: int, cluster: str | None) -> tuple[float, float, list[dict]]:
     "Wall and CPU seconds of the markets' pipeline tasks (with the cluster's start and stop), and each stage's timing."
     home = tempfile.mkdtemp(prefix="bench-stages-")
-    symbols = [f"{chr(65 + i) * 3}/USDT" for i in range(markets)]
+    symbols = market_symbols(markets)
     args = cli.parser().parse_args(["pipeline", "--demo", "--symbols", ",".join(symbols), "--timeframe", "1m", "--days",
                                     f"{days:g}", "--trials", str(trials), "--home", home, "--quiet",
                                     *(["--cluster", cluster] if cluster else [])])
@@ -76,17 +77,12 @@ def run(markets: int, days: float, trials: int, cluster: str | None) -> tuple[fl
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--markets", type=int, default=8)
-    parser.add_argument("--days", type=float, default=30)
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
+    args = arguments(__doc__.splitlines()[0])
     install()
-    loads, results = [f"{os.getloadavg()[0]:.1f}"], {}
+    loads, results = [load()], {}
     for name, cluster in (("reference", None), ("project", f"local[{args.workers}]")):
         results[name] = run(args.markets, args.days, args.trials, cluster)
-        loads.append(f"{os.getloadavg()[0]:.1f}")
+        loads.append(load())
     rows = defaultdict(dict)
     for name, (_, _, times) in results.items():
         for t in times:
