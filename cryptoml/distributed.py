@@ -53,9 +53,13 @@ __all__ = ['WORKER_ENV', 'QUIET_DASK', 'PART_ROWS', 'NETWORK', 'TRAINING_LOCK', 
 # idle OpenMP threads sleep; one LightGBM thread a task
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
 # a LocalCluster's own upkeep, which on a shared machine takes cores from the tasks: Dask's sampling profiler (every
-# 10 ms in every worker) off; the event-loop tick, the system monitor and the memory monitor far less often
+# 10 ms in every worker) off; the event-loop tick, the system monitor and the memory monitor far less often. And the
+# workers' malloc as this process's: Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which also fixes glibc's mmap threshold
+# at 128 KiB, so every larger array is mapped afresh and its pages faulted in (3.5x the page faults, twice the system
+# CPU of a market's task)
 QUIET_DASK = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
-              "distributed.admin.system-monitor.interval": "5s", "distributed.worker.memory.monitor-interval": "1s"}
+              "distributed.admin.system-monitor.interval": "5s", "distributed.worker.memory.monitor-interval": "1s",
+              "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 _LOCAL = re.compile(r"local\[(\d+)\]")
 _ADDRESS = re.compile(r"(tcp|tls)://[^\s/:]+:\d+")
 
