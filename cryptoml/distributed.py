@@ -93,7 +93,8 @@ def connect(scheduler: str | None = None, cluster: str | None = None, *,
     if address is None and workers is None:
         yield None
         return
-    with dask.config.set(LOCAL_DASK if workers else {}):  # while the cluster lives: a nanny restarting its worker reads it
+    # set while the cluster lives: a nanny restarting its worker reads it then
+    with dask.config.set(LOCAL_DASK if workers else {}):
         local = workers and LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                          dashboard_address="127.0.0.1:0" if dashboard else None,
                                          silence_logs=logging.ERROR, env=WORKER_ENV)
@@ -342,8 +343,7 @@ def partition_market(table_path: Path, code: int) -> list[dict]:
         path = atomic_write(folder/f"{month}.parquet", lambda tmp: pq.write_table(arrow, tmp, compression="zstd",
                                                                                   row_group_size=PART_ROWS))
         entries.append({"path": str(path.relative_to(parts_dir(table_path))), "market": code, "month": month,
-                        "rows": len(part),
-                        "row_groups": pq.ParquetFile(path).num_row_groups})
+                        "rows": len(part), "row_groups": -(-len(part) // PART_ROWS)})  # as write_table cuts them
     return entries
 
 # %% ../nbs/13_distributed.ipynb #950516a0
@@ -438,6 +438,7 @@ class Ranks:
     train: list[Future]
     stop: list[Future]
     sizes: list[int] = field(default_factory=list)  # training rows of each worker's share
+    held_back: int = 0  # held-back rows of all the shares
 
     @property
     def training(self) -> list[tuple[str, Future]]:
@@ -464,7 +465,8 @@ def place_ranks(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, 
     if not workers: raise ConfigError(f"the Dask cluster at {client.scheduler.address} has no workers to train on")
     ranks = Ranks(client, workers, *(placed(client, folder, manifest, cuts, part, columns, workers)
                                      for part in ("train", "stop")))
-    ranks.sizes = ranks.results([client.submit(len, share, pure=False) for share in ranks.train])
+    counts = ranks.results([client.submit(len, share, pure=False) for share in [*ranks.train, *ranks.stop]])
+    ranks.sizes, ranks.held_back = counts[:len(ranks.train)], sum(counts[len(ranks.train):])
     return ranks
 
 # %% ../nbs/13_distributed.ipynb #a8c31e3a
@@ -481,12 +483,12 @@ def round_losses(rows: pd.DataFrame, booster: lgb.Booster, features: list[str], 
 
 # %% ../nbs/13_distributed.ipynb #66f03878
 def held_back_curve(ranks: Ranks, booster: lgb.Booster, features: list[str], start: int) -> np.ndarray:
-    "Mean log loss of the held-back rows (`ranks.stop`) after each of `booster`'s rounds from `start + 1`."
+    "Mean log loss of the held-back rows (`ranks.stop`, `ranks.held_back` of them) after each round from `start + 1`."
     client = ranks.client
     shared, n = client.scatter(booster, broadcast=True, hash=False), booster.current_iteration()
     sums = ranks.results([client.submit(round_losses, part, shared, features, start, n, pure=False)
                           for part in ranks.stop])
-    return np.sum(sums, axis=0) / sum(ranks.results([client.submit(len, part, pure=False) for part in ranks.stop]))
+    return np.sum(sums, axis=0) / ranks.held_back
 
 def _best(curve: np.ndarray, patience: int, max_rounds: int) -> int | None:
     "The best round (1-based) once `patience` rounds have passed it or `max_rounds` are done; None to go on."
