@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 from .core import (ArtifactError, ConfigError, CryptomlError, DataError, Market, RUN_ID, atomic_write,
-                           atomic_write_json, data_home, feature_path, market_dir, sha256_file,
+                           atomic_write_json, data_home, feature_path, market_dir, raw_dir, sha256_file,
                            symbol_id, timeframe_seconds)
 from .ingest import synthetic_funding, synthetic_market, write_bars, write_funding
 from .features import read_feature_table
@@ -44,12 +44,12 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['WORKER_ENV', 'LOCAL_DASK', 'PART_ROWS', 'NETWORK', 'TRAINING_LOCK', 'POOLED_THRESHOLD', 'POOLED_PARAMS', 'RETRIES',
            'POOLED_TOLERANCE', 'OneBlasThread', 'check_cluster', 'connect', 'ClusterPool', 'cluster_pool', 'Outcome',
-           'failed', 'market_outcome', 'run_markets', 'outcomes_status', 'symbol_seed', 'write_synthetic',
-           'invocation_id', 'tasks_dir', 'Claim', 'market_task', 'forget', 'saved_run', 'decided', 'pooled_table',
-           'parts_dir', 'partition_market', 'write_partitions', 'read_partitions', 'table_bytes', 'PooledCuts',
-           'pooled_cuts', 'deal', 'placed', 'WorkerLost', 'Ranks', 'place_ranks', 'round_losses', 'held_back_curve',
-           'HeldPort', 'PooledModel', 'train_pooled', 'validation_rows', 'pooled_scores', 'pooled_result',
-           'held_back_forecasts', 'timeline_figure']
+           'failed', 'market_outcome', 'longest_first', 'run_markets', 'outcomes_status', 'symbol_seed',
+           'write_synthetic', 'stored_rows', 'invocation_id', 'tasks_dir', 'Claim', 'market_task', 'forget',
+           'saved_run', 'decided', 'pooled_table', 'parts_dir', 'partition_market', 'write_partitions',
+           'read_partitions', 'table_bytes', 'PooledCuts', 'pooled_cuts', 'deal', 'placed', 'WorkerLost', 'Ranks',
+           'place_ranks', 'round_losses', 'held_back_curve', 'HeldPort', 'PooledModel', 'train_pooled',
+           'validation_rows', 'pooled_scores', 'pooled_result', 'held_back_forecasts', 'timeline_figure']
 
 # %% ../nbs/13_distributed.ipynb #42055d2c
 # idle OpenMP threads sleep; one LightGBM thread a task
@@ -165,17 +165,22 @@ def market_outcome(task: Callable[[Market], Any], market: Market) -> Outcome:
     return Outcome(market, value, seconds=time.time() - where["started"], **where)
 
 # %% ../nbs/13_distributed.ipynb #dcafbb0e
+def longest_first(markets: list[Market], size: Callable[[Market], int] | None = None) -> list[Market]:
+    "`markets` by `size` (e.g. `stored_rows`), the largest first, ties as given; as given without `size`."
+    return markets if size is None else sorted(markets, key=size, reverse=True)
+
 def run_markets(task: Callable[[Market], Any], markets: list[Market], client: Client | None = None, *,
-                progress: bool = True, desc: str = "markets") -> list[Outcome]:
-    ("`task(market)` for every market, as a Dask task each on `client`'s cluster or in turn here; each one's "
-     "`Outcome`, in order.")
+                progress: bool = True, desc: str = "markets",
+                size: Callable[[Market], int] | None = None) -> list[Outcome]:
+    ("`task(market)` for every market, as a Dask task each on `client`'s cluster (the largest `size` first) or in "
+     "turn here; each one's `Outcome`, in the order given.")
     with tqdm(total=len(markets), desc=desc, unit="market", disable=not progress) as bar:
         def done(outcome: Outcome) -> Outcome:
             bar.set_postfix_str(f"{outcome.market}: {'done' if outcome.ok else 'failed'}", refresh=False)
             bar.update()
             return outcome
         if client is None: return [done(market_outcome(task, m)) for m in markets]
-        futures = {client.submit(market_outcome, task, m, pure=False): m for m in markets}
+        futures = {client.submit(market_outcome, task, m, pure=False): m for m in longest_first(markets, size)}
         outcomes = {}
         try:
             for future in as_completed(futures):
@@ -202,6 +207,11 @@ def write_synthetic(market: Market, home=None, days: float = 30, seed: int = 0) 
     write_funding(synthetic_funding(bars, symbol_seed(market.symbol, seed)), home, market.exchange, market.symbol,
                   replace=True)
     return market
+
+# %% ../nbs/13_distributed.ipynb #cbf265d4
+def stored_rows(home, market: Market) -> int:
+    "Rows of `market`'s stored bars (the Parquet footers only); 0 without any."
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in raw_dir(home, *market).glob("*.parquet"))
 
 # %% ../nbs/13_distributed.ipynb #c5e609fe
 _INVOCATION = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")
