@@ -32,21 +32,23 @@ import dask.dataframe as dd
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import psutil
 import plotly.graph_objects as go
 import pyarrow as pa
 import pyarrow.parquet as pq
 from distributed import Client, Future, LocalCluster, Lock, as_completed, wait
 from distributed.cfexecutor import ClientExecutor
 from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.system import MEMORY_LIMIT
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['WORKER_ENV', 'LOCAL_DASK', 'PART_ROWS', 'NETWORK', 'TRAINING_LOCK', 'POOLED_THRESHOLD', 'POOLED_PARAMS', 'RETRIES',
-           'POOLED_TOLERANCE', 'OneBlasThread', 'check_cluster', 'connect', 'ClusterPool', 'cluster_pool', 'Outcome',
-           'failed', 'market_outcome', 'longest_first', 'run_markets', 'outcomes_status', 'symbol_seed',
-           'write_synthetic', 'stored_rows', 'invocation_id', 'tasks_dir', 'Claim', 'market_task', 'forget',
-           'saved_run', 'decided', 'pooled_table', 'parts_dir', 'partition_market', 'write_partitions',
+           'POOLED_TOLERANCE', 'start_method', 'OneBlasThread', 'check_cluster', 'connect', 'ClusterPool',
+           'cluster_pool', 'Outcome', 'failed', 'market_outcome', 'longest_first', 'run_markets', 'outcomes_status',
+           'symbol_seed', 'write_synthetic', 'stored_rows', 'invocation_id', 'tasks_dir', 'Claim', 'market_task',
+           'forget', 'saved_run', 'decided', 'pooled_table', 'parts_dir', 'partition_market', 'write_partitions',
            'read_partitions', 'table_bytes', 'PooledCuts', 'pooled_cuts', 'deal', 'placed', 'WorkerLost', 'Ranks',
            'place_ranks', 'round_losses', 'held_back_curve', 'HeldPort', 'PooledModel', 'train_pooled',
            'validation_rows', 'pooled_scores', 'pooled_result', 'held_back_forecasts', 'timeline_figure']
@@ -54,16 +56,20 @@ __all__ = ['WORKER_ENV', 'LOCAL_DASK', 'PART_ROWS', 'NETWORK', 'TRAINING_LOCK', 
 # %% ../nbs/13_distributed.ipynb #42055d2c
 # idle OpenMP threads sleep; one LightGBM thread a task
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-# A LocalCluster's Dask settings. Its workers are forked from this process, which has imported what their tasks need
-# (a spawned worker imports it all again before its first task: 3 CPU s each, and 3 s of wall). Dask's own upkeep,
-# which on a shared machine takes cores from the tasks: the sampling profiler (every 10 ms in every worker) off; the
-# event-loop tick, the system monitor and the memory monitor far less often. And a restarted (spawned) worker's malloc
-# as this process's: Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which also fixes glibc's mmap threshold at 128 KiB, so
-# every larger array is mapped afresh and its pages faulted in (3.5x the page faults, twice the system CPU of a task).
-LOCAL_DASK = {"distributed.worker.multiprocessing-method": "fork" if sys.platform == "linux" else "spawn",
-              "distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
+# A LocalCluster's Dask settings (how its workers start: `start_method`). Dask's own upkeep, which on a shared machine
+# takes cores from the tasks: the sampling profiler (every 10 ms in every worker) off; the event-loop tick, the system
+# monitor and the memory monitor far less often. And a spawned worker's malloc as this process's: Dask's nanny sets
+# MALLOC_TRIM_THRESHOLD_, which also fixes glibc's mmap threshold at 128 KiB, so every larger array is mapped afresh
+# and its pages faulted in (3.5x the page faults, twice the system CPU of a task).
+LOCAL_DASK = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
               "distributed.admin.system-monitor.interval": "5s", "distributed.worker.memory.monitor-interval": "1s",
               "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+def start_method(workers: int, rss: int | None = None) -> str:
+    ("How a LocalCluster's `workers` start: forked from this process (`rss` bytes resident), its imports done, while it "
+     "is small beside a worker's memory share (Dask counts a forked worker's shared pages as its own); else spawned.")
+    rss = psutil.Process().memory_info().rss if rss is None else rss
+    return "fork" if sys.platform == "linux" and rss < MEMORY_LIMIT / workers / 4 else "spawn"
+
 class OneBlasThread(WorkerPlugin):
     ("A worker's BLAS at one thread, as `WORKER_ENV` would start it: a forked worker keeps this process's pool, "
      "whose threads spin on the other workers' cores.")
@@ -94,7 +100,8 @@ def connect(scheduler: str | None = None, cluster: str | None = None, *,
         yield None
         return
     # set while the cluster lives: a nanny restarting its worker reads it then
-    with dask.config.set(LOCAL_DASK if workers else {}):
+    with dask.config.set({**LOCAL_DASK, "distributed.worker.multiprocessing-method": start_method(workers)}
+                         if workers else {}):
         local = workers and LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                          dashboard_address="127.0.0.1:0" if dashboard else None,
                                          silence_logs=logging.ERROR, env=WORKER_ENV)
