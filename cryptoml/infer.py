@@ -442,7 +442,7 @@ def _library(text: str, flags: tuple, cc: str | None) -> bytes:
         return compile_model(text, Path(tmp)/"model.so").read_bytes()
 
 def _file_at(folder: int, name: str, data: bytes):
-    "Write `data` as `name` into the folder open as descriptor `folder`: a temporary file, fsync, rename; never a mkdir."
+    "Write `data` as `name` in the folder open as descriptor `folder`: a temporary file, fsync, rename; never a mkdir."
     tmp = f".{name}.{os.urandom(4).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=folder)  # fails if the folder was removed
     try:
