@@ -413,7 +413,10 @@ def run_folder_lock(folder: str | os.PathLike):
         yield None
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        # NFS emulates flock with a byte-range lock, which a folder (open read-only) cannot take: there the filer still
+        # never makes a removed folder again (it writes relative to this descriptor); only the remover's wait is lost
+        try: fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError: pass
         held = os.fstat(fd)
         try: there = os.stat(folder)
         except FileNotFoundError: there = None
