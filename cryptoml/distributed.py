@@ -53,20 +53,18 @@ __all__ = ['WORKER_ENV', 'LOCAL_DASK', 'PART_ROWS', 'NETWORK', 'TRAINING_LOCK', 
            'place_ranks', 'round_losses', 'held_back_curve', 'HeldPort', 'PooledModel', 'train_pooled',
            'validation_rows', 'pooled_scores', 'pooled_result', 'held_back_forecasts', 'timeline_figure']
 
-# %% ../nbs/13_distributed.ipynb #42055d2c
+# %% ../nbs/13_distributed.ipynb #92ace057
 # idle OpenMP threads sleep; one LightGBM thread a task
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-# A LocalCluster's Dask settings (how its workers start: `start_method`). Dask's own upkeep, which on a shared machine
-# takes cores from the tasks: the sampling profiler (every 10 ms in every worker) off; the event-loop tick, the system
-# monitor and the memory monitor far less often. And a spawned worker's malloc as this process's: Dask's nanny sets
-# MALLOC_TRIM_THRESHOLD_, which also fixes glibc's mmap threshold at 128 KiB, so every larger array is mapped afresh
-# and its pages faulted in (3.5x the page faults, twice the system CPU of a task).
+# a LocalCluster's Dask: upkeep that would take cores from the tasks slowed or off; a spawned worker's malloc left as
+# glibc sets it (Dask's MALLOC_TRIM_THRESHOLD_ pins the mmap threshold at 128 KiB: a page fault a page of every array)
 LOCAL_DASK = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
               "distributed.admin.system-monitor.interval": "5s", "distributed.worker.memory.monitor-interval": "1s",
               "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
 def start_method(workers: int, rss: int | None = None) -> str:
-    ("How a LocalCluster's `workers` start: forked from this process (`rss` bytes resident), its imports done, while it "
-     "is small beside a worker's memory share (Dask counts a forked worker's shared pages as its own); else spawned.")
+    ("How a LocalCluster's `workers` start: forked from this process (`rss` bytes resident), its imports done, while "
+     "it is small beside a worker's memory share (Dask counts a forked worker's shared pages as its own); else spawned.")
     rss = psutil.Process().memory_info().rss if rss is None else rss
     return "fork" if sys.platform == "linux" and rss < MEMORY_LIMIT / workers / 4 else "spawn"
 
@@ -75,6 +73,8 @@ class OneBlasThread(WorkerPlugin):
      "whose threads spin on the other workers' cores.")
     def setup(self, worker): threadpool_limits(1, user_api="blas")
 
+
+# %% ../nbs/13_distributed.ipynb #42055d2c
 _LOCAL = re.compile(r"local\[(\d+)\]")
 _ADDRESS = re.compile(r"(tcp|tls)://[^\s/:]+:\d+")
 
