@@ -1132,4 +1132,5 @@ d = { 'settings': { 'branch': 'main',
                                'cryptoml.tune.trial_jobs': ('tune.html#trial_jobs', 'cryptoml/tune.py'),
                                'cryptoml.tune.trial_objective': ('tune.html#trial_objective', 'cryptoml/tune.py'),
                                'cryptoml.tune.tune': ('tune.html#tune', 'cryptoml/tune.py'),
-                               'cryptoml.tune.validation_scores': ('tune.html#validation_scores', 'cryptoml/tune.py')}}}
+                               'cryptoml.tune.validation_scores': ('tune.html#validation_scores', 'cryptoml/tune.py'),
+                               'cryptoml.tune.window_width': ('tune.html#window_width', 'cryptoml/tune.py')}}}

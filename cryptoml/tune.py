@@ -35,13 +35,13 @@ from tqdm.auto import tqdm
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # %% auto #0
-__all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES', 'START_UP', 'FINISHED', 'CURVE', 'HEARTBEAT',
-           'GRACE', 'RETRIES', 'SERVER_REPORT_EVERY', 'MIN_VAL_ROWS', 'base_params', 'suggest_params', 'categorical',
-           'Objective', 'pick_trial', 'fail_stale', 'SeenTrials', 'TrialWindow', 'TrialSeededTPE', 'inner_split',
-           'trial_objective', 'step_percentiles', 'WindowPruner', 'make_pruner', 'fingerprint', 'default_study_name',
-           'to_file', 'from_file', 'StudyFile', 'pool_settings', 'server_storage', 'on_one_machine', 'study_storage',
-           'open_study', 'finished_trials', 'trial_jobs', 'Surplus', 'run_trials', 'default_val_days', 'TuneResult',
-           'run_manifest', 'validation_scores', 'point_in_time_fn', 'tune']
+__all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES', 'OVERTAKE', 'START_UP', 'FINISHED', 'CURVE',
+           'HEARTBEAT', 'GRACE', 'RETRIES', 'SERVER_REPORT_EVERY', 'MIN_VAL_ROWS', 'base_params', 'suggest_params',
+           'categorical', 'Objective', 'pick_trial', 'fail_stale', 'SeenTrials', 'TrialWindow', 'TrialSeededTPE',
+           'window_width', 'inner_split', 'trial_objective', 'step_percentiles', 'WindowPruner', 'make_pruner',
+           'fingerprint', 'default_study_name', 'to_file', 'from_file', 'StudyFile', 'pool_settings', 'server_storage',
+           'on_one_machine', 'study_storage', 'open_study', 'finished_trials', 'trial_jobs', 'Surplus', 'run_trials',
+           'default_val_days', 'TuneResult', 'run_manifest', 'validation_scores', 'point_in_time_fn', 'tune']
 
 # %% ../nbs/06_tune.ipynb #8cf5eb92
 SKEWED = 0.1  # class weighting is searched when the base rate is further than this from 0.5
@@ -170,6 +170,13 @@ class TrialSeededTPE(BaseSampler):
     def reseed_rng(self):
         "Nothing to reseed (Optuna asks each thread to): every trial's draws are seeded by its number."
     def __repr__(self): return f"TrialSeededTPE(seed={self.seed}, window={self.window.width})"
+
+# %% ../nbs/06_tune.ipynb #2752f549
+OVERTAKE = 3  # trials each other thread may finish beside a long trial before the next one waits for it
+
+def window_width(n_jobs: int) -> int:
+    "The window `tune` gives `n_jobs` trials at a time: the `n_jobs - 1` that may run beside a trial, `OVERTAKE` each."
+    return 1 + OVERTAKE * (n_jobs - 1)
 
 # %% ../nbs/06_tune.ipynb #75c21d4b
 def inner_split(split: Split, inner_days: float | None = None) -> Split:
@@ -415,7 +422,7 @@ def study_storage(url: str | None, tries: int = 5, n_jobs: int = 1) -> optuna.st
 def open_study(storage: str | None, study_name: str, objective: str, seed: int, digest: str,
                n_jobs: int = 1) -> optuna.Study:
     "Create the study `study_name` in `storage`, or join it; `ConfigError` if its trials used other data or settings."
-    window = TrialWindow(n_jobs if on_one_machine(storage) else None, first_read=START_UP)
+    window = TrialWindow(window_width(n_jobs) if on_one_machine(storage) else None, first_read=START_UP)
     study = optuna.create_study(storage=study_storage(storage, n_jobs=n_jobs), study_name=study_name,
                                 directions=list(OBJECTIVES[objective].directions), sampler=TrialSeededTPE(seed, window),
                                 pruner=make_pruner(window), load_if_exists=True)
