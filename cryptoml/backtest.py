@@ -746,6 +746,10 @@ def over_time(report: dict) -> list[str]:
     return lines
 
 # %% ../nbs/07_backtest.ipynb #1dfaf1ec
+def _with_ci(value: float, ci, digits: int = 4, sign: str = "") -> str:
+    f = f"{{:{sign}.{digits}f}}"
+    return f"{f.format(value)} [{f.format(ci[0])}, {f.format(ci[1])}]"
+
 def trading_lines(trading: dict) -> list[str]:
     "Each strategy's result net of costs, and whether the model's trading has an edge and beats the others."
     s, lines = trading["strategies"], []
@@ -906,10 +910,6 @@ def latest_backtest(home, market: Market) -> Backtest | None:
     return load_backtest(docs[-1].parent) if docs else None
 
 # %% ../nbs/07_backtest.ipynb #7ea03d4c
-def _with_ci(value: float, ci, digits: int = 4, sign: str = "") -> str:
-    f = f"{{:{sign}.{digits}f}}"
-    return f"{f.format(value)} [{f.format(ci[0])}, {f.format(ci[1])}]"
-
 def _gain(gains: list, baseline: str, metric: str) -> str:
     g = next(g for g in gains if (g["baseline"], g["metric"]) == (baseline, metric))
     return _with_ci(g["gain"], (g["lo"], g["hi"]), 4, "+")
