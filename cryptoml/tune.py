@@ -175,7 +175,7 @@ class TrialSeededTPE(BaseSampler):
 OVERTAKE = 3  # trials each other thread may finish beside a long trial before the next one waits for it
 
 def window_width(n_jobs: int) -> int:
-    "The window `tune` gives `n_jobs` trials at a time: the `n_jobs - 1` that may run beside a trial, `OVERTAKE` each."
+    "The window width `tune` gives `n_jobs` trials at a time: 1, plus `OVERTAKE` for each of the other threads."
     return 1 + OVERTAKE * (n_jobs - 1)
 
 # %% ../nbs/06_tune.ipynb #75c21d4b
