@@ -557,12 +557,19 @@ def _labels_of(close: np.ndarray, start: int, end: int, horizon: int,
     lo = max(0, start - VOL_BARS)
     return tuple(a[start - lo:end - lo] for a in label_arrays(close[lo:end + horizon], horizon, dead_zone))
 
+def _arrow_rows(values: np.ndarray, type: pa.DataType) -> list[pa.Array]:
+    "Each row of the 2-D `values` as an Arrow array of float `type`, sharing its memory; NaN becomes null."
+    values = np.ascontiguousarray(values, type.to_pandas_dtype())
+    nan = np.isnan(values)
+    nulls = nan.any(axis=1)
+    valid = np.packbits(np.logical_not(nan, out=nan), axis=1, bitorder="little")  # null masks in numpy, all rows at once
+    return [pa.Array.from_buffers(type, values.shape[1], [pa.py_buffer(mask) if null else None, pa.py_buffer(row)])
+            for row, mask, null in zip(values, valid, nulls)]
+
 def _arrow(values: np.ndarray, type: pa.DataType) -> pa.Array:
     "`values` as an Arrow array of `type`, sharing their memory; NaN becomes null (found by a sum: NaN makes it NaN)."
     if values.dtype.kind != "f" or not np.isnan(np.add.reduce(values)): return pa.array(values, type)
-    values = np.ascontiguousarray(values, type.to_pandas_dtype())
-    valid = np.packbits(~np.isnan(values), bitorder="little")  # the null mask in numpy: under half Arrow's time
-    return pa.Array.from_buffers(type, len(values), [pa.py_buffer(valid), pa.py_buffer(values)])
+    return _arrow_rows(values[None], type)[0]
 
 def _row_groups(b: BarArrays, fs: FeatureSet, schema: pa.Schema, horizon: int,
                 dead_zone: float | None) -> Iterator[pa.Table]:
