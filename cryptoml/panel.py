@@ -116,7 +116,8 @@ class MarketData:
     def window(self, span_ms: int, bars: int) -> MarketData:
         "The bars an online path keeps: those opening within `span_ms` of the newest close, or the last `bars` if more."
         b = self.bars
-        return MarketData(self.market, b.slice(_history_start(b, len(b) - 1, span_ms, bars), len(b)), self.oi_ts, self.oi)
+        start = _history_start(b, len(b) - 1, span_ms, bars)
+        return MarketData(self.market, b.slice(start, len(b)), self.oi_ts, self.oi)
 
 # %% ../nbs/03_panel.ipynb #ab206fee
 def market_data(market: Market, bars: pd.DataFrame, funding: pd.DataFrame | None = None,
