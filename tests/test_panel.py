@@ -129,6 +129,25 @@ def test_runs_shorter_than_their_history_give_the_same_values_on_staggered_marke
     assert_runs_exact(panel, rows, tmp_path, monkeypatch)
 
 
+@pytest.mark.parametrize("encode_ahead", [True, False])
+def test_a_build_failing_in_a_late_run_leaves_the_stored_table_as_it_was(encode_ahead, tmp_path, monkeypatch):
+    synth = synthetic_panel(markets=3, days=30, seed=3)
+    panel = make_panel([market_data(Market("synthetic", s, "1h"), **p) for s, p in synth.items()], reference="SYNA/USDT")
+    monkeypatch.setattr(cryptoml.panel, "PANEL_ROWS", 200)
+    path = write_panel_table(tmp_path/"table.parquet", panel, "lead")
+    stored, late = path.read_bytes(), panel.markets["SYNC/USDT"].bars.ts[400]
+
+    @register_panel_feature("breaks_late")
+    def _breaks_late(m):
+        if m.b.ts[-1] >= late: raise DataError("a late run breaks")
+        return m["ret1"]
+    try:
+        with pytest.raises(DataError, match="a late run breaks"):
+            write_panel_table(path, panel, PanelSet("breaks", 1, ("ret1", "breaks_late")), encode_ahead=encode_ahead)
+    finally: del PANEL_FEATURES["breaks_late"]
+    assert path.read_bytes() == stored and [p.name for p in tmp_path.iterdir()] == ["table.parquet"]
+
+
 def test_every_panel_feature_is_point_in_time_on_the_six_shared_markets(six):
     assert_point_in_time(six, 25)
 
