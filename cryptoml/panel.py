@@ -516,14 +516,16 @@ def panel_asof(panel: Panel, panel_set: str | PanelSet = "panel") -> Callable[[s
     return asof
 
 # %% ../nbs/03_panel.ipynb #296b514a
-PANEL_ROWS = 1 << 13  # the most rows of a run, a row group of a panel table
+PANEL_ROWS = 1 << 13  # the most rows of a run, a row group of a panel table, unless its history is longer
 
 def market_chunks(m: MarketArrays, panel_set: str | PanelSet = "panel",
                   rows: int | None = None) -> Iterator[tuple[int, int, MarketArrays]]:
     "(start, end, context) of `m`'s bars in runs of at most `rows`: a context's last `end - start` bars are the run's."
     span_ms, bars = get_panel_set(panel_set).history
+    # by default a run is at least four times the history it recomputes, so that costs at most a quarter more
+    rows = rows or max(PANEL_ROWS, 4 * (span_ms // m.b.bar_ms + bars))
     n = len(m)
-    runs = max(-(-n // (rows or PANEL_ROWS)), 1)
+    runs = max(-(-n // rows), 1)
     edges = [n * i // runs for i in range(runs + 1)]
     for start, end in zip(edges[:-1], edges[1:]):
         known = m.data.bars.slice(_history_start(m.b, start, span_ms, bars), end)
@@ -556,10 +558,10 @@ def panel_code_sha256(features) -> str:
     return hashlib.sha256("\n".join(parts + _code_text(label_arrays, seen)).encode()).hexdigest()
 
 # %% ../nbs/03_panel.ipynb #f40356d2
-def _market_rows(code: int, m: MarketArrays, ps: PanelSet, schema: pa.Schema, horizon: int,
-                 dead_zone) -> Iterator[pa.Table]:
+def _market_rows(code: int, m: MarketArrays, ps: PanelSet, schema: pa.Schema, horizon: int, dead_zone,
+                 rows: int | None = None) -> Iterator[pa.Table]:
     "One market's rows (market code, ts, features, labels) as Arrow tables of `schema`, a run of `market_chunks` each."
-    for start, end, chunk in market_chunks(m, ps):
+    for start, end, chunk in market_chunks(m, ps, rows):
         features = market_matrix(chunk, ps, len(chunk) - end + start)
         del chunk  # the run's shared pieces go before its rows are encoded
         labels = [_arrow(c, pa.float64()) for c in _labels_of(m.b.close, start, end, horizon, dead_zone)]
@@ -574,7 +576,7 @@ PANEL_PARQUET = dict(compression="lz4", use_dictionary=False, write_statistics=[
 
 def write_panel_table(path, panel: Panel, panel_set: str | PanelSet = "panel", *, horizon: int = 1,
                       dead_zone: float | None = None, metadata: dict | None = None, encode_ahead: bool = True,
-                      progress: bool = False) -> Path:
+                      rows: int | None = None, progress: bool = False) -> Path:
     "Stream the panel's features and labels to the Parquet file `path` atomically, a row group a run of a market."
     ps = _usable(panel, panel_set)
     fields = [pa.field("market", pa.float64()), pa.field("ts", pa.timestamp("ms", tz="UTC")),
@@ -583,9 +585,9 @@ def write_panel_table(path, panel: Panel, panel_set: str | PanelSet = "panel", *
     def write(tmp: Path):
         with tqdm(total=sum(len(d.bars) for d in panel.markets.values()), unit="bar", disable=not progress) as bar:
             # chained: a generator expression would hold each run's table while the next is computed
-            rows = chain.from_iterable(_market_rows(code, m, ps, schema, horizon, dead_zone)
-                                       for code, _, m in market_contexts(panel))
-            write_row_groups(tmp, schema, rows, PANEL_PARQUET, encode_ahead=encode_ahead, done=bar.update)
+            tables = chain.from_iterable(_market_rows(code, m, ps, schema, horizon, dead_zone, rows)
+                                         for code, _, m in market_contexts(panel))
+            write_row_groups(tmp, schema, tables, PANEL_PARQUET, encode_ahead=encode_ahead, done=bar.update)
     return atomic_write(path, write)
 
 # %% ../nbs/03_panel.ipynb #10a4d565
