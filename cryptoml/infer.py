@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from .core import (ArtifactError, ConfigError, DataError, Market, atomic_write_bytes, atomic_write_json,
-                           data_home, inside, market_dir, to_ms, to_utc)
-from .registry import Run, alias_link, online_settings, resolve_market, verified_bytes
+from .core import (ArtifactError, ConfigError, DataError, Market, atomic_write_bytes, data_home, inside,
+                           market_dir, to_ms, to_utc)
+from .registry import Run, alias_link, online_settings, resolve_market, run_folder_lock, verified_bytes
 from .calibrate import OnlineCalibrator, epoch_ms
 # Serving stays lean (issue 16): no `lightgbm` package (it imports scikit-learn; its C library is loaded with ctypes),
 # and features (DuckDB, SciPy) only inside the online-feature functions that need it.
@@ -28,8 +28,8 @@ _log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['CODEGEN', 'COMPILED', 'feature_mismatch', 'check_features', 'lightgbm_lib', 'FastBooster', 'model_trees',
            'model_c_source', 'compile_flags', 'compile_model', 'probe_rows', 'CompiledBooster', 'compiled_key',
-           'cached_model', 'compiled_model', 'compiled_or_native', 'CompilingBooster', 'path_stamp', 'LoadedRun',
-           'LinkStamp', 'ServedModel', 'LGBMProd', 'compile_run', 'OnlineServing', 'ShadowLog', 'log_time',
+           'cached_model', 'file_compiled', 'compiled_model', 'compiled_or_native', 'CompilingBooster', 'path_stamp',
+           'LoadedRun', 'LinkStamp', 'ServedModel', 'LGBMProd', 'compile_run', 'OnlineServing', 'ShadowLog', 'log_time',
            'shadow_log_path', 'shadow_lines', 'read_shadow_log', 'online_features', 'latest_bars', 'predict_latest',
            'OnlineFeatures']
 
@@ -354,6 +354,11 @@ def probe_rows(text: str, n: int = 4096, seed: int = 0) -> np.ndarray:
     return np.column_stack([rng.choice(np.array(v), n) for v in values])
 
 # %% ../nbs/10_infer.ipynb #8e06c3da
+def _write_all(fd: int, data: bytes):
+    "Write all of `data` to the file descriptor `fd` (`os.write` may take only part of it)."
+    with memoryview(data) as rest:
+        while rest: rest = rest[os.write(fd, rest):]
+
 def _load_library(path: Path, sha256: str) -> ctypes.CDLL:
     "The shared library `path`, loaded from the very bytes hashing to `sha256` (in memory where the system can)."
     data = verified_bytes(path, sha256)
@@ -361,8 +366,7 @@ def _load_library(path: Path, sha256: str) -> ctypes.CDLL:
     # The file stays open: the loader knows a library by its path, and a closed descriptor's number, reused for the
     # next model, would hand back this one. ctypes never unloads a library, so nothing is lost by keeping it.
     fd = os.memfd_create(path.name)
-    with memoryview(data) as rest:
-        while rest: rest = rest[os.write(fd, rest):]
+    _write_all(fd, data)
     return ctypes.CDLL(f"/proc/self/fd/{fd}")
 
 class CompiledBooster:
@@ -437,30 +441,53 @@ def _library(text: str, flags: tuple, cc: str | None) -> bytes:
     with tempfile.TemporaryDirectory(prefix="cryptoml-compile-") as tmp:
         return compile_model(text, Path(tmp)/"model.so").read_bytes()
 
-def compiled_model(run: Run, native: FastBooster) -> CompiledBooster:
-    "The run's compiled model: the library its `compiled.json` names, if that matches; else compiled and filed there."
-    if model := cached_model(run, native): return model
+def _file_at(folder: int, name: str, data: bytes):
+    "Write `data` as `name` in the folder open as descriptor `folder`: a temporary file, fsync, rename; never a mkdir."
+    tmp = f".{name}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=folder)  # fails if the folder was removed
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally: os.close(fd)
+        os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        try: os.unlink(tmp, dir_fd=folder)
+        except OSError: pass
+        raise
+    os.fsync(folder)
+
+def file_compiled(run: Run, native: FastBooster) -> CompiledBooster:
+    "Compile the run's model and file it in the run folder, under its lock: the library, checked, then `compiled.json`."
     data = _library(native.text, compile_flags(), os.environ.get("CC"))
     sha = hashlib.sha256(data).hexdigest()
-    if not run.folder.is_dir(): raise ArtifactError(f"run folder {run.folder} is gone")  # removed while compiling
-    library = atomic_write_bytes(run.folder/f"lgbm-{sha[:16]}.so", data)
-    model = CompiledBooster(library, sha, native)  # checked before it is filed
-    atomic_write_json(run.folder/COMPILED, {"library": library.name, "sha256": sha, **compiled_key(run)})
-    for old in set(run.folder.glob("lgbm-*.so")) - {library}:  # replaced: a process serving it holds its own copy
-        old.unlink(missing_ok=True)
+    library = run.folder/f"lgbm-{sha[:16]}.so"
+    with run_folder_lock(run.folder) as folder:
+        if folder is None: raise ArtifactError(f"run folder {run.folder} was removed while compiling: nothing filed")
+        _file_at(folder, library.name, data)
+        model = CompiledBooster(library, sha, native)  # checked before it is filed
+        record = {"library": library.name, "sha256": sha, **compiled_key(run)}
+        _file_at(folder, COMPILED, (json.dumps(record, indent=2) + "\n").encode())
+        for old in set(run.folder.glob("lgbm-*.so")) - {library}:  # replaced: a process serving it holds its own copy
+            old.unlink(missing_ok=True)
     return model
 
+def compiled_model(run: Run, native: FastBooster) -> CompiledBooster:
+    "The run's compiled model: the library its `compiled.json` names, if that matches; else compiled and filed there."
+    return cached_model(run, native) or file_compiled(run, native)
+
 # %% ../nbs/10_infer.ipynb #4ca5f380
-def compiled_or_native(run: Run, native: FastBooster) -> CompiledBooster | FastBooster:
-    "The run's compiled model, or `native` (LightGBM's C API) when it cannot be had; the reason is logged."
-    try: return compiled_model(run, native)
+def compiled_or_native(run: Run, native: FastBooster,
+                       compiled: Callable = compiled_model) -> CompiledBooster | FastBooster:
+    "The run's model as `compiled` gives it (found or compiled), or `native` (LightGBM's C API) failing that; logged."
+    try: return compiled(run, native)
     except Exception as e:
         _log.warning("%s: served by LightGBM's C API, not compiled: %s", run.folder, e)
         return native
 
 # %% ../nbs/10_infer.ipynb #b10c0c09
 class CompilingBooster:
-    "LightGBM's C API for a run while a thread compiles it (see `compiled_or_native`); then the compiled model."
+    "LightGBM's C API for a run with no library filed, while a thread compiles and files one; then the compiled model."
     def __init__(self, run: Run, native: FastBooster):
         self.model, self.num_feature = native, native.num_feature
         self.predict_row, self.predict_batch = native.predict_row, native.predict_batch
@@ -468,7 +495,7 @@ class CompilingBooster:
         self._thread.start()
 
     def _compile(self, run: Run, native: FastBooster):
-        model = compiled_or_native(run, native)
+        model = compiled_or_native(run, native, file_compiled)  # its loader found no library: not looked for again
         self.predict_row, self.predict_batch, self.model = model.predict_row, model.predict_batch, model
 
     def wait(self, timeout: float | None = None) -> CompiledBooster | FastBooster:
@@ -757,8 +784,7 @@ class ShadowLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                with memoryview(data) as rest:
-                    while rest: rest = rest[os.write(fd, rest):]
+                _write_all(fd, data)
                 os.fsync(fd)  # on disk before `written` counts it: a crash loses at most the calls still queued
             finally: os.close(fd)
             self.written += len(lines)

@@ -31,12 +31,13 @@ __all__ = ['CARD', 'SCHEMA_VERSION', 'ARTIFACTS', 'CARD_SCHEMA', 'CALIBRATOR', '
            'MIN_ROWS', 'RUN_COLUMNS', 'runs_index', 'new_run_dir', 'run_dir', 'redact_url', 'jsonable', 'table_ref',
            'label_definition', 'model_card', 'schema_problems', 'card_problems', 'backtest_forecasts',
            'calibration_forecasts', 'validation_halves', 'calibrate_run', 'switch_online_calibration',
-           'online_settings', 'save_run', 'read_json_card', 'verified_bytes', 'Run', 'alias_link', 'link_run',
-           'alias_run', 'best_run_id', 'Evidence', 'fresh_start', 'fresh_evidence', 'gate', 'judge', 'Decision',
-           'promotion_log', 'read_promotions', 'sweep', 'promotion_lock', 'commit', 'promote', 'best_history',
-           'rollback', 'champion_markets', 'resolve_market', 'Comparison', 'compare', 'comparison_figure',
-           'write_comparison', 'run_order', 'run_summary', 'list_runs', 'format_runs', 'card_scores', 'metrics_table',
-           'calibration_summary', 'card_summary', 'describe_run', 'metrics_with_intervals', 'migrate', 'plot_runs']
+           'online_settings', 'save_run', 'read_json_card', 'verified_bytes', 'Run', 'run_folder_lock', 'alias_link',
+           'link_run', 'alias_run', 'best_run_id', 'Evidence', 'fresh_start', 'fresh_evidence', 'gate', 'judge',
+           'Decision', 'promotion_log', 'read_promotions', 'sweep', 'promotion_lock', 'commit', 'promote',
+           'best_history', 'rollback', 'champion_markets', 'resolve_market', 'Comparison', 'compare',
+           'comparison_figure', 'write_comparison', 'run_order', 'run_summary', 'list_runs', 'format_runs',
+           'card_scores', 'metrics_table', 'calibration_summary', 'card_summary', 'describe_run',
+           'metrics_with_intervals', 'migrate', 'plot_runs']
 
 # %% ../nbs/09_registry.ipynb #553345b2
 def runs_index(home=None) -> Path:
@@ -402,6 +403,26 @@ class Run:
         start, end = (to_utc(t) for t in self.card["data"]["validation"])
         rows = self.table()
         return rows[(rows.ts >= start) & (rows.ts <= end) & rows.y.notna()].reset_index(drop=True)
+
+# %% ../nbs/09_registry.ipynb #0845b4ad
+@contextmanager
+def run_folder_lock(folder: str | os.PathLike):
+    "Hold run `folder`'s lock while filing into it or removing it; the folder's descriptor, or None if it is gone."
+    try: fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        # NFS emulates flock with a byte-range lock, which a folder (open read-only) cannot take: there the filer still
+        # never makes a removed folder again (it writes relative to this descriptor); only the remover's wait is lost
+        try: fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError: pass
+        held = os.fstat(fd)
+        try: there = os.stat(folder)
+        except FileNotFoundError: there = None
+        # removed while this waited, or another folder made under its name
+        yield fd if there and (there.st_ino, there.st_dev) == (held.st_ino, held.st_dev) else None
+    finally: os.close(fd)
 
 # %% ../nbs/09_registry.ipynb #1846ff86
 ALIASES = {"champion": "best_lgbm.pkl", "challenger": "challenger_lgbm.pkl", "shadow": "shadow_lgbm.pkl"}

@@ -7,7 +7,7 @@ every row of the table, through the run's calibrator as the C API path does; a m
 all the same. And a server that only imports `LGBMProd` loads none of the
 training stack.
 """
-import hashlib, json, logging, subprocess, sys, time
+import hashlib, json, logging, shutil, subprocess, sys, time
 
 import lightgbm as lgb
 import numpy as np
@@ -18,7 +18,7 @@ from cryptoml.ingest import EXAMPLE_FILES, example_market, write_demo_market
 from cryptoml.core import shared_data
 from cryptoml.features import build_features, read_feature_table
 from cryptoml.tune import tune
-from cryptoml.registry import Run, promote, run_dir, save_run
+from cryptoml.registry import Run, promote, run_dir, run_folder_lock, save_run
 from cryptoml.infer import (CODEGEN, COMPILED, CompiledBooster, CompilingBooster, FastBooster, LGBMProd, LinkStamp,
                             compile_flags, compile_model, compiled_model, probe_rows)
 
@@ -149,3 +149,45 @@ def test_no_compiler_never_stops_serving(served_run, monkeypatch, caplog):
         served = serving(model)
     assert type(served) is FastBooster and len(p) == 10
     assert "not compiled" in caplog.text and "/nonexistent/cc" in caplog.text
+
+
+def slow_compiler(folder) -> str:
+    "A C compiler that waits a second before each call: a run's lazy compile then lasts long enough to be interrupted."
+    cc = folder/"slow-cc"
+    cc.write_text(f"#!/bin/sh\nsleep 1\nexec {shutil.which('cc')} \"$@\"\n")
+    cc.chmod(0o755)
+    return str(cc)
+
+
+def test_a_run_folder_removed_during_its_lazy_compile_is_not_made_again(tuned, tmp_path, monkeypatch, caplog):
+    home, path, result, rows = tuned
+    run_id = save_run(result, home=home, table_path=path)
+    folder = run_dir(run_id, home)
+    monkeypatch.setenv("CC", slow_compiler(tmp_path))  # a compiler this process has not used: the model compiles anew
+    model = LGBMProd(path=folder/"lgbm.txt", home=home)
+    served = model.current().model
+    assert type(served) is CompilingBooster
+    early = model.predict_proba(rows)
+    with caplog.at_level(logging.WARNING, logger="cryptoml.infer"):
+        shutil.rmtree(folder)
+        assert served._thread.is_alive(), "removed while the compiler ran"
+        assert type(served.wait()) is FastBooster, "nothing compiled is served from a removed run"
+    assert not folder.exists(), "the compile thread made the removed run folder again"
+    assert "was removed while compiling: nothing filed" in caplog.text
+    assert np.array_equal(model.predict_proba(rows), early) and model.predict_proba(rows[-1]) == early[-1]
+
+
+def test_a_remover_holding_the_run_folders_lock_keeps_the_compiled_library_out(tuned, tmp_path, monkeypatch):
+    home, path, result, rows = tuned
+    run_id = save_run(result, home=home, table_path=path)
+    folder = run_dir(run_id, home)
+    monkeypatch.setenv("CC", slow_compiler(tmp_path))
+    with run_folder_lock(folder):  # as a clean-up script does: from before the first load until the folder is gone
+        model = LGBMProd(path=folder/"lgbm.pkl", home=home)
+        served = model.current().model
+        early = model.predict_proba(rows)
+        served.wait(timeout=8)  # time enough for the slow compiler: the thread now waits to file the library
+        assert served._thread.is_alive() and type(served.model) is FastBooster, "its filing waits for the lock"
+        shutil.rmtree(folder)
+    assert type(served.wait()) is FastBooster and not folder.exists()
+    assert np.array_equal(model.predict_proba(rows), early)
