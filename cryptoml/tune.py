@@ -625,9 +625,9 @@ def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: 
     val_days = default_val_days(table) if val_days is None else val_days
     split = time_cut(table, val_days, horizon=table_meta.get("horizon"))
     check_fn = point_in_time_fn(table, table_meta, feature_fn, guard, home)
-    guard_report = check_split(split, table, check_fn)
+    guard_report = check_split(split, table, check_fn, features)
     inner = inner_split(split, inner_days)
-    check_split(inner, split.train)
+    check_split(inner, split.train, features=features)
     digest = fingerprint(table, features, objective=objective, seed=seed, val_days=val_days, inner_days=inner_days)
     study_name = study_name or default_study_name(table_meta, objective, seed, digest)
     study = open_study(storage, study_name, objective, seed, digest, n_jobs)
