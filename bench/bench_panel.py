@@ -10,14 +10,15 @@ volatility, volume z-score, taker imbalance and funding rate as of each bar's cl
 and open-interest change and turnover: 76 features a row. Each step runs in a fresh subprocess on a panel already in
 memory, and measures:
 
-  compute    cryptoml.panel: every market's feature matrix, a market at a time (the way the table writer streams it);
-  build      cryptoml.panel.write_panel_table: the same, with labels, streamed to an lz4 Parquet file, a row group a
-             market, by the feature store's writer (`write_row_groups`): each market is encoded into the file in the
-             calling thread once its features are made, so one market's rows are in memory at a time, while a second
-             thread has the disk keep up; fsynced once more at the end, then renamed into place (durable and atomic);
-  ahead      the same build with `encode_ahead=True`: a thread encodes each market while the caller computes the next,
-             so the three stages overlap on two cores, and two markets' rows are in memory at a time;
-  no fsync   the same build with os.fsync made a no-op in that process: what the durable sync costs;
+  compute    cryptoml.panel: every market's feature matrix, a whole market at a time, in memory;
+  build      cryptoml.panel.write_panel_table as it is by default: the same features, with labels, streamed to an lz4
+             Parquet file by the feature store's writer (`write_row_groups`), in runs of at most `PANEL_ROWS` bars of
+             a market (`market_chunks`: two runs of 4,380 bars a market here, each with the history its first row
+             needs), a row group a run: a thread encodes each run into the file while the caller computes the next,
+             so two runs' rows are in memory at a time, and a third thread has the disk keep up; fsynced once more at
+             the end, then renamed into place (durable and atomic);
+  one thread the same build with `encode_ahead=False`: the caller encodes each run itself once it is made;
+  no fsync   the default build with os.fsync made a no-op in that process: what the durable sync costs;
   reference  a straightforward pandas implementation of the same features (groupby, rolling, resample, merge_asof),
              producing the whole table in memory; its values are checked against ours (largest relative difference).
 
@@ -30,9 +31,10 @@ Targets (issue 14): >= 1 M rows/s and peak <= 2x the raw panel. Each build also 
 seconds: the part the other threads cannot take over, so rows over it bound the build's speed on any number of cores;
 and rows over half of all its threads' CPU seconds: the bound on two cores that nothing else uses.
 
-The profile then runs the build's phases one after another in one process (the build overlaps them in threads): every market's features; the labels and the zero-copy Arrow tables; the Parquet
-encoding into memory, under the settings compared (the feature store's zstd with byte-stream split, zstd without it,
-Arrow's dictionary default, lz4 (the panel's), uncompressed); the file write into the page cache; its fsync; the
+The profile then runs the build's phases one after another in one process (the build overlaps them in threads):
+every run's features; the labels and the zero-copy Arrow tables; the Parquet encoding into memory, under the settings
+compared (the feature store's zstd with byte-stream split, zstd without it, Arrow's dictionary default, lz4 with data
+pages v1 (the panel's before) and v2 (now), uncompressed); the file write into the page cache; its fsync; the
 rename and the folder's fsync. Features stay float64: the tables' contract (DESIGN.md) and their content digests are
 float64, so float32 is not among the settings.
 """
@@ -134,10 +136,11 @@ def profile(panel, fs, folder: Path) -> dict:
     import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
     from cryptoml.core import fsync_dir
     from cryptoml.features import PARQUET_OPTIONS
-    from cryptoml.panel import PANEL_PARQUET, _market_rows, market_contexts, market_matrix, write_panel_table
+    from cryptoml.panel import PANEL_PARQUET, _market_rows, market_chunks, market_contexts, market_matrix, write_panel_table
     schema = pq.read_schema(write_panel_table(folder/"schema.parquet", panel, fs))
-    rows = lambda: (_market_rows(code, m, fs, schema, 1, None) for code, _, m in market_contexts(panel))
-    out = {"features": clocked(lambda: [market_matrix(m, fs).shape for _, _, m in market_contexts(panel)])}
+    rows = lambda: (t for code, _, m in market_contexts(panel) for t in _market_rows(code, m, fs, schema, 1, None))
+    out = {"features": clocked(lambda: [market_matrix(c, fs, len(c) - end + start).shape for _, _, m in market_contexts(panel)
+                                        for start, end, c in market_chunks(m, fs)])}
     with_rows = clocked(lambda: [t.num_rows for t in rows()])   # a table at a time, as the build holds them
     out["labels + Arrow tables"] = tuple(a - b for a, b in zip(with_rows, out["features"]))
     tables = list(rows())
@@ -150,10 +153,11 @@ def profile(panel, fs, folder: Path) -> dict:
             for t in tables: writer.write_table(t, row_group_size=len(t))
     zstd_plain = {**PARQUET_OPTIONS, "use_byte_stream_split": False}
     settings = {"zstd -1, byte-stream split (feature store)": (PARQUET_OPTIONS, tables),
-                "zstd -1, no split (panel before)": (zstd_plain, tables),
+                "zstd -1, no split": (zstd_plain, tables),
                 "zstd -1, dictionary (Arrow's default)": ({**zstd_plain, "use_dictionary": True}, tables),
                 "lz4, all statistics": ({**PANEL_PARQUET, "write_statistics": True}, tables),
-                "lz4, statistics of market, ts (panel now)": (PANEL_PARQUET, tables),
+                "lz4, data pages v1 (panel before)": ({**PANEL_PARQUET, "data_page_version": "1.0"}, tables),
+                "lz4, data pages v2, statistics of market, ts (now)": (PANEL_PARQUET, tables),
                 "uncompressed": ({**PANEL_PARQUET, "compression": "none"}, tables),
                 "lz4, features float32 (not used: tables are float64)": (PANEL_PARQUET, as_float32)}
     encodings = {}
@@ -163,7 +167,7 @@ def profile(panel, fs, folder: Path) -> dict:
             sink[0] = pa.MockOutputStream()
             encode(sink[0], options, which)
         encodings[name] = (*clocked(counted), sink[0].size() / 2**20)
-    out["Parquet encoding"] = encodings["lz4, statistics of market, ts (panel now)"][:2]
+    out["Parquet encoding"] = encodings["lz4, data pages v2, statistics of market, ts (now)"][:2]
     data = pa.BufferOutputStream()
     encode(data, PANEL_PARQUET)
     path, moved, data = folder/"profiled.parquet", folder/"renamed.parquet", data.getvalue()
@@ -179,7 +183,7 @@ def child(step: str, markets: int, days: float, repeat: int) -> dict:
     import numpy as np
     from cryptoml.panel import market_contexts, market_matrix, write_panel_table, compute_panel
     if step == "no fsync": os.fsync = lambda fd: None   # this process only: the build without its durable sync
-    ahead = step == "ahead"
+    ahead = step != "one thread"   # the default build encodes ahead
     fs, callers = bench_set(), []
     with tempfile.TemporaryDirectory() as folder:
         def run(frames, panel):
@@ -225,7 +229,7 @@ def main():
     print(f"$ python bench/bench_panel.py --markets {args.markets} --days {args.days:g} --repeat {args.repeat}")
     print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results = {}
-    for step in ("compute", "build", "ahead", "no fsync", "reference"):
+    for step in ("compute", "build", "one thread", "no fsync", "reference"):
         done = subprocess.run([sys.executable, __file__, "--child", step, str(args.markets), str(args.days), str(args.repeat)],
                               capture_output=True, text=True, check=True)
         results[step] = r = json.loads(done.stdout.splitlines()[-1])
@@ -240,14 +244,14 @@ def main():
                                                                      ("memory", r["peak_x_raw"] <= TARGET[1])))
         print(f"{step:>10} {r['s']:>8.3f} {r['cpu_s']:>7.3f} {r['rows_s'] / 1e6:>9.3f} {r['rows'] / r['cpu_s'] / 1e6:>13.3f} "
               f"{r['peak_x_raw']:>9.2f} {verdict:>29}")
-    for step in ("build", "ahead", "no fsync"):
+    for step in ("build", "one thread", "no fsync"):
         r = results[step]
         print(f"{step:>10}: the calling thread's CPU {r['caller_cpu_s']:.3f} s of {r['cpu_s']:.3f} s "
               f"(alone it allows {r['rows'] / r['caller_cpu_s'] / 1e6:.2f} M rows/s; "
               f"all of it, shared evenly by two idle cores, {2 * r['rows'] / r['cpu_s'] / 1e6:.2f})")
     ref, build = results["reference"], results["build"]
     print(f"ratio (reference wall / ours): compute {ref['s'] / results['compute']['s']:.1f}x, build {ref['s'] / build['s']:.1f}x, "
-          f"encoding ahead {ref['s'] / results['ahead']['s']:.1f}x, "
+          f"encoding in one thread {ref['s'] / results['one thread']['s']:.1f}x, "
           f"build without fsync {ref['s'] / results['no fsync']['s']:.1f}x; file {build['file_mb']:.1f} MB")
     print(f"reference values vs ours: largest relative difference {ref['max_rel_diff']:.2e}, "
           f"NaN where the other is not: {ref['nan_mismatch']}")

@@ -4,15 +4,18 @@ beside Optuna's own recipe for LightGBM on two cores, interleaved in one run and
 The reference is Optuna's recipe: `study.optimize(n_jobs=2)` (two threads), LightGBM `num_threads=1`, `LightGBMPruningCallback`
 reporting every round to `MedianPruner()` (5 start-up trials, no warm-up, every step) and a seeded `TPESampler`, on the same
 rows, inner slice, search space, early stopping and round cap as ours, a fresh `lgb.Dataset` per trial. Ours: `n_jobs`
-threads (two here, the default), one LightGBM thread each, trials windowed so that the same seed gives the same study.
+threads (two here, the default), one LightGBM thread each, trials windowed so that the same seed gives the same study;
+beside it, the same through the window of width 2 that `tune` used before this stop, to show what the width costs.
 "trials" rows time the 50 trials alone, like the reference; "tune()" rows time a whole call: the leakage guard's structural
 checks (tables in memory, `guard=False`), the trials, the final fit and the 1000-resample bootstrap of the validation scores.
 Repeat r runs every way with seed r (`--seed S`: all with S): what 50 trials cost depends on what they draw (a start-up
 trial at a learning rate of 0.007 boosts for hundreds of rounds), so one seed measures one search, not the recipe.
+On a shared machine the wall times move with the load; the CPU seconds (the process's, every thread) and the
+thread-seconds trials spent waiting for their window (a counter kept by this script) move less.
 
     python bench/bench_tune.py [--trials 50] [--days 30] [--repeat 5] [--seed S]
 """
-import argparse, os, subprocess, sys, tempfile, time
+import argparse, os, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 
 import lightgbm as lgb
@@ -25,8 +28,9 @@ from cryptoml.features import add_labels, compute_features
 from cryptoml.ingest import synthetic_market
 from cryptoml.metrics import evaluate
 from cryptoml.split import feature_columns, time_split
-from cryptoml.tune import (EARLY_STOPPING, MAX_ROUNDS, REPORT_EVERY, StudyFile, TrialSeededTPE, TrialWindow, WindowPruner,
-                           base_params, inner_split, open_study, run_trials, suggest_params, trial_objective, tune)
+from cryptoml.tune import (EARLY_STOPPING, MAX_ROUNDS, REPORT_EVERY, START_UP, StudyFile, TrialSeededTPE, TrialWindow,
+                           base_params, inner_split, make_pruner, open_study, run_trials, suggest_params, trial_objective,
+                           tune)
 
 from bench_backtest import markdown  # this folder's: a table of figures
 
@@ -60,23 +64,32 @@ def tunes_study(n_jobs: int):
     "The in-memory study `tune` makes for `n_jobs` trials at a time: its sampler, window and pruner."
     return lambda seed: open_study(None, f"bench-{time.time_ns()}", "logloss", seed, "bench", n_jobs)
 
-def before_this_stop(seed: int) -> optuna.Study:
-    "Two at a time as before this stop: every trial waits for its window, and trial 7 (not 5) is the first pruned."
-    seen = TrialWindow(2)
-    return optuna.create_study(sampler=TrialSeededTPE(seed, seen), pruner=WindowPruner(optuna.pruners.MedianPruner(), seen))
+def windowed(width: int):
+    "The study `tune` makes, but trials see through a window of `width` (before this stop: 2 for two trials at a time)."
+    def make(seed: int) -> optuna.Study:
+        window = TrialWindow(width, first_read=START_UP)
+        return optuna.create_study(sampler=TrialSeededTPE(seed, window), pruner=make_pruner(window))
+    return make
 
-def todays_pruner(seed: int) -> optuna.Study:
-    "One at a time with this project's pruning before issue 16: every 5 rounds after a 20-round warm-up."
-    seen = TrialWindow(1)
-    median = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=20, interval_steps=5)
-    return optuna.create_study(sampler=TrialSeededTPE(seed, seen), pruner=WindowPruner(median, seen))
+WAITED, COUNTING = [0.0], threading.Lock()
 
-def our_trials(n_jobs: int, make_study=None, report_every: int = REPORT_EVERY):
+def count_waits(wait):
+    "`TrialWindow._wait`, adding the seconds each call takes to `WAITED` (this script's counter; the library keeps none)."
+    def counted(self, study, number):
+        started = time.perf_counter()
+        try: return wait(self, study, number)
+        finally:
+            with COUNTING: WAITED[0] += time.perf_counter() - started
+    return counted
+
+TrialWindow._wait = count_waits(TrialWindow._wait)
+
+def our_trials(n_jobs: int, make_study=None):
     "Our trials alone, `n_jobs` at a time, in memory (by default in the study `tune` makes)."
     def run(table, inner, features, trials, scratch, seed) -> dict:
         study = (make_study or tunes_study(n_jobs))(seed)
         started = time.perf_counter()
-        run_trials(study, trial_objective(inner, features, "logloss", base_params(seed), report_every), trials,
+        run_trials(study, trial_objective(inner, features, "logloss", base_params(seed)), trials,
                    progress=False, n_jobs=n_jobs)
         return dict(seconds=time.perf_counter() - started, study=study)
     return run
@@ -95,10 +108,14 @@ WAYS = {"reference: Optuna n_jobs=2 threads x LightGBM 1 thread, in memory (tria
         "cryptoml: 2 trials at a time (n_jobs=2, the default here), in memory (trials)": our_trials(2),
         "cryptoml: tune(), n_jobs=2, in memory (whole call)": our_tune(2),
         "cryptoml: tune(), n_jobs=2, on the SQLite study file the CLI uses (whole call)": our_tune(2, on_file=True),
-        "cryptoml: 2 at a time as before this stop: every trial waits, pruned from trial 7 (trials)":
-            our_trials(2, before_this_stop),
-        "cryptoml: 1 trial at a time (n_jobs=1), in memory (trials)": our_trials(1),
-        "before issue 16's search: 1 at a time, pruning every 5 rounds after 20 (trials)": our_trials(1, todays_pruner, 5)}
+        "cryptoml: 2 at a time through a window of 2, as before this stop (trials)": our_trials(2, windowed(2)),
+        "cryptoml: 1 trial at a time (n_jobs=1), in memory (trials)": our_trials(1)}
+
+def measured(way, *args) -> dict:
+    "One run of `way`: what it returns, with the CPU seconds it took and the thread-seconds its trials waited."
+    cpu, waited = time.process_time(), WAITED[0]
+    run = way(*args)
+    return {**run, "cpu": time.process_time() - cpu, "waited": WAITED[0] - waited}
 
 def rounds(study: optuna.Study) -> int:
     "Boosting rounds the study's trials ran: to a trial's last report, or its best round + patience if it records that."
@@ -106,13 +123,16 @@ def rounds(study: optuna.Study) -> int:
                    min(t.user_attrs.get("best_iteration", 0) + EARLY_STOPPING, MAX_ROUNDS) if t.state.name == "COMPLETE" else 0)
                for t in study.trials)
 
-def summary(name: str, runs: list[dict], reference_seconds: list[float]) -> dict:
+def summary(name: str, runs: list[dict], reference: list[dict]) -> dict:
     "One line of the table: medians over the repeats, the spread of the times and of the best inner log losses."
-    seconds = np.array([r["seconds"] for r in runs])
+    seconds, ref = np.array([r["seconds"] for r in runs]), np.array([r["seconds"] for r in reference])
     best = np.array([r["study"].best_value for r in runs])
     val = [r["result"].metrics["log_loss"] for r in runs if "result" in r]
     return {"way": name, "median s": np.median(seconds), "min-max s": f"{seconds.min():.1f}-{seconds.max():.1f}",
-            "ratio": np.median(seconds / np.array(reference_seconds)),
+            "ratio of medians": np.median(seconds) / np.median(ref), "median ratio": np.median(seconds / ref),
+            "CPU s": np.median([r["cpu"] for r in runs]),
+            "CPU ratio": np.median([r["cpu"] for r in runs]) / np.median([r["cpu"] for r in reference]),
+            "waited s": np.median([r["waited"] for r in runs]),
             "pruned": int(np.median([sum(t.state.name == "PRUNED" for t in r["study"].trials) for r in runs])),
             "rounds": int(np.median([rounds(r["study"]) for r in runs])),
             "best inner log loss, median (min-max)": f"{np.median(best):.5f} ({best.min():.5f}-{best.max():.5f})",
@@ -138,10 +158,10 @@ def main():
         for rep in range(args.repeat):
             for name in names[rep % len(names):] + names[:rep % len(names)]:  # each repeat starts with another way
                 seed = rep if args.seed is None else args.seed
-                runs[name].append(WAYS[name](table, inner, features, args.trials, Path(scratch), seed))
+                runs[name].append(measured(WAYS[name], table, inner, features, args.trials, Path(scratch), seed))
                 loads.append(os.getloadavg()[0])
             print(f"repeat {rep + 1}/{args.repeat} done, load {loads[-1]:.1f}", file=sys.stderr)
-    ref, ours = [r["seconds"] for r in runs[names[0]]], tunes_study(2)(0)
+    ours = tunes_study(2)(0)
     seeds = list(range(args.repeat)) if args.seed is None else [args.seed] * args.repeat
     print(f"$ python bench/bench_tune.py --trials {args.trials} --days {args.days:g} --repeat {args.repeat}"
           + ("" if args.seed is None else f" --seed {args.seed}"))
@@ -151,8 +171,10 @@ def main():
           f"range {min(loads):.1f}-{max(loads):.1f}")
     print(f"pruning, reference: MedianPruner(n_startup_trials=5, n_warmup_steps=0, interval_steps=1), reports every round, "
           f"sees whichever trials have finished\npruning, cryptoml: {ours.pruner!r} (sampler {ours.sampler!r}), reports "
-          f"every {REPORT_EVERY} round(s) (every 10 on a server), sees the trials numbered t-n_jobs or less\n"
-          "ratio: median over repeats of (this way's seconds / the reference's seconds in the same repeat)\n")
-    print(markdown(pd.DataFrame([summary(name, runs[name], ref) for name in names]), digits=3))
+          f"every {REPORT_EVERY} round(s) (every 10 on a server), sees the trials numbered t-{ours.sampler.window.width} or "
+          "less\nratio of medians: this way's median seconds / the reference's; median ratio: median over repeats of "
+          "(this way's seconds / the reference's in the same repeat)\nCPU s: the process's CPU seconds, all threads; "
+          "waited s: thread-seconds trials spent waiting for their window (medians over repeats)\n")
+    print(markdown(pd.DataFrame([summary(name, runs[name], runs[names[0]]) for name in names]), digits=3))
 
 if __name__ == "__main__": main()

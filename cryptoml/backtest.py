@@ -169,9 +169,10 @@ def inner_slice(split: Split, inner_days: float | None = None, min_rows: int = M
                           f"both need min_rows={min_rows:,}")
     return inner
 
-def guard_fold(split: Split, table: pd.DataFrame, fold: int, feature_fn: Callable | None = None) -> dict:
-    "The leakage guard's checks on fold `fold`'s rows to its test segment's end (point in time there and at train end)."
-    try: return LeakageGuard(n_cuts=0).check(split, table[table.ts <= split.val.ts.max()], feature_fn).checks
+def guard_fold(split: Split, table: pd.DataFrame, fold: int, feature_fn: Callable | None = None,
+               features: list[str] | None = None) -> dict:
+    "The leakage guard's checks of `features` on fold `fold`'s rows to its test end (point in time there, at train end)."
+    try: return LeakageGuard(n_cuts=0).check(split, table[table.ts <= split.val.ts.max()], feature_fn, features).checks
     except LeakageError as e:
         (a, b), (c, d) = split.train_range, split.val_range
         raise LeakageError(f"fold {fold} (training {a} .. {b}, test {c} .. {d}): {e}") from None
@@ -204,7 +205,7 @@ def fit_fold(table: pd.DataFrame, plan: FoldPlan, fold: int, features: list[str]
     "Guard fold `fold`, early-stop on its inner slice, refit on its training window and predict its test segment."
     started = time.perf_counter()
     split = plan.split(table, fold)
-    checks = guard_fold(split, table, fold, feature_fn) if guard else {}
+    checks = guard_fold(split, table, fold, feature_fn, features) if guard else {}
     inner = inner_slice(split, plan.inner_days, plan.min_rows)
     params = {"metric": "binary_logloss", **params}
     stopped = early_stopped(params, inner, features)

@@ -22,15 +22,15 @@ from .core import (ConfigError, DataError, Market, atomic_write, data_home, feat
 
 # %% auto #0
 __all__ = ['EMA_TAIL', 'FEATURES', 'OHLCV', 'W9', 'W12', 'W26', 'W14', 'DAY_MS', 'WEEK_MS', 'FUNDING_MAX_AGE', 'FEATURE_SETS',
-           'SEED', 'CHUNK_ROWS', 'VOL_BARS', 'PARQUET_OPTIONS', 'TABLE_PARQUET', 'SYNC_BYTES', 'SNAPSHOT_NAME',
-           'window_reduce', 'rolling_sum', 'rolling_mean', 'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window',
-           'finite_ema', 'Feature', 'register_feature', 'mark_nonstationary', 'stationary', 'BarArrays',
-           'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag', 'rolling_changes', 'cyclic',
-           'feature_docs', 'FeatureSet', 'define_feature_set', 'get_feature_set', 'feature_names', 'lookback_bars',
-           'feature_chunks', 'feature_matrix', 'compute_features', 'features_asof', 'label_arrays', 'add_labels',
-           'write_row_groups', 'write_feature_table', 'content_digest', 'feature_code_sha256', 'table_provenance',
-           'build_features', 'read_feature_table', 'table_asof', 'snapshot_dir', 'snapshot_table', 'prune_snapshots',
-           'table_view', 'connect']
+           'SEED', 'CHUNK_ROWS', 'VOL_BARS', 'PARQUET_OPTIONS', 'TABLE_PARQUET', 'SYNC_BYTES', 'WRITE_BUFFER',
+           'SNAPSHOT_NAME', 'window_reduce', 'rolling_sum', 'rolling_mean', 'rolling_mean_std', 'rolling_std',
+           'ema_alpha', 'ema_window', 'finite_ema', 'Feature', 'register_feature', 'mark_nonstationary', 'stationary',
+           'BarArrays', 'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag',
+           'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet', 'define_feature_set', 'get_feature_set',
+           'feature_names', 'lookback_bars', 'feature_chunks', 'feature_matrix', 'compute_features', 'features_asof',
+           'label_arrays', 'add_labels', 'write_row_groups', 'write_feature_table', 'content_digest',
+           'feature_code_sha256', 'table_provenance', 'build_features', 'read_feature_table', 'table_asof',
+           'snapshot_dir', 'snapshot_table', 'prune_snapshots', 'table_view', 'connect']
 
 # %% ../nbs/02_features.ipynb #4ad825fd
 def window_reduce(leaf: tuple, w: int, merge: Callable) -> tuple:
@@ -557,12 +557,19 @@ def _labels_of(close: np.ndarray, start: int, end: int, horizon: int,
     lo = max(0, start - VOL_BARS)
     return tuple(a[start - lo:end - lo] for a in label_arrays(close[lo:end + horizon], horizon, dead_zone))
 
+def _arrow_rows(values: np.ndarray, type: pa.DataType) -> list[pa.Array]:
+    "Each row of the 2-D `values` as an Arrow array of float `type`, sharing its memory; NaN becomes null."
+    values = np.ascontiguousarray(values, type.to_pandas_dtype())
+    nan = np.isnan(values)
+    nulls = nan.any(axis=1)
+    valid = np.packbits(np.logical_not(nan, out=nan), axis=1, bitorder="little")  # the null masks in numpy, at once
+    return [pa.Array.from_buffers(type, values.shape[1], [pa.py_buffer(mask) if null else None, pa.py_buffer(row)])
+            for row, mask, null in zip(values, valid, nulls)]
+
 def _arrow(values: np.ndarray, type: pa.DataType) -> pa.Array:
     "`values` as an Arrow array of `type`, sharing their memory; NaN becomes null (found by a sum: NaN makes it NaN)."
     if values.dtype.kind != "f" or not np.isnan(np.add.reduce(values)): return pa.array(values, type)
-    values = np.ascontiguousarray(values, type.to_pandas_dtype())
-    valid = np.packbits(~np.isnan(values), bitorder="little")  # the null mask in numpy: under half Arrow's time
-    return pa.Array.from_buffers(type, len(values), [pa.py_buffer(valid), pa.py_buffer(values)])
+    return _arrow_rows(values[None], type)[0]
 
 def _row_groups(b: BarArrays, fs: FeatureSet, schema: pa.Schema, horizon: int,
                 dead_zone: float | None) -> Iterator[pa.Table]:
@@ -600,10 +607,13 @@ def _synced_behind(path: Path, every: int = SYNC_BYTES) -> Iterator[Callable[[],
             os.close(fd)
 
 # %% ../nbs/02_features.ipynb #3b06c4e1
+WRITE_BUFFER = 1 << 18  # bytes of pages gathered before each write to the file: see the text above
+
 def write_row_groups(tmp: Path, schema: pa.Schema, tables: Iterable[pa.Table], options: dict, *,
                      encode_ahead: bool = True, done: Callable[[int], Any] | None = None):
     "Write `tables` (a row group each) to the new Parquet file `tmp`, encoded (ahead, in a thread) and synced behind."
-    with pa.OSFile(str(tmp), "wb") as file, _synced_behind(tmp) as sync:
+    with (pa.OSFile(str(tmp), "wb") as raw, pa.BufferedOutputStream(raw, WRITE_BUFFER) as file,
+          _synced_behind(tmp) as sync):
         with pq.ParquetWriter(file, schema, **options) as writer:
             def encode(table: pa.Table):
                 writer.write_table(table, row_group_size=max(len(table), 1))
@@ -625,7 +635,8 @@ def write_feature_table(path, bars: pd.DataFrame, feature_set: str | FeatureSet 
     def write(tmp: Path):
         from tqdm.auto import tqdm
         with tqdm(total=len(b), unit="bar", disable=not progress) as bar:
-            write_row_groups(tmp, schema, _row_groups(b, fs, schema, horizon, dead_zone), TABLE_PARQUET, done=bar.update)
+            write_row_groups(tmp, schema, _row_groups(b, fs, schema, horizon, dead_zone), TABLE_PARQUET,
+                             done=bar.update)
     return atomic_write(path, write)
 
 # %% ../nbs/02_features.ipynb #2808ea55

@@ -5,6 +5,7 @@
 # %% ../nbs/03_panel.ipynb #1a854322
 from __future__ import annotations
 import hashlib, json
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,17 +21,18 @@ from .ingest import (PRICES, Universe, funding_exchange, read_bars, read_funding
                              store_open_interest, synthetic_funding, synthetic_interest, write_bars, write_funding)
 from .features import (CHUNK_ROWS, FEATURES, BarArrays, FeatureSet, bar_arrays, content_digest, funding_arrays,
                                label_arrays, rolling_mean, rolling_std, rolling_sum, write_row_groups)
-from .features import _arrow, _code_text, _feature_text, _unchanged  # shared
+from .features import _arrow, _arrow_rows, _code_text, _feature_text, _labels_of, _unchanged  # shared
 
 # %% auto #0
 __all__ = ['LEAD', 'PANEL_FEATURES', 'CROSS', 'HIGHER_COLUMNS', 'INDICATORS', 'OI_MAX_AGE', 'PANEL_SETS', 'LAGS', 'MTF',
-           'OPEN_INTEREST_FEATURES', 'PANEL_PARQUET', 'ROW_COLUMNS', 'synthetic_panel', 'interest_arrays', 'MarketData',
-           'market_data', 'Panel', 'make_panel', 'panel_markets', 'load_panel', 'PanelFeature',
+           'OPEN_INTEREST_FEATURES', 'PANEL_ROWS', 'PANEL_PARQUET', 'ROW_COLUMNS', 'synthetic_panel', 'interest_arrays',
+           'MarketData', 'market_data', 'Panel', 'make_panel', 'panel_markets', 'load_panel', 'PanelFeature',
            'register_panel_feature', 'history', 'MarketArrays', 'take', 'asof_index', 'reference_of', 'ref_index',
            'cross', 'register_cross', 'higher_bars', 'higher', 'expanded', 'Expansion', 'expansion_name', 'expand',
            'interest_at', 'interest_change', 'PanelSet', 'define_panel_set', 'get_panel_set', 'market_contexts',
-           'market_matrix', 'compute_panel', 'panel_asof', 'panel_market', 'panel_code_sha256', 'write_panel_table',
-           'build_panel', 'panel_labels', 'panel_table_asof', 'write_demo_panel', 'PanelFeed', 'latest_row']
+           'market_matrix', 'compute_panel', 'panel_asof', 'market_chunks', 'panel_market', 'panel_code_sha256',
+           'write_panel_table', 'build_panel', 'panel_labels', 'panel_table_asof', 'write_demo_panel', 'PanelFeed',
+           'latest_row']
 
 # %% ../nbs/03_panel.ipynb #82aeca2b
 LEAD = 0.12  # share of the leader's return over a bar that each follower's next bar carries
@@ -86,6 +88,11 @@ def interest_arrays(open_interest: pd.DataFrame | None) -> tuple[np.ndarray, np.
     return funding_arrays(open_interest.rename(columns={"open_interest": "funding_rate"})[["ts", "funding_rate"]])
 
 # %% ../nbs/03_panel.ipynb #2cb217f1
+def _history_start(b: BarArrays, row: int, span_ms: int, bars: int) -> int:
+    "The first of `b`'s bars row `row` is known from: those opening within `span_ms` of its close, or its last `bars`."
+    if not len(b): return 0
+    return max(min(int(np.searchsorted(b.ts, b.ts[row] + b.bar_ms - span_ms)), row + 1 - bars), 0)
+
 @dataclass
 class MarketData:
     "One market's raw series for a panel: bars and funding rates as `BarArrays`, open interest as (times, amounts)."
@@ -109,8 +116,8 @@ class MarketData:
     def window(self, span_ms: int, bars: int) -> MarketData:
         "The bars an online path keeps: those opening within `span_ms` of the newest close, or the last `bars` if more."
         b = self.bars
-        start = min(int(np.searchsorted(b.ts, b.ts[-1] + b.bar_ms - span_ms)), len(b) - bars) if len(b) else 0
-        return MarketData(self.market, b.slice(max(start, 0), len(b)), self.oi_ts, self.oi)
+        start = _history_start(b, len(b) - 1, span_ms, bars)
+        return MarketData(self.market, b.slice(start, len(b)), self.oi_ts, self.oi)
 
 # %% ../nbs/03_panel.ipynb #ab206fee
 def market_data(market: Market, bars: pd.DataFrame, funding: pd.DataFrame | None = None,
@@ -464,11 +471,11 @@ def market_contexts(panel: Panel) -> Iterator[tuple[int, str, MarketArrays]]:
         yield code, label, MarketArrays(data, reference)
 
 # %% ../nbs/03_panel.ipynb #0547aa31
-def market_matrix(m: MarketArrays, panel_set: str | PanelSet = "panel") -> np.ndarray:
-    "The set's features of every bar of `m` as one (features x bars) float64 array, filled a feature at a time."
+def market_matrix(m: MarketArrays, panel_set: str | PanelSet = "panel", first: int = 0) -> np.ndarray:
+    "The set's features of `m`'s bars from `first` on as one (features x bars) float64 array, a feature at a time."
     names = get_panel_set(panel_set).features
-    values = np.empty((len(names), len(m)))
-    for row, name in enumerate(names): values[row] = m[name]
+    values = np.empty((len(names), len(m) - first))
+    for row, name in enumerate(names): values[row] = m[name][first:]
     return values
 
 # %% ../nbs/03_panel.ipynb #96b9b192
@@ -508,6 +515,22 @@ def panel_asof(panel: Panel, panel_set: str | PanelSet = "panel") -> Callable[[s
         return _frame(0, m.b.ts, market_matrix(m, ps), ps.features).drop(columns="market")
     return asof
 
+# %% ../nbs/03_panel.ipynb #296b514a
+PANEL_ROWS = 1 << 13  # the most rows of a run, a row group of a panel table, unless its history is longer
+
+def market_chunks(m: MarketArrays, panel_set: str | PanelSet = "panel",
+                  rows: int | None = None) -> Iterator[tuple[int, int, MarketArrays]]:
+    "(start, end, context) of `m`'s bars in runs of at most `rows`: a context's last `end - start` bars are the run's."
+    span_ms, bars = get_panel_set(panel_set).history
+    # by default a run is at least four times the history it recomputes, so that costs at most a quarter more
+    rows = rows or max(PANEL_ROWS, 4 * (span_ms // m.b.bar_ms + bars))
+    n = len(m)
+    runs = max(-(-n // rows), 1)
+    edges = [n * i // runs for i in range(runs + 1)]
+    for start, end in zip(edges[:-1], edges[1:]):
+        known = m.data.bars.slice(_history_start(m.b, start, span_ms, bars), end)
+        yield start, end, MarketArrays(MarketData(m.data.market, known, m.data.oi_ts, m.data.oi), m.reference)
+
 # %% ../nbs/03_panel.ipynb #21f65af0
 def panel_market(name: str, markets: list[Market]) -> Market:
     "The registry's key of a panel of `markets` named `name`: `Market(exchange, '{NAME}/PANEL', timeframe)`."
@@ -535,29 +558,36 @@ def panel_code_sha256(features) -> str:
     return hashlib.sha256("\n".join(parts + _code_text(label_arrays, seen)).encode()).hexdigest()
 
 # %% ../nbs/03_panel.ipynb #f40356d2
-def _market_rows(code: int, m: MarketArrays, ps: PanelSet, schema: pa.Schema, horizon: int, dead_zone) -> pa.Table:
-    "One market's rows (market code, ts, features, labels) as an Arrow table of `schema`, sharing memory; NaN is null."
-    columns = [np.full(len(m), float(code)), m.b.ts, *market_matrix(m, ps),
-               *label_arrays(m.b.close, horizon, dead_zone)]
-    m.memo.clear()  # the market's shared pieces go before its rows are encoded
-    return pa.Table.from_arrays([_arrow(c, f.type) for c, f in zip(columns, schema)], schema=schema)
+def _market_rows(code: int, m: MarketArrays, ps: PanelSet, schema: pa.Schema, horizon: int, dead_zone,
+                 rows: int | None = None) -> Iterator[pa.Table]:
+    "One market's rows (market code, ts, features, labels) as Arrow tables of `schema`, a run of `market_chunks` each."
+    for start, end, chunk in market_chunks(m, ps, rows):
+        features = market_matrix(chunk, ps, len(chunk) - end + start)
+        del chunk  # the run's shared pieces go before its rows are encoded
+        labels = [_arrow(c, pa.float64()) for c in _labels_of(m.b.close, start, end, horizon, dead_zone)]
+        yield pa.Table.from_arrays([_arrow(np.full(end - start, float(code)), pa.float64()),
+                                    _arrow(m.b.ts[start:end], schema.field("ts").type),
+                                    *_arrow_rows(features, pa.float64()), *labels], schema=schema)
+        del features, labels  # not held while the next run is computed
 
 # lz4 without dictionaries, statistics for `market` and `ts` only (what a reader filters on): see the text above
 PANEL_PARQUET = dict(compression="lz4", use_dictionary=False, write_statistics=["market", "ts"],
-                     write_batch_size=CHUNK_ROWS)
+                     write_batch_size=CHUNK_ROWS, data_page_version="2.0")
 
 def write_panel_table(path, panel: Panel, panel_set: str | PanelSet = "panel", *, horizon: int = 1,
-                      dead_zone: float | None = None, metadata: dict | None = None, encode_ahead: bool = False,
-                      progress: bool = False) -> Path:
-    "Stream the panel's features and labels to the Parquet file `path` atomically, a row group a market."
+                      dead_zone: float | None = None, metadata: dict | None = None, encode_ahead: bool = True,
+                      rows: int | None = None, progress: bool = False) -> Path:
+    "Stream the panel's features and labels to the Parquet file `path` atomically, a row group a run of a market."
     ps = _usable(panel, panel_set)
     fields = [pa.field("market", pa.float64()), pa.field("ts", pa.timestamp("ms", tz="UTC")),
               *(pa.field(c, pa.float64()) for c in (*ps.features, "fwd_ret", "y"))]
     schema = pa.schema(fields, metadata={b"cryptoml": json.dumps(metadata or {}, default=str).encode()})
     def write(tmp: Path):
-        with tqdm(total=len(panel.markets), unit="market", disable=not progress) as bar:
-            rows = (_market_rows(code, m, ps, schema, horizon, dead_zone) for code, _, m in market_contexts(panel))
-            write_row_groups(tmp, schema, rows, PANEL_PARQUET, encode_ahead=encode_ahead, done=lambda rows: bar.update())
+        with tqdm(total=sum(len(d.bars) for d in panel.markets.values()), unit="bar", disable=not progress) as bar:
+            # chained: a generator expression would hold each run's table while the next is computed
+            tables = chain.from_iterable(_market_rows(code, m, ps, schema, horizon, dead_zone, rows)
+                                         for code, _, m in market_contexts(panel))
+            write_row_groups(tmp, schema, tables, PANEL_PARQUET, encode_ahead=encode_ahead, done=bar.update)
     return atomic_write(path, write)
 
 # %% ../nbs/03_panel.ipynb #10a4d565

@@ -374,9 +374,9 @@ class LeakageGuard:
         spread = table.ts.iloc[np.linspace(0, len(table) - 1, self.n_cuts + 2)[1:-1].astype(int)]
         return sorted({t + bar for t in [*spread, *split.train_before.ts.tail(1), table.ts.iloc[-1]]})
 
-    def auc_problems(self, split: Split) -> tuple[list[str], pd.DataFrame]:
+    def auc_problems(self, split: Split, features: list[str] | None = None) -> tuple[list[str], pd.DataFrame]:
         "Features whose ROC AUC alone is beyond 0.5 ± `max_auc_gap` and `chance_factor` times what shifted labels give."
-        auc = feature_auc(pd.concat([split.train, split.val]))
+        auc = feature_auc(pd.concat([split.train, split.val]), features)
         gap = (auc.auc - 0.5).abs()
         leaks = auc[(gap > self.max_auc_gap) & (gap > self.chance_factor * auc.shifted_gap)]
         return [f"feature {k!r} alone predicts y with ROC AUC {r.auc:.3f}, beyond 0.5 ± {self.max_auc_gap} and "
@@ -384,9 +384,10 @@ class LeakageGuard:
                 f"it likely contains the label" for k, r in leaks.iterrows()], auc
 
     def point_in_time_problems(self, table: pd.DataFrame, feature_fn: Callable[[pd.Timestamp], pd.DataFrame],
-                               cuts: list[pd.Timestamp], auc: pd.DataFrame | None = None) -> list[str]:
+                               cuts: list[pd.Timestamp], auc: pd.DataFrame | None = None,
+                               features: list[str] | None = None) -> list[str]:
         "Features whose stored values differ from `feature_fn(cut)`'s (data known at a cut), and what it cannot check."
-        names, bar = feature_columns(table), bar_length(table)
+        names, bar = list(features or feature_columns(table)), bar_length(table)
         leaks, problems, unseen = {}, [], []
         for cut in cuts:
             fresh = feature_fn(cut)
@@ -412,17 +413,17 @@ class LeakageGuard:
                                 f"recomputed {both[f'{n} fresh'].iloc[i]:.6g})")
         return problems + unseen + list(leaks.values())
 
-    def check(self, split: Split, table: pd.DataFrame,
-              feature_fn: Callable[[pd.Timestamp], pd.DataFrame] | None = None) -> GuardReport:
-        "Run every check on `split` of `table` (and `feature_fn`, if given); `LeakageError` listing every problem."
+    def check(self, split: Split, table: pd.DataFrame, feature_fn: Callable[[pd.Timestamp], pd.DataFrame] | None = None,
+              features: list[str] | None = None) -> GuardReport:
+        "Run every check on `split` of `table` (its `features` columns, default all; `feature_fn`'s recomputation too)."
         started = time.perf_counter()
         table = check_table(table)
         found = {name: check(split, table) for name, check in
                  (("time order", time_order_problems), ("shared rows", shared_row_problems),
                   ("label windows", label_window_problems), ("look-back", lookback_problems))}
-        found["single-feature AUC"], auc = self.auc_problems(split)
+        found["single-feature AUC"], auc = self.auc_problems(split, features)
         cuts = self.cuts(split, table) if feature_fn else []
-        found["point in time"] = self.point_in_time_problems(table, feature_fn, cuts, auc) if feature_fn else None
+        found["point in time"] = self.point_in_time_problems(table, feature_fn, cuts, auc, features) if feature_fn else None
         checks = {k: "skipped" if v is None else "failed" if v else "passed" for k, v in found.items()}
         report = GuardReport([p for v in found.values() if v for p in v], checks, auc, cuts,
                              time.perf_counter() - started)
@@ -512,14 +513,15 @@ def _merged(reports: dict[str, GuardReport]) -> GuardReport:
                        sorted({c for r in reports.values() for c in r.cuts}), sum(r.seconds for r in reports.values()))
 
 def guard_panel(split: PanelSplit, table: pd.DataFrame, feature_fn: Callable | None = None,
-                guard: LeakageGuard | None = None) -> GuardReport:
+                guard: LeakageGuard | None = None, features: list[str] | None = None) -> GuardReport:
     "The leakage guard on each market of a panel split (`feature_fn(market_code, cut)`); `LeakageError` naming each."
     guard, names, reports = guard or LeakageGuard(), market_names(table), {}
+    own = None if features is None else [f for f in features if f != MARKET]  # a market's own rows have no `market`
     tables = market_tables(table)
     for code, market_split in split.markets.items():
         if market_split.train.empty or market_split.val.empty: continue   # nothing to hold against each other
         fn = None if feature_fn is None else (lambda cut, code=code: feature_fn(code, cut))
-        try: reports[names[code]] = guard.check(market_split, tables[code], fn)
+        try: reports[names[code]] = guard.check(market_split, tables[code], fn, own)
         except LeakageError as e:
             reports[names[code]] = e.report
             e.report.problems[:] = [f"{names[code]}: {p}" for p in e.report.problems]
@@ -538,10 +540,11 @@ def time_cut(table: pd.DataFrame, val_days: float = 14, purge: int | None = None
     "`panel_split` for a panel table (one with a `market` column), else `time_split`."
     return (panel_split if MARKET in table.columns else time_split)(table, val_days, purge, embargo, horizon=horizon)
 
-def check_split(split: Split, table: pd.DataFrame, feature_fn: Callable | None = None) -> GuardReport:
-    "`guard_panel` for a `PanelSplit`, else the `LeakageGuard`'s check; `LeakageError` naming every problem."
-    return (guard_panel(split, table, feature_fn) if isinstance(split, PanelSplit)
-            else LeakageGuard().check(split, table, feature_fn))
+def check_split(split: Split, table: pd.DataFrame, feature_fn: Callable | None = None,
+                features: list[str] | None = None) -> GuardReport:
+    "`guard_panel` for a `PanelSplit`, else the `LeakageGuard`'s check of `features`; `LeakageError` naming every problem."
+    return (guard_panel(split, table, feature_fn, features=features) if isinstance(split, PanelSplit)
+            else LeakageGuard().check(split, table, feature_fn, features))
 
 # %% ../nbs/04_split.ipynb #b2798b01
 PARTS = {"train": "#4c78a8", "embargoed": "#f58518", "purged": "#e45756", "val": "#54a24b"}

@@ -35,13 +35,13 @@ from tqdm.auto import tqdm
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # %% auto #0
-__all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES', 'START_UP', 'FINISHED', 'CURVE', 'HEARTBEAT',
-           'GRACE', 'RETRIES', 'SERVER_REPORT_EVERY', 'MIN_VAL_ROWS', 'base_params', 'suggest_params', 'categorical',
-           'Objective', 'pick_trial', 'fail_stale', 'SeenTrials', 'TrialWindow', 'TrialSeededTPE', 'inner_split',
-           'trial_objective', 'WindowPruner', 'make_pruner', 'fingerprint', 'default_study_name', 'to_file',
-           'from_file', 'StudyFile', 'pool_settings', 'server_storage', 'on_one_machine', 'study_storage', 'open_study',
-           'finished_trials', 'trial_jobs', 'Surplus', 'run_trials', 'default_val_days', 'TuneResult', 'run_manifest',
-           'validation_scores', 'point_in_time_fn', 'tune']
+__all__ = ['SKEWED', 'MAX_ROUNDS', 'EARLY_STOPPING', 'REPORT_EVERY', 'OBJECTIVES', 'OVERTAKE', 'START_UP', 'FINISHED', 'CURVE',
+           'HEARTBEAT', 'GRACE', 'RETRIES', 'SERVER_REPORT_EVERY', 'MIN_VAL_ROWS', 'base_params', 'suggest_params',
+           'categorical', 'Objective', 'pick_trial', 'fail_stale', 'SeenTrials', 'TrialWindow', 'TrialSeededTPE',
+           'window_width', 'inner_split', 'trial_objective', 'step_percentiles', 'WindowPruner', 'make_pruner',
+           'fingerprint', 'default_study_name', 'to_file', 'from_file', 'StudyFile', 'pool_settings', 'server_storage',
+           'on_one_machine', 'study_storage', 'open_study', 'finished_trials', 'trial_jobs', 'Surplus', 'run_trials',
+           'default_val_days', 'TuneResult', 'run_manifest', 'validation_scores', 'point_in_time_fn', 'tune']
 
 # %% ../nbs/06_tune.ipynb #8cf5eb92
 SKEWED = 0.1  # class weighting is searched when the base rate is further than this from 0.5
@@ -171,6 +171,13 @@ class TrialSeededTPE(BaseSampler):
         "Nothing to reseed (Optuna asks each thread to): every trial's draws are seeded by its number."
     def __repr__(self): return f"TrialSeededTPE(seed={self.seed}, window={self.window.width})"
 
+# %% ../nbs/06_tune.ipynb #2752f549
+OVERTAKE = 3  # trials each other thread may finish beside a long trial before the next one waits for it
+
+def window_width(n_jobs: int) -> int:
+    "The window width `tune` gives `n_jobs` trials at a time: 1, plus `OVERTAKE` for each of the other threads."
+    return 1 + OVERTAKE * (n_jobs - 1)
+
 # %% ../nbs/06_tune.ipynb #75c21d4b
 def inner_split(split: Split, inner_days: float | None = None) -> Split:
     "The last `inner_days` of `split.train` (default: its last fifth) as the study's validation slice, purged alike."
@@ -213,25 +220,59 @@ def trial_objective(inner: Split, features: list[str], objective: str, base: dic
     return run
 
 # %% ../nbs/06_tune.ipynb #ec664cef
-class WindowPruner(optuna.pruners.BasePruner):
-    "`pruner`, judging each trial against the trials its `window` shows it (those its sampler learned from)."
-    def __init__(self, pruner: optuna.pruners.BasePruner, window: TrialWindow):
-        self.pruner, self.window = pruner, window
-    def prune(self, study, trial) -> bool: return self.pruner.prune(self.window.seen(study, trial.number), trial)
+def step_percentiles(curves: list[dict], steps: int, q: float = 50.0) -> np.ndarray:
+    "The `q`th percentile of `curves`' values at each step below `steps` (NaN where none has a value), as Optuna's."
+    if not curves: return np.full(steps, np.nan)
+    values = np.full((len(curves), steps), np.nan)
+    for row, curve in zip(values, curves):
+        at, value = np.fromiter(curve, int, len(curve)), np.fromiter(curve.values(), float, len(curve))
+        row[at[at < steps]] = value[at < steps]
+    n = (~np.isnan(values)).sum(axis=0)
+    # numpy's linear interpolation, to the last bit: between the values ranked floor and floor + 1 of (n - 1) q / 100
+    top, columns = np.maximum(n, 1) - 1, np.arange(steps)
+    ranked, at = np.sort(values, axis=0), top * np.true_divide(q, 100)  # NaN ranked last
+    low = np.floor(at).astype(int)
+    a, b = ranked[low, columns], ranked[np.minimum(low + 1, top), columns]
+    gamma, gap = at - low, b - a
+    return np.where(n == 0, np.nan, np.where(gamma >= 0.5, b - gap * (1 - gamma), a + gap * gamma))
+
+class WindowPruner(optuna.pruners.MedianPruner):
+    "Optuna's median pruner at every report, judging a trial against the completed trials its `window` shows it."
+    def __init__(self, window: TrialWindow, n_startup_trials: int):
+        super().__init__(n_startup_trials=n_startup_trials, n_warmup_steps=0, interval_steps=1)
+        self.window, self._medians, self._lock = window, {}, threading.Lock()
+
+    def prune(self, study, trial) -> bool:
+        completed = self.window.seen(study, trial.number).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if trial.last_step is None or not completed or len(completed) < self._n_startup_trials: return False
+        values = np.fromiter(trial.intermediate_values.values(), float, len(trial.intermediate_values))
+        if np.isnan(values).all(): return True
+        median = self._median(trial.number, completed, trial.last_step)
+        if study.direction == optuna.study.StudyDirection.MAXIMIZE: return bool(np.nanmax(values) < median)
+        return bool(np.nanmin(values) > median)
+
+    def _median(self, number: int, completed: list[FrozenTrial], step: int) -> float:
+        "The window's median at `step`, worked out for twice as many steps as asked when those run out."
+        medians = self._medians.get(number)
+        if medians is None or step >= len(medians):
+            medians = step_percentiles([t.intermediate_values for t in completed], max(2 * step, 16))
+            with self._lock:
+                self._medians[number] = medians
+                if len(self._medians) > 64: self._medians.pop(min(self._medians))  # finished trials' medians
+        return medians[step]
+
     def __repr__(self):
-        settings = ", ".join(f"{k.lstrip('_')}={v}" for k, v in vars(self.pruner).items())
-        return f"{type(self.pruner).__name__}({settings}) in {self.window}"
+        return (f"MedianPruner(n_startup_trials={self._n_startup_trials}, n_warmup_steps=0, interval_steps=1) "
+                f"in {self.window}")
 
 # %% ../nbs/06_tune.ipynb #218a31e0
 START_UP = 5  # the first trial Optuna's recipe may prune: 5 trials completed before it (TPE draws 10 at random)
 
-def make_pruner(window: TrialWindow | None = None) -> optuna.pruners.BasePruner:
+def make_pruner(window: TrialWindow | None = None) -> WindowPruner:
     "Median pruning at every report from the first round, from trial `START_UP` on (as Optuna's), within `window`."
     window = window or TrialWindow()
     # trial START_UP sees START_UP - width + 1 trials through a window of `width`: enough to be judged
-    start_up = START_UP if window.width is None else max(1, START_UP - window.width + 1)
-    median = optuna.pruners.MedianPruner(n_startup_trials=start_up, n_warmup_steps=0, interval_steps=1)
-    return WindowPruner(median, window)
+    return WindowPruner(window, START_UP if window.width is None else max(1, START_UP - window.width + 1))
 
 # %% ../nbs/06_tune.ipynb #9afd3aa7
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -381,7 +422,7 @@ def study_storage(url: str | None, tries: int = 5, n_jobs: int = 1) -> optuna.st
 def open_study(storage: str | None, study_name: str, objective: str, seed: int, digest: str,
                n_jobs: int = 1) -> optuna.Study:
     "Create the study `study_name` in `storage`, or join it; `ConfigError` if its trials used other data or settings."
-    window = TrialWindow(n_jobs if on_one_machine(storage) else None, first_read=START_UP)
+    window = TrialWindow(window_width(n_jobs) if on_one_machine(storage) else None, first_read=START_UP)
     study = optuna.create_study(storage=study_storage(storage, n_jobs=n_jobs), study_name=study_name,
                                 directions=list(OBJECTIVES[objective].directions), sampler=TrialSeededTPE(seed, window),
                                 pruner=make_pruner(window), load_if_exists=True)
@@ -584,9 +625,9 @@ def tune(table: pd.DataFrame, *, features: list[str] | None = None, feature_fn: 
     val_days = default_val_days(table) if val_days is None else val_days
     split = time_cut(table, val_days, horizon=table_meta.get("horizon"))
     check_fn = point_in_time_fn(table, table_meta, feature_fn, guard, home)
-    guard_report = check_split(split, table, check_fn)
+    guard_report = check_split(split, table, check_fn, features)
     inner = inner_split(split, inner_days)
-    check_split(inner, split.train)
+    check_split(inner, split.train, features=features)
     digest = fingerprint(table, features, objective=objective, seed=seed, val_days=val_days, inner_days=inner_days)
     study_name = study_name or default_study_name(table_meta, objective, seed, digest)
     study = open_study(storage, study_name, objective, seed, digest, n_jobs)

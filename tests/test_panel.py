@@ -10,6 +10,7 @@ market over the same weeks that lists two days later and misses 1% of its bars.
 """
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from cryptoml.core import ConfigError, DataError, LeakageError, Market, shared_data
@@ -17,7 +18,7 @@ from cryptoml.features import read_feature_table
 from cryptoml.ingest import import_many, read_bars, synthetic_funding, synthetic_interest, synthetic_market
 from cryptoml.panel import (PANEL_FEATURES, PanelSet, build_panel, compute_panel, make_panel, market_contexts, market_data,
                             panel_asof, panel_table_asof, register_panel_feature, reference_of, synthetic_panel, take,
-                            write_demo_panel)
+                            write_demo_panel, write_panel_table)
 from cryptoml.split import check_panel, guard_panel, panel_split
 from cryptoml.tune import tune
 
@@ -94,6 +95,54 @@ def assert_online(panel, count: int):
             online = np.array([m[name][-1] for name in EVERY.features])
             table = rows.loc[len(known[code].bars) - 1, list(EVERY.features)].to_numpy(float)
             np.testing.assert_array_equal(online, table, err_msg=f"{label} at {cut}")
+
+
+def assert_runs_exact(panel, rows: int, folder, encode_ahead: bool = True):
+    "The table written in runs of at most `rows` bars holds, bit for bit, the values computed a whole market at a time."
+    path = write_panel_table(folder/f"runs-{rows}.parquet", panel, EVERY, horizon=2, dead_zone=0.3, encode_ahead=encode_ahead,
+                             rows=rows)
+    whole = compute_panel(panel, EVERY, horizon=2, dead_zone=0.3)
+    pd.testing.assert_frame_equal(pd.read_parquet(path), whole, check_exact=True, obj=f"runs of {rows}")
+    groups = pq.ParquetFile(path).metadata
+    markets = [groups.row_group(g).column(0).statistics for g in range(groups.num_row_groups)]
+    assert [s.min for s in markets] == [s.max for s in markets]   # a row group holds one market's rows
+    assert groups.num_row_groups == sum(-(-len(d.bars) // rows) for d in panel.markets.values())
+    assert max(groups.row_group(g).num_rows for g in range(groups.num_row_groups)) <= rows
+
+
+@pytest.mark.parametrize("rows", [1000, 4096])
+def test_a_table_written_in_runs_of_bars_holds_the_whole_markets_values_on_the_six_shared_markets(six, rows, tmp_path):
+    assert_runs_exact(six, rows, tmp_path)
+
+
+def test_a_table_written_in_runs_of_bars_holds_the_whole_markets_values_on_the_real_minutes(minutes, tmp_path):
+    assert_runs_exact(minutes, 5000, tmp_path, encode_ahead=False)
+
+
+@pytest.mark.parametrize("rows", [7, 500])
+def test_runs_shorter_than_their_history_give_the_same_values_on_staggered_markets_with_gaps(rows, tmp_path):
+    "Runs far shorter than the 27 days of history the daily features read, markets listed days apart, 2% of bars missing."
+    synth = synthetic_panel(markets=3, days=40, seed=2, stagger_days=4, missing=0.02)
+    panel = make_panel([market_data(Market("synthetic", s, "1h"), **p) for s, p in synth.items()], reference="SYNB/USDT")
+    assert_runs_exact(panel, rows, tmp_path)
+
+
+@pytest.mark.parametrize("encode_ahead", [True, False])
+def test_a_build_failing_in_a_late_run_leaves_the_stored_table_as_it_was(encode_ahead, tmp_path):
+    synth = synthetic_panel(markets=3, days=30, seed=3)
+    panel = make_panel([market_data(Market("synthetic", s, "1h"), **p) for s, p in synth.items()], reference="SYNA/USDT")
+    path = write_panel_table(tmp_path/"table.parquet", panel, "lead", rows=200)
+    stored, late = path.read_bytes(), panel.markets["SYNC/USDT"].bars.ts[400]
+
+    @register_panel_feature("breaks_late")
+    def _breaks_late(m):
+        if m.b.ts[-1] >= late: raise DataError("a late run breaks")
+        return m["ret1"]
+    try:
+        with pytest.raises(DataError, match="a late run breaks"):
+            write_panel_table(path, panel, PanelSet("breaks", 1, ("ret1", "breaks_late")), encode_ahead=encode_ahead, rows=200)
+    finally: del PANEL_FEATURES["breaks_late"]
+    assert path.read_bytes() == stored and [p.name for p in tmp_path.iterdir()] == ["table.parquet"]
 
 
 def test_every_panel_feature_is_point_in_time_on_the_six_shared_markets(six):

@@ -165,9 +165,9 @@ def test_two_trials_at_a_time_give_the_same_study_and_model_every_time(btc):
     overlapping = sum(a[0] < b[1] and b[0] < a[1] for a, b in itertools.combinations(spans, 2))
     print(f"\n16 trials, 2 at a time: {overlapping} pairs of trials overlapped in time; best trial {first.best_trial}")
     assert overlapping >= 8  # they did run side by side, finishing in whatever order
-    assert first.sampler == "TrialSeededTPE(seed=0, window=2)" and first.n_jobs == 2
-    assert first.manifest["search"]["sampler"] == first.sampler and "TrialWindow(2)" in first.manifest["search"]["pruner"]
-    assert "n_startup_trials=4" in first.manifest["search"]["pruner"]  # trial 5 is the first it may prune, as Optuna's
+    assert first.sampler == "TrialSeededTPE(seed=0, window=4)" and first.n_jobs == 2  # window_width(2)
+    assert first.manifest["search"]["sampler"] == first.sampler and "TrialWindow(4)" in first.manifest["search"]["pruner"]
+    assert "n_startup_trials=2" in first.manifest["search"]["pruner"]  # trial 5 is the first it may prune, as Optuna's
     one = quick(table, home, n_trials=16, n_jobs=1, guard=False)  # one at a time, each trial sees every one before it
     assert trials_of(one.study) != trials_of(first.study) and one.sampler == "TrialSeededTPE(seed=0, window=1)"
     assert [t.params for t in one.study.trials][:5] == [t.params for t in first.study.trials][:5]  # random start-up draws
