@@ -71,7 +71,11 @@ def run(markets: int, days: float, trials: int, cluster: str | None) -> tuple[fl
         times = [t for ts in client.run(collected).values() for t in ts] if client else list(TIMES)
         stopping = time.perf_counter()
     assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
+    ends = defaultdict(float)  # each worker's last task's end
+    for o in outcomes: ends[o.worker] = max(ends[o.worker], o.started + o.seconds)
     overhead = [{"stage": "cluster start + stop", "pid": os.getpid(), "wall": started - wall + time.perf_counter() - stopping,
+                 "cpu": 0.0},
+                {"stage": "tail (a worker idle at the end)", "pid": os.getpid(), "wall": max(ends.values()) - min(ends.values()),
                  "cpu": 0.0}] if cluster else []
     return time.perf_counter() - wall, cpu() - used, times + overhead
 

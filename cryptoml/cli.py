@@ -456,7 +456,7 @@ def pipeline_markets(args) -> int:
     markets, invocation = markets_of(args), dist.invocation_id()
     with dist.connect(args.scheduler, args.cluster) as client:
         outcomes = dist.run_markets(partial(pipeline_market, args, invocation), markets, client,
-                                    progress=not args.quiet, desc="pipeline")
+                                    progress=not args.quiet, desc="pipeline", size=partial(dist.stored_rows, args.home))
     dist.forget(args.home, invocation)
     return print_outcomes(args, outcomes, time.monotonic() - started)
 
@@ -517,7 +517,8 @@ def cmd_backtest(args) -> int:
         started, dist = time.monotonic(), distributed()
         with dist.connect(args.scheduler, args.cluster) as client:
             outcomes = dist.run_markets(partial(backtest_market, args), markets_of(args), client,
-                                        progress=not args.quiet, desc="backtests")
+                                        progress=not args.quiet, desc="backtests",
+                                        size=partial(dist.stored_rows, args.home))
         return print_outcomes(args, outcomes, time.monotonic() - started)
     market = market_arg(args)
     with (distributed().connect(args.scheduler, args.cluster) if args.scheduler or args.cluster

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 from .core import (ArtifactError, ConfigError, CryptomlError, DataError, Market, RUN_ID, atomic_write,
-                           atomic_write_json, data_home, feature_path, market_dir, sha256_file,
+                           atomic_write_json, data_home, feature_path, market_dir, raw_dir, sha256_file,
                            symbol_id, timeframe_seconds)
 from .ingest import synthetic_funding, synthetic_market, write_bars, write_funding
 from .features import read_feature_table
@@ -32,30 +32,49 @@ import dask.dataframe as dd
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import psutil
 import plotly.graph_objects as go
 import pyarrow as pa
 import pyarrow.parquet as pq
 from distributed import Client, Future, LocalCluster, Lock, as_completed, wait
 from distributed.cfexecutor import ClientExecutor
+from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.system import MEMORY_LIMIT
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['WORKER_ENV', 'QUIET_DASK', 'PART_ROWS', 'NETWORK', 'TRAINING_LOCK', 'POOLED_THRESHOLD', 'POOLED_PARAMS', 'RETRIES',
-           'POOLED_TOLERANCE', 'check_cluster', 'connect', 'ClusterPool', 'cluster_pool', 'Outcome', 'failed',
-           'market_outcome', 'run_markets', 'outcomes_status', 'symbol_seed', 'write_synthetic', 'invocation_id',
-           'tasks_dir', 'Claim', 'market_task', 'forget', 'saved_run', 'decided', 'pooled_table', 'parts_dir',
-           'partition_market', 'write_partitions', 'read_partitions', 'table_bytes', 'PooledCuts', 'pooled_cuts',
-           'deal', 'placed', 'WorkerLost', 'Ranks', 'place_ranks', 'round_losses', 'held_back_curve', 'HeldPort',
-           'PooledModel', 'train_pooled', 'validation_rows', 'pooled_scores', 'pooled_result', 'held_back_forecasts',
-           'timeline_figure']
+__all__ = ['WORKER_ENV', 'LOCAL_DASK', 'PART_ROWS', 'NETWORK', 'TRAINING_LOCK', 'POOLED_THRESHOLD', 'POOLED_PARAMS', 'RETRIES',
+           'POOLED_TOLERANCE', 'start_method', 'OneBlasThread', 'check_cluster', 'connect', 'ClusterPool',
+           'cluster_pool', 'Outcome', 'failed', 'market_outcome', 'longest_first', 'run_markets', 'outcomes_status',
+           'symbol_seed', 'write_synthetic', 'stored_rows', 'invocation_id', 'tasks_dir', 'Claim', 'market_task',
+           'forget', 'saved_run', 'decided', 'pooled_table', 'parts_dir', 'partition_market', 'write_partitions',
+           'read_partitions', 'table_bytes', 'PooledCuts', 'pooled_cuts', 'deal', 'placed', 'WorkerLost', 'Ranks',
+           'place_ranks', 'round_losses', 'held_back_curve', 'HeldPort', 'PooledModel', 'train_pooled',
+           'validation_rows', 'pooled_scores', 'pooled_result', 'held_back_forecasts', 'timeline_figure']
 
-# %% ../nbs/13_distributed.ipynb #42055d2c
+# %% ../nbs/13_distributed.ipynb #92ace057
 # idle OpenMP threads sleep; one LightGBM thread a task
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-# a LocalCluster's own upkeep, which on a shared machine takes cores from the tasks: Dask's sampling profiler (every
-# 10 ms in every worker) off; the event-loop tick, the system monitor and the memory monitor far less often
-QUIET_DASK = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
-              "distributed.admin.system-monitor.interval": "5s", "distributed.worker.memory.monitor-interval": "1s"}
+# a LocalCluster's Dask: upkeep that would take cores from the tasks slowed or off; a spawned worker's malloc left as
+# glibc sets it (Dask's MALLOC_TRIM_THRESHOLD_ pins the mmap threshold at 128 KiB: a page fault a page of every array)
+LOCAL_DASK = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
+              "distributed.admin.system-monitor.interval": "5s", "distributed.worker.memory.monitor-interval": "1s",
+              "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+def start_method(workers: int, rss: int | None = None) -> str:
+    ("How a LocalCluster's `workers` start: forked from this process (`rss` bytes resident), its imports done, while "
+     "it is small beside a worker's memory share (Dask counts a forked worker's shared pages as its own); else spawned.")
+    rss = psutil.Process().memory_info().rss if rss is None else rss
+    return "fork" if sys.platform == "linux" and rss < MEMORY_LIMIT / workers / 4 else "spawn"
+
+class OneBlasThread(WorkerPlugin):
+    ("A worker's BLAS at one thread, as `WORKER_ENV` would start it: a forked worker keeps this process's pool, "
+     "whose threads spin on the other workers' cores.")
+    def setup(self, worker): threadpool_limits(1, user_api="blas")
+
+
+# %% ../nbs/13_distributed.ipynb #42055d2c
 _LOCAL = re.compile(r"local\[(\d+)\]")
 _ADDRESS = re.compile(r"(tcp|tls)://[^\s/:]+:\d+")
 
@@ -80,18 +99,22 @@ def connect(scheduler: str | None = None, cluster: str | None = None, *,
     if address is None and workers is None:
         yield None
         return
-    with dask.config.set(QUIET_DASK):  # the workers (and their restarts) take the config the nannies were given
+    # set while the cluster lives: a nanny restarting its worker reads it then
+    with dask.config.set({**LOCAL_DASK, "distributed.worker.multiprocessing-method": start_method(workers)}
+                         if workers else {}):
         local = workers and LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                          dashboard_address="127.0.0.1:0" if dashboard else None,
                                          silence_logs=logging.ERROR, env=WORKER_ENV)
-    try:
-        try: client = Client(local or address, timeout="20s")
-        except OSError as e: raise ConfigError(f"no Dask scheduler answers at {address}: {e}") from None
-        with client:
-            if workers: client.wait_for_workers(workers, timeout=60)  # LocalCluster workers may still be registering
-            yield client
-    finally:
-        if local: local.close()
+        try:
+            try: client = Client(local or address, timeout="20s")
+            except OSError as e: raise ConfigError(f"no Dask scheduler answers at {address}: {e}") from None
+            with client:
+                if workers:
+                    client.register_plugin(OneBlasThread())  # also on a worker started in a dead one's place
+                    client.wait_for_workers(workers, timeout=60)  # LocalCluster workers may still be registering
+                yield client
+        finally:
+            if local: local.close()
 
 # %% ../nbs/13_distributed.ipynb #7a04f0e7
 def _job_task(job: FoldJob, task: str, *args):
@@ -149,17 +172,22 @@ def market_outcome(task: Callable[[Market], Any], market: Market) -> Outcome:
     return Outcome(market, value, seconds=time.time() - where["started"], **where)
 
 # %% ../nbs/13_distributed.ipynb #dcafbb0e
+def longest_first(markets: list[Market], size: Callable[[Market], int] | None = None) -> list[Market]:
+    "`markets` by `size` (e.g. `stored_rows`), the largest first, ties as given; as given without `size`."
+    return markets if size is None else sorted(markets, key=size, reverse=True)
+
 def run_markets(task: Callable[[Market], Any], markets: list[Market], client: Client | None = None, *,
-                progress: bool = True, desc: str = "markets") -> list[Outcome]:
-    ("`task(market)` for every market, as a Dask task each on `client`'s cluster or in turn here; each one's "
-     "`Outcome`, in order.")
+                progress: bool = True, desc: str = "markets",
+                size: Callable[[Market], int] | None = None) -> list[Outcome]:
+    ("`task(market)` for every market, as a Dask task each on `client`'s cluster (the largest `size` first) or in "
+     "turn here; each one's `Outcome`, in the order given.")
     with tqdm(total=len(markets), desc=desc, unit="market", disable=not progress) as bar:
         def done(outcome: Outcome) -> Outcome:
             bar.set_postfix_str(f"{outcome.market}: {'done' if outcome.ok else 'failed'}", refresh=False)
             bar.update()
             return outcome
         if client is None: return [done(market_outcome(task, m)) for m in markets]
-        futures = {client.submit(market_outcome, task, m, pure=False): m for m in markets}
+        futures = {client.submit(market_outcome, task, m, pure=False): m for m in longest_first(markets, size)}
         outcomes = {}
         try:
             for future in as_completed(futures):
@@ -186,6 +214,11 @@ def write_synthetic(market: Market, home=None, days: float = 30, seed: int = 0) 
     write_funding(synthetic_funding(bars, symbol_seed(market.symbol, seed)), home, market.exchange, market.symbol,
                   replace=True)
     return market
+
+# %% ../nbs/13_distributed.ipynb #cbf265d4
+def stored_rows(home, market: Market) -> int:
+    "Rows of `market`'s stored bars (the Parquet footers only); 0 without any."
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in raw_dir(home, *market).glob("*.parquet"))
 
 # %% ../nbs/13_distributed.ipynb #c5e609fe
 _INVOCATION = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")
@@ -327,8 +360,7 @@ def partition_market(table_path: Path, code: int) -> list[dict]:
         path = atomic_write(folder/f"{month}.parquet", lambda tmp: pq.write_table(arrow, tmp, compression="zstd",
                                                                                   row_group_size=PART_ROWS))
         entries.append({"path": str(path.relative_to(parts_dir(table_path))), "market": code, "month": month,
-                        "rows": len(part),
-                        "row_groups": pq.ParquetFile(path).num_row_groups})
+                        "rows": len(part), "row_groups": -(-len(part) // PART_ROWS)})  # as write_table cuts them
     return entries
 
 # %% ../nbs/13_distributed.ipynb #950516a0
@@ -423,6 +455,7 @@ class Ranks:
     train: list[Future]
     stop: list[Future]
     sizes: list[int] = field(default_factory=list)  # training rows of each worker's share
+    held_back: int = 0  # held-back rows of all the shares
 
     @property
     def training(self) -> list[tuple[str, Future]]:
@@ -449,7 +482,8 @@ def place_ranks(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, 
     if not workers: raise ConfigError(f"the Dask cluster at {client.scheduler.address} has no workers to train on")
     ranks = Ranks(client, workers, *(placed(client, folder, manifest, cuts, part, columns, workers)
                                      for part in ("train", "stop")))
-    ranks.sizes = ranks.results([client.submit(len, share, pure=False) for share in ranks.train])
+    counts = ranks.results([client.submit(len, share, pure=False) for share in [*ranks.train, *ranks.stop]])
+    ranks.sizes, ranks.held_back = counts[:len(ranks.train)], sum(counts[len(ranks.train):])
     return ranks
 
 # %% ../nbs/13_distributed.ipynb #a8c31e3a
@@ -466,12 +500,12 @@ def round_losses(rows: pd.DataFrame, booster: lgb.Booster, features: list[str], 
 
 # %% ../nbs/13_distributed.ipynb #66f03878
 def held_back_curve(ranks: Ranks, booster: lgb.Booster, features: list[str], start: int) -> np.ndarray:
-    "Mean log loss of the held-back rows (`ranks.stop`) after each of `booster`'s rounds from `start + 1`."
+    "Mean log loss of the held-back rows (`ranks.stop`, `ranks.held_back` of them) after each round from `start + 1`."
     client = ranks.client
     shared, n = client.scatter(booster, broadcast=True, hash=False), booster.current_iteration()
     sums = ranks.results([client.submit(round_losses, part, shared, features, start, n, pure=False)
                           for part in ranks.stop])
-    return np.sum(sums, axis=0) / sum(ranks.results([client.submit(len, part, pure=False) for part in ranks.stop]))
+    return np.sum(sums, axis=0) / ranks.held_back
 
 def _best(curve: np.ndarray, patience: int, max_rounds: int) -> int | None:
     "The best round (1-based) once `patience` rounds have passed it or `max_rounds` are done; None to go on."
