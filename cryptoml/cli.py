@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_cli.ipynb #cc356981
 from __future__ import annotations
-import argparse, json, logging, sys, time, traceback
+import argparse, atexit, json, logging, os, sys, threading, time, traceback
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -35,7 +35,7 @@ __all__ = ['REPORT_BUG', 'COMMANDS', 'run_command', 'add_exchange', 'add_symbol'
            'print_decision', 'cmd_promote', 'cmd_rollback', 'cmd_runs', 'cmd_show', 'cmd_compare', 'cmd_migrate',
            'cmd_predict', 'cmd_monitor', 'check_source', 'acquire', 'step', 'cmd_pipeline', 'add_cluster',
            'distributed', 'markets_of', 'print_outcomes', 'pipeline_market', 'pipeline_markets', 'add_backtest',
-           'run_backtest', 'backtest_market', 'cmd_backtest', 'cmd_docs', 'parser', 'in_data_root', 'main']
+           'run_backtest', 'backtest_market', 'cmd_backtest', 'cmd_docs', 'parser', 'in_data_root', 'main', 'console']
 
 # %% ../nbs/15_cli.ipynb #fc6f9e4c
 REPORT_BUG = "this is a bug in cryptoml, not in your input; please report it with the traceback above"
@@ -671,3 +671,13 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS[args.command][0]
     if args.command != "docs": command = in_data_root(command, check=args.command != "migrate")
     return run_command(command, args)
+
+# %% ../nbs/15_cli.ipynb #038fb508
+def console():
+    "The `cryptoml` console script: `main`, then an exit with its status that skips native libraries' teardown."
+    status = main()
+    for thread in threading.enumerate():  # what Python's exit would wait for
+        if thread is not threading.main_thread() and not thread.daemon: thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr): stream.flush()
+    os._exit(status)
