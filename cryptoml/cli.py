@@ -673,11 +673,14 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(command, args)
 
 # %% ../nbs/15_cli.ipynb #038fb508
+def _exit_steps():
+    "The steps of Python's exit before its teardown: threading's exit callbacks and threads, then `atexit` handlers."
+    threading._shutdown()  # private (no public equivalent): what Python's exit calls first
+    atexit._run_exitfuncs()  # private likewise: then this
+
 def console():
     "The `cryptoml` console script: `main`, then an exit with its status that skips native libraries' teardown."
     status = main()
-    for thread in threading.enumerate():  # what Python's exit would wait for
-        if thread is not threading.main_thread() and not thread.daemon: thread.join()
-    atexit._run_exitfuncs()
+    _exit_steps()
     for stream in (sys.stdout, sys.stderr): stream.flush()
     os._exit(status)
