@@ -28,9 +28,8 @@ from cryptoml.features import add_labels, compute_features
 from cryptoml.ingest import synthetic_market
 from cryptoml.metrics import evaluate
 from cryptoml.split import feature_columns, time_split
-from cryptoml.tune import (EARLY_STOPPING, MAX_ROUNDS, REPORT_EVERY, START_UP, StudyFile, TrialSeededTPE, TrialWindow,
-                           base_params, inner_split, make_pruner, open_study, run_trials, suggest_params, trial_objective,
-                           tune)
+from cryptoml.tune import (EARLY_STOPPING, MAX_ROUNDS, REPORT_EVERY, StudyFile, TrialWindow, base_params, inner_split,
+                           open_study, run_trials, suggest_params, trial_objective, tune)
 
 from bench_backtest import markdown  # this folder's: a table of figures
 
@@ -60,16 +59,9 @@ def reference(table, inner, features, trials, scratch, seed) -> dict:
     study.optimize(reference_objective(inner, features, seed), n_trials=trials, n_jobs=2)
     return dict(seconds=time.perf_counter() - started, study=study)
 
-def tunes_study(n_jobs: int):
-    "The in-memory study `tune` makes for `n_jobs` trials at a time: its sampler, window and pruner."
-    return lambda seed: open_study(None, f"bench-{time.time_ns()}", "logloss", seed, "bench", n_jobs)
-
-def windowed(width: int):
-    "The study `tune` makes, but trials see through a window of `width` (before this stop: 2 for two trials at a time)."
-    def make(seed: int) -> optuna.Study:
-        window = TrialWindow(width, first_read=START_UP)
-        return optuna.create_study(sampler=TrialSeededTPE(seed, window), pruner=make_pruner(window))
-    return make
+def tunes_study(n_jobs: int, window: int | None = None):
+    "The in-memory study `tune` makes for `n_jobs` trials at a time (sampler, window, pruner); `window`: another width."
+    return lambda seed: open_study(None, f"bench-{time.time_ns()}", "logloss", seed, "bench", n_jobs, window)
 
 WAITED, COUNTING = [0.0], threading.Lock()
 
@@ -108,7 +100,7 @@ WAYS = {"reference: Optuna n_jobs=2 threads x LightGBM 1 thread, in memory (tria
         "cryptoml: 2 trials at a time (n_jobs=2, the default here), in memory (trials)": our_trials(2),
         "cryptoml: tune(), n_jobs=2, in memory (whole call)": our_tune(2),
         "cryptoml: tune(), n_jobs=2, on the SQLite study file the CLI uses (whole call)": our_tune(2, on_file=True),
-        "cryptoml: 2 at a time through a window of 2, as before this stop (trials)": our_trials(2, windowed(2)),
+        "cryptoml: 2 at a time through a window of 2, as before this stop (trials)": our_trials(2, tunes_study(2, window=2)),
         "cryptoml: 1 trial at a time (n_jobs=1), in memory (trials)": our_trials(1)}
 
 def measured(way, *args) -> dict:

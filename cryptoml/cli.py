@@ -28,14 +28,14 @@ from .backtest import FEE_BPS, PERIODS, SLIPPAGE_BPS, Backtest, backtest, backte
 from .docs import render_site
 
 # %% auto #0
-__all__ = ['REPORT_BUG', 'COMMANDS', 'run_command', 'add_exchange', 'add_symbol', 'add_market', 'market_arg', 'add_tuning',
-           'add_jobs', 'add_features', 'add_gate', 'utc_time', 'add_time_range', 'add_replace', 'existing_file',
-           'symbol_list', 'add_many', 'many_markets', 'print_many', 'cmd_panel', 'print_ingest', 'fetch',
-           'import_dumps', 'cmd_ingest', 'cmd_import', 'cmd_demo', 'cmd_features', 'tune_and_save', 'cmd_tune',
-           'print_decision', 'cmd_promote', 'cmd_rollback', 'cmd_runs', 'cmd_show', 'cmd_compare', 'cmd_migrate',
-           'cmd_predict', 'cmd_monitor', 'check_source', 'acquire', 'step', 'cmd_pipeline', 'add_cluster',
-           'distributed', 'markets_of', 'print_outcomes', 'pipeline_market', 'pipeline_markets', 'add_backtest',
-           'run_backtest', 'backtest_market', 'cmd_backtest', 'cmd_docs', 'parser', 'in_data_root', 'main', 'console']
+__all__ = ['REPORT_BUG', 'COMMANDS', 'run_command', 'command', 'parser', 'in_data_root', 'main', 'add_exchange', 'add_symbol',
+           'add_market', 'market_arg', 'add_tuning', 'add_jobs', 'add_features', 'add_gate', 'utc_time',
+           'add_time_range', 'add_replace', 'existing_file', 'add_cluster', 'symbol_list', 'add_many', 'many_markets',
+           'print_many', 'print_ingest', 'fetch', 'import_dumps', 'cmd_ingest', 'cmd_import', 'cmd_demo',
+           'cmd_features', 'cmd_panel', 'tune_and_save', 'cmd_tune', 'print_decision', 'cmd_promote', 'cmd_rollback',
+           'cmd_runs', 'cmd_show', 'cmd_compare', 'cmd_migrate', 'cmd_predict', 'cmd_monitor', 'add_backtest',
+           'run_backtest', 'backtest_market', 'cmd_backtest', 'check_source', 'acquire', 'step', 'cmd_pipeline',
+           'distributed', 'markets_of', 'print_outcomes', 'pipeline_market', 'pipeline_markets', 'cmd_docs', 'console']
 
 # %% ../nbs/15_cli.ipynb #fc6f9e4c
 REPORT_BUG = "this is a bug in cryptoml, not in your input; please report it with the traceback above"
@@ -64,6 +64,46 @@ def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Nam
         traceback.print_exc()
         return _say(args, f"internal error: {REPORT_BUG}", 1)
     finally: logging.getLogger("cryptoml").removeHandler(warnings)
+
+# %% ../nbs/15_cli.ipynb #b33636ff
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {}
+
+def command(name: str, add_args: Callable[[argparse.ArgumentParser], None], summary: str) -> Callable:
+    "Register the decorated handler as the subcommand `name`: `add_args` adds its arguments, `summary` is its help."
+    def register(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = handler, add_args, summary
+        return handler
+    return register
+
+# %% ../nbs/15_cli.ipynb #1de3d8e3
+def parser() -> argparse.ArgumentParser:
+    "The `cryptoml` argument parser, built from `COMMANDS`."
+    top = argparse.ArgumentParser(prog="cryptoml", description="Leak-safe LightGBM models for the next crypto bar.")
+    subs = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, add_args, summary) in COMMANDS.items():
+        p = subs.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+        add_args(p)
+        p.add_argument("--home", default=None, help="data root (default: $CRYPTOML_HOME, else ./data)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return top
+
+# %% ../nbs/15_cli.ipynb #2c4c823d
+def in_data_root(command: Callable[[argparse.Namespace], int],
+                 check: bool = True) -> Callable[[argparse.Namespace], int]:
+    "`command`, run once `--home` is resolved to the data root and (with `check`) checked to be in this layout."
+    def run(args) -> int:
+        args.home = data_home(args.home)
+        if check: check_layout(args.home)
+        return command(args)
+    return run
+
+# %% ../nbs/15_cli.ipynb #9c81d63c
+def main(argv: list[str] | None = None) -> int:
+    "Entry point of the `cryptoml` console script; returns the exit status."
+    args = parser().parse_args(argv)
+    command = COMMANDS[args.command][0]
+    if args.command != "docs": command = in_data_root(command, check=args.command != "migrate")
+    return run_command(command, args)
 
 # %% ../nbs/15_cli.ipynb #d80d9cfa
 def add_exchange(p: argparse.ArgumentParser, default: str | None = "binance"):
@@ -155,6 +195,15 @@ def existing_file(name: str) -> Path:
     if not path.is_file(): raise argparse.ArgumentTypeError(f"no such file: {name}")
     return path
 
+# %% ../nbs/15_cli.ipynb #30530308
+def add_cluster(p: argparse.ArgumentParser):
+    "Add `--scheduler` or `--cluster`: the command's markets (or one market's folds) as Dask tasks."
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                       help="run the tasks on this Dask cluster (the data root must be one every worker sees)")
+    where.add_argument("--cluster", default=None, metavar="local[N]",
+                       help="run the tasks on a Dask cluster of N worker processes here")
+
 # %% ../nbs/15_cli.ipynb #4a858ef3
 def symbol_list(text: str) -> list[str]:
     "`--symbols`: comma-separated ccxt symbols."
@@ -187,19 +236,6 @@ def print_many(args, report: ManyReport) -> int:
         _say(args, f"{len(report.failures)} of {len(report.reports) + len(report.failures)} markets failed", 2)
     return 2 if report.failures else 0
 
-# %% ../nbs/15_cli.ipynb #68ff19cc
-def cmd_panel(args) -> int:
-    "Build a panel's table from the stored bars of a universe's markets; print its path and how to tune it."
-    universe = read_universe(args.universe)
-    markets = panel_markets(universe, args.exchange, args.timeframe)
-    path = build_panel(markets, home=args.home, reference=args.reference or universe.symbols[0], name=universe.name,
-                       panel_set=args.panel_set, horizon=args.horizon, progress=not args.quiet)
-    key = panel_market(universe.name, markets)
-    print(path)
-    print(f"tune it: cryptoml tune --exchange {key.exchange} --symbol {key.symbol} --timeframe {key.timeframe} "
-          f"--feature-set {args.panel_set} --horizon {args.horizon}")
-    return 0
-
 # %% ../nbs/15_cli.ipynb #0f8b613f
 def print_ingest(report) -> int:
     "Print what an ingest or import stored."
@@ -227,6 +263,10 @@ def import_dumps(args, files: list[Path]) -> IngestReport:
     return report
 
 # %% ../nbs/15_cli.ipynb #1a9be595
+def _ingest_args(p):
+    add_exchange(p, None); add_symbol(p, required=False); add_many(p); add_time_range(p); add_replace(p)
+
+@command("ingest", _ingest_args, "fetch OHLCV bars (and funding, open interest) of one market or many from an exchange")
 def cmd_ingest(args) -> int:
     "Fetch bars (and funding, open interest) of one market or many (--symbols, --universe) from an exchange."
     if not (args.symbols or args.universe):
@@ -240,6 +280,18 @@ def cmd_ingest(args) -> int:
                                         progress=not args.quiet, replace=args.replace))
 
 # %% ../nbs/15_cli.ipynb #ce8e5fca
+def _import_args(p):
+    p.add_argument("files", nargs="+", type=existing_file, metavar="FILE", help="CSV or zipped CSV dumps")
+    add_exchange(p)
+    p.add_argument("--symbol", help="the one market every file holds (default: each file's market, from its name, "
+                                    "e.g. BTCUSDT-1h-2023-03.zip or binance_perp_ETHUSDT_1h_2021-2022.csv)")
+    p.add_argument("--timeframe", help="the files' timeframe (default: from each file's name)")
+    p.add_argument("--funding-csv", type=existing_file,
+                   help="also import funding rates (timestamp,funding_rate) for this symbol, "
+                        "as its funding exchange's (binance for binanceus)")
+    add_replace(p)
+
+@command("import", _import_args, "import CSV or zipped CSV dumps")
 def cmd_import(args) -> int:
     "Import CSV or zipped CSV dumps: of one market (--symbol), or of each file's market, read from its name."
     if args.symbol:
@@ -250,6 +302,11 @@ def cmd_import(args) -> int:
                                         progress=not args.quiet))
 
 # %% ../nbs/15_cli.ipynb #0f2f652a
+def _demo_args(p):
+    p.add_argument("--days", type=float, default=30, help="days of 1m bars (default: 30)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+@command("demo", _demo_args, "write the embedded synthetic market")
 def cmd_demo(args) -> int:
     "Write the embedded synthetic market into the store."
     m = write_demo_market(args.home, days=args.days, seed=args.seed)
@@ -257,10 +314,41 @@ def cmd_demo(args) -> int:
     return 0
 
 # %% ../nbs/15_cli.ipynb #36a677d1
+def _features_args(p):
+    add_market(p); add_features(p)
+    p.add_argument("--funding-exchange", default=None,
+                   help="where this market's funding rates are stored (default: its own "
+                        "exchange, or binance for binanceus)")
+
+@command("features", _features_args, "build a market's feature table")
 def cmd_features(args) -> int:
     "Build the feature table of a market."
     print(build_features(market_arg(args), home=args.home, feature_set=args.feature_set, horizon=args.horizon,
                          funding_exchange=args.funding_exchange, progress=not args.quiet))
+    return 0
+
+# %% ../nbs/15_cli.ipynb #68ff19cc
+def _panel_args(p):
+    p.add_argument("--universe", type=existing_file, required=True,
+                   help="the universe file of the panel's markets; its name names the panel")
+    add_exchange(p, None)
+    p.add_argument("--timeframe", help="the markets' timeframe (default: the universe's)")
+    p.add_argument("--reference", help="the market cross-pair features read (default: the universe's first)")
+    p.add_argument("--panel-set", default="panel", choices=sorted(PANEL_SETS),
+                   help="panel feature set (default: panel)")
+    p.add_argument("--horizon", type=int, default=1, help="label horizon in bars (default: 1)")
+
+@command("panel", _panel_args, "build a panel's table: many markets, cross-pair and multi-timeframe features")
+def cmd_panel(args) -> int:
+    "Build a panel's table from the stored bars of a universe's markets; print its path and how to tune it."
+    universe = read_universe(args.universe)
+    markets = panel_markets(universe, args.exchange, args.timeframe)
+    path = build_panel(markets, home=args.home, reference=args.reference or universe.symbols[0], name=universe.name,
+                       panel_set=args.panel_set, horizon=args.horizon, progress=not args.quiet)
+    key = panel_market(universe.name, markets)
+    print(path)
+    print(f"tune it: cryptoml tune --exchange {key.exchange} --symbol {key.symbol} --timeframe {key.timeframe} "
+          f"--feature-set {args.panel_set} --horizon {args.horizon}")
     return 0
 
 # %% ../nbs/15_cli.ipynb #229bcc5a
@@ -273,6 +361,9 @@ def tune_and_save(args, path: Path) -> str:
     return save_run(result, home=args.home, table_path=path)
 
 # %% ../nbs/15_cli.ipynb #2379c89f
+def _tune_args(p): add_market(p); add_features(p); add_tuning(p); add_jobs(p)
+
+@command("tune", _tune_args, "tune a LightGBM model and save it as a run")
 def cmd_tune(args) -> int:
     "Tune a model on a feature table and save it as a run (not promoted)."
     print(tune_and_save(args, feature_path(args.home, market_arg(args), args.feature_set, args.horizon)))
@@ -286,6 +377,18 @@ def print_decision(decision) -> int:
     return 0 if decision.promoted else 1
 
 # %% ../nbs/15_cli.ipynb #572e3707
+def _promote_args(p):
+    p.add_argument("run_id", help="run id, e.g. 2026-11-26T101500")
+    alias = p.add_mutually_exclusive_group()
+    for name in ALIASES:
+        alias.add_argument(f"--{name}", dest="alias", action="store_const", const=name,
+                           help="name the run its market's champion, through the gate (the default)"
+                           if name == "champion" else f"name the run its market's {name} (no gate)")
+    p.set_defaults(alias="champion")
+    p.add_argument("--force", action="store_true", help="make it champion even if the gate refuses (logged)")
+    add_gate(p); add_market(p, required=False)
+
+@command("promote", _promote_args, "make a run its market's champion if it passes the gate (or its challenger, shadow)")
 def cmd_promote(args) -> int:
     "Name a run its market's champion if it passes the gate (or --force), or its challenger or shadow."
     market = market_arg(args) if (args.exchange or args.symbol or args.timeframe) else None
@@ -293,11 +396,17 @@ def cmd_promote(args) -> int:
                                   min_improvement=args.min_improvement, min_rows=args.min_rows))
 
 # %% ../nbs/15_cli.ipynb #31df222b
+def _rollback_args(p): add_market(p, required=False)
+
+@command("rollback", _rollback_args, "point a market's champion back at the previous one")
 def cmd_rollback(args) -> int:
     "Point a market's champion back at the one before it."
     return print_decision(rollback(home=args.home, market=market_arg(args)))
 
 # %% ../nbs/15_cli.ipynb #00ac100d
+def _runs_args(p): add_market(p, required=False)
+
+@command("runs", _runs_args, "list the runs, of every market or of one")
 def cmd_runs(args) -> int:
     "List the runs with their validation metrics and aliases."
     runs = list_runs(home=args.home, exchange=args.exchange, symbol=args.symbol, timeframe=args.timeframe)
@@ -305,12 +414,21 @@ def cmd_runs(args) -> int:
     return 0
 
 # %% ../nbs/15_cli.ipynb #f856b3ea
+def _show_args(p): p.add_argument("run_id", help="run id, e.g. 2026-11-26T101500")
+
+@command("show", _show_args, "print a run's model card")
 def cmd_show(args) -> int:
     "Print a run's card, where it lives, its aliases and whether its artifacts match the card."
     print(describe_run(args.run_id, args.home))
     return 0
 
 # %% ../nbs/15_cli.ipynb #006f6b9f
+def _compare_args(p):
+    p.add_argument("run_a", help="the run to compare against (e.g. the champion)")
+    p.add_argument("run_b", help="the run whose gain over run_a is reported")
+    p.add_argument("--min-rows", type=int, default=MIN_ROWS, help=f"fresh rows needed (default: {MIN_ROWS})")
+
+@command("compare", _compare_args, "two runs on the same fresh rows: gain with its interval, calibration, agreement")
 def cmd_compare(args) -> int:
     "Two runs on the same rows neither trained on: a table, and a plotly figure written beside them."
     comparison = compare(args.run_a, args.run_b, home=args.home, min_rows=args.min_rows)
@@ -319,6 +437,7 @@ def cmd_compare(args) -> int:
     return 0
 
 # %% ../nbs/15_cli.ipynb #f550aee7
+@command("migrate", lambda p: None, "move a data root from cryptoml 0.1's layout into per-market folders")
 def cmd_migrate(args) -> int:
     "Move a data root from cryptoml 0.1's layout into per-market folders."
     moved = migrate(args.home)
@@ -326,11 +445,29 @@ def cmd_migrate(args) -> int:
     return 0
 
 # %% ../nbs/15_cli.ipynb #eafd744c
+def _predict_args(p):
+    add_market(p, required=False)
+    p.add_argument("--member",
+                   help="with a pooled model (a panel's market): which of its markets to predict, e.g. ETH/USDT")
+    p.add_argument("--at", type=utc_time, default=None,
+                   help="time of the newest bar to use (default: the newest stored)")
+
+@command("predict", _predict_args, "P(up) of the next bar from a market's champion")
 def cmd_predict(args) -> int:
     "Print P(up) for the bar after --at (default: the newest stored bar) from the market's champion."
     print(json.dumps(predict_latest(LGBMProd(market_arg(args), home=args.home), args.at, args.member)))
     return 0
 
+# %% ../nbs/15_cli.ipynb #b7504635
+def _monitor_args(p):
+    add_market(p, required=False)
+    p.add_argument("--window-days", type=float, default=7, help="days of recent bars to compare (default: 7)")
+    p.add_argument("--run", default=None, help="run id to monitor (default: the market's champion)")
+    p.add_argument("--demote-on-alert", action="store_true",
+                   help="roll the champion back to the previous one when its realised "
+                        "log loss is worse than its card's (95%% interval)")
+
+@command("monitor", _monitor_args, "drift, realised metrics and calibration report; exit 1 on an alert")
 def cmd_monitor(args) -> int:
     "Write the monitor's report for the market's champion (or --run), print it, demote on request, exit 1 on an alert."
     report = monitor(args.run, home=args.home, market=None if args.run else market_arg(args),
@@ -343,6 +480,79 @@ def cmd_monitor(args) -> int:
         print(f"demotion: {'done' if report['demotion']['demoted'] else 'none'}: {report['demotion']['reason']}")
     print(f"report: {report['path']}")
     return 1 if report["status"] == "alert" else 0
+
+# %% ../nbs/15_cli.ipynb #c9e8a27a
+def add_backtest(p: argparse.ArgumentParser):
+    "Add the walk-forward and trading options shared by `backtest` and `pipeline --backtest`."
+    p.add_argument("--retrain-days", type=float, default=None,
+                   help="days between retrains (default: 360 bars, 1 to 30 days)")
+    p.add_argument("--train-days", type=float, default=None,
+                   help="rolling training window in days (default: all bars so far)")
+    p.add_argument("--warmup-days", type=float, default=None,
+                   help="days before the first test segment (default: the fewest that fit --min-rows)")
+    p.add_argument("--tune-every", type=int, default=None,
+                   help="re-tune on the first of every N folds (default: once, on fold 1)")
+    p.add_argument("--params", metavar="RUN_ID", default=None,
+                   help="fixed parameters from a run's model card instead of tuning")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="trade when p_up is further than this from 0.5 (default: chosen per fold "
+                        "on its training window)")
+    p.add_argument("--no-short", action="store_true", help="long or flat only, as on a spot market")
+    p.add_argument("--fee-bps", type=float, default=FEE_BPS,
+                   help=f"fee per side in bps (default: {FEE_BPS:g}, Binance USDT-M futures taker; spot: 10)")
+    p.add_argument("--slippage-bps", type=float, default=SLIPPAGE_BPS,
+                   help=f"slippage per side in bps (default: {SLIPPAGE_BPS:g})")
+    p.add_argument("--min-val-rows", type=int, default=MIN_VAL_ROWS,
+                   help=f"fewest rows in an inner slice or scored period (default: {MIN_VAL_ROWS})")
+    p.add_argument("--period", default="auto", choices=["auto", *PERIODS],
+                   help="scoring period (default: year, else month, week or day)")
+    p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval (default: 1000)")
+
+# %% ../nbs/15_cli.ipynb #5a662915
+def run_backtest(args, market: Market, path: Path, pool: Callable | None = None, show: bool = True) -> Backtest:
+    "Backtest `market`'s table at `path` with the command's options (guard on, folds on `pool`); print it (`show`)."
+    table, _ = read_feature_table(path)
+    card = Run.open(args.params, args.home).card if args.params else None
+    result = backtest(table, home=args.home, market=market._asdict(), params=card and card["tuning"]["best_params"],
+                      params_from=card and {"run": args.params, "tuned_until": card["data"]["train"][1]},
+                      retrain_days=args.retrain_days, train_days=args.train_days, warmup_days=args.warmup_days,
+                      tune_every=args.tune_every, n_trials=args.trials, seed=args.seed, threshold=args.threshold,
+                      short=not args.no_short, fee_bps=args.fee_bps, slippage_bps=args.slippage_bps,
+                      min_rows=args.min_val_rows, period=args.period, n_boot=args.boot, n_jobs=args.jobs, pool=pool,
+                      progress=not args.quiet)
+    if show: print(backtest_text(result))
+    return result
+
+# %% ../nbs/15_cli.ipynb #c3142688
+def backtest_market(args, market: Market) -> dict:
+    "One market's backtest as a task (its folds one after another on the worker; a rerun resumes its stored folds)."
+    quiet = argparse.Namespace(**{**vars(args), "quiet": True, "jobs": 1})
+    bt = run_backtest(quiet, market, feature_path(args.home, market, args.feature_set, args.horizon), show=False)
+    return {"outcome": "done", "status": 0, "run_id": bt.id, "detail": bt.summary.splitlines()[0]}
+
+# %% ../nbs/15_cli.ipynb #3144206a
+def _backtest_args(p):
+    add_market(p, required=False); add_many(p); add_cluster(p); add_features(p); add_backtest(p); add_jobs(p)
+    p.add_argument("--trials", type=int, default=20, help="Optuna trials per tuning (default: 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the models (default: 0)")
+
+@command("backtest", _backtest_args, "walk-forward retraining and a backtest net of fees")
+def cmd_backtest(args) -> int:
+    "Walk-forward retraining and a cost-aware backtest of a market's table; many markets, or one's folds, as tasks."
+    if args.symbols or args.universe:
+        if args.symbol: raise ConfigError("give --symbol, or --symbols or --universe, not both")
+        started, dist = time.monotonic(), distributed()
+        with dist.connect(args.scheduler, args.cluster) as client:
+            outcomes = dist.run_markets(partial(backtest_market, args), markets_of(args), client,
+                                        progress=not args.quiet, desc="backtests",
+                                        size=partial(dist.stored_rows, args.home))
+        return print_outcomes(args, outcomes, time.monotonic() - started)
+    market = market_arg(args)
+    with (distributed().connect(args.scheduler, args.cluster) if args.scheduler or args.cluster
+          else nullcontext()) as client:
+        run_backtest(args, market, feature_path(args.home, market, args.feature_set, args.horizon),
+                     pool=client and distributed().cluster_pool(client))
+    return 0
 
 # %% ../nbs/15_cli.ipynb #538b3099
 def check_source(args):
@@ -372,6 +582,22 @@ def step(n: int, what: str, steps: int = 5):
     print(f"[{n}/{steps}] {what}", file=sys.stderr, flush=True)
 
 # %% ../nbs/15_cli.ipynb #9d892d63
+def _pipeline_args(p):
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--demo", action="store_true",
+                        help="use the embedded synthetic market (offline; seeded by --seed)")
+    source.add_argument("--import", dest="import_files", nargs="+", type=existing_file, metavar="FILE",
+                        help="import CSV dumps")
+    source.add_argument("--stored", action="store_true", help="use the bars already in the store (fetch nothing)")
+    add_exchange(p); add_symbol(p, required=False); add_many(p); add_cluster(p)
+    add_time_range(p); add_replace(p)
+    p.add_argument("--funding-csv", type=existing_file, help="with --import: funding rates to import too")
+    p.add_argument("--days", type=float, default=30, help="with --demo: days of synthetic bars (default: 30)")
+    add_features(p); add_tuning(p); add_gate(p); add_backtest(p); add_jobs(p)
+    p.add_argument("--backtest", action="store_true",
+                   help="then a walk-forward backtest of the market (see backtest --help)")
+
+@command("pipeline", _pipeline_args, "data, features, split, tune, save, promote; print the model card")
 def cmd_pipeline(args) -> int:
     "Market data, features, leak-checked split, tuning, save and promotion; prints the model card summary."
     check_source(args)
@@ -392,15 +618,6 @@ def cmd_pipeline(args) -> int:
         step(6, "walk-forward backtest", steps)
         run_backtest(args, market, path)
     return 0 if decision.promoted else 1
-
-# %% ../nbs/15_cli.ipynb #30530308
-def add_cluster(p: argparse.ArgumentParser):
-    "Add `--scheduler` or `--cluster`: the command's markets (or one market's folds) as Dask tasks."
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
-                       help="run the tasks on this Dask cluster (the data root must be one every worker sees)")
-    where.add_argument("--cluster", default=None, metavar="local[N]",
-                       help="run the tasks on a Dask cluster of N worker processes here")
 
 # %% ../nbs/15_cli.ipynb #e04270d6
 def distributed():
@@ -460,74 +677,13 @@ def pipeline_markets(args) -> int:
     dist.forget(args.home, invocation)
     return print_outcomes(args, outcomes, time.monotonic() - started)
 
-# %% ../nbs/15_cli.ipynb #c9e8a27a
-def add_backtest(p: argparse.ArgumentParser):
-    "Add the walk-forward and trading options shared by `backtest` and `pipeline --backtest`."
-    p.add_argument("--retrain-days", type=float, default=None,
-                   help="days between retrains (default: 360 bars, 1 to 30 days)")
-    p.add_argument("--train-days", type=float, default=None,
-                   help="rolling training window in days (default: all bars so far)")
-    p.add_argument("--warmup-days", type=float, default=None,
-                   help="days before the first test segment (default: the fewest that fit --min-rows)")
-    p.add_argument("--tune-every", type=int, default=None,
-                   help="re-tune on the first of every N folds (default: once, on fold 1)")
-    p.add_argument("--params", metavar="RUN_ID", default=None,
-                   help="fixed parameters from a run's model card instead of tuning")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="trade when p_up is further than this from 0.5 (default: chosen per fold "
-                        "on its training window)")
-    p.add_argument("--no-short", action="store_true", help="long or flat only, as on a spot market")
-    p.add_argument("--fee-bps", type=float, default=FEE_BPS,
-                   help=f"fee per side in bps (default: {FEE_BPS:g}, Binance USDT-M futures taker; spot: 10)")
-    p.add_argument("--slippage-bps", type=float, default=SLIPPAGE_BPS,
-                   help=f"slippage per side in bps (default: {SLIPPAGE_BPS:g})")
-    p.add_argument("--min-val-rows", type=int, default=MIN_VAL_ROWS,
-                   help=f"fewest rows in an inner slice or scored period (default: {MIN_VAL_ROWS})")
-    p.add_argument("--period", default="auto", choices=["auto", *PERIODS],
-                   help="scoring period (default: year, else month, week or day)")
-    p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval (default: 1000)")
-
-# %% ../nbs/15_cli.ipynb #5a662915
-def run_backtest(args, market: Market, path: Path, pool: Callable | None = None, show: bool = True) -> Backtest:
-    "Backtest `market`'s table at `path` with the command's options (guard on, folds on `pool`); print it (`show`)."
-    table, _ = read_feature_table(path)
-    card = Run.open(args.params, args.home).card if args.params else None
-    result = backtest(table, home=args.home, market=market._asdict(), params=card and card["tuning"]["best_params"],
-                      params_from=card and {"run": args.params, "tuned_until": card["data"]["train"][1]},
-                      retrain_days=args.retrain_days, train_days=args.train_days, warmup_days=args.warmup_days,
-                      tune_every=args.tune_every, n_trials=args.trials, seed=args.seed, threshold=args.threshold,
-                      short=not args.no_short, fee_bps=args.fee_bps, slippage_bps=args.slippage_bps,
-                      min_rows=args.min_val_rows, period=args.period, n_boot=args.boot, n_jobs=args.jobs, pool=pool,
-                      progress=not args.quiet)
-    if show: print(backtest_text(result))
-    return result
-
-# %% ../nbs/15_cli.ipynb #c3142688
-def backtest_market(args, market: Market) -> dict:
-    "One market's backtest as a task (its folds one after another on the worker; a rerun resumes its stored folds)."
-    quiet = argparse.Namespace(**{**vars(args), "quiet": True, "jobs": 1})
-    bt = run_backtest(quiet, market, feature_path(args.home, market, args.feature_set, args.horizon), show=False)
-    return {"outcome": "done", "status": 0, "run_id": bt.id, "detail": bt.summary.splitlines()[0]}
-
-# %% ../nbs/15_cli.ipynb #3144206a
-def cmd_backtest(args) -> int:
-    "Walk-forward retraining and a cost-aware backtest of a market's table; many markets, or one's folds, as tasks."
-    if args.symbols or args.universe:
-        if args.symbol: raise ConfigError("give --symbol, or --symbols or --universe, not both")
-        started, dist = time.monotonic(), distributed()
-        with dist.connect(args.scheduler, args.cluster) as client:
-            outcomes = dist.run_markets(partial(backtest_market, args), markets_of(args), client,
-                                        progress=not args.quiet, desc="backtests",
-                                        size=partial(dist.stored_rows, args.home))
-        return print_outcomes(args, outcomes, time.monotonic() - started)
-    market = market_arg(args)
-    with (distributed().connect(args.scheduler, args.cluster) if args.scheduler or args.cluster
-          else nullcontext()) as client:
-        run_backtest(args, market, feature_path(args.home, market, args.feature_set, args.horizon),
-                     pool=client and distributed().cluster_pool(client))
-    return 0
-
 # %% ../nbs/15_cli.ipynb #712abb30
+def _docs_args(p):
+    p.add_argument("notebooks", nargs="*", help="notebooks to render (default: all in nbs/)")
+    p.add_argument("--out", default=None, help="output folder (default: _docs in the checkout)")
+    p.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default: 600)")
+
+@command("docs", _docs_args, "render the notebooks to HTML without Quarto")
 def cmd_docs(args) -> int:
     "Render the notebooks to HTML without Quarto (needs the dev extras: nbdev, nbconvert); exit 1 if one fails."
     home = data_home(args.home) if args.home else None  # else the pages read $CRYPTOML_HOME, as every command does
@@ -535,149 +691,15 @@ def cmd_docs(args) -> int:
         raise ConfigError(f"no market in {home} has a champion to document: run `cryptoml pipeline` there first")
     return 1 if render_site(args.notebooks, args.out, args.timeout, home) else 0
 
-# %% ../nbs/15_cli.ipynb #c4679da6
-def _ingest_args(p):
-    add_exchange(p, None); add_symbol(p, required=False); add_many(p); add_time_range(p); add_replace(p)
-def _import_args(p):
-    p.add_argument("files", nargs="+", type=existing_file, metavar="FILE", help="CSV or zipped CSV dumps")
-    add_exchange(p)
-    p.add_argument("--symbol", help="the one market every file holds (default: each file's market, from its name, "
-                                    "e.g. BTCUSDT-1h-2023-03.zip or binance_perp_ETHUSDT_1h_2021-2022.csv)")
-    p.add_argument("--timeframe", help="the files' timeframe (default: from each file's name)")
-    p.add_argument("--funding-csv", type=existing_file,
-                   help="also import funding rates (timestamp,funding_rate) for this symbol, "
-                        "as its funding exchange's (binance for binanceus)")
-    add_replace(p)
-def _demo_args(p):
-    p.add_argument("--days", type=float, default=30, help="days of 1m bars (default: 30)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-def _features_args(p):
-    add_market(p); add_features(p)
-    p.add_argument("--funding-exchange", default=None,
-                   help="where this market's funding rates are stored (default: its own "
-                        "exchange, or binance for binanceus)")
-def _tune_args(p): add_market(p); add_features(p); add_tuning(p); add_jobs(p)
-def _promote_args(p):
-    p.add_argument("run_id", help="run id, e.g. 2026-11-26T101500")
-    alias = p.add_mutually_exclusive_group()
-    for name in ALIASES:
-        alias.add_argument(f"--{name}", dest="alias", action="store_const", const=name,
-                           help="name the run its market's champion, through the gate (the default)"
-                           if name == "champion" else f"name the run its market's {name} (no gate)")
-    p.set_defaults(alias="champion")
-    p.add_argument("--force", action="store_true", help="make it champion even if the gate refuses (logged)")
-    add_gate(p); add_market(p, required=False)
-def _rollback_args(p): add_market(p, required=False)
-def _runs_args(p): add_market(p, required=False)
-def _show_args(p): p.add_argument("run_id", help="run id, e.g. 2026-11-26T101500")
-def _compare_args(p):
-    p.add_argument("run_a", help="the run to compare against (e.g. the champion)")
-    p.add_argument("run_b", help="the run whose gain over run_a is reported")
-    p.add_argument("--min-rows", type=int, default=MIN_ROWS, help=f"fresh rows needed (default: {MIN_ROWS})")
-def _predict_args(p):
-    add_market(p, required=False)
-    p.add_argument("--member",
-                   help="with a pooled model (a panel's market): which of its markets to predict, e.g. ETH/USDT")
-    p.add_argument("--at", type=utc_time, default=None,
-                   help="time of the newest bar to use (default: the newest stored)")
-def _monitor_args(p):
-    add_market(p, required=False)
-    p.add_argument("--window-days", type=float, default=7, help="days of recent bars to compare (default: 7)")
-    p.add_argument("--run", default=None, help="run id to monitor (default: the market's champion)")
-    p.add_argument("--demote-on-alert", action="store_true",
-                   help="roll the champion back to the previous one when its realised "
-                        "log loss is worse than its card's (95%% interval)")
-def _pipeline_args(p):
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--demo", action="store_true",
-                        help="use the embedded synthetic market (offline; seeded by --seed)")
-    source.add_argument("--import", dest="import_files", nargs="+", type=existing_file, metavar="FILE",
-                        help="import CSV dumps")
-    source.add_argument("--stored", action="store_true", help="use the bars already in the store (fetch nothing)")
-    add_exchange(p); add_symbol(p, required=False); add_many(p); add_cluster(p)
-    add_time_range(p); add_replace(p)
-    p.add_argument("--funding-csv", type=existing_file, help="with --import: funding rates to import too")
-    p.add_argument("--days", type=float, default=30, help="with --demo: days of synthetic bars (default: 30)")
-    add_features(p); add_tuning(p); add_gate(p); add_backtest(p); add_jobs(p)
-    p.add_argument("--backtest", action="store_true",
-                   help="then a walk-forward backtest of the market (see backtest --help)")
-def _backtest_args(p):
-    add_market(p, required=False); add_many(p); add_cluster(p); add_features(p); add_backtest(p); add_jobs(p)
-    p.add_argument("--trials", type=int, default=20, help="Optuna trials per tuning (default: 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the models (default: 0)")
-def _panel_args(p):
-    p.add_argument("--universe", type=existing_file, required=True,
-                   help="the universe file of the panel's markets; its name names the panel")
-    add_exchange(p, None)
-    p.add_argument("--timeframe", help="the markets' timeframe (default: the universe's)")
-    p.add_argument("--reference", help="the market cross-pair features read (default: the universe's first)")
-    p.add_argument("--panel-set", default="panel", choices=sorted(PANEL_SETS),
-                   help="panel feature set (default: panel)")
-    p.add_argument("--horizon", type=int, default=1, help="label horizon in bars (default: 1)")
-def _docs_args(p):
-    p.add_argument("notebooks", nargs="*", help="notebooks to render (default: all in nbs/)")
-    p.add_argument("--out", default=None, help="output folder (default: _docs in the checkout)")
-    p.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default: 600)")
-
-COMMANDS = {
-    "ingest":   (cmd_ingest, _ingest_args,
-                 "fetch OHLCV bars (and funding, open interest) of one market or many from an exchange"),
-    "import":   (cmd_import, _import_args, "import CSV or zipped CSV dumps"),
-    "demo":     (cmd_demo, _demo_args, "write the embedded synthetic market"),
-    "features": (cmd_features, _features_args, "build a market's feature table"),
-    "panel":    (cmd_panel, _panel_args,
-                 "build a panel's table: many markets, cross-pair and multi-timeframe features"),
-    "tune":     (cmd_tune, _tune_args, "tune a LightGBM model and save it as a run"),
-    "promote":  (cmd_promote, _promote_args,
-                 "make a run its market's champion if it passes the gate (or its challenger, shadow)"),
-    "rollback": (cmd_rollback, _rollback_args, "point a market's champion back at the previous one"),
-    "runs":     (cmd_runs, _runs_args, "list the runs, of every market or of one"),
-    "show":     (cmd_show, _show_args, "print a run's model card"),
-    "compare":  (cmd_compare, _compare_args,
-                 "two runs on the same fresh rows: gain with its interval, calibration, agreement"),
-    "predict":  (cmd_predict, _predict_args, "P(up) of the next bar from a market's champion"),
-    "monitor":  (cmd_monitor, _monitor_args, "drift, realised metrics and calibration report; exit 1 on an alert"),
-    "pipeline": (cmd_pipeline, _pipeline_args, "data, features, split, tune, save, promote; print the model card"),
-    "backtest": (cmd_backtest, _backtest_args, "walk-forward retraining and a backtest net of fees"),
-    "migrate":  (cmd_migrate, lambda p: None, "move a data root from cryptoml 0.1's layout into per-market folders"),
-    "docs":     (cmd_docs, _docs_args, "render the notebooks to HTML without Quarto"),
-}
-
-def parser() -> argparse.ArgumentParser:
-    "The `cryptoml` argument parser, built from `COMMANDS`."
-    top = argparse.ArgumentParser(prog="cryptoml", description="Leak-safe LightGBM models for the next crypto bar.")
-    subs = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, add_args, summary) in COMMANDS.items():
-        p = subs.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
-        add_args(p)
-        p.add_argument("--home", default=None, help="data root (default: $CRYPTOML_HOME, else ./data)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return top
-
-# %% ../nbs/15_cli.ipynb #2c4c823d
-def in_data_root(command: Callable[[argparse.Namespace], int],
-                 check: bool = True) -> Callable[[argparse.Namespace], int]:
-    "`command`, run once `--home` is resolved to the data root and (with `check`) checked to be in this layout."
-    def run(args) -> int:
-        args.home = data_home(args.home)
-        if check: check_layout(args.home)
-        return command(args)
-    return run
-
-# %% ../nbs/15_cli.ipynb #9c81d63c
-def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `cryptoml` console script; returns the exit status."
-    args = parser().parse_args(argv)
-    command = COMMANDS[args.command][0]
-    if args.command != "docs": command = in_data_root(command, check=args.command != "migrate")
-    return run_command(command, args)
-
 # %% ../nbs/15_cli.ipynb #038fb508
+def _exit_steps():
+    "The steps of Python's exit before its teardown: threading's exit callbacks and threads, then `atexit` handlers."
+    threading._shutdown()  # private (no public equivalent): what Python's exit calls first
+    atexit._run_exitfuncs()  # private likewise: then this
+
 def console():
     "The `cryptoml` console script: `main`, then an exit with its status that skips native libraries' teardown."
     status = main()
-    for thread in threading.enumerate():  # what Python's exit would wait for
-        if thread is not threading.main_thread() and not thread.daemon: thread.join()
-    atexit._run_exitfuncs()
+    _exit_steps()
     for stream in (sys.stdout, sys.stderr): stream.flush()
     os._exit(status)

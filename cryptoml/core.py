@@ -10,8 +10,8 @@ import os
 # 20-90x slower. Passive waiting must be set before lightgbm is imported, and every stage imports core first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import hashlib, json, re, tempfile
-from contextlib import nullcontext
+import hashlib, json, re
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -25,9 +25,9 @@ __all__ = ['RUN_ID', 'LIBRARIES', 'CryptomlError', 'ConfigError', 'DataError', '
            'PromotionRefused', 'data_home', 'symbol_id', 'pair_id', 'timeframe_seconds', 'timeframe_ms', 'to_utc',
            'to_ms', 'bar_close', 'shaped', 'check_exchange', 'Market', 'raw_dir', 'funding_dir', 'month_file',
            'feature_path', 'models_dir', 'market_dir', 'best_link', 'optuna_storage', 'check_run_id', 'inside',
-           'legacy_layout', 'check_layout', 'fsync_dir', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json',
-           'atomic_write_parquet', 'parquet_metadata', 'read_parquet_file', 'atomic_symlink', 'sha256_file',
-           'library_versions', 'repo_root', 'shared_data', 'display_rows']
+           'legacy_layout', 'check_layout', 'fsync_dir', 'write_all', 'atomic_write', 'atomic_write_bytes',
+           'atomic_write_json', 'atomic_write_parquet', 'parquet_metadata', 'read_parquet_file', 'atomic_symlink',
+           'sha256_file', 'library_versions', 'repo_root', 'shared_data', 'display_rows']
 
 # %% ../nbs/00_core.ipynb #2e9f61dd
 class CryptomlError(Exception):
@@ -232,31 +232,44 @@ def fsync_dir(folder: Path):
     try: os.fsync(fd)
     finally: os.close(fd)
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
-    "Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename it over `path`."
+def write_all(fd: int, data: bytes):
+    "Write all of `data` to the file descriptor `fd` (`os.write` may take only part of it)."
+    with memoryview(data) as rest:
+        while rest: rest = rest[os.write(fd, rest):]
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any] | bytes, *,
+                 dir_fd: int | None = None) -> Path:
+    "Write `path`: a temporary file beside it gets `write` (bytes, or a function of its path), an fsync, a rename."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if dir_fd is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try: return atomic_write(path, write, dir_fd=folder)
+        finally: os.close(folder)
+    tmp = f".{path.name}.{os.urandom(8).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)  # fails once the folder is removed
     try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f: os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            if callable(write): write(path.parent/tmp)
+            else: write_all(fd, write)
+            os.fsync(fd)
+        finally: os.close(fd)
+        os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with suppress(OSError): os.unlink(tmp, dir_fd=dir_fd)
         raise
-    fsync_dir(path.parent)
+    os.fsync(dir_fd)
     return path
 
 # %% ../nbs/00_core.ipynb #1483bbd1
-def atomic_write_bytes(path, data: bytes) -> Path:
-    "Write `data` to `path` atomically."
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+def atomic_write_bytes(path, data: bytes, *, dir_fd: int | None = None) -> Path:
+    "Write `data` to `path` atomically (`dir_fd`: see `atomic_write`)."
+    return atomic_write(path, data, dir_fd=dir_fd)
 
 # %% ../nbs/00_core.ipynb #9609026f
-def atomic_write_json(path, obj: Any) -> Path:
-    "Write `obj` as indented JSON to `path` atomically."
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+def atomic_write_json(path, obj: Any, *, dir_fd: int | None = None) -> Path:
+    "Write `obj` as indented JSON to `path` atomically (`dir_fd`: see `atomic_write`)."
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode(), dir_fd=dir_fd)
 
 # %% ../nbs/00_core.ipynb #11cb6696
 def atomic_write_parquet(path, df: pd.DataFrame, metadata: dict | None = None) -> Path:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from .core import (ArtifactError, ConfigError, DataError, Market, atomic_write_bytes, data_home, inside,
-                           market_dir, to_ms, to_utc)
+from .core import (ArtifactError, ConfigError, DataError, Market, atomic_write_bytes, atomic_write_json,
+                           data_home, inside, market_dir, to_ms, to_utc, write_all)
 from .registry import Run, alias_link, online_settings, resolve_market, run_folder_lock, verified_bytes
 from .calibrate import OnlineCalibrator, epoch_ms
 # Serving stays lean (issue 16): no `lightgbm` package (it imports scikit-learn; its C library is loaded with ctypes),
@@ -354,11 +354,6 @@ def probe_rows(text: str, n: int = 4096, seed: int = 0) -> np.ndarray:
     return np.column_stack([rng.choice(np.array(v), n) for v in values])
 
 # %% ../nbs/10_infer.ipynb #8e06c3da
-def _write_all(fd: int, data: bytes):
-    "Write all of `data` to the file descriptor `fd` (`os.write` may take only part of it)."
-    with memoryview(data) as rest:
-        while rest: rest = rest[os.write(fd, rest):]
-
 def _load_library(path: Path, sha256: str) -> ctypes.CDLL:
     "The shared library `path`, loaded from the very bytes hashing to `sha256` (in memory where the system can)."
     data = verified_bytes(path, sha256)
@@ -366,7 +361,7 @@ def _load_library(path: Path, sha256: str) -> ctypes.CDLL:
     # The file stays open: the loader knows a library by its path, and a closed descriptor's number, reused for the
     # next model, would hand back this one. ctypes never unloads a library, so nothing is lost by keeping it.
     fd = os.memfd_create(path.name)
-    _write_all(fd, data)
+    write_all(fd, data)
     return ctypes.CDLL(f"/proc/self/fd/{fd}")
 
 class CompiledBooster:
@@ -441,22 +436,6 @@ def _library(text: str, flags: tuple, cc: str | None) -> bytes:
     with tempfile.TemporaryDirectory(prefix="cryptoml-compile-") as tmp:
         return compile_model(text, Path(tmp)/"model.so").read_bytes()
 
-def _file_at(folder: int, name: str, data: bytes):
-    "Write `data` as `name` in the folder open as descriptor `folder`: a temporary file, fsync, rename; never a mkdir."
-    tmp = f".{name}.{os.urandom(4).hex()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=folder)  # fails if the folder was removed
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally: os.close(fd)
-        os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
-    except BaseException:
-        try: os.unlink(tmp, dir_fd=folder)
-        except OSError: pass
-        raise
-    os.fsync(folder)
-
 def file_compiled(run: Run, native: FastBooster) -> CompiledBooster:
     "Compile the run's model and file it in the run folder, under its lock: the library, checked, then `compiled.json`."
     data = _library(native.text, compile_flags(), os.environ.get("CC"))
@@ -464,10 +443,10 @@ def file_compiled(run: Run, native: FastBooster) -> CompiledBooster:
     library = run.folder/f"lgbm-{sha[:16]}.so"
     with run_folder_lock(run.folder) as folder:
         if folder is None: raise ArtifactError(f"run folder {run.folder} was removed while compiling: nothing filed")
-        _file_at(folder, library.name, data)
+        atomic_write_bytes(library, data, dir_fd=folder)
         model = CompiledBooster(library, sha, native)  # checked before it is filed
         record = {"library": library.name, "sha256": sha, **compiled_key(run)}
-        _file_at(folder, COMPILED, (json.dumps(record, indent=2) + "\n").encode())
+        atomic_write_json(run.folder/COMPILED, record, dir_fd=folder)
         for old in set(run.folder.glob("lgbm-*.so")) - {library}:  # replaced: a process serving it holds its own copy
             old.unlink(missing_ok=True)
     return model
@@ -784,7 +763,7 @@ class ShadowLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 os.fsync(fd)  # on disk before `written` counts it: a crash loses at most the calls still queued
             finally: os.close(fd)
             self.written += len(lines)

@@ -420,9 +420,11 @@ def study_storage(url: str | None, tries: int = 5, n_jobs: int = 1) -> optuna.st
 
 # %% ../nbs/06_tune.ipynb #8c84b65c
 def open_study(storage: str | None, study_name: str, objective: str, seed: int, digest: str,
-               n_jobs: int = 1) -> optuna.Study:
+               n_jobs: int = 1, window: int | None = None) -> optuna.Study:
     "Create the study `study_name` in `storage`, or join it; `ConfigError` if its trials used other data or settings."
-    window = TrialWindow(window_width(n_jobs) if on_one_machine(storage) else None, first_read=START_UP)
+    # `window`: the width its trials see through; by default `window_width(n_jobs)`, and all finished on a server
+    width = window or (window_width(n_jobs) if on_one_machine(storage) else None)
+    window = TrialWindow(width, first_read=START_UP)
     study = optuna.create_study(storage=study_storage(storage, n_jobs=n_jobs), study_name=study_name,
                                 directions=list(OBJECTIVES[objective].directions), sampler=TrialSeededTPE(seed, window),
                                 pruner=make_pruner(window), load_if_exists=True)
