@@ -12,7 +12,6 @@ the best of each per horizon, with the fold's rows, and the largest single-featu
 import argparse, tempfile, time, warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cryptoml.core import shared_data

@@ -21,7 +21,7 @@ from .ingest import (PRICES, Universe, funding_exchange, read_bars, read_funding
                              store_open_interest, synthetic_funding, synthetic_interest, write_bars, write_funding)
 from .features import (CHUNK_ROWS, FEATURES, BarArrays, FeatureSet, bar_arrays, content_digest, funding_arrays,
                                label_arrays, rolling_mean, rolling_std, rolling_sum, write_row_groups)
-from .features import _arrow, _arrow_rows, _code_text, _feature_text, _labels_of, _unchanged  # shared
+from .features import _code_text, _feature_text, _labels_of, _required, _unchanged  # shared
 
 # %% auto #0
 __all__ = ['LEAD', 'PANEL_FEATURES', 'CROSS', 'HIGHER_COLUMNS', 'INDICATORS', 'OI_MAX_AGE', 'PANEL_SETS', 'LAGS', 'MTF',
@@ -564,10 +564,10 @@ def _market_rows(code: int, m: MarketArrays, ps: PanelSet, schema: pa.Schema, ho
     for start, end, chunk in market_chunks(m, ps, rows):
         features = market_matrix(chunk, ps, len(chunk) - end + start)
         del chunk  # the run's shared pieces go before its rows are encoded
-        labels = [_arrow(c, pa.float64()) for c in _labels_of(m.b.close, start, end, horizon, dead_zone)]
-        yield pa.Table.from_arrays([_arrow(np.full(end - start, float(code)), pa.float64()),
-                                    _arrow(m.b.ts[start:end], schema.field("ts").type),
-                                    *_arrow_rows(features, pa.float64()), *labels], schema=schema)
+        labels = [pa.array(c, pa.float64()) for c in _labels_of(m.b.close, start, end, horizon, dead_zone)]
+        yield pa.Table.from_arrays([pa.array(np.full(end - start, float(code)), pa.float64()),
+                                    pa.array(m.b.ts[start:end], schema.field("ts").type),
+                                    *(pa.array(row, pa.float64()) for row in features), *labels], schema=schema)
         del features, labels  # not held while the next run is computed
 
 # lz4 without dictionaries, statistics for `market` and `ts` only (what a reader filters on): see the text above
@@ -576,18 +576,19 @@ PANEL_PARQUET = dict(compression="lz4", use_dictionary=False, write_statistics=[
 
 def write_panel_table(path, panel: Panel, panel_set: str | PanelSet = "panel", *, horizon: int = 1,
                       dead_zone: float | None = None, metadata: dict | None = None, encode_ahead: bool = True,
-                      rows: int | None = None, progress: bool = False) -> Path:
+                      direct: bool = True, rows: int | None = None, progress: bool = False) -> Path:
     "Stream the panel's features and labels to the Parquet file `path` atomically, a row group a run of a market."
     ps = _usable(panel, panel_set)
     fields = [pa.field("market", pa.float64()), pa.field("ts", pa.timestamp("ms", tz="UTC")),
               *(pa.field(c, pa.float64()) for c in (*ps.features, "fwd_ret", "y"))]
-    schema = pa.schema(fields, metadata={b"cryptoml": json.dumps(metadata or {}, default=str).encode()})
+    schema = _required(pa.schema(fields, metadata={b"cryptoml": json.dumps(metadata or {}, default=str).encode()}))
     def write(tmp: Path):
         with tqdm(total=sum(len(d.bars) for d in panel.markets.values()), unit="bar", disable=not progress) as bar:
             # chained: a generator expression would hold each run's table while the next is computed
             tables = chain.from_iterable(_market_rows(code, m, ps, schema, horizon, dead_zone, rows)
                                          for code, _, m in market_contexts(panel))
-            write_row_groups(tmp, schema, tables, PANEL_PARQUET, encode_ahead=encode_ahead, done=bar.update)
+            write_row_groups(tmp, schema, tables, PANEL_PARQUET, encode_ahead=encode_ahead, direct=direct,
+                             done=bar.update)
     return atomic_write(path, write)
 
 # %% ../nbs/03_panel.ipynb #10a4d565
