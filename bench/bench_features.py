@@ -22,7 +22,7 @@ with a timer on each stage, in the thread the stage runs in: each registered fea
 such as the EMAs under MACD, which show under their own names), summed by family, the labels, the Arrow conversion,
 and the Parquet encoding (the encoder thread; into /dev/null for this run). The file write and the fsync are wall
 times of writing the finished file's bytes once more and of fsyncing them: the disk's share, which the build
-overlaps with the rest (the build's own writes go past the page cache, in a thread of their own).
+overlaps with the rest (the writes and syncs run in threads of their own).
 Targets (issue 16): rich build >= 0.5x the reference's rows/s, peak <= 1.5x the raw table. The target compares
 rich-build with polars-seed, both writing durably (fsynced, timed); polars-nosync is shown beside it.
 """

@@ -14,17 +14,16 @@ memory, and measures:
   build      cryptoml.panel.write_panel_table as it is by default: the same features, with labels, streamed to an lz4
              Parquet file by the feature store's writer (`write_row_groups`), in runs of at most `PANEL_ROWS` bars of
              a market (`market_chunks`: two runs of 4,380 bars a market here, each with the history its first row
-             needs), a row group a run: a thread encodes each run while the caller computes the next, so two runs'
-             rows are in memory at a time, and a third thread writes the bytes to disk past the page cache
-             (O_DIRECT); fsynced at the end, then renamed into place (durable and atomic);
-  one thread the same build with `encode_ahead=False`: the caller encodes each run itself once it is made;
-  page cache the default build with `direct=False`: the file written through the page cache, fsynced every 16 MB;
+             needs), a row group a run: a thread makes each run's Arrow table (with its labels) and encodes it into
+             the file while the caller computes the next, so two runs' rows are in memory at a time, and a third
+             thread has the disk keep up; fsynced once more at the end, then renamed into place (durable, atomic);
+  one thread the same build with `encode_ahead=False`: the caller makes and encodes each run's table itself;
+  no fsync   the default build with os.fsync made a no-op in that process: what the durable sync costs;
   reference  a straightforward pandas implementation of the same features (groupby, rolling, resample, merge_asof),
              producing the whole table in memory; its values are checked against ours (largest relative difference).
 
 rows/s from wall seconds (CPU seconds beside them, every thread's: this machine is shared), the best of `--repeat`
-runs. After the build (and after the page-cache build), the table is read back once with pyarrow: a file written past
-the page cache is read from the disk the first time, one written through it from memory. Peak memory is the process's peak resident set during the step (Linux VmHWM, reset before it) above its
+runs. Peak memory is the process's peak resident set during the step (Linux VmHWM, reset before it) above its
 resident set before it, plus the raw panel (bars, funding and open interest frames): `peak / raw` is how many raw
 panels' worth of memory the step held, the largest over the runs, after a warm-up run on a tiny panel (so that
 libraries loading and their memory pools growing once per process are not counted as the panel's).
@@ -36,9 +35,8 @@ The profile then runs the build's phases one after another in one process (the b
 every run's features; the labels and the zero-copy Arrow tables; the Parquet encoding into memory, under the settings
 compared (the feature store's zstd with byte-stream split, zstd without it, Arrow's dictionary default, lz4 with all
 statistics, with data pages v1, with nullable columns holding null for NaN (the tables before), as now, uncompressed);
-the file write past the page cache as the build does it (and, beside it, through the page cache); its fsync; the
-rename and the folder's fsync. Features stay float64: the tables' contract (DESIGN.md) and their content digests are
-float64, so float32 is shown but not used.
+the file write into the page cache; its fsync; the rename and the folder's fsync. Features stay float64: the tables' contract (DESIGN.md) and their content digests are
+float64, so float32 is not among the settings.
 """
 import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -137,10 +135,10 @@ def profile(panel, fs, folder: Path) -> dict:
     "The build's phases one after another: (wall, CPU) seconds of each, and each encoding's (wall, CPU, MB)."
     import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
     from cryptoml.core import fsync_dir
-    from cryptoml.features import PARQUET_OPTIONS, _DirectFile
+    from cryptoml.features import PARQUET_OPTIONS
     from cryptoml.panel import PANEL_PARQUET, _market_rows, market_chunks, market_contexts, market_matrix, write_panel_table
     schema = pq.read_schema(write_panel_table(folder/"schema.parquet", panel, fs))
-    rows = lambda: (t for code, _, m in market_contexts(panel) for t in _market_rows(code, m, fs, schema, 1, None))
+    rows = lambda: (make() for code, _, m in market_contexts(panel) for make in _market_rows(code, m, fs, schema, 1, None))
     out = {"features": clocked(lambda: [market_matrix(c, fs, len(c) - end + start).shape for _, _, m in market_contexts(panel)
                                         for start, end, c in market_chunks(m, fs)])}
     with_rows = clocked(lambda: [t.num_rows for t in rows()])   # a table at a time, as the build holds them
@@ -177,30 +175,26 @@ def profile(panel, fs, folder: Path) -> dict:
     data = pa.BufferOutputStream()
     encode(data, PANEL_PARQUET)
     path, moved, data = folder/"profiled.parquet", folder/"renamed.parquet", data.getvalue()
-    cached = clocked(lambda: (folder/"cached.parquet").write_bytes(data), 1)
-    def direct():
-        file = _DirectFile(path)
-        for at in range(0, data.size, 1 << 18): file.write(data[at:at + (1 << 18)])  # Arrow's 256 KB pieces
-        file.close()
-    out["file write past the page cache"] = clocked(direct, 1)
+    out["file write (page cache)"] = clocked(lambda: path.write_bytes(data), 1)
     def sync():
         with open(path, "rb") as f: os.fsync(f.fileno())
     out["fsync of the file"] = clocked(sync, 1)
     out["rename + folder fsync"] = clocked(lambda: (os.replace(path, moved), fsync_dir(folder)), 1)
-    return {"phases": out, "encodings": encodings, "file_mb": moved.stat().st_size / 2**20, "cached_write": cached}
+    return {"phases": out, "encodings": encodings, "file_mb": moved.stat().st_size / 2**20}
 
 
 def child(step: str, markets: int, days: float, repeat: int) -> dict:
     import numpy as np
     from cryptoml.panel import market_contexts, market_matrix, write_panel_table, compute_panel
-    ahead, direct = step != "one thread", step != "page cache"   # the default build encodes ahead, past the page cache
+    if step == "no fsync": os.fsync = lambda fd: None   # this process only: the build without its durable sync
+    ahead = step != "one thread"   # the default build encodes ahead
     fs, callers = bench_set(), []
     with tempfile.TemporaryDirectory() as folder:
         def run(frames, panel):
             if step == "compute": return sum(market_matrix(m, fs).shape[1] for _, _, m in market_contexts(panel))
             if step == "reference": return pandas_features(frames, panel.reference)
             caller = time.thread_time()
-            written = write_panel_table(Path(folder)/"panel.parquet", panel, fs, encode_ahead=ahead, direct=direct)
+            written = write_panel_table(Path(folder)/"panel.parquet", panel, fs, encode_ahead=ahead)
             callers.append(time.thread_time() - caller)   # the calling thread's own CPU: the build's serial part
             return written
         run(*synthetic(2, 3))   # warm-up on a tiny panel: libraries load and their pools grow once per process, not per panel
@@ -212,11 +206,6 @@ def child(step: str, markets: int, days: float, repeat: int) -> dict:
         wall, cpu, _ = min(runs)
         out |= {"s": wall, "cpu_s": cpu, "rows_s": rows / wall, "peak_x_raw": (raw + max(r[2] for r in runs)) / raw,
                 "caller_cpu_s": min(callers[-repeat:], default=None)}
-        if step in ("build", "page cache"):   # the table read back once, as a reader would first meet it
-            import pyarrow.parquet as pq
-            t = time.perf_counter()
-            pq.read_table(Path(folder)/"panel.parquet")
-            out["read_s"] = time.perf_counter() - t
         if step == "build":
             out["file_mb"] = (Path(folder)/"panel.parquet").stat().st_size / 2**20
             out["profile"] = profile(panel, fs, Path(folder))
@@ -244,7 +233,7 @@ def main():
     print(f"$ python bench/bench_panel.py --markets {args.markets} --days {args.days:g} --repeat {args.repeat}")
     print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results = {}
-    for step in ("compute", "build", "one thread", "page cache", "reference"):
+    for step in ("compute", "build", "one thread", "no fsync", "reference"):
         done = subprocess.run([sys.executable, __file__, "--child", step, str(args.markets), str(args.days), str(args.repeat)],
                               capture_output=True, text=True, check=True)
         results[step] = r = json.loads(done.stdout.splitlines()[-1])
@@ -259,7 +248,7 @@ def main():
                                                                      ("memory", r["peak_x_raw"] <= TARGET[1])))
         print(f"{step:>10} {r['s']:>8.3f} {r['cpu_s']:>7.3f} {r['rows_s'] / 1e6:>9.3f} {r['rows'] / r['cpu_s'] / 1e6:>13.3f} "
               f"{r['peak_x_raw']:>9.2f} {verdict:>29}")
-    for step in ("build", "one thread", "page cache"):
+    for step in ("build", "one thread", "no fsync"):
         r = results[step]
         print(f"{step:>10}: the calling thread's CPU {r['caller_cpu_s']:.3f} s of {r['cpu_s']:.3f} s "
               f"(alone it allows {r['rows'] / r['caller_cpu_s'] / 1e6:.2f} M rows/s; "
@@ -267,9 +256,7 @@ def main():
     ref, build = results["reference"], results["build"]
     print(f"ratio (reference wall / ours): compute {ref['s'] / results['compute']['s']:.1f}x, build {ref['s'] / build['s']:.1f}x, "
           f"encoding in one thread {ref['s'] / results['one thread']['s']:.1f}x, "
-          f"build through the page cache {ref['s'] / results['page cache']['s']:.1f}x; file {build['file_mb']:.1f} MB")
-    print(f"the table read back once after its build: {build['read_s']:.3f} s written past the page cache (from the disk), "
-          f"{results['page cache']['read_s']:.3f} s written through it")
+          f"build without fsync {ref['s'] / results['no fsync']['s']:.1f}x; file {build['file_mb']:.1f} MB")
     print(f"reference values vs ours: largest relative difference {ref['max_rel_diff']:.2e}, "
           f"NaN where the other is not: {ref['nan_mismatch']}")
     prof = build["profile"]
@@ -278,8 +265,6 @@ def main():
         print(f"  {phase:<34} wall {wall:>6.3f} s  cpu {cpu:>6.3f} s")
     print(f"  {'sum':<34} wall {sum(w for w, _ in prof['phases'].values()):>6.3f} s  "
           f"cpu {sum(c for _, c in prof['phases'].values()):>6.3f} s")
-    print(f"  {'(file write through the page cache':<34} wall {prof['cached_write'][0]:>6.3f} s  "
-          f"cpu {prof['cached_write'][1]:>6.3f} s)")
     print("Parquet encoding of the same Arrow tables, by setting (no dictionary unless said; bytes counted, not kept):")
     for name, (wall, cpu, mb) in prof["encodings"].items():
         print(f"  {name:<52} wall {wall:>6.3f} s  cpu {cpu:>6.3f} s  {mb:>6.1f} MB")

@@ -4,7 +4,8 @@
 
 # %% ../nbs/02_features.ipynb #f0226fa9
 from __future__ import annotations
-import errno, fcntl, functools, hashlib, inspect, json, math, mmap, os, re, shutil, time, uuid
+import functools, hashlib, inspect, json, math, os, re, shutil, time, uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -21,13 +22,13 @@ from .core import (ConfigError, DataError, Market, atomic_write, data_home, feat
 
 # %% auto #0
 __all__ = ['EMA_TAIL', 'FEATURES', 'OHLCV', 'W9', 'W12', 'W26', 'W14', 'DAY_MS', 'WEEK_MS', 'FUNDING_MAX_AGE', 'FEATURE_SETS',
-           'SEED', 'CHUNK_ROWS', 'VOL_BARS', 'PARQUET_OPTIONS', 'TABLE_PARQUET', 'DIRECT_BLOCK', 'DIRECT_BUFFER',
-           'SYNC_BYTES', 'WRITE_BUFFER', 'SNAPSHOT_NAME', 'window_reduce', 'rolling_sum', 'rolling_mean',
-           'rolling_mean_std', 'rolling_std', 'ema_alpha', 'ema_window', 'finite_ema', 'Feature', 'register_feature',
-           'mark_nonstationary', 'stationary', 'BarArrays', 'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature',
-           'ret_vol', 'ret_lag', 'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet', 'define_feature_set',
-           'get_feature_set', 'feature_names', 'lookback_bars', 'feature_chunks', 'feature_matrix', 'compute_features',
-           'features_asof', 'label_arrays', 'add_labels', 'write_row_groups', 'write_feature_table', 'content_digest',
+           'SEED', 'CHUNK_ROWS', 'VOL_BARS', 'PARQUET_OPTIONS', 'TABLE_PARQUET', 'SYNC_BYTES', 'WRITE_BUFFER',
+           'SNAPSHOT_NAME', 'window_reduce', 'rolling_sum', 'rolling_mean', 'rolling_mean_std', 'rolling_std',
+           'ema_alpha', 'ema_window', 'finite_ema', 'Feature', 'register_feature', 'mark_nonstationary', 'stationary',
+           'BarArrays', 'funding_arrays', 'bar_arrays', 'sma_gap', 'ema_feature', 'ret_vol', 'ret_lag',
+           'rolling_changes', 'cyclic', 'feature_docs', 'FeatureSet', 'define_feature_set', 'get_feature_set',
+           'feature_names', 'lookback_bars', 'feature_chunks', 'feature_matrix', 'compute_features', 'features_asof',
+           'label_arrays', 'add_labels', 'write_row_groups', 'write_feature_table', 'content_digest',
            'feature_code_sha256', 'table_provenance', 'build_features', 'read_feature_table', 'table_asof',
            'snapshot_dir', 'snapshot_table', 'prune_snapshots', 'table_view', 'connect']
 
@@ -578,94 +579,38 @@ def _ahead(items: Iterator, fn: Callable) -> Iterator:
         if pending is not None: yield pending.result()
 
 # %% ../nbs/02_features.ipynb #181579ce
-DIRECT_BLOCK = 1 << 12   # O_DIRECT wants the buffer, the file offset and the length in whole disk blocks: 4 KB fits all
-DIRECT_BUFFER = 1 << 18  # bytes a write: the thread writes one while the encoder fills the other (see above)
-SYNC_BYTES = 1 << 24     # through the page cache, an fsync every 16 MB: the last one has little left at any size
+SYNC_BYTES = 1 << 24  # so the last fsync has at most tens of MB left, whatever the table's size
 
-def _pwrite_all(fd: int, data: memoryview, offset: int):
-    "Write all of `data` at `offset` of the file `fd` (`os.pwrite` may take only part of it)."
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data, offset = data[n:], offset + n
-
-class _DirectFile:
-    "A new file for Arrow to write into: gathered in two aligned buffers, written by a thread past the page cache."
-    closed = False  # what pa.PythonFile asks
-
-    def __init__(self, path: Path, direct: bool = True):
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        self.direct = direct and hasattr(os, "O_DIRECT")
-        try: self.fd = os.open(path, flags | os.O_DIRECT if self.direct else flags)
-        except OSError as e:  # tmpfs, for one, has no O_DIRECT
-            if e.errno != errno.EINVAL: raise
-            self.fd, self.direct = os.open(path, flags), False
-        self.buffers = [mmap.mmap(-1, DIRECT_BUFFER) for _ in range(2)]  # anonymous maps start on a page
-        self.thread, self.pending = ThreadPoolExecutor(1), None
-        self.used = self.handed = self.unsynced = 0  # bytes in the buffer being filled; handed to the thread; not synced
-
-    def tell(self) -> int: return self.handed + self.used
-    def flush(self): pass
-
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        n = len(view)
-        while view:
-            k = min(len(view), DIRECT_BUFFER - self.used)
-            self.buffers[0][self.used:self.used + k], view = view[:k], view[k:]
-            self.used += k
-            if self.used == DIRECT_BUFFER: self._hand_over()
-        return n
-
-    def _hand_over(self):
-        "Have the thread write the full buffer once it has written the one before, and fill the other meanwhile."
-        if self.pending is not None: self.pending.result()
-        self.pending = self.thread.submit(self._put, memoryview(self.buffers[0]), self.handed)
-        self.buffers.reverse()
-        self.handed, self.used = self.handed + DIRECT_BUFFER, 0
-
-    def _put(self, data: memoryview, offset: int):
-        if self.direct:
-            try: return _pwrite_all(self.fd, data, offset)
-            except OSError as e:  # a file system that opens with O_DIRECT but refuses the write
-                if e.errno != errno.EINVAL: raise
-                self._through_cache()
-        _pwrite_all(self.fd, data, offset)
-        self.unsynced += len(data)
-        if self.unsynced >= SYNC_BYTES: os.fsync(self.fd); self.unsynced = 0
-
-    def _through_cache(self):
-        fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-        self.direct = False
-
-    def close(self):
-        "Write what is left: its whole blocks past the page cache, the last part block through it."
-        if self.closed: return
-        self.closed = True
-        try:
-            if self.pending is not None: self.pending.result()
-            rest = memoryview(self.buffers[0])[:self.used]
-            whole = len(rest) - len(rest) % DIRECT_BLOCK if self.direct else 0
-            if whole: self._put(rest[:whole], self.handed)
-            if self.direct: self._through_cache()
-            _pwrite_all(self.fd, rest[whole:], self.handed + whole)
+@contextmanager
+def _synced_behind(path: Path, every: int = SYNC_BYTES) -> Iterator[Callable[[], None]]:
+    "A function that starts an fsync of `path` in a thread once `every` more bytes are written, unless one is running."
+    fd, pending, synced = os.open(path, os.O_RDONLY), None, 0
+    with ThreadPoolExecutor(1) as thread:
+        def sync():
+            nonlocal pending, synced
+            size = os.fstat(fd).st_size
+            if size - synced >= every and (pending is None or pending.done()):
+                pending, synced = thread.submit(os.fsync, fd), size
+        try: yield sync
         finally:
-            self.thread.shutdown()
-            os.close(self.fd)
-
+            if pending is not None: pending.result()
+            os.close(fd)
 
 # %% ../nbs/02_features.ipynb #3b06c4e1
-WRITE_BUFFER = DIRECT_BUFFER  # bytes of pages Arrow gathers before each write to the file: see the text above
+WRITE_BUFFER = 1 << 18  # bytes of pages gathered before each write to the file: see the text above
 
-def write_row_groups(tmp: Path, schema: pa.Schema, tables: Iterable[pa.Table], options: dict, *,
-                     encode_ahead: bool = True, direct: bool = True, done: Callable[[int], Any] | None = None):
-    "Write `tables` (a row group each) to the new Parquet file `tmp`: encoded ahead in a thread, written by another."
-    with (pa.PythonFile(_DirectFile(tmp, direct), mode="w") as raw, pa.BufferedOutputStream(raw, WRITE_BUFFER) as file,
-          pq.ParquetWriter(file, schema, **options) as writer):
-        def encode(table: pa.Table):
-            writer.write_table(table, row_group_size=max(len(table), 1))
-            if done is not None: done(len(table))
-        for _ in _ahead(tables, encode) if encode_ahead else map(encode, tables): pass
-
+def write_row_groups(tmp: Path, schema: pa.Schema, tables: Iterable[pa.Table | Callable[[], pa.Table]], options: dict,
+                     *, encode_ahead: bool = True, done: Callable[[int], Any] | None = None):
+    "Write `tables` (a row group each, or a function the encoder calls to make it) to the new Parquet file `tmp`."
+    with (pa.OSFile(str(tmp), "wb") as raw, pa.BufferedOutputStream(raw, WRITE_BUFFER) as file,
+          _synced_behind(tmp) as sync):
+        with pq.ParquetWriter(file, schema, **options) as writer:
+            def encode(table: pa.Table | Callable[[], pa.Table]):
+                if callable(table): table = table()  # made in the encoder's thread, off the caller's
+                writer.write_table(table, row_group_size=max(len(table), 1))
+                sync()
+                if done is not None: done(len(table))
+            for _ in _ahead(tables, encode) if encode_ahead else map(encode, tables): pass
 
 # %% ../nbs/02_features.ipynb #7d993083
 def write_feature_table(path, bars: pd.DataFrame, feature_set: str | FeatureSet = "seed", *,

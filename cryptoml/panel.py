@@ -5,6 +5,7 @@
 # %% ../nbs/03_panel.ipynb #1a854322
 from __future__ import annotations
 import hashlib, json
+from functools import partial
 from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -558,17 +559,22 @@ def panel_code_sha256(features) -> str:
     return hashlib.sha256("\n".join(parts + _code_text(label_arrays, seen)).encode()).hexdigest()
 
 # %% ../nbs/03_panel.ipynb #f40356d2
+def _run_table(code: int, m: MarketArrays, start: int, end: int, features: np.ndarray, schema: pa.Schema,
+               horizon: int, dead_zone) -> pa.Table:
+    "Rows `start:end` of market `code` (market code, ts, `features`, labels) as an Arrow table of `schema`, no copy."
+    labels = [pa.array(c, pa.float64()) for c in _labels_of(m.b.close, start, end, horizon, dead_zone)]
+    return pa.Table.from_arrays([pa.array(np.full(end - start, float(code)), pa.float64()),
+                                 pa.array(m.b.ts[start:end], schema.field("ts").type),
+                                 *(pa.array(row, pa.float64()) for row in features), *labels], schema=schema)
+
 def _market_rows(code: int, m: MarketArrays, ps: PanelSet, schema: pa.Schema, horizon: int, dead_zone,
-                 rows: int | None = None) -> Iterator[pa.Table]:
-    "One market's rows (market code, ts, features, labels) as Arrow tables of `schema`, a run of `market_chunks` each."
+                 rows: int | None = None) -> Iterator[Callable[[], pa.Table]]:
+    "One market's rows, a run of `market_chunks` each: its features, and a function making its table (`_run_table`)."
     for start, end, chunk in market_chunks(m, ps, rows):
         features = market_matrix(chunk, ps, len(chunk) - end + start)
         del chunk  # the run's shared pieces go before its rows are encoded
-        labels = [pa.array(c, pa.float64()) for c in _labels_of(m.b.close, start, end, horizon, dead_zone)]
-        yield pa.Table.from_arrays([pa.array(np.full(end - start, float(code)), pa.float64()),
-                                    pa.array(m.b.ts[start:end], schema.field("ts").type),
-                                    *(pa.array(row, pa.float64()) for row in features), *labels], schema=schema)
-        del features, labels  # not held while the next run is computed
+        yield partial(_run_table, code, m, start, end, features, schema, horizon, dead_zone)
+        del features  # not held while the next run is computed
 
 # lz4 without dictionaries, statistics for `market` and `ts` only (what a reader filters on): see the text above
 PANEL_PARQUET = dict(compression="lz4", use_dictionary=False, write_statistics=["market", "ts"],
@@ -576,7 +582,7 @@ PANEL_PARQUET = dict(compression="lz4", use_dictionary=False, write_statistics=[
 
 def write_panel_table(path, panel: Panel, panel_set: str | PanelSet = "panel", *, horizon: int = 1,
                       dead_zone: float | None = None, metadata: dict | None = None, encode_ahead: bool = True,
-                      direct: bool = True, rows: int | None = None, progress: bool = False) -> Path:
+                      rows: int | None = None, progress: bool = False) -> Path:
     "Stream the panel's features and labels to the Parquet file `path` atomically, a row group a run of a market."
     ps = _usable(panel, panel_set)
     fields = [pa.field("market", pa.float64()), pa.field("ts", pa.timestamp("ms", tz="UTC")),
@@ -587,8 +593,7 @@ def write_panel_table(path, panel: Panel, panel_set: str | PanelSet = "panel", *
             # chained: a generator expression would hold each run's table while the next is computed
             tables = chain.from_iterable(_market_rows(code, m, ps, schema, horizon, dead_zone, rows)
                                          for code, _, m in market_contexts(panel))
-            write_row_groups(tmp, schema, tables, PANEL_PARQUET, encode_ahead=encode_ahead, direct=direct,
-                             done=bar.update)
+            write_row_groups(tmp, schema, tables, PANEL_PARQUET, encode_ahead=encode_ahead, done=bar.update)
     return atomic_write(path, write)
 
 # %% ../nbs/03_panel.ipynb #10a4d565
