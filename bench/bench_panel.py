@@ -35,8 +35,8 @@ The profile then runs the build's phases one after another in one process (the b
 every run's features; the labels and the zero-copy Arrow tables; the Parquet encoding into memory, under the settings
 compared (the feature store's zstd with byte-stream split, zstd without it, Arrow's dictionary default, lz4 with all
 statistics, with data pages v1, with nullable columns holding null for NaN (the tables before), as now, uncompressed);
-the file write into the page cache; its fsync; the rename and the folder's fsync. Features stay float64: the tables' contract (DESIGN.md) and their content digests are
-float64, so float32 is not among the settings.
+the file write into the page cache; its fsync; the rename and the folder's fsync. Features stay float64: the tables'
+contract (DESIGN.md) and their content digests are float64, so float32 is shown but not used.
 """
 import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path

@@ -561,12 +561,15 @@ def _required(schema: pa.Schema) -> pa.Schema:
     "`schema` with every field required (non-nullable): a feature table stores an unknown value as NaN, not null."
     return pa.schema([field.with_nullable(False) for field in schema], metadata=schema.metadata)
 
+def _table(columns: Iterable[np.ndarray], schema: pa.Schema) -> pa.Table:
+    "The numpy arrays `columns` as an Arrow table of `schema`, sharing their memory (NaN stays NaN)."
+    return pa.Table.from_arrays([pa.array(c, field.type) for c, field in zip(columns, schema)], schema=schema)
+
 def _row_groups(b: BarArrays, fs: FeatureSet, schema: pa.Schema, horizon: int,
                 dead_zone: float | None) -> Iterator[pa.Table]:
     "One table of `schema` (ts, features, labels) per chunk of `feature_chunks`: the file's row groups."
     for start, end, columns in feature_chunks(b, fs):
-        columns = [b.ts[start:end], *columns, *_labels_of(b.close, start, end, horizon, dead_zone)]
-        yield pa.Table.from_arrays([pa.array(c, field.type) for c, field in zip(columns, schema)], schema=schema)
+        yield _table([b.ts[start:end], *columns, *_labels_of(b.close, start, end, horizon, dead_zone)], schema)
 
 def _ahead(items: Iterator, fn: Callable) -> Iterator:
     "`fn(item)` for each of `items`, in order, each computed in a second thread while the next item is produced."
@@ -810,10 +813,9 @@ def _nan_as_null(floats: Iterable[str]) -> str:
     parts = [f'if(isnan("{c}"), NULL, "{c}") AS "{c}"' for c in floats]
     return f" REPLACE ({', '.join(parts)})" if parts else ""
 
-def _float_columns(paths: Iterable[Path]) -> list[str]:
-    "The float columns of the Parquet files `paths`, in order of first appearance."
-    names = (f.name for p in paths for f in pq.read_schema(p) if pa.types.is_floating(f.type))
-    return list(dict.fromkeys(names))
+def _float_columns(path: Path) -> list[str]:
+    "The float columns of the Parquet file `path`, from its footer."
+    return [f.name for f in pq.read_schema(path) if pa.types.is_floating(f.type)]
 
 def _parquet_view(con, name: str, globs: list[Path], columns: dict[str, int], floats: Iterable[str] = ()):
     "Create view `name` over the Parquet files matching `globs`, `columns` from path parts (name: index from the end)."
@@ -840,9 +842,9 @@ def connect(home=None) -> duckdb.DuckDBPyConnection:
     if bar_globs: _parquet_view(con, "bars", bar_globs, {"exchange": -4, "symbol": -3, "timeframe": -2})
     if funding_globs: _parquet_view(con, "funding", funding_globs, {"exchange": -4, "symbol": -3})
     # feature tables store an unknown value as NaN: their views read it as NULL, which SQL's aggregates skip
+    floats = {t: _float_columns(t) for t in tables}
     if tables: _parquet_view(con, "features", tables, {"exchange": -4, "symbol": -3, "timeframe": -2, "file": -1},
-                             _float_columns(tables))
-    for t in tables:
-        con.execute(f"""CREATE VIEW "{table_view(t)}" AS SELECT *{_nan_as_null(_float_columns([t]))} """
-                    f"""FROM read_parquet('{t}')""")
+                             dict.fromkeys(c for names in floats.values() for c in names))
+    for t, names in floats.items():
+        con.execute(f"""CREATE VIEW "{table_view(t)}" AS SELECT *{_nan_as_null(names)} FROM read_parquet('{t}')""")
     return con

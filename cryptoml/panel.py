@@ -22,7 +22,7 @@ from .ingest import (PRICES, Universe, funding_exchange, read_bars, read_funding
                              store_open_interest, synthetic_funding, synthetic_interest, write_bars, write_funding)
 from .features import (CHUNK_ROWS, FEATURES, BarArrays, FeatureSet, bar_arrays, content_digest, funding_arrays,
                                label_arrays, rolling_mean, rolling_std, rolling_sum, write_row_groups)
-from .features import _code_text, _feature_text, _labels_of, _required, _unchanged  # shared
+from .features import _code_text, _feature_text, _labels_of, _required, _table, _unchanged  # shared
 
 # %% auto #0
 __all__ = ['LEAD', 'PANEL_FEATURES', 'CROSS', 'HIGHER_COLUMNS', 'INDICATORS', 'OI_MAX_AGE', 'PANEL_SETS', 'LAGS', 'MTF',
@@ -562,10 +562,8 @@ def panel_code_sha256(features) -> str:
 def _run_table(code: int, m: MarketArrays, start: int, end: int, features: np.ndarray, schema: pa.Schema,
                horizon: int, dead_zone) -> pa.Table:
     "Rows `start:end` of market `code` (market code, ts, `features`, labels) as an Arrow table of `schema`, no copy."
-    labels = [pa.array(c, pa.float64()) for c in _labels_of(m.b.close, start, end, horizon, dead_zone)]
-    return pa.Table.from_arrays([pa.array(np.full(end - start, float(code)), pa.float64()),
-                                 pa.array(m.b.ts[start:end], schema.field("ts").type),
-                                 *(pa.array(row, pa.float64()) for row in features), *labels], schema=schema)
+    return _table([np.full(end - start, float(code)), m.b.ts[start:end], *features,
+                   *_labels_of(m.b.close, start, end, horizon, dead_zone)], schema)
 
 def _market_rows(code: int, m: MarketArrays, ps: PanelSet, schema: pa.Schema, horizon: int, dead_zone,
                  rows: int | None = None) -> Iterator[Callable[[], pa.Table]]:
