@@ -302,7 +302,7 @@ def higher_bars(b: BarArrays, timeframe: str) -> tuple[dict[str, np.ndarray], np
     if size % base: raise ConfigError(f"{timeframe} bars cannot be made of {b.timeframe} bars")
     if len(b) == 0: return {c: np.empty(0) for c in HIGHER_COLUMNS}, np.empty(0, np.int64)
     taker = b.taker_buy_base if b.taker_buy_base is not None else np.full(len(b), np.nan)
-    if size == base and b.ts[0] % size == 0 and b.ts[-1] - b.ts[0] == (len(b) - 1) * size:  # each bar its own, all there
+    if size == base and b.ts[0] % size == 0 and b.ts[-1] - b.ts[0] == (len(b) - 1) * size:  # each its own, all there
         return dict(zip(HIGHER_COLUMNS, (b.high, b.low, b.close, b.volume, taker))), np.arange(len(b))
     k = b.ts // size
     starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
@@ -350,7 +350,7 @@ def _shifted(m: MarketArrays, timeframe: str, shift: int) -> np.ndarray:
     return m.cached(("shifted", timeframe, shift), index)
 
 def expanded(indicator: Callable, period: int, timeframe: str, shift: int) -> Callable:
-    "The gathered feature function '`indicator` over `period` bars of `timeframe`, as of the latest closed, `shift` back'."
+    "The gathered feature function '`indicator` over `period` bars of `timeframe`, the latest closed, `shift` back'."
     def feature(m):
         values = m.cached((indicator, period, timeframe),
                           lambda: np.append(indicator(higher(m, timeframe)[0], period), np.nan))
@@ -400,7 +400,8 @@ def expand(spec: Expansion) -> list[str]:
 # %% ../nbs/03_panel.ipynb #f2bb2cf8
 OI_MAX_AGE = pd.Timedelta("3h")
 
-def interest_at(m: MarketArrays, times_ms: np.ndarray, max_age_ms: int = OI_MAX_AGE // pd.Timedelta("1ms")) -> np.ndarray:
+def interest_at(m: MarketArrays, times_ms: np.ndarray,
+                max_age_ms: int = OI_MAX_AGE // pd.Timedelta("1ms")) -> np.ndarray:
     "Open interest known at each of `times_ms` (the latest sample by then, at most OI_MAX_AGE old; NaN otherwise)."
     return take(m.data.oi, asof_index(m.data.oi_ts, times_ms, max_age_ms + 1))
 
@@ -582,7 +583,7 @@ def _run_table(code: int, m: MarketArrays, start: int, end: int, features: np.nd
 
 def _panel_rows(panel: Panel, ps: PanelSet, schema: pa.Schema, horizon: int, dead_zone,
                 rows: int | None = None) -> Iterator[pa.Table]:
-    "Every market's rows as tables (`_run_table`), a run of `market_chunks` each, their features in two buffers in turn."
+    "Every market's rows as tables (`_run_table`), a run of `market_chunks` each, features in two buffers in turn."
     buffers, turn = [np.empty(0), np.empty(0)], 0
     for code, _, m in market_contexts(panel):
         for start, end, chunk in market_chunks(m, ps, rows):

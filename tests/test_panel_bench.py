@@ -19,5 +19,6 @@ def test_the_benchmark_prints_every_step_the_ratio_and_the_profile_and_agrees_wi
     assert re.search(r"ratio \(reference wall / ours\): compute [\d.]+x, build [\d.]+x", out)
     agreement = re.search(r"largest relative difference ([\d.e+-]+), NaN where the other is not: (\d+)", out)
     assert agreement and float(agreement[1]) < 1e-6 and agreement[2] == "0", out
-    for phase in ("features", "labels + Arrow tables", "Parquet encoding", "file write (page cache)", "fsync of the file"):
+    phases = ("features", "labels + Arrow tables", "Parquet encoding", "file write (page cache)", "fsync of the file")
+    for phase in phases:
         assert f"  {phase} " in out, phase
