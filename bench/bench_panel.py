@@ -136,11 +136,12 @@ def profile(panel, fs, folder: Path) -> dict:
     import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
     from cryptoml.core import fsync_dir
     from cryptoml.features import PARQUET_OPTIONS
-    from cryptoml.panel import PANEL_PARQUET, _market_rows, market_chunks, market_contexts, market_matrix, write_panel_table
+    from cryptoml.panel import PANEL_PARQUET, _run_table, market_chunks, market_contexts, market_matrix, write_panel_table
     schema = pq.read_schema(write_panel_table(folder/"schema.parquet", panel, fs))
-    rows = lambda: (make() for code, _, m in market_contexts(panel) for make in _market_rows(code, m, fs, schema, 1, None))
-    out = {"features": clocked(lambda: [market_matrix(c, fs, len(c) - end + start).shape for _, _, m in market_contexts(panel)
-                                        for start, end, c in market_chunks(m, fs)])}
+    runs = lambda: ((code, m, start, end, market_matrix(c, fs, len(c) - end + start))
+                    for code, _, m in market_contexts(panel) for start, end, c in market_chunks(m, fs))
+    rows = lambda: (_run_table(code, m, start, end, features, schema, 1, None) for code, m, start, end, features in runs())
+    out = {"features": clocked(lambda: [features.shape for *_, features in runs()])}
     with_rows = clocked(lambda: [t.num_rows for t in rows()])   # a table at a time, as the build holds them
     out["labels + Arrow tables"] = tuple(a - b for a, b in zip(with_rows, out["features"]))
     tables = list(rows())

@@ -562,8 +562,14 @@ def _required(schema: pa.Schema) -> pa.Schema:
     return pa.schema([field.with_nullable(False) for field in schema], metadata=schema.metadata)
 
 def _table(columns: Iterable[np.ndarray], schema: pa.Schema) -> pa.Table:
-    "The numpy arrays `columns` as an Arrow table of `schema`, sharing their memory (NaN stays NaN)."
-    return pa.Table.from_arrays([pa.array(c, field.type) for c, field in zip(columns, schema)], schema=schema)
+    "The numpy arrays `columns` (a 2-D one: a column a row) as an Arrow table of `schema`, sharing their memory."
+    arrays, types = [], schema.types
+    for c in columns:
+        if c.ndim == 1: arrays.append(pa.array(c, types[len(arrays)]))
+        else:  # one Arrow array of the whole block, sliced: a conversion, not one per row
+            block = pa.array(c.reshape(-1), types[len(arrays)])
+            arrays += [block.slice(row * c.shape[1], c.shape[1]) for row in range(len(c))]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 def _row_groups(b: BarArrays, fs: FeatureSet, schema: pa.Schema, horizon: int,
                 dead_zone: float | None) -> Iterator[pa.Table]:
@@ -602,14 +608,13 @@ def _synced_behind(path: Path, every: int = SYNC_BYTES) -> Iterator[Callable[[],
 # %% ../nbs/02_features.ipynb #3b06c4e1
 WRITE_BUFFER = 1 << 18  # bytes of pages gathered before each write to the file: see the text above
 
-def write_row_groups(tmp: Path, schema: pa.Schema, tables: Iterable[pa.Table | Callable[[], pa.Table]], options: dict,
-                     *, encode_ahead: bool = True, done: Callable[[int], Any] | None = None):
-    "Write `tables` (a row group each, or a function the encoder calls to make it) to the new Parquet file `tmp`."
+def write_row_groups(tmp: Path, schema: pa.Schema, tables: Iterable[pa.Table], options: dict, *,
+                     encode_ahead: bool = True, done: Callable[[int], Any] | None = None):
+    "Write `tables` (a row group each) to the new Parquet file `tmp`, done with each before taking the one after next."
     with (pa.OSFile(str(tmp), "wb") as raw, pa.BufferedOutputStream(raw, WRITE_BUFFER) as file,
           _synced_behind(tmp) as sync):
         with pq.ParquetWriter(file, schema, **options) as writer:
-            def encode(table: pa.Table | Callable[[], pa.Table]):
-                if callable(table): table = table()  # made in the encoder's thread, off the caller's
+            def encode(table: pa.Table):
                 writer.write_table(table, row_group_size=max(len(table), 1))
                 sync()
                 if done is not None: done(len(table))

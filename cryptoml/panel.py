@@ -5,8 +5,6 @@
 # %% ../nbs/03_panel.ipynb #1a854322
 from __future__ import annotations
 import hashlib, json
-from functools import partial
-from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,7 +20,8 @@ from .ingest import (PRICES, Universe, funding_exchange, read_bars, read_funding
                              store_open_interest, synthetic_funding, synthetic_interest, write_bars, write_funding)
 from .features import (CHUNK_ROWS, FEATURES, BarArrays, FeatureSet, bar_arrays, content_digest, funding_arrays,
                                label_arrays, rolling_mean, rolling_std, rolling_sum, write_row_groups)
-from .features import _code_text, _feature_text, _labels_of, _required, _table, _unchanged  # shared
+from .features import (_code_text, _feature_text, _labels_of, _one_bar_returns, _required, _table,  # shared
+                               _unchanged)
 
 # %% auto #0
 __all__ = ['LEAD', 'PANEL_FEATURES', 'CROSS', 'HIGHER_COLUMNS', 'INDICATORS', 'OI_MAX_AGE', 'PANEL_SETS', 'LAGS', 'MTF',
@@ -191,13 +190,14 @@ class PanelFeature:
     span_ms: int = 0
     bars: int = 1
     reads_reference: bool = False
+    gathered: bool = False  # fn gives (values, index): the feature is values[index], an index of -1 values' last
 
 # %% ../nbs/03_panel.ipynb #2c754227
 PANEL_FEATURES: dict[str, PanelFeature] = {}
 
 def register_panel_feature(name: str, *, span: str | pd.Timedelta | int = 0, bars: int = 1,
-                           reads_reference: bool = False, doc: str | None = None) -> Callable:
-    "Decorator: register `fn(m) -> array` as the panel feature `name`, known from `span` of history or `bars` bars."
+                           reads_reference: bool = False, gathered: bool = False, doc: str | None = None) -> Callable:
+    "Decorator: register `fn(m) -> array` (or `(values, index)`, `gathered`) as the panel feature `name`."
     if name in FEATURES: raise ConfigError(f"panel feature {name!r}: the feature store already registers {name!r}")
     span_ms = span if isinstance(span, int) else int(pd.Timedelta(span) / pd.Timedelta("1ms"))
     def register(fn):
@@ -205,7 +205,8 @@ def register_panel_feature(name: str, *, span: str | pd.Timedelta | int = 0, bar
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ConfigError(f"panel feature {name!r} is already registered by "
                               f"{old.fn.__module__}.{old.fn.__qualname__}")
-        PANEL_FEATURES[name] = PanelFeature(name, fn, doc or (fn.__doc__ or "").strip(), span_ms, bars, reads_reference)
+        PANEL_FEATURES[name] = PanelFeature(name, fn, doc or (fn.__doc__ or "").strip(), span_ms, bars, reads_reference,
+                                            gathered)
         return fn
     return register
 
@@ -227,7 +228,11 @@ class MarketArrays:
     def __len__(self): return len(self.b)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        if name in PANEL_FEATURES: return PANEL_FEATURES[name].fn(self)  # not kept: the pieces it is made of are
+        if name in PANEL_FEATURES:  # not kept: the pieces it is made of are
+            feature = PANEL_FEATURES[name]
+            if not feature.gathered: return feature.fn(self)
+            values, index = feature.fn(self)
+            return values[index]
         if name in FEATURES: return self.b[name]
         raise ConfigError(f"unknown feature {name!r}: neither a panel feature nor a feature-store feature")
 
@@ -262,9 +267,13 @@ def ref_index(m: MarketArrays) -> np.ndarray:
     return m.cached("ref_index", lambda: asof_index(reference_of(m).close_ms, m.close_ms, m.b.bar_ms))
 
 # %% ../nbs/03_panel.ipynb #79404e5d
+def _ended(m: MarketArrays, name: str) -> np.ndarray:
+    "`m[name]` and a NaN after it, for an index of -1 to pick: once per market."
+    return m.cached(("ended", name), lambda: np.append(m[name], np.nan))
+
 def cross(name: str) -> Callable:
-    "The feature function 'the reference market's `name` as of the bar's close'."
-    def referenced(m): return take(reference_of(m)[name], ref_index(m))
+    "The gathered feature function 'the reference market's `name` as of the bar's close'."
+    def referenced(m): return _ended(reference_of(m), name), ref_index(m)
     referenced.__doc__ = (f"The reference market's {name!r} as of the bar's close; "
                           "NaN where the reference has no bar closing within it.")
     return referenced
@@ -273,7 +282,8 @@ def cross(name: str) -> Callable:
 def register_cross(name: str) -> str:
     "Register `ref_{name}`, the reference's `name` as of each bar's close, with the history of `name` and a bar more."
     span, bars = history(name)
-    register_panel_feature(f"ref_{name}", span=span, bars=bars + 1, reads_reference=True)(cross(name))
+    register_panel_feature(f"ref_{name}", span=span, bars=bars + 1, reads_reference=True, gathered=True)(
+        cross(name))
     return f"ref_{name}"
 
 CROSS = [register_cross(name) for name in ("ret1", "ret_vol20", "vol_z", "taker_imbalance", "funding_rate")]
@@ -291,10 +301,12 @@ def higher_bars(b: BarArrays, timeframe: str) -> tuple[dict[str, np.ndarray], np
     size, base = timeframe_ms(timeframe), b.bar_ms
     if size % base: raise ConfigError(f"{timeframe} bars cannot be made of {b.timeframe} bars")
     if len(b) == 0: return {c: np.empty(0) for c in HIGHER_COLUMNS}, np.empty(0, np.int64)
-    k = b.ts // size
-    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
-    slots, n = k[starts] - k[0], int(k[-1] - k[0]) + 1
     taker = b.taker_buy_base if b.taker_buy_base is not None else np.full(len(b), np.nan)
+    if size == base and b.ts[0] % size == 0 and b.ts[-1] - b.ts[0] == (len(b) - 1) * size:  # each its own, all there
+        return dict(zip(HIGHER_COLUMNS, (b.high, b.low, b.close, b.volume, taker))), np.arange(len(b))
+    k = b.ts // size
+    starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
+    slots, n = k[starts] - k[0], int(k[-1] - k[0]) + 1
     parts = {"high": np.maximum.reduceat(b.high, starts), "low": np.minimum.reduceat(b.low, starts),
              "close": b.close[np.r_[starts[1:], len(b)] - 1], "volume": np.add.reduceat(b.volume, starts),
              "taker": np.add.reduceat(taker, starts)}
@@ -302,15 +314,9 @@ def higher_bars(b: BarArrays, timeframe: str) -> tuple[dict[str, np.ndarray], np
     for c, values in parts.items(): grid[c][slots] = values
     if b.ts[0] > k[0] * size:  # the first higher bar began before the data: partial
         for values in grid.values(): values[0] = np.nan
-    closed = (b.ts + base) // size - 1 - k[0]
-    return grid, np.where(closed >= 0, closed, -1)
+    return grid, (b.ts + base) // size - 1 - k[0]  # -1 for bars before the first close: they start at k[0] or later
 
 # %% ../nbs/03_panel.ipynb #8d37b32f
-def _returns(close: np.ndarray) -> np.ndarray:
-    out = np.full(len(close), np.nan)
-    out[1:] = close[1:] / close[:-1] - 1
-    return out
-
 def _lagged_ratio(x: np.ndarray, p: int) -> np.ndarray:
     out = np.full(len(x), np.nan)
     out[p:] = x[p:] / x[:-p] - 1
@@ -324,7 +330,7 @@ def _flow(g: dict, p: int) -> np.ndarray:
 # name -> (least period, fn(higher bars, period))
 INDICATORS: dict[str, tuple[int, Callable[[dict, int], np.ndarray]]] = {
     "ret": (1, lambda g, p: _lagged_ratio(g["close"], p)),
-    "vol": (2, lambda g, p: rolling_std(_returns(g["close"]), p)),
+    "vol": (2, lambda g, p: rolling_std(_one_bar_returns(g["close"]), p)),
     "gap": (2, lambda g, p: g["close"] / rolling_mean(g["close"], p) - 1),
     "flow": (1, _flow),
     "range": (1, lambda g, p: rolling_mean((g["high"] - g["low"]) / g["close"], p)),
@@ -344,11 +350,11 @@ def _shifted(m: MarketArrays, timeframe: str, shift: int) -> np.ndarray:
     return m.cached(("shifted", timeframe, shift), index)
 
 def expanded(indicator: Callable, period: int, timeframe: str, shift: int) -> Callable:
-    "The feature function '`indicator` over `period` bars of `timeframe`, as of the latest one closed, `shift` back'."
+    "The gathered feature function '`indicator` over `period` bars of `timeframe`, the latest closed, `shift` back'."
     def feature(m):
         values = m.cached((indicator, period, timeframe),
                           lambda: np.append(indicator(higher(m, timeframe)[0], period), np.nan))
-        return values[_shifted(m, timeframe, shift)]  # -1 picks the NaN appended
+        return values, _shifted(m, timeframe, shift)  # -1 picks the NaN appended
     return feature
 
 # %% ../nbs/03_panel.ipynb #132233ab
@@ -386,7 +392,7 @@ def expand(spec: Expansion) -> list[str]:
     for indicator, p, tf, s in spec.combinations():
         name = expansion_name(indicator, p, tf, s)
         doc = f"{indicator} over {p} {tf} bars, as of the latest closed {tf} bar" + (f", {s} bar(s) back" if s else "")
-        register_panel_feature(name, span=(p + s + 2) * timeframe_ms(tf), bars=0, doc=doc + ".")(
+        register_panel_feature(name, span=(p + s + 2) * timeframe_ms(tf), bars=0, gathered=True, doc=doc + ".")(
             expanded(INDICATORS[indicator][1], p, tf, s))
         names.append(name)
     return names
@@ -394,17 +400,22 @@ def expand(spec: Expansion) -> list[str]:
 # %% ../nbs/03_panel.ipynb #f2bb2cf8
 OI_MAX_AGE = pd.Timedelta("3h")
 
-def interest_at(m: MarketArrays, times_ms: np.ndarray) -> np.ndarray:
+def interest_at(m: MarketArrays, times_ms: np.ndarray,
+                max_age_ms: int = OI_MAX_AGE // pd.Timedelta("1ms")) -> np.ndarray:
     "Open interest known at each of `times_ms` (the latest sample by then, at most OI_MAX_AGE old; NaN otherwise)."
-    return take(m.data.oi, asof_index(m.data.oi_ts, times_ms, OI_MAX_AGE // pd.Timedelta("1ms") + 1))
+    return take(m.data.oi, asof_index(m.data.oi_ts, times_ms, max_age_ms + 1))
+
+def _interest_now(m: MarketArrays) -> np.ndarray:
+    "Open interest known at each bar's close, once per market."
+    return m.cached("interest", lambda: interest_at(m, m.close_ms))
 
 # %% ../nbs/03_panel.ipynb #4ac63d18
 def interest_change(span: str) -> Callable:
     "The feature function 'log change of open interest over `span`, as known at the bar's close'."
+    span_ms = pd.Timedelta(span) // pd.Timedelta("1ms")
     def change(m):
-        now = m.cached("interest", lambda: interest_at(m, m.close_ms))
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.log(now / interest_at(m, m.close_ms - pd.Timedelta(span) // pd.Timedelta("1ms")))
+            return np.log(_interest_now(m) / interest_at(m, m.close_ms - span_ms))
     change.__doc__ = f"Log change of the open interest known at the bar's close over the {span} before it."
     return change
 
@@ -413,8 +424,7 @@ for _span in ("1h", "4h", "24h"): register_panel_feature(f"oi_chg_{_span}")(inte
 @register_panel_feature("oi_turnover24", bars=24)
 def _oi_turnover24(m):
     "Volume of the last 24 bars over the open interest known at the bar's close."
-    now = m.cached("interest", lambda: interest_at(m, m.close_ms))
-    with np.errstate(divide="ignore", invalid="ignore"): return rolling_sum(m.b.volume, 24) / now
+    with np.errstate(divide="ignore", invalid="ignore"): return rolling_sum(m.b.volume, 24) / _interest_now(m)
 
 # %% ../nbs/03_panel.ipynb #9944fba5
 @dataclass(frozen=True)
@@ -472,12 +482,18 @@ def market_contexts(panel: Panel) -> Iterator[tuple[int, str, MarketArrays]]:
         yield code, label, MarketArrays(data, reference)
 
 # %% ../nbs/03_panel.ipynb #0547aa31
-def market_matrix(m: MarketArrays, panel_set: str | PanelSet = "panel", first: int = 0) -> np.ndarray:
-    "The set's features of `m`'s bars from `first` on as one (features x bars) float64 array, a feature at a time."
+def market_matrix(m: MarketArrays, panel_set: str | PanelSet = "panel", first: int = 0,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    "The set's features of `m`'s bars from `first` on as one (features x bars) float64 array (or in `out`)."
     names = get_panel_set(panel_set).features
-    values = np.empty((len(names), len(m) - first))
-    for row, name in enumerate(names): values[row] = m[name][first:]
-    return values
+    matrix = np.empty((len(names), len(m) - first)) if out is None else out
+    for row, name in enumerate(names):
+        feature = PANEL_FEATURES.get(name)
+        if feature is not None and feature.gathered:  # straight into its row: no array of its own
+            values, index = feature.fn(m)
+            np.take(values, index[first:], out=matrix[row], mode="wrap")  # -1 is values' last, as m[name] has it
+        else: matrix[row] = m[name][first:]
+    return matrix
 
 # %% ../nbs/03_panel.ipynb #96b9b192
 def _usable(panel: Panel, panel_set: str | PanelSet) -> PanelSet:
@@ -562,17 +578,23 @@ def panel_code_sha256(features) -> str:
 def _run_table(code: int, m: MarketArrays, start: int, end: int, features: np.ndarray, schema: pa.Schema,
                horizon: int, dead_zone) -> pa.Table:
     "Rows `start:end` of market `code` (market code, ts, `features`, labels) as an Arrow table of `schema`, no copy."
-    return _table([np.full(end - start, float(code)), m.b.ts[start:end], *features,
+    return _table([np.full(end - start, float(code)), m.b.ts[start:end], features,
                    *_labels_of(m.b.close, start, end, horizon, dead_zone)], schema)
 
-def _market_rows(code: int, m: MarketArrays, ps: PanelSet, schema: pa.Schema, horizon: int, dead_zone,
-                 rows: int | None = None) -> Iterator[Callable[[], pa.Table]]:
-    "One market's rows, a run of `market_chunks` each: its features, and a function making its table (`_run_table`)."
-    for start, end, chunk in market_chunks(m, ps, rows):
-        features = market_matrix(chunk, ps, len(chunk) - end + start)
-        del chunk  # the run's shared pieces go before its rows are encoded
-        yield partial(_run_table, code, m, start, end, features, schema, horizon, dead_zone)
-        del features  # not held while the next run is computed
+def _panel_rows(panel: Panel, ps: PanelSet, schema: pa.Schema, horizon: int, dead_zone,
+                rows: int | None = None) -> Iterator[pa.Table]:
+    "Every market's rows as tables (`_run_table`), a run of `market_chunks` each, features in two buffers in turn."
+    buffers, turn = [np.empty(0), np.empty(0)], 0
+    for code, _, m in market_contexts(panel):
+        for start, end, chunk in market_chunks(m, ps, rows):
+            size = len(ps.features) * (end - start)
+            if buffers[turn].size < size: buffers[turn] = np.empty(size)
+            features = buffers[turn][:size].reshape(len(ps.features), end - start)
+            market_matrix(chunk, ps, len(chunk) - end + start, out=features)
+            del chunk  # the run's shared pieces go before its rows are encoded
+            yield _run_table(code, m, start, end, features, schema, horizon, dead_zone)
+            del features
+            turn = 1 - turn  # the writer is done with the run before last (`write_row_groups`): its buffer is free
 
 # lz4 without dictionaries, statistics for `market` and `ts` only (what a reader filters on): see the text above
 PANEL_PARQUET = dict(compression="lz4", use_dictionary=False, write_statistics=["market", "ts"],
@@ -588,10 +610,8 @@ def write_panel_table(path, panel: Panel, panel_set: str | PanelSet = "panel", *
     schema = _required(pa.schema(fields, metadata={b"cryptoml": json.dumps(metadata or {}, default=str).encode()}))
     def write(tmp: Path):
         with tqdm(total=sum(len(d.bars) for d in panel.markets.values()), unit="bar", disable=not progress) as bar:
-            # chained: a generator expression would hold each run's table while the next is computed
-            tables = chain.from_iterable(_market_rows(code, m, ps, schema, horizon, dead_zone, rows)
-                                         for code, _, m in market_contexts(panel))
-            write_row_groups(tmp, schema, tables, PANEL_PARQUET, encode_ahead=encode_ahead, done=bar.update)
+            write_row_groups(tmp, schema, _panel_rows(panel, ps, schema, horizon, dead_zone, rows), PANEL_PARQUET,
+                             encode_ahead=encode_ahead, done=bar.update)
     return atomic_write(path, write)
 
 # %% ../nbs/03_panel.ipynb #10a4d565
