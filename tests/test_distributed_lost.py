@@ -12,16 +12,9 @@ import pytest
 
 from cryptoml.panel import build_panel, panel_markets, write_demo_panel
 from cryptoml.distributed import WORKER_ENV, WorkerLost, connect, parts_dir, train_pooled, write_partitions
+from test_distributed import wait_for
 
 pytestmark = pytest.mark.timeout(300)
-
-def wait_for(what, timeout: float = 120, every: float = 0.02):
-    "Poll `what()` until it returns something true; that value."
-    deadline = time.monotonic() + timeout
-    while not (found := what()):
-        if time.monotonic() > deadline: raise TimeoutError(f"waited {timeout} s for {what}")
-        time.sleep(every)
-    return found
 
 def test_a_pooled_training_whose_lost_worker_is_not_back_in_time_stops_and_names_the_workers(tmp_path):
     markets = panel_markets(write_demo_panel(tmp_path, markets=3, days=120))
@@ -36,7 +29,8 @@ def test_a_pooled_training_whose_lost_worker_is_not_back_in_time_stops_and_names
             client.wait_for_workers(2, timeout=120)
             assert lone.pid in client.run(os.getpid).values()
             def kill_the_lone_worker():
-                wait_for(lambda: any("_train_rank" in k for keys in client.processing().values() for k in keys))
+                wait_for(lambda: any("_train_rank" in k for keys in client.processing().values() for k in keys),
+                         every=0.02)
                 os.kill(lone.pid, signal.SIGKILL)
             killer = threading.Thread(target=kill_the_lone_worker, daemon=True)
             killer.start()
