@@ -15,11 +15,11 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 from .core import (ArtifactError, ConfigError, CryptomlError, DataError, Market, RUN_ID, atomic_write,
-                           atomic_write_json, data_home, feature_path, market_dir, raw_dir, sha256_file,
-                           symbol_id, timeframe_seconds)
+                           atomic_write_json, data_home, feature_path, market_dir, parquet_metadata, raw_dir,
+                           sha256_file, symbol_id, timeframe_seconds)
 from .ingest import synthetic_funding, synthetic_market, write_bars, write_funding
-from .features import read_feature_table
-from .panel import panel_market
+from .features import _required, _table, write_row_groups  # shared: how a feature table is written
+from .panel import PANEL_PARQUET, panel_market
 from .split import Split
 from .metrics import evaluate, fit_logreg, verdict
 from .tune import EARLY_STOPPING, MAX_ROUNDS, TuneResult, base_params, validation_scores
@@ -63,8 +63,9 @@ LOCAL_DASK = {"distributed.worker.profile.enabled": False, "distributed.admin.ti
               "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 def start_method(workers: int, rss: int | None = None) -> str:
-    ("How a LocalCluster's `workers` start: forked from this process (`rss` bytes resident), its imports done, while "
-     "it is small beside a worker's memory share (Dask counts a forked worker's shared pages as its own); else spawned.")
+    ("How a LocalCluster's `workers` start: forked from this process (`rss` bytes resident), its imports done, "
+     "while it is small beside a worker's memory share (Dask counts a forked worker's shared pages as its own); else "
+     "spawned.")
     rss = psutil.Process().memory_info().rss if rss is None else rss
     return "fork" if sys.platform == "linux" and rss < MEMORY_LIMIT / workers / 4 else "spawn"
 
@@ -313,6 +314,11 @@ def decided(claim: Claim, run_id: str, promote: Callable[[], Any]) -> dict:
     return decision
 
 # %% ../nbs/13_distributed.ipynb #4534e8ef
+def _required_rows(rows: pa.Table, schema: pa.Schema, *first: np.ndarray) -> pa.Table:
+    ("The columns `first`, then those of `rows`, as a table of the required `schema`: a null (in a table written "
+     "before feature tables held NaN) becomes NaN.")
+    return _table([*first, *(rows[name].to_numpy() for name in schema.names[len(first):])], schema)
+
 def pooled_table(home, markets: list[Market], *, name: str = "pool", feature_set: str = "seed",
                  horizon: int = 1) -> Path:
     ("The markets' feature tables stacked into one (a `market` code column, a row group a market), written "
@@ -320,25 +326,22 @@ def pooled_table(home, markets: list[Market], *, name: str = "pool", feature_set
     if len({m.timeframe for m in markets}) != 1:
         raise ConfigError(f"a pooled table needs one bar length: {', '.join(str(m) for m in markets)}")
     key, paths = panel_market(name, markets), [feature_path(home, m, feature_set, horizon) for m in markets]
-    first = read_feature_table(paths[0])[1]
+    if missing := [str(p) for p in paths if not p.is_file()]:
+        raise DataError(f"no feature table at {', '.join(missing)}: run build_features first")
+    first = parquet_metadata(paths[0])
     meta = {**first, **key._asdict(), "features": ["market", *first["features"]], "funding_exchange": None,
             "panel": {"name": name, "reference": None, "markets": [{**m._asdict(), "table_sha256": sha256_file(p)}
                                                                     for m, p in zip(markets, paths)]}}
-    def write(tmp: Path):
-        writer = None
-        for code, path in enumerate(paths):
-            table = read_feature_table(path)[0]
-            table.insert(0, "market", float(code))
-            arrow = pa.Table.from_pandas(table, preserve_index=False)
-            if writer is None:
-                schema = arrow.schema.with_metadata({b"cryptoml": json.dumps(meta, default=str).encode()})
-                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
-            if arrow.schema.names != writer.schema.names:
-                raise DataError(f"{path} has columns {arrow.schema.names[1:]}, "
-                                f"the first market's table {writer.schema.names[1:]}")
-            writer.write_table(arrow.cast(writer.schema), row_group_size=max(len(table), 1))
-        writer.close()
-    return atomic_write(feature_path(home, key, feature_set, horizon), write)
+    schema = _required(pa.schema([pa.field("market", pa.float64()), *pq.read_schema(paths[0])],
+                                 metadata={b"cryptoml": json.dumps(meta, default=str).encode()}))
+    def stacked(code: int, path: Path) -> pa.Table:
+        rows = pq.read_table(path)  # one market in memory at a time, read in the encoder's thread
+        if rows.schema.names != schema.names[1:]:
+            raise DataError(f"{path} has columns {rows.schema.names}, the first market's table {schema.names[1:]}")
+        return _required_rows(rows, schema, np.full(len(rows), float(code)))
+    tables = [partial(stacked, code, path) for code, path in enumerate(paths)]
+    return atomic_write(feature_path(home, key, feature_set, horizon),
+                        lambda tmp: write_row_groups(tmp, schema, tables, PANEL_PARQUET))
 
 # %% ../nbs/13_distributed.ipynb #b4c9ed05
 def parts_dir(table_path: str | os.PathLike) -> Path:
@@ -351,16 +354,19 @@ PART_ROWS = 8192  # rows a row group of a partition file: the blocks dealt to th
 def partition_market(table_path: Path, code: int) -> list[dict]:
     ("Write market `code`'s rows of the pooled table into month files of its `.parts` folder (row groups of "
      "`PART_ROWS`); each file's entry.")
-    meta = json.loads(pq.read_schema(table_path).metadata[b"cryptoml"])
+    schema = pq.read_schema(table_path)
+    meta, schema = json.loads(schema.metadata[b"cryptoml"]), _required(schema.remove_metadata())
     # its row groups, however many
-    rows = pq.read_table(table_path, filters=[("market", "==", float(code))]).to_pandas()
+    rows = pq.read_table(table_path, filters=[("market", "==", float(code))])
+    months = rows["ts"].to_numpy().astype("datetime64[M]")
     folder, entries = parts_dir(table_path)/symbol_id(meta["panel"]["markets"][code]["symbol"]), []
-    for month, part in rows.groupby(rows.ts.dt.strftime("%Y-%m"), sort=True):
-        arrow = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False)
-        path = atomic_write(folder/f"{month}.parquet", lambda tmp: pq.write_table(arrow, tmp, compression="zstd",
-                                                                                  row_group_size=PART_ROWS))
-        entries.append({"path": str(path.relative_to(parts_dir(table_path))), "market": code, "month": month,
-                        "rows": len(part), "row_groups": -(-len(part) // PART_ROWS)})  # as write_table cuts them
+    for month in np.unique(months):
+        part = _required_rows(rows.filter(months == month), schema)
+        groups = [part.slice(start, PART_ROWS) for start in range(0, len(part), PART_ROWS)]
+        path = atomic_write(folder/f"{month}.parquet",
+                            lambda tmp: write_row_groups(tmp, schema, groups, PANEL_PARQUET, encode_ahead=False))
+        entries.append({"path": str(path.relative_to(parts_dir(table_path))), "market": code, "month": str(month),
+                        "rows": len(part), "row_groups": len(groups)})
     return entries
 
 # %% ../nbs/13_distributed.ipynb #950516a0
@@ -444,7 +450,8 @@ def placed(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, part:
 
 # %% ../nbs/13_distributed.ipynb #5e0c2a72
 class WorkerLost(CryptomlError):
-    "A worker holding a share of a data-parallel training left the cluster mid-training, on every try."
+    ("A worker holding a share of a data-parallel training left the cluster mid-training, on every try, or its "
+     "replacement did not join in time.")
     exit_code = 1
 
 @dataclass
@@ -476,9 +483,11 @@ class Ranks:
         "Drop the shares (those on a dead worker would wait for it)."
         self.client.cancel([*self.train, *self.stop])
 
-def place_ranks(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, columns: list[str]) -> Ranks:
-    "The cluster's workers as they are now, each given its dealt share (`placed`) of the training and held-back rows."
-    workers = sorted(client.scheduler_info()["workers"])
+def place_ranks(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, columns: list[str],
+                size: int | None = None) -> Ranks:
+    ("The cluster's workers as they are now (the first `size`, sorted), each given its dealt share (`placed`) of the "
+     "training and held-back rows.")
+    workers = sorted(client.scheduler_info()["workers"])[:size]
     if not workers: raise ConfigError(f"the Dask cluster at {client.scheduler.address} has no workers to train on")
     ranks = Ranks(client, workers, *(placed(client, folder, manifest, cuts, part, columns, workers)
                                      for part in ("train", "stop")))
@@ -613,37 +622,42 @@ RETRIES = 3  # times a training stage starts again after losing a worker
 
 def _renewed(client: Client, ranks: Ranks | None, count: int, timeout: float = 60):
     ("Restart the surviving ranks' workers (one may be stuck in LightGBM's network calls), then wait up to `timeout` s "
-     "for the cluster to have `count` workers again (a nanny restarts a dead one).")
+     "for the cluster to have `count` workers again (a nanny restarts a dead one); `WorkerLost` if it has fewer.")
     if ranks is not None:
         ranks.release()
         if alive := sorted(set(ranks.workers) & set(client.scheduler_info()["workers"])):
             client.restart_workers(alive, timeout=timeout, raise_for_error=False)  # without a nanny: removed
     try: client.wait_for_workers(count, timeout=timeout)
-    except TimeoutError: pass  # go on with the workers left
+    except TimeoutError:
+        back = len(client.scheduler_info()["workers"])
+        raise WorkerLost(f"{back} of the {count} workers this pooled training started on are back {timeout:g} s after "
+                         f"it lost one: on {back} ranks each would hold other rows and build another model than an "
+                         "undisturbed training, so it stops (start the missing workers and train again)") from None
 
 def _cluster_fit(client: Client, folder: Path, manifest: dict, cuts: PooledCuts, features, params, patience, max_rounds,
-                 chunk) -> tuple[lgb.Booster, np.ndarray, int, str]:
+                 chunk, worker_timeout) -> tuple[lgb.Booster, np.ndarray, int, str]:
     ("Early-stopped data-parallel LightGBM on the cluster, each worker its dealt share, trained in stages of `chunk` "
-     "rounds; a stage that loses a worker runs again on the workers the cluster has then.")
+     "rounds; a stage that loses a worker runs again once the cluster has as many (`worker_timeout`: see `_renewed`).")
     count, columns = len(client.scheduler_info()["workers"]), ["ts", *features, "y"]
     ranks, booster, curve, best, lost = None, None, np.empty(0), None, 0
     while best is None:
         try:
-            ranks = ranks or place_ranks(client, folder, manifest, cuts, columns)
+            ranks = ranks or place_ranks(client, folder, manifest, cuts, columns, count)
             stage = _train_stage(ranks, features, params, min(chunk, max_rounds - len(curve)), booster)
             curve, booster = np.r_[curve, held_back_curve(ranks, stage, features, len(curve))], stage
         except WorkerLost as e:
             if (lost := lost + 1) > RETRIES: raise
             logging.getLogger("cryptoml").warning("%s: training again from round %d", e, len(curve) + 1)
-            _renewed(client, ranks, count)
-            ranks = None  # placed again on the workers there are now
+            _renewed(client, ranks, count, worker_timeout)
+            ranks = None  # placed again, on as many workers as it started on
             continue
         best = _best(curve, patience, max_rounds)
     return booster, curve, sum(ranks.sizes), f"Dask, {len(ranks.workers)} workers"
 
 def train_pooled(folder: str | os.PathLike, client: Client | None = None, *, params: dict | None = None,
                  threshold: int = POOLED_THRESHOLD, val_days: float = 3, stop_days: float = 3, seed: int = 0,
-                 patience: int = EARLY_STOPPING, max_rounds: int = MAX_ROUNDS, chunk: int = 100) -> PooledModel:
+                 patience: int = EARLY_STOPPING, max_rounds: int = MAX_ROUNDS, chunk: int = 100,
+                 worker_timeout: float = 60) -> PooledModel:
     "A pooled LightGBM on the partitioned table in `folder`: on `client`'s cluster above `threshold` bytes, else here."
     started, folder = time.perf_counter(), Path(folder)
     parts, manifest = read_partitions(folder)
@@ -654,7 +668,8 @@ def train_pooled(folder: str | os.PathLike, client: Client | None = None, *, par
     params = {**base_params(seed, 1), **(POOLED_PARAMS if params is None else params), "metric": "binary_logloss",
               "verbose": -1}
     on_cluster = client is not None and table_bytes(manifest) > threshold
-    fit = partial(_cluster_fit, client, folder, manifest, chunk=chunk) if on_cluster else partial(_local_fit, parts)
+    fit = (partial(_cluster_fit, client, folder, manifest, chunk=chunk, worker_timeout=worker_timeout) if on_cluster
+           else partial(_local_fit, parts))
     booster, curve, rows, where = fit(cuts, features, params, patience=patience, max_rounds=max_rounds)
     best = int(np.argmin(curve)) + 1
     return PooledModel(lgb.Booster(model_str=booster.model_to_string(num_iteration=best)), curve, folder, manifest,
