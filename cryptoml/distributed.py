@@ -335,11 +335,11 @@ def pooled_table(home, markets: list[Market], *, name: str = "pool", feature_set
     schema = _required(pa.schema([pa.field("market", pa.float64()), *pq.read_schema(paths[0])],
                                  metadata={b"cryptoml": json.dumps(meta, default=str).encode()}))
     def stacked(code: int, path: Path) -> pa.Table:
-        rows = pq.read_table(path)  # one market in memory at a time, read in the encoder's thread
+        rows = pq.read_table(path)  # one market read while the one before is encoded
         if rows.schema.names != schema.names[1:]:
             raise DataError(f"{path} has columns {rows.schema.names}, the first market's table {schema.names[1:]}")
         return _required_rows(rows, schema, np.full(len(rows), float(code)))
-    tables = [partial(stacked, code, path) for code, path in enumerate(paths)]
+    tables = (stacked(code, path) for code, path in enumerate(paths))
     return atomic_write(feature_path(home, key, feature_set, horizon),
                         lambda tmp: write_row_groups(tmp, schema, tables, PANEL_PARQUET))
 
