@@ -20,7 +20,11 @@ memory, and measures:
   one thread the same build with `encode_ahead=False`: the caller makes and encodes each run's table itself;
   no fsync   the default build with os.fsync made a no-op in that process: what the durable sync costs;
   reference  a straightforward pandas implementation of the same features (groupby, rolling, resample, merge_asof),
-             producing the whole table in memory; its values are checked against ours (largest relative difference).
+             producing the whole table in memory; its values are checked against ours (largest relative difference);
+  real six   the default build on real data: the six shared Binance perpetuals (../shared/data, 1h bars of 2021-2022,
+             105,120 rows), imported with `cryptoml.ingest.import_many` and read back, BTC the reference. Those files
+             carry bars only, so the taker-flow, funding and open-interest features are NaN there (as they would be
+             from any feed without them). Skipped, saying so, on a machine without the shared data.
 
 rows/s from wall seconds (CPU seconds beside them, every thread's: this machine is shared), the best of `--repeat`
 runs. Peak memory is the process's peak resident set during the step (Linux VmHWM, reset before it) above its
@@ -49,6 +53,21 @@ TARGET = (1e6, 2.0)
 def bench_set():
     from cryptoml.panel import CROSS, LAGS, MTF, OPEN_INTEREST_FEATURES, PanelSet, expand
     return PanelSet("bench", 1, (*expand(LAGS), *expand(MTF), *CROSS, "rel_ret1", *OPEN_INTEREST_FEATURES))
+
+
+SIX = [f"binance_perp_{coin}USDT_1h_2021-2022.csv" for coin in ("BTC", "ETH", "SOL", "BNB", "DOGE", "LINK")]
+
+
+def shared_six(home: Path):
+    "The six shared perpetuals as frames (symbol -> bars) and as a cryptoml Panel, BTC the reference; None without them."
+    from cryptoml.core import shared_data
+    from cryptoml.ingest import import_many, read_bars
+    from cryptoml.panel import make_panel, market_data
+    paths = [shared_data(name) for name in SIX]
+    if None in paths: return None
+    report = import_many(paths, "binance", home=home, progress=False)
+    frames = {m.symbol: {"bars": read_bars(home, *m)} for m in report.reports}
+    return frames, make_panel([market_data(m, frames[m.symbol]["bars"]) for m in report.reports], reference="BTC/USDT")
 
 
 def synthetic(markets: int, days: float):
@@ -199,7 +218,10 @@ def child(step: str, markets: int, days: float, repeat: int) -> dict:
             callers.append(time.thread_time() - caller)   # the calling thread's own CPU: the build's serial part
             return written
         run(*synthetic(2, 3))   # warm-up on a tiny panel: libraries load and their pools grow once per process, not per panel
-        frames, panel = synthetic(markets, days)
+        if step == "real six":
+            if (six := shared_six(Path(folder)/"home")) is None: return {"step": step, "skipped": True}
+            frames, panel = six
+        else: frames, panel = synthetic(markets, days)
         raw = sum(int(f.memory_usage(index=True, deep=True).sum()) for series in frames.values() for f in series.values())
         rows = sum(len(f["bars"]) for f in frames.values())
         out = {"step": step, "rows": rows, "raw_mb": raw / 2**20, "features": len(fs.features)}
@@ -234,10 +256,11 @@ def main():
     print(f"$ python bench/bench_panel.py --markets {args.markets} --days {args.days:g} --repeat {args.repeat}")
     print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results = {}
-    for step in ("compute", "build", "one thread", "no fsync", "reference"):
+    for step in ("compute", "build", "one thread", "no fsync", "reference", "real six"):
         done = subprocess.run([sys.executable, __file__, "--child", step, str(args.markets), str(args.days), str(args.repeat)],
                               capture_output=True, text=True, check=True)
         results[step] = r = json.loads(done.stdout.splitlines()[-1])
+    real = results.pop("real six")
     r = results["compute"]
     print(f"{r['rows']:,} rows ({args.markets} markets x {args.days:g} days of 1h bars), {r['features']} features a row; "
           f"raw panel {r['raw_mb']:.1f} MB")
@@ -249,6 +272,11 @@ def main():
                                                                      ("memory", r["peak_x_raw"] <= TARGET[1])))
         print(f"{step:>10} {r['s']:>8.3f} {r['cpu_s']:>7.3f} {r['rows_s'] / 1e6:>9.3f} {r['rows'] / r['cpu_s'] / 1e6:>13.3f} "
               f"{r['peak_x_raw']:>9.2f} {verdict:>29}")
+    if real.get("skipped"): print("  real six: skipped, the shared six-market data is not on this machine (../shared/data)")
+    else:
+        print(f"  real six {real['s']:>8.3f} {real['cpu_s']:>7.3f} {real['rows_s'] / 1e6:>9.3f} "
+              f"{real['rows'] / real['cpu_s'] / 1e6:>13.3f} {real['peak_x_raw']:>9.2f}    "
+              f"(the default build of the six shared perpetuals: {real['rows']:,} rows, raw {real['raw_mb']:.1f} MB)")
     for step in ("build", "one thread", "no fsync"):
         r = results[step]
         print(f"{step:>10}: the calling thread's CPU {r['caller_cpu_s']:.3f} s of {r['cpu_s']:.3f} s "

@@ -298,6 +298,7 @@ HIGHER_COLUMNS = ("high", "low", "close", "volume", "taker")
 
 def higher_bars(b: BarArrays, timeframe: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     "`b`'s bars as `timeframe` bars on their grid (NaN: none or partial), and each bar's latest closed one (-1: none)."
+    # of the bars' own timeframe, with none missing: the bars' own arrays (views), to be read, not written
     size, base = timeframe_ms(timeframe), b.bar_ms
     if size % base: raise ConfigError(f"{timeframe} bars cannot be made of {b.timeframe} bars")
     if len(b) == 0: return {c: np.empty(0) for c in HIGHER_COLUMNS}, np.empty(0, np.int64)

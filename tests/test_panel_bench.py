@@ -16,6 +16,9 @@ def test_the_benchmark_prints_every_step_the_ratio_and_the_profile_and_agrees_wi
     for step in ("compute", "build", "one thread", "no fsync", "reference"):
         row = re.search(rf"^ *{step} +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+)", out, re.M)
         assert row and min(map(float, row.groups())) > 0, step
+    real = re.search(r"^  real six +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) .*: 105,120 rows", out, re.M)
+    assert real or "real six: skipped, the shared six-market data is not on this machine" in out, out
+    assert real is None or min(map(float, real.groups())) > 0
     assert re.search(r"ratio \(reference wall / ours\): compute [\d.]+x, build [\d.]+x", out)
     agreement = re.search(r"largest relative difference ([\d.e+-]+), NaN where the other is not: (\d+)", out)
     assert agreement and float(agreement[1]) < 1e-6 and agreement[2] == "0", out
