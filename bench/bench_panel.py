@@ -14,9 +14,10 @@ memory, and measures:
   build      cryptoml.panel.write_panel_table as it is by default: the same features, with labels, streamed to an lz4
              Parquet file by the feature store's writer (`write_row_groups`), in runs of at most `PANEL_ROWS` bars of
              a market (`market_chunks`: two runs of 4,380 bars a market here, each with the history its first row
-             needs), a row group a run: a thread makes each run's Arrow table (with its labels) and encodes it into
-             the file while the caller computes the next, so two runs' rows are in memory at a time, and a third
-             thread has the disk keep up; fsynced once more at the end, then renamed into place (durable, atomic);
+             needs), a row group a run: the caller computes each run's features (into one of two buffers in turn)
+             and makes its Arrow table with its labels, a thread encodes it into the file while the caller computes
+             the next, so two runs' rows are in memory at a time, and a third thread has the disk keep up; fsynced
+             once more at the end, then renamed into place (durable, atomic);
   one thread the same build with `encode_ahead=False`: the caller makes and encodes each run's table itself;
   no fsync   the default build with os.fsync made a no-op in that process: what the durable sync costs;
   reference  a straightforward pandas implementation of the same features (groupby, rolling, resample, merge_asof),
